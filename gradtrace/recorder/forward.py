@@ -1,0 +1,189 @@
+"""Forward recording: which module is running, and what every op produced.
+
+:class:`ModuleTracker` keeps the stack of qualified module names with global
+module hooks. :class:`ForwardRecorder` is a ``TorchDispatchMode``: it sees
+every ATen op below autograd (the ops inside composite functions too), so
+every autograd node gets a forward value, not only those a
+``__torch_function__`` hook would see.
+
+An output's ``grad_fn`` is set by the autograd layer *after* the op returns
+to it, so the recorder remembers the last op's outputs and resolves them to
+their autograd node when the next op starts (or when the forward ends), while
+their values are still the ones the op produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .stats import StatsBuffer
+
+__all__ = ["ForwardRecorder", "ModuleTracker", "NodeForward", "node_id"]
+
+# Ops whose outputs never carry a grad_fn: skipping them saves work on every step.
+_SKIP = frozenset({torch.ops.aten.detach.default})
+
+
+def node_id(node: Any) -> tuple[int, str]:
+    """A stable identity for an autograd node.
+
+    The Python wrapper of a C++ node can be freed and made anew, so its ``id``
+    is no identity; the sequence number is unique per node created on a
+    thread, and AccumulateGrad nodes (which all share the largest one) are
+    told apart by their variable.
+    """
+    seq = node._sequence_nr()
+    name = type(node).__name__
+    if name == "AccumulateGrad":
+        return (id(node.variable), name)
+    return (seq, name)
+
+
+@dataclass
+class NodeForward:
+    """What the forward pass recorded about one autograd node."""
+
+    order: int  # position of the op in the forward pass
+    module: str
+    stats: dict[int, int] = field(default_factory=dict)  # output_nr -> StatsBuffer handle
+    inputs: set[int] = field(default_factory=set)  # indices of model inputs it consumed
+
+
+class ModuleTracker:
+    """The qualified name of the module that is running, kept by global module hooks.
+
+    Modules of a known root are named as ``root.named_modules()`` names them. A
+    module first called outside any known module becomes a root itself: the
+    first such root is named ``""`` when no root was given, later ones by their
+    class name (``NLLLoss``), so a loss module does not merge into the model.
+    """
+
+    def __init__(self, root: nn.Module | None, on_root_call: Callable[[nn.Module, tuple[Any, ...]], None]) -> None:
+        self.names: dict[int, str] = {}
+        self.classes: dict[str, str] = {}
+        self.roots: list[tuple[str, nn.Module]] = []
+        self._stack: list[str] = []
+        self._on_root_call = on_root_call
+        if root is not None:
+            self._add_root(root, "")
+
+    @property
+    def current(self) -> str:
+        return self._stack[-1] if self._stack else ""
+
+    def _add_root(self, module: nn.Module, prefix: str) -> None:
+        self.roots.append((prefix, module))
+        for name, sub in module.named_modules(prefix=prefix):
+            self.names.setdefault(id(sub), name)
+            self.classes.setdefault(name, type(sub).__name__)
+
+    def _root_prefix(self, module: nn.Module) -> str:
+        if not self.roots:
+            return ""
+        base = type(module).__name__
+        taken = {p for p, _ in self.roots}
+        prefix, n = base, 2
+        while prefix in taken:
+            prefix, n = f"{base}#{n}", n + 1
+        return prefix
+
+    def pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        name = self.names.get(id(module))
+        if name is None:
+            if self._stack:
+                # A module made on the fly inside another: name it under its caller.
+                name = f"{self._stack[-1]}.<{type(module).__name__}>".lstrip(".")
+                self.names[id(module)] = name
+                self.classes.setdefault(name, type(module).__name__)
+            else:
+                prefix = self._root_prefix(module)
+                self._add_root(module, prefix)
+                name = prefix
+        if not self._stack:
+            self._on_root_call(module, args)
+        self._stack.append(name)
+
+    def post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._stack:
+            self._stack.pop()
+
+    def named_parameters(self) -> dict[int, str]:
+        """id(parameter) -> qualified name, over every root seen so far."""
+        names: dict[int, str] = {}
+        for prefix, root in self.roots:
+            for name, p in root.named_parameters(prefix=prefix):
+                names.setdefault(id(p), name)
+        return names
+
+
+def _tensors_in(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for t in obj if isinstance(t, torch.Tensor)]
+    return []
+
+
+class ForwardRecorder(TorchDispatchMode):
+    """Records, for every autograd node made while active, its forward value and module."""
+
+    def __init__(self, stats: StatsBuffer, modules: ModuleTracker) -> None:
+        super().__init__()
+        self.stats = stats
+        self.modules = modules
+        self.nodes: dict[tuple[int, str], NodeForward] = {}
+        #: Tensors that are model inputs (or computed from them without grad) -> input indices.
+        self.origins: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.recording = True
+        self._order = 0
+        self._pending: tuple[Any, str, set[int]] | None = None
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        if self._pending is not None:
+            self.flush()
+        out = func(*args, **(kwargs or {}))
+        if self.recording and func not in _SKIP:
+            consumed: set[int] = set()
+            if len(self.origins):
+                for a in args:
+                    for t in _tensors_in(a):
+                        idx = self.origins.get(t)
+                        if idx is not None:
+                            consumed |= idx
+            self._pending = (out, self.modules.current, consumed)
+        return out
+
+    def flush(self) -> None:
+        """Resolve the last op's outputs to their autograd nodes (their grad_fn is set by now)."""
+        if self._pending is None:
+            return
+        out, module, consumed = self._pending
+        self._pending = None
+        self._order += 1
+        for t in _tensors_in(out):
+            gf = t.grad_fn if t.requires_grad else None
+            if gf is None:
+                if consumed:
+                    # Computed from an input without grad (a reshape of x, say): it stands for that input.
+                    self.origins[t] = consumed
+                continue
+            key = node_id(gf)
+            rec = self.nodes.get(key)
+            if rec is None:
+                rec = self.nodes[key] = NodeForward(self._order, module)
+            elif rec.order != self._order:
+                continue  # an op that handed back an existing tensor: the node belongs to its maker
+            rec.inputs |= consumed
+            if t.output_nr not in rec.stats:
+                rec.stats[t.output_nr] = self.stats.add(t)
+
+    def reset(self) -> None:
+        """Forget the forward recorded so far (a new training step begins)."""
+        self._pending = None
+        self.nodes.clear()

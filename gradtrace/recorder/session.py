@@ -1,0 +1,334 @@
+"""The one context manager that owns every hook, mode and patch gradtrace installs.
+
+A :class:`Session` installs, on entry: global module hooks (module names), the
+forward recorder (a dispatch mode), global optimizer-step hooks and, when
+asked, a wrapper around ``torch.autograd.backward`` (to find the loss of a
+block of user code). On exit, by success or by any exception (KeyboardInterrupt
+included), it removes them all, in reverse order, in ``finally``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_hooks
+from torch.optim import optimizer as optimizer_hooks
+from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_temporarily
+
+from ..errors import CaptureError
+from ..records import OptimizerStep, TraceEdge, TraceNode
+from ..steptrace import Trace
+from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
+from .forward import ForwardRecorder, ModuleTracker
+from .stats import StatsBuffer
+
+__all__ = ["Session", "op_label"]
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_OPTIMIZER_SETTINGS = ("momentum", "dampening", "nesterov", "betas", "eps", "weight_decay", "alpha", "rho")
+
+
+def op_label(grad_fn_name: str) -> str:
+    """The name a person reads for an autograd node: ``AddmmBackward0`` -> ``addmm``.
+
+    >>> op_label("NativeLayerNormBackward0"), op_label("CopySlices")
+    ('native_layer_norm', 'copy_slices')
+    """
+    base = re.sub(r"Backward\d*$", "", grad_fn_name) or grad_fn_name
+    return _CAMEL.sub("_", base).lower()
+
+
+@dataclass
+class _Input:
+    label: str
+    tensor: torch.Tensor
+    stats: int
+
+
+class Session:
+    """Records one training step: the forward, the Nth backward, and the optimizer step after it.
+
+    ``step`` counts ``backward()`` calls: the forward of step N is everything
+    since the (N-1)th backward. ``on_done`` is called once the step's
+    backward (and optimizer step, if one comes) is recorded.
+    """
+
+    def __init__(self, model: Any = None, *, step: int = 1, intercept_backward: bool = False) -> None:
+        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            raise CaptureError(f"step must be a positive integer (the Nth backward() call), got {step!r}")
+        self.step = step
+        self.backward_calls = 0
+        self.intercept_backward = intercept_backward
+        self.stats = StatsBuffer()
+        self.modules = ModuleTracker(model if isinstance(model, nn.Module) else None, self._on_root_call)
+        self.recorder = ForwardRecorder(self.stats, self.modules)
+        self.recorder.recording = step == 1
+        self.inputs: list[_Input] = []
+        self._input_ids: dict[int, int] = {}
+        self._input_names: list[str] = []
+        self._walk: GraphWalk | None = None
+        self._recorded = False
+        self._backward: BackwardRecorder | None = None
+        self._leaf_stats: dict[NodeKey, int] = {}
+        self._updates: dict[int, int] = {}  # id(variable) -> stats handle of w_after - w_before
+        self._before_step: dict[int, torch.Tensor] = {}
+        self.optimizer: OptimizerStep | None = None
+        self.optimizer_done = False
+        self._stack = ExitStack()
+        self._original_backward: Callable[..., Any] | None = None
+        self.on_backward_done: Callable[[], None] | None = None
+        self.on_optimizer_done: Callable[[], None] | None = None
+
+    # -- installing and removing -------------------------------------------------
+
+    def __enter__(self) -> Session:
+        stack = self._stack
+        try:
+            stack.callback(self._release_tensors)
+            stack.enter_context(module_hooks.register_module_forward_pre_hook(self.modules.pre_hook))
+            stack.enter_context(module_hooks.register_module_forward_hook(self.modules.post_hook, always_call=True))
+            stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(self._optimizer_pre))
+            stack.enter_context(optimizer_hooks.register_optimizer_step_post_hook(self._optimizer_post))
+            if self.intercept_backward:
+                original = torch.autograd.backward
+                self._original_backward = original
+                torch.autograd.backward = self._patched_backward  # type: ignore[assignment]
+                stack.callback(setattr, torch.autograd, "backward", original)
+            stack.enter_context(self.recorder)
+        except BaseException:
+            stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove everything this session installed (idempotent)."""
+        try:
+            if self._backward is not None:
+                self._backward.remove()
+        finally:
+            self._stack.close()
+
+    def _release_tensors(self) -> None:
+        self._before_step.clear()
+        self.recorder.origins = type(self.recorder.origins)()
+        self.recorder._pending = None
+
+    # -- inputs -------------------------------------------------------------------
+
+    def set_input_names(self, names: list[str]) -> None:
+        self._input_names = names
+
+    def add_inputs(self, values: Iterable[Any]) -> None:
+        """Register the tensors handed to the model (nested in lists, tuples and dicts too)."""
+        for t in torch.utils._pytree.tree_leaves(list(values)):
+            if isinstance(t, torch.Tensor):
+                self._add_input(t)
+
+    def _add_input(self, t: torch.Tensor) -> None:
+        if id(t) in self._input_ids:
+            return
+        i = len(self.inputs)
+        label = self._input_names[i] if i < len(self._input_names) else f"input {i}"
+        self._input_ids[id(t)] = i
+        self.inputs.append(_Input(label, t, self.stats.add(t)))
+        if not t.requires_grad:
+            self.recorder.origins[t] = {i}
+
+    def _on_root_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.recorder.recording:
+            self.add_inputs(args)
+
+    # -- backward -----------------------------------------------------------------
+
+    def _patched_backward(self, tensors: Any, *args: Any, **kwargs: Any) -> Any:
+        assert self._original_backward is not None
+        original = self._original_backward
+        self.backward_calls += 1
+        if self.backward_calls != self.step or self._recorded:
+            self.recorder.reset()
+            self.recorder.recording = self.backward_calls == self.step - 1
+            return original(tensors, *args, **kwargs)
+        roots = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+        result = self.record_backward(roots, lambda: original(tensors, *args, **kwargs))
+        if self.on_backward_done is not None:
+            self.on_backward_done()
+        return result
+
+    def record_backward(self, roots: list[torch.Tensor], run: Callable[[], Any]) -> Any:
+        """Walk the graph behind ``roots``, hook every node, run ``run`` (the backward), unhook."""
+        self.recorder.flush()
+        self.recorder.recording = False
+        root_nodes = []
+        for r in roots:
+            if not isinstance(r, torch.Tensor) or not r.requires_grad:
+                raise CaptureError("backward() was called on a tensor that does not require grad: nothing to trace")
+            root_nodes.append(torch.autograd.graph.get_gradient_edge(r).node)
+        graph = self._walk = walk(root_nodes)
+        self._recorded = True
+        for key, node in graph.nodes.items():
+            if key[1] == "AccumulateGrad":
+                self._leaf_stats[key] = self.stats.add(node.variable)
+        self._backward = BackwardRecorder(graph, self.stats)
+        try:
+            if _get_current_dispatch_mode() is self.recorder:
+                # The backward's own ops are not part of the forward: take the mode off meanwhile.
+                with _pop_mode_temporarily():
+                    return run()
+            return run()
+        finally:
+            self._backward.remove()
+
+    @property
+    def backward_recorded(self) -> bool:
+        return self._recorded
+
+    # -- optimizer step -----------------------------------------------------------
+
+    def _optimizer_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._walk is None or self.optimizer_done or self._before_step:
+            return
+        leaves = {id(n.variable) for k, n in self._walk.nodes.items() if k[1] == "AccumulateGrad"}
+        with torch.no_grad():
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in leaves:
+                        self._before_step[id(p)] = p.detach().clone()
+
+    def _optimizer_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._walk is None or self.optimizer_done or not self._before_step:
+            return
+        with torch.no_grad():
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    before = self._before_step.pop(id(p), None)
+                    if before is not None:
+                        self._updates[id(p)] = self.stats.add(p.detach() - before)
+        self._before_step.clear()
+        groups = opt.param_groups
+        lrs = {float(g["lr"]) for g in groups if "lr" in g and not isinstance(g["lr"], torch.Tensor)}
+        lrs |= {float(g["lr"].item()) for g in groups if isinstance(g.get("lr"), torch.Tensor)}
+        settings = tuple((k, str(groups[0][k])) for k in _OPTIMIZER_SETTINGS if k in groups[0])
+        if len(groups) > 1:
+            settings += (("param_groups", str(len(groups))),)
+        self.optimizer = OptimizerStep(type(opt).__name__, lrs.pop() if len(lrs) == 1 else None, settings)
+        self.optimizer_done = True
+        if self.on_optimizer_done is not None:
+            self.on_optimizer_done()
+
+    # -- the result -----------------------------------------------------------------
+
+    def build_trace(self) -> Trace:
+        """Turn what was recorded into a Trace of plain records (one host copy of all statistics)."""
+        if self._walk is None or self._backward is None:
+            raise CaptureError("no backward() was recorded, so there is no step to trace")
+        graph, bwd = self._walk, self._backward
+        stats = self.stats.materialize()
+        param_names = self.modules.named_parameters()
+        fwd = self.recorder.nodes
+
+        ops = sorted((k for k in graph.nodes if k[1] != "AccumulateGrad"), key=lambda k: k[0])
+        leaves = [k for k in graph.nodes if k[1] == "AccumulateGrad"]
+        keys: dict[NodeKey, str] = {k: f"op{i}" for i, k in enumerate(ops)}
+        params = sorted((k for k in leaves if id(graph.nodes[k].variable) in param_names), key=lambda k: list(param_names).index(id(graph.nodes[k].variable)))
+        keys.update({k: f"param{i}" for i, k in enumerate(params)})
+        others = [k for k in leaves if k not in keys]
+        keys.update({k: f"leaf{i}" for i, k in enumerate(others)})
+        backward_step = {k: i + 1 for i, k in enumerate(bwd.order)}
+
+        def stats_list(handles: dict[int, int] | list[int | None], n: int) -> tuple[Any, ...]:
+            if isinstance(handles, dict):
+                return tuple(stats[handles[i]] if i in handles else None for i in range(n))
+            return tuple(None if h is None else stats[h] for h in handles)
+
+        nodes: list[TraceNode] = []
+        for i, k in enumerate(ops):
+            node = graph.nodes[k]
+            rec = fwd.get(k)
+            grads = bwd.grads.get(k, [])
+            n_out = max(len(grads), (max(rec.stats) + 1) if rec and rec.stats else 0, 1)
+            grad_stats = stats_list(grads, len(grads)) + (None,) * (n_out - len(grads))
+            nodes.append(TraceNode(
+                key=keys[k], kind="op", label=op_label(type(node).__name__), module=rec.module if rec else "",
+                grad_fn=type(node).__name__, values=stats_list(rec.stats if rec else {}, n_out), grads=grad_stats,
+                forward_step=i + 1, backward_step=backward_step.get(k),
+            ))
+        unnamed = 0
+        for k in params + others:
+            var = graph.nodes[k].variable
+            name = param_names.get(id(var))
+            update = self._updates.get(id(var))
+            update_stats = None if update is None else stats[update]
+            value = stats[self._leaf_stats[k]]
+            ratio = None
+            if update_stats is not None and value.norm:
+                ratio = update_stats.norm / value.norm if update_stats.norm is not None else None
+            if name is not None:
+                kind, label, module = "param", name, name.rpartition(".")[0]
+            else:
+                inp = self._input_ids.get(id(var))
+                if inp is not None:
+                    label = self.inputs[inp].label
+                else:
+                    label, unnamed = f"leaf {unnamed}", unnamed + 1
+                kind, module = "leaf", ""
+            nodes.append(TraceNode(
+                key=keys[k], kind=kind, label=label, module=module, values=(value,),
+                grads=stats_list(bwd.grads.get(k, []), 1) if k in bwd.grads else (None,),
+                backward_step=backward_step.get(k), update=update_stats,
+                update_ratio=None if ratio is None or math.isnan(ratio) else ratio,
+            ))
+        edges: list[TraceEdge] = []
+        seen: set[tuple[str, str, int]] = set()
+        for src, dst, out in graph.edges:
+            e = (keys[src], keys[dst], out)
+            if e not in seen:
+                seen.add(e)
+                edges.append(TraceEdge(*e))
+        used_inputs: dict[int, str] = {}
+        for k in ops:
+            rec = fwd.get(k)
+            if rec is None:
+                continue
+            for idx in sorted(rec.inputs):
+                key = used_inputs.setdefault(idx, f"input{len(used_inputs)}")
+                e = (key, keys[k], 0)
+                if e not in seen:
+                    seen.add(e)
+                    edges.append(TraceEdge(*e))
+        for idx, key in sorted(used_inputs.items(), key=lambda kv: kv[1]):
+            inp = self.inputs[idx]
+            nodes.append(TraceNode(key=key, kind="input", label=inp.label, values=(stats[inp.stats],)))
+
+        modules = {path: cls for path, cls in self.modules.classes.items() if path}
+        result = Trace(nodes=tuple(nodes), edges=tuple(edges), loss=keys[graph.roots[0]], modules=modules, optimizer=self.optimizer)
+        # The walk holds autograd nodes, and they hold saved activations: let go of them now.
+        self._walk = self._backward = None
+        self.recorder.nodes.clear()
+        self.stats = StatsBuffer()
+        return result
+
+
+def input_names(fn: Any, n: int) -> list[str]:
+    """Names for the first ``n`` positional inputs, from the signature of ``fn`` (``forward`` for a module)."""
+    target = fn.forward if isinstance(fn, nn.Module) else fn
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    names = []
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        else:
+            break
+    return names[:n] if len(names) >= n else []

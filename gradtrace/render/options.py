@@ -1,0 +1,59 @@
+"""RenderOptions: every choice about how a trace is drawn, in one small object."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..errors import RenderError
+
+__all__ = ["RANKDIRS", "THEMES", "RenderOptions", "resolve_options"]
+
+RANKDIRS = ("TB", "LR", "BT", "RL")
+THEMES = ("light", "dark")
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How to draw a trace.
+
+    >>> RenderOptions(rankdir="LR", show_values=False).rankdir
+    'LR'
+
+    rankdir: the direction data flows on the page (TB top to bottom, LR left to right, ...).
+    show_values / show_grads: the forward-value and gradient lines inside each node.
+    theme: ``light`` or ``dark``: page background and text colours; node colours read on both.
+    timeout: seconds Graphviz may spend laying out (``None``: no limit).
+    """
+
+    rankdir: str = "TB"
+    show_values: bool = True
+    show_grads: bool = True
+    theme: str = "light"
+    timeout: float | None = 120.0
+
+    def __post_init__(self) -> None:
+        if self.rankdir not in RANKDIRS:
+            raise RenderError(f"unknown rankdir {self.rankdir!r} (must be one of {list(RANKDIRS)})")
+        if self.theme not in THEMES:
+            raise RenderError(f"unknown theme {self.theme!r} (must be one of {list(THEMES)})")
+        for name in ("show_values", "show_grads"):
+            if not isinstance(getattr(self, name), bool):
+                raise RenderError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise RenderError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}")
+
+
+def resolve_options(options: RenderOptions | None, overrides: Mapping[str, Any]) -> RenderOptions:
+    """``options`` (or the defaults) with ``overrides`` applied; unknown names are an error."""
+    if options is not None and not isinstance(options, RenderOptions):
+        raise RenderError(f"options must be a RenderOptions, got {type(options).__name__}")
+    base = options or RenderOptions()
+    if not overrides:
+        return base
+    valid = [f.name for f in dataclasses.fields(RenderOptions)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise RenderError(f"unknown render option(s) {unknown} (valid options: {valid})")
+    return dataclasses.replace(base, **overrides)
