@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -29,7 +30,7 @@ from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
 from .forward import ForwardRecorder, ModuleTracker
 from .stats import StatsBuffer
 
-__all__ = ["Session", "op_label"]
+__all__ = ["Session", "input_names", "names_from_frames", "op_label"]
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _OPTIMIZER_SETTINGS = ("momentum", "dampening", "nesterov", "betas", "eps", "weight_decay", "alpha", "rho")
@@ -85,6 +86,8 @@ class Session:
         self._original_backward: Callable[..., Any] | None = None
         self.on_backward_done: Callable[[], None] | None = None
         self.on_optimizer_done: Callable[[], None] | None = None
+        self.on_backward_after_recorded: Callable[[], None] | None = None
+        self._leaf_names: dict[int, str] = {}
 
     # -- installing and removing -------------------------------------------------
 
@@ -146,7 +149,8 @@ class Session:
 
     def _on_root_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self.recorder.recording:
-            self.add_inputs(args)
+            # Only data from outside: a tensor computed in this step (the model's output fed to a loss) is no input.
+            self.add_inputs(a for a in torch.utils._pytree.tree_leaves(list(args)) if not isinstance(a, torch.Tensor) or a.grad_fn is None)
 
     # -- backward -----------------------------------------------------------------
 
@@ -154,7 +158,12 @@ class Session:
         assert self._original_backward is not None
         original = self._original_backward
         self.backward_calls += 1
-        if self.backward_calls != self.step or self._recorded:
+        if self._recorded:
+            if self.on_backward_after_recorded is not None:
+                self.on_backward_after_recorded()
+            return original(tensors, *args, **kwargs)
+        if self.backward_calls != self.step:
+            # An earlier step: what it recorded is not the asked-for step's forward.
             self.recorder.reset()
             self.recorder.recording = self.backward_calls == self.step - 1
             return original(tensors, *args, **kwargs)
@@ -175,9 +184,12 @@ class Session:
             root_nodes.append(torch.autograd.graph.get_gradient_edge(r).node)
         graph = self._walk = walk(root_nodes)
         self._recorded = True
+        names = names_from_frames()
         for key, node in graph.nodes.items():
             if key[1] == "AccumulateGrad":
                 self._leaf_stats[key] = self.stats.add(node.variable)
+                if id(node.variable) in names:
+                    self._leaf_names[id(node.variable)] = names[id(node.variable)]
         self._backward = BackwardRecorder(graph, self.stats)
         try:
             if _get_current_dispatch_mode() is self.recorder:
@@ -217,7 +229,8 @@ class Session:
         groups = opt.param_groups
         lrs = {float(g["lr"]) for g in groups if "lr" in g and not isinstance(g["lr"], torch.Tensor)}
         lrs |= {float(g["lr"].item()) for g in groups if isinstance(g.get("lr"), torch.Tensor)}
-        settings = tuple((k, str(groups[0][k])) for k in _OPTIMIZER_SETTINGS if k in groups[0])
+        # Settings left at 0/False/None say nothing a reader needs (momentum=0, nesterov=False).
+        settings = tuple((k, str(groups[0][k])) for k in _OPTIMIZER_SETTINGS if k in groups[0] and groups[0][k] not in (0, False, None))
         if len(groups) > 1:
             settings += (("param_groups", str(len(groups))),)
         self.optimizer = OptimizerStep(type(opt).__name__, lrs.pop() if len(lrs) == 1 else None, settings)
@@ -278,6 +291,8 @@ class Session:
                 inp = self._input_ids.get(id(var))
                 if inp is not None:
                     label = self.inputs[inp].label
+                elif id(var) in self._leaf_names:
+                    label = self._leaf_names[id(var)]
                 else:
                     label, unnamed = f"leaf {unnamed}", unnamed + 1
                 kind, module = "leaf", ""
@@ -316,6 +331,31 @@ class Session:
         self.recorder.nodes.clear()
         self.stats = StatsBuffer()
         return result
+
+
+_LIBRARY_PREFIXES = ("torch", "gradtrace", "runpy", "click", "contextlib", "importlib")
+
+
+def names_from_frames(max_frames: int = 3) -> dict[int, str]:
+    """id(tensor) -> the variable name it has in the user's code that called backward.
+
+    Looks at the first few frames outside torch and gradtrace (locals, then
+    globals), so a leaf tensor made with ``point = torch.tensor(..., requires_grad=True)``
+    is drawn as ``point`` rather than ``leaf 0``.
+    """
+    names: dict[int, str] = {}
+    frame = sys._getframe(1)
+    seen = 0
+    while frame is not None and seen < max_frames:
+        module = frame.f_globals.get("__name__", "") or ""
+        if not module.split(".")[0] in _LIBRARY_PREFIXES:
+            seen += 1
+            for scope in (frame.f_locals, frame.f_globals):
+                for name, value in list(scope.items()):
+                    if isinstance(value, torch.Tensor) and not name.startswith("_"):
+                        names.setdefault(id(value), name)
+        frame = frame.f_back
+    return names
 
 
 def input_names(fn: Any, n: int) -> list[str]:

@@ -194,7 +194,7 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         emit_cluster(g, top)
     for e in trace.edges:
         shape = trace.graph.edges[e.src, e.dst].get("shape")
-        tip = f"{trace.node(e.src).label} -> {trace.node(e.dst).label}" + (f" {fmt.shape_of(shape)}" if shape is not None else "")
+        tip = f"{trace.node(e.src).label} → {trace.node(e.dst).label}" + (f" {fmt.shape_of(shape)}" if shape is not None else "")
         g.edge(e.src, e.dst, tooltip=escape_tooltip(tip))
     g.node("legend", _legend(theme), shape="plain", tooltip="legend")
     return g

@@ -47,7 +47,8 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     if trace.optimizer is not None:
         o = trace.optimizer
-        lines.append(f"optimizer step: {o.name} lr={fmt.num(o.lr, 6)}")
+        settings = "".join(f" {k}={v}" for k, v in o.hyperparameters)
+        lines.append(f"optimizer step: {o.name} lr={fmt.num(o.lr, 6)}{settings}")
         for key in trace.forward_order():
             n = trace.node(key)
             if n.update is not None:

@@ -1,0 +1,110 @@
+"""The ``gradtrace`` command: thin click wrappers around the library.
+
+The library's own errors become ``click.ClickException`` (exit 1); click
+handles usage errors (exit 2). A script that raises gets its own traceback,
+without gradtrace's frames, and exit 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import GradtraceError
+from .render.options import RANKDIRS, THEMES, RenderOptions
+from .render.output import FORMATS, SUFFIXES, format_for
+
+__all__ = ["main"]
+
+_EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json": ".json", "text": ".txt"}
+
+
+def _script_options(f: Any) -> Any:
+    f = click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+                     help="Trace the Nth backward() call (and the forward since the previous one).")(f)
+    f = click.argument("script_args", nargs=-1, type=click.UNPROCESSED)(f)
+    f = click.argument("script", type=click.Path(exists=True, dir_okay=False))(f)
+    return f
+
+
+def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool) -> Any:
+    from .script import ScriptFailed, run_script
+
+    try:
+        return run_script(script, script_args, step=step, run_to_end=run_to_end)
+    except ScriptFailed as e:
+        sys.stdout.flush()
+        click.echo(e.report, err=True, nl=False)
+        raise SystemExit(1) from None
+    except GradtraceError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="gradtrace")
+def main() -> None:
+    """See one PyTorch training step: every autograd node with its value, its gradient, and backprop's order.
+
+    \b
+    Example:
+        gradtrace render train.py -o step.svg
+    """
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@_script_options
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
+              help="File to write. Default: SCRIPT's name with the format's suffix, in the working directory.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Output format. Default: from OUTPUT's suffix, else svg. 'text' without -o prints a table.")
+@click.option("--run-to-end", is_flag=True, help="Let the script run on after the traced step instead of stopping it.")
+@click.option("--rankdir", type=click.Choice(RANKDIRS), default="TB", show_default=True, help="Direction data flows in the diagram.")
+@click.option("--no-values", is_flag=True, help="Leave forward values out of the nodes.")
+@click.option("--no-grads", is_flag=True, help="Leave gradients out of the nodes.")
+@click.option("--theme", type=click.Choice(THEMES), default="light", show_default=True, help="Colours for light or dark pages.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="Seconds Graphviz may spend on layout.")
+def render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
+           rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float) -> None:
+    """Run SCRIPT as `python SCRIPT SCRIPT_ARGS` would and draw its training step.
+
+    The script is unmodified: gradtrace records the forward that leads to its
+    Nth backward() call, that backward, and the optimizer step() after it,
+    then stops the script. Arguments for the script follow SCRIPT; put those
+    that look like options after `--`.
+
+    \b
+    Examples:
+        gradtrace render train.py                       # writes train.svg
+        gradtrace render train.py --step 3 -o step3.png
+        gradtrace render train.py --format text         # a table in the terminal
+        gradtrace render train.py -o step.svg -- --lr 0.1 --epochs 5
+    """
+    if output is not None:
+        try:
+            fmt = format_for(Path(output), fmt)
+        except GradtraceError as e:
+            raise click.UsageError(str(e)) from None
+        out_dir = Path(output).parent
+        if not out_dir.is_dir():
+            raise click.ClickException(f"cannot write {output!r}: the folder {str(out_dir)!r} does not exist")
+    fmt = fmt or "svg"
+    options = RenderOptions(rankdir=rankdir, show_values=not no_values, show_grads=not no_grads, theme=theme, timeout=timeout)
+    trace = _run(script, script_args, step, run_to_end)
+    try:
+        if output is None and fmt == "text":
+            from .render.text import to_text
+
+            click.echo(to_text(trace, options), nl=False)
+            return
+        target = Path(output) if output is not None else Path(Path(script).stem + _EXTENSIONS[fmt])
+        trace.render(target, fmt, options)
+    except GradtraceError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"gradtrace: wrote {target} ({sum(1 for _ in trace.nodes)} nodes, step {step})", err=True)
+
+

@@ -1,0 +1,88 @@
+"""Torch as the oracle: what the trace of a step must say, computed without gradtrace's capture.
+
+`reference_step` runs the model plainly and records every tensor an op
+produced together with its autograd node (a dispatch mode written here, not
+gradtrace's), then asks ``torch.autograd.grad`` for the gradient of the loss
+with respect to each of them. `autograd_walk` walks the graph breadth-first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+@dataclass
+class RefNode:
+    grad_fn: str
+    values: dict[int, torch.Tensor] = field(default_factory=dict)  # output_nr -> what the op produced
+    grads: dict[int, torch.Tensor | None] = field(default_factory=dict)  # output_nr -> d loss / d output
+
+
+@dataclass
+class Reference:
+    loss: torch.Tensor
+    ops: list[RefNode]  # nodes reachable from the loss, in creation order
+    param_grads: dict[str, torch.Tensor]
+    n_ops: int
+    n_leaves: int
+
+
+class _Outputs(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tensors: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.tensors.append(t)
+        return out
+
+
+def autograd_walk(root: torch.Tensor) -> tuple[list[Any], list[Any]]:
+    """(op nodes, AccumulateGrad nodes) reachable from ``root.grad_fn``, by a plain breadth-first walk."""
+    start = root.grad_fn
+    seen, queue = {id(start)}, deque([start])
+    ops, leaves = [], []
+    while queue:
+        node = queue.popleft()
+        (leaves if type(node).__name__ == "AccumulateGrad" else ops).append(node)
+        for child, _ in node.next_functions:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                queue.append(child)
+    return ops, leaves
+
+
+def reference_step(model: Callable[..., Any], inputs: tuple, loss: Callable[[Any], torch.Tensor]) -> Reference:
+    """Run ``loss(model(*inputs))`` plainly and take every gradient from ``torch.autograd.grad``."""
+    mode = _Outputs()
+    with mode:
+        root = loss(model(*inputs))
+    ops, leaves = autograd_walk(root)
+    reachable = {n._sequence_nr() for n in ops}
+    firsts: dict[tuple[int, int], torch.Tensor] = {}
+    for t in mode.tensors:
+        gf = t.grad_fn if t.requires_grad else None
+        if gf is not None and gf._sequence_nr() in reachable:
+            firsts.setdefault((gf._sequence_nr(), t.output_nr), t)  # the op that made it saw it first
+    keys = sorted(firsts)
+    tensors = [firsts[k] for k in keys]
+    values = [t.detach().clone() for t in tensors]
+    grads = torch.autograd.grad(root, tensors, allow_unused=True, retain_graph=True)
+    by_seq: dict[int, RefNode] = {}
+    for (seq, nr), t, v, g in zip(keys, tensors, values, grads):
+        node = by_seq.setdefault(seq, RefNode(type(t.grad_fn).__name__))
+        node.values[nr] = v
+        node.grads[nr] = g
+    root.backward()
+    params = {}
+    if isinstance(model, torch.nn.Module):
+        params = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return Reference(root.detach(), [by_seq[s] for s in sorted(by_seq)], params, len(ops), len(leaves))
