@@ -42,13 +42,21 @@ class ScriptFailed(Exception):
         return self.report
 
 
+def click_file() -> str:
+    try:
+        import click
+    except ImportError:  # running without the CLI
+        return "<no click>"
+    return click.__file__ or "<no click>"
+
+
 def _user_traceback(exc: BaseException) -> str:
     """The traceback as Python would print it, without gradtrace's, runpy's or click's frames."""
     te = traceback.TracebackException.from_exception(exc)
-    hidden = (_PACKAGE_DIR, os.path.dirname(runpy.__file__) + os.sep + "runpy.py")
+    hidden = (_PACKAGE_DIR, runpy.__file__, "<frozen runpy>", os.path.dirname(click_file()))
 
     def prune(t: traceback.TracebackException) -> None:
-        t.stack = traceback.StackSummary.from_list([f for f in t.stack if not f.filename.startswith(hidden) and "/click/" not in f.filename])
+        t.stack = traceback.StackSummary.from_list([f for f in t.stack if not f.filename.startswith(hidden)])
         if t.__cause__ is not None:
             prune(t.__cause__)
         if t.__context__ is not None:
