@@ -108,3 +108,37 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     click.echo(f"gradtrace: wrote {target} ({sum(1 for _ in trace.nodes)} nodes, step {step})", err=True)
 
 
+
+
+@main.command()
+@_script_options
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON instead of a table.")
+def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -> None:
+    """Run SCRIPT like `render` does and report where gradients vanish, explode or turn NaN.
+
+    Exit status: 0 when no NaN or inf was found, 1 when one was (so it can
+    gate CI), 2 for usage errors. Vanishing, exploding, dead units and
+    odd update sizes are reported but do not fail the check.
+
+    \b
+    Examples:
+        gradtrace check train.py
+        gradtrace check train.py --step 10 --json
+    """
+    trace = _run(script, script_args, step, False)
+    findings = trace.diagnose()
+    if as_json:
+        import json
+
+        rows = [dict(f.to_dict(), label=trace.node(f.node).label, module=trace.node(f.node).module) for f in findings]
+        click.echo(json.dumps({"step": step, "findings": rows}, indent=1))
+    elif not findings:
+        click.echo(f"gradtrace check: no findings in step {step} ({len(trace.nodes)} nodes)")
+    else:
+        header = ("kind", "node", "module", "finding")
+        rows_t = [(f.kind, trace.node(f.node).label, trace.node(f.node).module or "-", f.message) for f in findings]
+        widths = [max(len(r[i]) for r in [header, *rows_t]) for i in range(3)]
+        for r in [header, *rows_t]:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    if any(f.alarm for f in findings):
+        raise SystemExit(1)

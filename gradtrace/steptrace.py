@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import graphviz
     import networkx as nx
 
+    from .diagnose import Finding
     from .render.options import RenderOptions
 
 __all__ = ["Trace"]
@@ -91,6 +92,18 @@ class Trace:
     def backward_order(self) -> list[str]:
         """Node keys in the order the autograd engine visited them (the loss first)."""
         return backward_order(self.graph)
+
+    def diagnose(self) -> list[Finding]:
+        """Where gradients vanish, explode or turn NaN: findings, most severe first.
+
+        See :mod:`gradtrace.diagnose` for each kind and its threshold.
+
+        >>> for f in t.diagnose():                    # doctest: +SKIP
+        ...     print(f.kind, f.node, f.message)
+        """
+        from .diagnose import diagnose
+
+        return diagnose(self)
 
     # -- drawing ---------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 import graphviz
 
+from ..diagnose import Finding
 from ..records import TraceNode
 from . import fmt
 from .options import RenderOptions
-from .style import ALARM, BANDS, NO_GRAD, THEME_COLORS, ZERO_GRAD, band_for, text_color
+from .style import ALARM, BANDS, FINDING, NO_GRAD, THEME_COLORS, ZERO_GRAD, band_for, text_color
 
 if TYPE_CHECKING:
     from ..steptrace import Trace
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["escape_tooltip", "node_tooltip", "to_dot"]
 
 FONT = "Helvetica"
+MAX_LEGEND_FINDINGS = 8
 _KIND_STYLE = {
     "op": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffffff", "color": "#4d4d4d"},
     "param": {"shape": "box", "style": "filled", "fillcolor": "#fbf3dc", "color": "#8c6d1f"},
@@ -52,7 +54,14 @@ def _outputs_lines(prefix: str, items: tuple, limit: int = 3) -> list[str]:
     return lines or [f"{prefix} -"]
 
 
-def node_label(n: TraceNode, options: RenderOptions, is_loss: bool) -> str:
+_BADGES = {
+    "nan_forward": "NaN starts here", "inf_forward": "inf starts here", "nan_backward": "NaN gradient starts here",
+    "inf_backward": "inf gradient starts here", "vanishing": "vanishing gradient", "exploding": "exploding gradient",
+    "dead": "dead: all zero", "update_ratio": "update size off",
+}
+
+
+def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: list[Finding] = []) -> str:  # noqa: B006 (never mutated)
     color, _ = band_for(n.grad)
     if any(s is not None and not s.finite for s in n.values + n.grads):
         color = ALARM
@@ -78,6 +87,9 @@ def node_label(n: TraceNode, options: RenderOptions, is_loss: bool) -> str:
             lines.append(f"‖Δw‖/‖w‖ {fmt.num(n.update_ratio, 3)}")
     for line in lines:
         rows.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT"><FONT POINT-SIZE="10">{h(line)}</FONT></TD></TR>')
+    for f in findings:
+        badge = ALARM if f.alarm else FINDING
+        rows.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT" BGCOLOR="{badge}"><FONT COLOR="{text_color(badge)}" POINT-SIZE="10"><B>⚠ {h(_BADGES[f.kind])}</B></FONT></TD></TR>')
     return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>"
 
 
@@ -103,7 +115,7 @@ def node_tooltip(n: TraceNode) -> str:
     return escape_tooltip("\n".join(lines))
 
 
-def _legend(theme: dict[str, str]) -> str:
+def _legend(theme: dict[str, str], findings: list[Finding]) -> str:
     cells = []
     for b in BANDS:
         cells.append(f'<TD BGCOLOR="{b.color}"><FONT COLOR="{text_color(b.color)}" POINT-SIZE="9">{h(b.label)}</FONT></TD>')
@@ -121,7 +133,14 @@ def _legend(theme: dict[str, str]) -> str:
         f"<TR>{''.join(cells)}</TR>"
         f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}" POINT-SIZE="9">'
         "rounded box: op · tan box: parameter · blue box: other tensor requiring grad · dashed box: input"
-        "</FONT></TD></TR></TABLE>>"
+        "</FONT></TD></TR>" + "".join(
+            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT" BGCOLOR="{ALARM if f.alarm else FINDING}">'
+            f'<FONT COLOR="{text_color(ALARM if f.alarm else FINDING)}" POINT-SIZE="10">⚠ {h(f.kind)}: {h(f.message)}</FONT></TD></TR>'
+            for f in findings[:MAX_LEGEND_FINDINGS]
+        ) + (
+            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT"><FONT COLOR="{theme["text"]}" POINT-SIZE="10">… and {len(findings) - MAX_LEGEND_FINDINGS} more findings (Trace.diagnose())</FONT></TD></TR>'
+            if len(findings) > MAX_LEGEND_FINDINGS else ""
+        ) + "</TABLE>>"
     )
 
 
@@ -152,6 +171,10 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         node_attr={"fontname": FONT, "fontsize": "11", "margin": "0.05,0.03", "penwidth": "1"},
         edge_attr={"color": theme["edge"], "arrowsize": "0.6", "fontname": FONT, "fontsize": "9"},
     )
+    findings = trace.diagnose() if options.show_findings else []
+    by_node: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_node.setdefault(f.node, []).append(f)
     order = trace.forward_order()
     by_module: dict[str, list[str]] = {}
     for key in order:
@@ -177,7 +200,13 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
                 attrs.update(peripheries="2", penwidth="1.5")
             if any(s is not None and not s.finite for s in n.values + n.grads):
                 attrs.update(color=ALARM, penwidth="2.5")
-            graph.node(key, node_label(n, options, key == trace.loss), tooltip=node_tooltip(n), **attrs)
+            mine = by_node.get(key, [])
+            if any(f.alarm for f in mine):
+                attrs.update(color=ALARM, penwidth="4")
+            elif mine:
+                attrs.update(color=FINDING, penwidth="3")
+            tip = node_tooltip(n) + "".join(escape_tooltip(f"\n⚠ {f.kind}: {f.message}") for f in mine)
+            graph.node(key, node_label(n, options, key == trace.loss, mine), tooltip=tip, **attrs)
 
     def emit_cluster(parent: graphviz.Digraph, path: str) -> None:
         cls = trace.modules.get(path, "")
@@ -196,5 +225,5 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         shape = trace.graph.edges[e.src, e.dst].get("shape")
         tip = f"{trace.node(e.src).label} → {trace.node(e.dst).label}" + (f" {fmt.shape_of(shape)}" if shape is not None else "")
         g.edge(e.src, e.dst, tooltip=escape_tooltip(tip))
-    g.node("legend", _legend(theme), shape="plain", tooltip="legend")
+    g.node("legend", _legend(theme, findings), shape="plain", tooltip="legend")
     return g

@@ -87,6 +87,8 @@ def summary(s: TensorStats | None) -> str:
     bad = _bad(s)
     if s.numel == 0:
         return "empty"
+    if bad and s.nan == s.numel:
+        return f"all NaN ({s.numel})"
     if s.values is not None:
         shown = [short(v, s.dtype) for v in s.values[:INLINE_VALUES]]
         more = "" if len(s.values) <= INLINE_VALUES else ", …"

@@ -25,6 +25,7 @@ class RenderOptions:
     show_values / show_grads: the forward-value and gradient lines inside each node.
     theme: ``light`` or ``dark``: page background and text colours; node colours read on both.
     timeout: seconds Graphviz may spend laying out (``None``: no limit).
+    show_findings: mark what ``Trace.diagnose()`` found on its nodes and list it in the legend.
     """
 
     rankdir: str = "TB"
@@ -32,13 +33,14 @@ class RenderOptions:
     show_grads: bool = True
     theme: str = "light"
     timeout: float | None = 120.0
+    show_findings: bool = True
 
     def __post_init__(self) -> None:
         if self.rankdir not in RANKDIRS:
             raise RenderError(f"unknown rankdir {self.rankdir!r} (must be one of {list(RANKDIRS)})")
         if self.theme not in THEMES:
             raise RenderError(f"unknown theme {self.theme!r} (must be one of {list(THEMES)})")
-        for name in ("show_values", "show_grads"):
+        for name in ("show_values", "show_grads", "show_findings"):
             if not isinstance(getattr(self, name), bool):
                 raise RenderError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..records import TensorStats
 
-__all__ = ["ALARM", "BANDS", "NO_GRAD", "ZERO_GRAD", "Band", "THEME_COLORS", "band_for", "text_color"]
+__all__ = ["ALARM", "BANDS", "FINDING", "NO_GRAD", "ZERO_GRAD", "Band", "THEME_COLORS", "band_for", "text_color"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ def _band(i: int, color: str) -> Band:
 #: Magnitude bands, one per decade.
 BANDS: tuple[Band, ...] = tuple(_band(i, c) for i, c in enumerate(_VIRIDIS))
 ALARM = "#e0112b"  # NaN or inf in a value or gradient
+FINDING = "#f28e2b"  # a diagnose() finding that is no NaN/inf: vanishing, exploding, dead, update size
 ZERO_GRAD = "#b8b8b8"  # a gradient that is exactly zero everywhere
 NO_GRAD = "#ffffff"  # no gradient reached the node (inputs, or nodes backprop skipped)
 
