@@ -96,3 +96,39 @@ class LSTMTagger(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, (h, c) = self.lstm(x)
         return F.log_softmax(self.head(out[:, -1]), dim=1)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return F.relu(h + (x if self.down is None else self.down(x)))
+
+
+class ResNet(nn.Module):
+    """ResNet-18's shape: a stem, four stages of two basic blocks, pooling, a linear head."""
+
+    def __init__(self, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2), classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        stages, c = [], width
+        for i, n in enumerate(blocks):
+            c_out = width * 2**i
+            stages.append(nn.Sequential(*[BasicBlock(c if j == 0 else c_out, c_out, 2 if (j == 0 and i > 0) else 1) for j in range(n)]))
+            c = c_out
+        self.layer = nn.Sequential(*stages)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layer(self.stem(x))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))

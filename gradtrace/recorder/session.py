@@ -252,7 +252,8 @@ class Session:
         ops = sorted((k for k in graph.nodes if k[1] != "AccumulateGrad"), key=lambda k: k[0])
         leaves = [k for k in graph.nodes if k[1] == "AccumulateGrad"]
         keys: dict[NodeKey, str] = {k: f"op{i}" for i, k in enumerate(ops)}
-        params = sorted((k for k in leaves if id(graph.nodes[k].variable) in param_names), key=lambda k: list(param_names).index(id(graph.nodes[k].variable)))
+        param_rank = {pid: i for i, pid in enumerate(param_names)}
+        params = sorted((k for k in leaves if id(graph.nodes[k].variable) in param_rank), key=lambda k: param_rank[id(graph.nodes[k].variable)])
         keys.update({k: f"param{i}" for i, k in enumerate(params)})
         others = [k for k in leaves if k not in keys]
         keys.update({k: f"leaf{i}" for i, k in enumerate(others)})
