@@ -68,8 +68,14 @@ def main() -> None:
 @click.option("--theme", type=click.Choice(THEMES), default="light", show_default=True, help="Colours for light or dark pages.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
               help="Seconds Graphviz may spend on layout.")
+@click.option("--depth", type=click.IntRange(min=0), default=None, help="Draw modules deeper than N levels as one node each.")
+@click.option("--max-nodes", type=click.IntRange(min=1), default=250, show_default=True,
+              help="Without --depth, collapse modules until the diagram has at most this many nodes (nothing is dropped: nodes are grouped).")
+@click.option("--module", "module", default=None, metavar="PATH", help="Draw only this module (e.g. encoder.layer.3), with its inputs and outputs as boundary nodes.")
+@click.option("--no-fold", is_flag=True, help="Do not fold runs of identical sibling modules (a transformer's layers) into one ×K node.")
 def render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
-           rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float) -> None:
+           rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
+           module: str | None, no_fold: bool) -> None:
     """Run SCRIPT as `python SCRIPT SCRIPT_ARGS` would and draw its training step.
 
     The script is unmodified: gradtrace records the forward that leads to its
@@ -83,6 +89,8 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         gradtrace render train.py --step 3 -o step3.png
         gradtrace render train.py --format text         # a table in the terminal
         gradtrace render train.py -o step.svg -- --lr 0.1 --epochs 5
+        gradtrace render train.py --depth 1                # one node per top-level block
+        gradtrace render train.py --module encoder.layer.3
     """
     if output is not None:
         try:
@@ -93,7 +101,11 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         if not out_dir.is_dir():
             raise click.ClickException(f"cannot write {output!r}: the folder {str(out_dir)!r} does not exist")
     fmt = fmt or "svg"
-    options = RenderOptions(rankdir=rankdir, show_values=not no_values, show_grads=not no_grads, theme=theme, timeout=timeout)
+    try:
+        options = RenderOptions(rankdir=rankdir, show_values=not no_values, show_grads=not no_grads, theme=theme, timeout=timeout,
+                                depth=depth, max_nodes=max_nodes, module=module, fold=not no_fold)
+    except GradtraceError as e:
+        raise click.UsageError(str(e)) from None
     trace = _run(script, script_args, step, run_to_end)
     try:
         if output is None and fmt == "text":

@@ -27,3 +27,8 @@ def regen_golden(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_runtest_setup(item):
+    if "cuda" in item.keywords and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (run on the GPU machine)")

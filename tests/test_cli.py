@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -181,3 +182,19 @@ def test_installed_console_script(tmp_path):
     assert proc.returncode == 2
     proc = subprocess.run([sys.executable, "-m", "gradtrace", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and gradtrace.__version__ in proc.stdout
+
+
+def test_scale_options(tmp_path):
+    out = tmp_path / "d.dot"
+    result = run("render", LOOP, "-o", out, "--depth", 0)
+    assert result.exit_code == 0, result.output
+    src = out.read_text()
+    assert re.search(r'^\s*"?module_fc1"? \[', src, re.M) and re.search(r'^\s*"?module_fc2"? \[', src, re.M)
+    result = run("render", LOOP, "-o", out, "--module", "fc2")
+    assert result.exit_code == 0 and "module fc2 only" in out.read_text()
+    result = CliRunner().invoke(main, ["render", LOOP, "-o", str(out), "--module", "nope"])
+    assert result.exit_code == 1 and "no module 'nope'" in result.output
+    result = CliRunner().invoke(main, ["render", LOOP, "-o", str(out), "--max-nodes", "0"])
+    assert result.exit_code == 2
+    result = run("render", LOOP, "-o", out, "--max-nodes", 5, "--no-fold")
+    assert result.exit_code == 0 and "max_nodes=5" in out.read_text()

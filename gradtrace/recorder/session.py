@@ -9,6 +9,7 @@ included), it removes them all, in reverse order, in ``finally``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import re
@@ -143,7 +144,8 @@ class Session:
         i = len(self.inputs)
         label = self._input_names[i] if i < len(self._input_names) else f"input {i}"
         self._input_ids[id(t)] = i
-        self.inputs.append(_Input(label, t, self.stats.add(t)))
+        with self.outside_mode():
+            self.inputs.append(_Input(label, t, self.stats.add(t)))
         if not t.requires_grad:
             self.recorder.origins[t] = {i}
 
@@ -173,6 +175,17 @@ class Session:
             self.on_backward_done()
         return result
 
+    def outside_mode(self) -> Any:
+        """A context in which gradtrace's own tensor work does not pass through its recorder.
+
+        (Inside ``__torch_dispatch__`` torch already takes the mode off; this is for the work
+        done from hooks and from the session itself: input and leaf statistics, the backward,
+        the optimizer snapshots, the final reductions.)
+        """
+        if _get_current_dispatch_mode() is self.recorder:
+            return _pop_mode_temporarily()
+        return contextlib.nullcontext()
+
     def record_backward(self, roots: list[torch.Tensor], run: Callable[[], Any]) -> Any:
         """Walk the graph behind ``roots``, hook every node, run ``run`` (the backward), unhook."""
         self.recorder.flush()
@@ -182,23 +195,21 @@ class Session:
             if not isinstance(r, torch.Tensor) or not r.requires_grad:
                 raise CaptureError("backward() was called on a tensor that does not require grad: nothing to trace")
             root_nodes.append(torch.autograd.graph.get_gradient_edge(r).node)
-        graph = self._walk = walk(root_nodes)
-        self._recorded = True
-        names = names_from_frames()
-        for key, node in graph.nodes.items():
-            if key[1] == "AccumulateGrad":
-                self._leaf_stats[key] = self.stats.add(node.variable)
-                if id(node.variable) in names:
-                    self._leaf_names[id(node.variable)] = names[id(node.variable)]
-        self._backward = BackwardRecorder(graph, self.stats)
-        try:
-            if _get_current_dispatch_mode() is self.recorder:
-                # The backward's own ops are not part of the forward: take the mode off meanwhile.
-                with _pop_mode_temporarily():
-                    return run()
-            return run()
-        finally:
-            self._backward.remove()
+        with self.outside_mode():
+            graph = self._walk = walk(root_nodes)
+            self._recorded = True
+            names = names_from_frames()
+            for key, node in graph.nodes.items():
+                if key[1] == "AccumulateGrad":
+                    self._leaf_stats[key] = self.stats.add(node.variable)
+                    if id(node.variable) in names:
+                        self._leaf_names[id(node.variable)] = names[id(node.variable)]
+            self._backward = BackwardRecorder(graph, self.stats)
+            try:
+                # The backward's own ops are not part of the forward: the mode is off meanwhile.
+                return run()
+            finally:
+                self._backward.remove()
 
     @property
     def backward_recorded(self) -> bool:
@@ -210,7 +221,7 @@ class Session:
         if self._walk is None or self.optimizer_done or self._before_step:
             return
         leaves = {id(n.variable) for k, n in self._walk.nodes.items() if k[1] == "AccumulateGrad"}
-        with torch.no_grad():
+        with torch.no_grad(), self.outside_mode():
             for group in opt.param_groups:
                 for p in group["params"]:
                     if id(p) in leaves:
@@ -219,7 +230,7 @@ class Session:
     def _optimizer_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._walk is None or self.optimizer_done or not self._before_step:
             return
-        with torch.no_grad():
+        with torch.no_grad(), self.outside_mode():
             for group in opt.param_groups:
                 for p in group["params"]:
                     before = self._before_step.pop(id(p), None)
@@ -245,7 +256,8 @@ class Session:
         if self._walk is None or self._backward is None:
             raise CaptureError("no backward() was recorded, so there is no step to trace")
         graph, bwd = self._walk, self._backward
-        stats = self.stats.materialize()
+        with self.outside_mode():
+            stats = self.stats.materialize()
         param_names = self.modules.named_parameters()
         fwd = self.recorder.nodes
 

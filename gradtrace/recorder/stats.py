@@ -108,7 +108,10 @@ class StatsBuffer:
     (1.0, 2.0, 3.0)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, accelerator_path: bool = False) -> None:
+        # accelerator_path: treat CPU tensors as an accelerator would (no read-back until the end);
+        # lets the accelerator code be tested on machines without one.
+        self._accelerator_path = accelerator_path
         self._done: list[TensorStats | None] = []
         self._meta: dict[int, _Meta] = {}
         self._groups: dict[tuple[torch.device, torch.dtype, int], list[tuple[int, torch.Tensor]]] = {}
@@ -139,13 +142,13 @@ class StatsBuffer:
         if n == 0:
             self._done.append(_empty(meta))
             return handle
-        cpu = device.type == "cpu"
+        cpu = device.type == "cpu" and not self._accelerator_path
         if cpu and n <= EXACT_VALUES_MAX:
             self._done.append(_python_stats(meta, [float(v) for v in x.reshape(-1).tolist()]))
             return handle
         self._done.append(None)
         self._meta[handle] = meta
-        if n <= STAGE_MAX.get(device.type, STAGE_MAX_DEFAULT):
+        if n <= STAGE_MAX.get("cpu" if cpu else "accelerator", STAGE_MAX_DEFAULT):
             # A private flat copy: the original may be changed in place before the group is reduced.
             flat = x.reshape(-1) if fresh else x.clone(memory_format=torch.contiguous_format).view(-1)
             key = (device, flat.dtype, n)
@@ -177,7 +180,7 @@ class StatsBuffer:
         del group
         lo, hi = torch.aminmax(m, dim=1)
         sums = m.sum(dim=1)
-        if device.type == "cpu":
+        if device.type == "cpu" and not self._accelerator_path:
             squares = torch.linalg.vector_norm(m, dim=1).square_()
             for i, (h, a, b, s, q) in enumerate(zip(handles, lo.tolist(), hi.tolist(), sums.tolist(), squares.tolist())):
                 self._done[h] = self._finish_cpu_row(self._meta.pop(h), m[i], a, b, s, q)

@@ -26,6 +26,12 @@ class RenderOptions:
     theme: ``light`` or ``dark``: page background and text colours; node colours read on both.
     timeout: seconds Graphviz may spend laying out (``None``: no limit).
     show_findings: mark what ``Trace.diagnose()`` found on its nodes and list it in the legend.
+    depth: draw modules deeper than this many levels as one node each (``None``: every node).
+    max_nodes: when ``depth`` is None and the diagram would have more items, collapse to the
+        deepest depth that fits, and say so on the diagram (``None``: never collapse by itself).
+    fold: draw consecutive identical sibling modules (a transformer's layers) as one ×K node.
+    module: draw only this module (a path like ``encoder.layer.3``), with what feeds it and
+        what reads it as boundary nodes.
     """
 
     rankdir: str = "TB"
@@ -34,15 +40,25 @@ class RenderOptions:
     theme: str = "light"
     timeout: float | None = 120.0
     show_findings: bool = True
+    depth: int | None = None
+    max_nodes: int | None = 250
+    fold: bool = True
+    module: str | None = None
 
     def __post_init__(self) -> None:
         if self.rankdir not in RANKDIRS:
             raise RenderError(f"unknown rankdir {self.rankdir!r} (must be one of {list(RANKDIRS)})")
         if self.theme not in THEMES:
             raise RenderError(f"unknown theme {self.theme!r} (must be one of {list(THEMES)})")
-        for name in ("show_values", "show_grads", "show_findings"):
+        for name in ("show_values", "show_grads", "show_findings", "fold"):
             if not isinstance(getattr(self, name), bool):
                 raise RenderError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.depth is not None and (not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 0):
+            raise RenderError(f"depth must be a non-negative integer or None, got {self.depth!r}")
+        if self.max_nodes is not None and (not isinstance(self.max_nodes, int) or isinstance(self.max_nodes, bool) or self.max_nodes < 1):
+            raise RenderError(f"max_nodes must be a positive integer or None, got {self.max_nodes!r}")
+        if self.module is not None and (not isinstance(self.module, str) or not self.module):
+            raise RenderError(f"module must be a module path such as 'encoder.layer.3', got {self.module!r}")
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise RenderError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}")
 

@@ -1,0 +1,242 @@
+"""What a diagram shows of a big trace: module collapse, folded repeats, focus on one module.
+
+These are drawing choices, never changes to the recorded graph: a
+:class:`View` maps every node of the trace to exactly one displayed item (a
+node of its own, or the collapsed module that holds it), so nothing is ever
+dropped, only grouped. No torch here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import RenderError
+from .records import TensorStats
+
+if TYPE_CHECKING:
+    from .steptrace import Trace
+
+__all__ = ["Block", "View", "build_view", "choose_view"]
+
+
+@dataclass
+class Block:
+    """A collapsed module, or a run of K identical sibling modules folded into one item."""
+
+    key: str
+    paths: list[str]  # one module path, or K for a fold
+    cls: str
+    members: list[str]  # node keys inside, forward order
+    output: str | None  # the member whose output leaves the block (the last one in forward order)
+    block_grad_norms: list[float | None] = field(default_factory=list)  # per folded block, forward order
+
+    @property
+    def path(self) -> str:
+        return self.paths[0] if len(self.paths) == 1 else f"{self.paths[0]} … {self.paths[-1]}"
+
+    @property
+    def repeat(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class View:
+    """Displayed items and the edges between them."""
+
+    items: list[str]  # node keys and block keys, in forward order
+    blocks: dict[str, Block]
+    owner: dict[str, str]  # every trace node key -> the item that shows it
+    edges: list[tuple[str, str, tuple[int, ...] | None]]  # (src item, dst item, shape of the tensor)
+    boundary: set[str] = field(default_factory=set)  # items outside a focused module, drawn as context
+    depth: int | None = None
+    note: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _prefix(module: str, depth: int) -> str | None:
+    """The module path a node at ``module`` collapses into at ``depth``, or None when it stays a node."""
+    if not module:
+        return None
+    parts = module.split(".")
+    if len(parts) <= depth:
+        return None
+    return ".".join(parts[: depth + 1])
+
+
+def max_module_depth(trace: Trace) -> int:
+    return max((len(n.module.split(".")) for n in trace.nodes if n.module), default=0)
+
+
+def _signature(trace: Trace, members: list[str]) -> tuple:
+    """What makes two blocks 'the same structure': the sequence of their ops and parameter shapes."""
+    sig = []
+    for k in members:
+        n = trace.node(k)
+        shape = n.value.shape if n.value is not None else None
+        sig.append((n.kind, n.label.rpartition(".")[2] if n.kind == "param" else n.label, shape))
+    return tuple(sig)
+
+
+def build_view(trace: Trace, depth: int | None = None, fold: bool = True, module: str | None = None) -> View:
+    """Group ``trace`` for drawing: modules deeper than ``depth`` collapse, identical runs fold.
+
+    ``depth=None`` draws every node; ``depth=0`` collapses every top-level
+    module into one item; ``module`` keeps only that module's nodes, with the
+    nodes that feed it or read from it as boundary context.
+    """
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 0):
+        raise RenderError(f"depth must be a non-negative integer or None, got {depth!r}")
+    order = trace.forward_order()
+    g = trace.graph
+    keep = set(order)
+    boundary: set[str] = set()
+    if module is not None:
+        inside = {k for k in order if trace.node(k).module == module or trace.node(k).module.startswith(module + ".")}
+        if not inside:
+            known = sorted({n.module for n in trace.nodes if n.module})
+            close = [m for m in known if module.split(".")[0] in m][:8] or known[:8]
+            raise RenderError(f"no module {module!r} in this trace (modules include: {close})")
+        for k in inside:
+            boundary |= {p for p in g.predecessors(k) if p not in inside}
+            boundary |= {s for s in g.successors(k) if s not in inside}
+        keep = inside | boundary
+        order = [k for k in order if k in keep]
+
+    owner: dict[str, str] = {}
+    blocks: dict[str, Block] = {}
+    # 1. fold runs of identical sibling modules (a transformer's layers), at the shallowest level they occur
+    if fold:
+        _fold_runs(trace, [k for k in order if k not in boundary], blocks, owner)
+    # 2. collapse what lies deeper than depth
+    for k in order:
+        if k in owner:
+            continue
+        n = trace.node(k)
+        path = None
+        if depth is not None and k not in boundary:
+            # With a focus, depth counts the levels below the focused module, which itself stays open.
+            path = _prefix(n.module, depth + (len(module.split(".")) if module is not None else 0))
+        if path is None:
+            owner[k] = k
+            continue
+        bkey = f"module:{path}"
+        blk = blocks.get(bkey)
+        if blk is None:
+            blk = blocks[bkey] = Block(bkey, [path], trace.modules.get(path, ""), [], None)
+        blk.members.append(k)
+        owner[k] = bkey
+    for blk in blocks.values():
+        if blk.output is None:
+            blk.output = _output_of(trace, blk.members)
+            blk.block_grad_norms = [_norm(trace.node(blk.output).grad)]
+
+    items: list[str] = []
+    for k in order:
+        item = owner[k]
+        if item not in items:
+            items.append(item)
+    seen: set[tuple[str, str]] = set()
+    edges: list[tuple[str, str, tuple[int, ...] | None]] = []
+    for e in trace.edges:
+        if e.src not in owner or e.dst not in owner:
+            continue
+        a, b2 = owner[e.src], owner[e.dst]
+        if a == b2 or (a, b2) in seen or (e.src in boundary and e.dst in boundary):
+            continue
+        seen.add((a, b2))
+        edges.append((a, b2, g.edges[e.src, e.dst].get("shape")))
+    return View(items, blocks, owner, edges, boundary, depth)
+
+
+def _norm(s: TensorStats | None) -> float | None:
+    return None if s is None else s.norm
+
+
+def _output_of(trace: Trace, members: list[str]) -> str:
+    """The member whose output leaves the group (the last such op in forward order)."""
+    inside = set(members)
+    g = trace.graph
+    leaving = [k for k in members if any(s not in inside for s in g.successors(k)) or k == trace.loss]
+    ops = [k for k in leaving if trace.node(k).kind == "op"] or leaving or members
+    return ops[-1]
+
+
+def _fold_runs(trace: Trace, order: list[str], blocks: dict[str, Block], owner: dict[str, str]) -> None:
+    g = trace.graph
+    members: dict[str, list[str]] = {}  # module path -> node keys inside it (at any depth), forward order
+    for k in order:
+        module = trace.node(k).module
+        if not module:
+            continue
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):
+            members.setdefault(".".join(parts[:i]), []).append(k)
+    children: dict[str, list[str]] = {}
+    for path in members:  # insertion order is forward order of first appearance
+        children.setdefault(path.rpartition(".")[0], []).append(path)
+    folded: set[str] = set()
+    for parent in sorted(children, key=lambda p: (p.count(".") if p else -1, p)):
+        if any(parent == f or parent.startswith(f + ".") for f in folded):
+            continue
+        run: list[str] = []
+        for path in children[parent] + [None]:  # type: ignore[list-item]
+            if run and path is not None and _same_structure(trace, members, run[-1], path) and _feeds(trace, g, members, run[-1], path):
+                run.append(path)
+                continue
+            if len(run) >= 2:
+                keys = [k for p in run for k in members[p]]
+                outputs = [_output_of(trace, members[p]) for p in run]
+                blk = Block(f"fold:{run[0]}", list(run), trace.modules.get(run[0], ""), keys, outputs[-1],
+                            [_norm(trace.node(o).grad) for o in outputs])
+                blocks[blk.key] = blk
+                for k in keys:
+                    owner[k] = blk.key
+                folded.update(run)
+            run = [path] if path is not None else []
+
+
+def _same_structure(trace: Trace, members: dict[str, list[str]], a: str, b: str) -> bool:
+    return trace.modules.get(a) == trace.modules.get(b) and _signature(trace, members[a]) == _signature(trace, members[b])
+
+
+def _feeds(trace: Trace, g: object, members: dict[str, list[str]], a: str, b: str) -> bool:
+    """Module a's output reaches module b directly: they are consecutive in the data flow."""
+    inside_b = set(members[b])
+    return any(s in inside_b for s in g.successors(_output_of(trace, members[a])))  # type: ignore[attr-defined]
+
+
+def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bool, module: str | None) -> View:
+    """The view to draw: ``depth`` if given, else the deepest that fits ``max_nodes``; says so in ``note``."""
+    if max_nodes is not None and (not isinstance(max_nodes, int) or isinstance(max_nodes, bool) or max_nodes < 1):
+        raise RenderError(f"max_nodes must be a positive integer or None, got {max_nodes!r}")
+    if depth is not None or max_nodes is None:
+        return build_view(trace, depth, fold, module)
+    full = build_view(trace, None, fold, module)
+    if len(full) <= max_nodes:
+        return full
+    deepest = max_module_depth(trace)
+    view = full
+    for d in range(deepest - 1, -1, -1):
+        view = build_view(trace, d, fold, module)
+        if len(view) <= max_nodes:
+            view.note = f"modules collapsed below depth {d} to fit max_nodes={max_nodes} ({len(full)} items in full)"
+            return view
+    view.note = (f"collapsed to depth 0 and still {len(view)} items > max_nodes={max_nodes}; "
+                 f"nothing is dropped: raise max_nodes, or draw one module with module=...")
+    return view
+
+
+def block_rms(trace: Trace, b: Block) -> float | None:
+    s = trace.node(b.output).grad if b.output else None
+    return None if s is None or not s.finite else s.rms
+
+
+def fmt_norms(norms: list[float | None], limit: int = 12) -> str:
+    shown = ["-" if x is None else ("NaN" if math.isnan(x) else f"{x:.2g}") for x in norms]
+    if len(shown) > limit:
+        shown = shown[: limit // 2] + ["…"] + shown[-limit // 2 :]
+    return ", ".join(shown)

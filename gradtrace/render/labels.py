@@ -1,0 +1,225 @@
+"""HTML-like labels and tooltips for Graphviz nodes: what each node says, escaped.
+
+Every string that came from user code (module and parameter names, class
+names) goes through :func:`h` before it reaches an HTML-like label, and
+through :func:`escape_tooltip` before it reaches a tooltip.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+from ..collapse import Block, fmt_norms
+from ..diagnose import Finding
+from ..records import TensorStats, TraceNode
+from . import fmt
+from .options import RenderOptions
+from .style import ALARM, BANDS, FINDING, NO_GRAD, ZERO_GRAD, band_for, text_color
+
+if TYPE_CHECKING:
+    from ..steptrace import Trace
+
+__all__ = ["block_label", "block_tooltip", "boundary_label", "caption", "escape_tooltip", "h", "legend", "node_label", "node_tooltip"]
+
+MAX_LEGEND_FINDINGS = 8
+
+
+def h(text: str) -> str:
+    """Escape text for an HTML-like Graphviz label."""
+    return html.escape(text, quote=True)
+
+
+def escape_tooltip(text: str) -> str:
+    """Escape text for a Graphviz escString attribute (tooltip): backslashes are escapes there."""
+    return text.replace("\\", "\\\\")
+
+
+def _outputs_lines(prefix: str, items: tuple, limit: int = 3) -> list[str]:
+    present = [(i, s) for i, s in enumerate(items) if s is not None]
+    if len(items) <= 1:
+        return [f"{prefix} {fmt.summary(items[0] if items else None)}"]
+    lines = [f"{prefix}[{i}] {fmt.summary(s)}" for i, s in present[:limit]]
+    if len(present) > limit:
+        lines.append(f"… {len(present) - limit} more outputs")
+    return lines or [f"{prefix} -"]
+
+
+_BADGES = {
+    "nan_forward": "NaN starts here", "inf_forward": "inf starts here", "nan_backward": "NaN gradient starts here",
+    "inf_backward": "inf gradient starts here", "vanishing": "vanishing gradient", "exploding": "exploding gradient",
+    "dead": "dead: all zero", "update_ratio": "update size off",
+}
+
+
+def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: list[Finding] = []) -> str:  # noqa: B006 (never mutated)
+    color, _ = band_for(n.grad)
+    if any(s is not None and not s.finite for s in n.values + n.grads):
+        color = ALARM
+    ink = text_color(color)
+    title = h(n.label) + (" · loss" if is_loss else "")
+    step = "" if n.backward_step is None else f'<FONT COLOR="{ink}">#{n.backward_step}</FONT>'
+    rows = [
+        f'<TR><TD BGCOLOR="{color}" ALIGN="LEFT"><FONT COLOR="{ink}"><B>{title}</B></FONT></TD>'
+        f'<TD BGCOLOR="{color}" ALIGN="RIGHT">{step}</TD></TR>'
+    ]
+    first = n.value
+    if first is not None:
+        shapes = fmt.shape(first) if len(n.values) <= 1 else " ".join(fmt.shape(s) for s in n.values if s is not None)
+        rows.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT"><FONT POINT-SIZE="9">{h(shapes)} {h(first.dtype)}</FONT></TD></TR>')
+    lines: list[str] = []
+    if options.show_values:
+        lines += _outputs_lines("value", n.values)
+    if options.show_grads and n.kind != "input":
+        lines += _outputs_lines("grad", n.grads)
+    if n.update is not None:
+        lines.append(f"Δw {fmt.summary(n.update)}")
+        if n.update_ratio is not None:
+            lines.append(f"‖Δw‖/‖w‖ {fmt.num(n.update_ratio, 3)}")
+    for line in lines:
+        rows.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT"><FONT POINT-SIZE="10">{h(line)}</FONT></TD></TR>')
+    for f in findings:
+        badge = ALARM if f.alarm else FINDING
+        rows.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT" BGCOLOR="{badge}"><FONT COLOR="{text_color(badge)}" POINT-SIZE="10"><B>⚠ {h(_BADGES[f.kind])}</B></FONT></TD></TR>')
+    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>"
+
+
+def node_tooltip(n: TraceNode) -> str:
+    """Everything known about a node, one fact per line (hover text in the SVG)."""
+    lines = [f"{n.label} ({n.kind})"]
+    if n.grad_fn:
+        lines.append(f"grad_fn {n.grad_fn}")
+    lines.append(f"module {n.module or '(top level)'}")
+    lines.append(f"forward step {n.forward_step if n.forward_step is not None else '-'}, backward step {n.backward_step if n.backward_step is not None else '-'}")
+    for i, s in enumerate(n.values):
+        lines.append(f"value{'' if len(n.values) == 1 else f'[{i}]'}:")
+        lines += ["  " + x for x in fmt.stats_lines(s)]
+    if n.kind != "input":
+        for i, s in enumerate(n.grads):
+            lines.append(f"grad{'' if len(n.grads) == 1 else f'[{i}]'}:")
+            lines += ["  " + x for x in fmt.stats_lines(s)]
+    if n.update is not None:
+        lines.append("update Δw:")
+        lines += ["  " + x for x in fmt.stats_lines(n.update)]
+        if n.update_ratio is not None:
+            lines.append(f"  ‖Δw‖/‖w‖ {fmt.num(n.update_ratio, 6)}")
+    return escape_tooltip("\n".join(lines))
+
+
+def legend(theme: dict[str, str], findings: list[Finding]) -> str:
+    cells = []
+    for b in BANDS:
+        cells.append(f'<TD BGCOLOR="{b.color}"><FONT COLOR="{text_color(b.color)}" POINT-SIZE="9">{h(b.label)}</FONT></TD>')
+    extra = [
+        (ALARM, "NaN / inf"),
+        (ZERO_GRAD, "zero"),
+        (NO_GRAD, "none"),
+    ]
+    for color, text in extra:
+        cells.append(f'<TD BGCOLOR="{color}"><FONT COLOR="{text_color(color)}" POINT-SIZE="9">{h(text)}</FONT></TD>')
+    n = len(cells)
+    return (
+        f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3" COLOR="{theme["cluster"]}">'
+        f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}">gradient magnitude (RMS, log scale) · #n = order in backprop</FONT></TD></TR>'
+        f"<TR>{''.join(cells)}</TR>"
+        f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}" POINT-SIZE="9">'
+        "rounded box: op · tan box: parameter · blue box: other tensor requiring grad · dashed box: input"
+        "</FONT></TD></TR>" + "".join(
+            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT" BGCOLOR="{ALARM if f.alarm else FINDING}">'
+            f'<FONT COLOR="{text_color(ALARM if f.alarm else FINDING)}" POINT-SIZE="10">⚠ {h(f.kind)}: {h(f.message)}</FONT></TD></TR>'
+            for f in findings[:MAX_LEGEND_FINDINGS]
+        ) + (
+            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT"><FONT COLOR="{theme["text"]}" POINT-SIZE="10">… and {len(findings) - MAX_LEGEND_FINDINGS} more findings (Trace.diagnose())</FONT></TD></TR>'
+            if len(findings) > MAX_LEGEND_FINDINGS else ""
+        ) + "</TABLE>>"
+    )
+
+
+def caption(trace: Trace, note: str = "") -> str:
+    loss = trace.node(trace.loss)
+    parts = [f"loss {loss.label} = {fmt.summary(loss.value)}"]
+    if trace.optimizer is not None:
+        o = trace.optimizer
+        settings = " ".join(f"{k}={v}" for k, v in o.hyperparameters)
+        parts.append(f"then {o.name}.step() with lr={fmt.num(o.lr, 6)}" + (f" {settings}" if settings else ""))
+    if note:
+        parts.append(note)
+    return " · ".join(parts)
+
+
+def _header(color: str, title_html: str, step: int | None) -> str:
+    ink = text_color(color)
+    badge = "" if step is None else f'<FONT COLOR="{ink}">#{step}</FONT>'
+    return (f'<TR><TD BGCOLOR="{color}" ALIGN="LEFT"><FONT COLOR="{ink}">{title_html}</FONT></TD>'
+            f'<TD BGCOLOR="{color}" ALIGN="RIGHT">{badge}</TD></TR>')
+
+
+def _row(text: str, size: int = 10) -> str:
+    return f'<TR><TD COLSPAN="2" ALIGN="LEFT"><FONT POINT-SIZE="{size}">{h(text)}</FONT></TD></TR>'
+
+
+def _badges(findings: list[Finding]) -> str:
+    out = []
+    for f in findings:
+        badge = ALARM if f.alarm else FINDING
+        out.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT" BGCOLOR="{badge}"><FONT COLOR="{text_color(badge)}" POINT-SIZE="10"><B>⚠ {h(_BADGES[f.kind])}</B></FONT></TD></TR>')
+    return "".join(out)
+
+
+def _table(rows: list[str]) -> str:
+    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>"
+
+
+def block_first_step(trace: Trace, b: Block) -> int | None:
+    steps = [s for s in (trace.node(k).backward_step for k in b.members) if s is not None]
+    return min(steps) if steps else None
+
+
+def block_label(trace: Trace, b: Block, options: RenderOptions, findings: list[Finding]) -> str:
+    """A collapsed module: class, path, op count, output value and gradient, gradient norm entering it."""
+    out = trace.node(b.output) if b.output else None
+    grad = out.grad if out is not None else None
+    color, _ = band_for(grad)
+    if any(f.alarm for f in findings):
+        color = ALARM  # (a -inf attention mask inside is no alarm: only diagnose()'s origins are)
+    title = f"<B>{h(b.path)}</B>" + (f" <I>{h(b.cls)}</I>" if b.cls else "") + (f" <B>×{b.repeat}</B>" if b.repeat > 1 else "")
+    rows = [_header(color, title, block_first_step(trace, b))]
+    ops = sum(1 for k in b.members if trace.node(k).kind == "op")
+    params = sum(1 for k in b.members if trace.node(k).kind == "param")
+    each = " each" if b.repeat > 1 else ""
+    rows.append(_row(f"{ops // b.repeat} ops, {params // b.repeat} parameters{each}", 9))
+    if out is not None and out.value is not None:
+        rows.append(_row(f"out {fmt.shape(out.value)} {out.value.dtype}", 9))
+        if options.show_values:
+            rows.append(_row(f"value {fmt.summary(out.value)}"))
+    if options.show_grads and out is not None:
+        rows.append(_row(f"grad {fmt.summary(grad)}"))
+        rows.append(_row(f"‖grad‖ entering {fmt.num(grad.norm if grad else None, 3)}"))
+    if b.repeat > 1:
+        rows.append(_row(f"‖grad‖ per block: {fmt_norms(b.block_grad_norms)}"))
+    rows.append(_badges(findings))
+    return _table(rows)
+
+
+def block_tooltip(trace: Trace, b: Block, findings: list[Finding]) -> str:
+    lines = [f"{b.path} ({b.cls or 'module'})" + (f" ×{b.repeat}: " + ", ".join(b.paths) if b.repeat > 1 else ""),
+             f"{len(b.members)} nodes collapsed; output from {trace.node(b.output).label if b.output else '-'}"]
+    if b.repeat > 1:
+        lines.append("gradient norm at each block's output, input side first: " + fmt_norms(b.block_grad_norms, limit=1000))
+    if b.output:
+        lines.append("output value:")
+        lines += ["  " + x for x in fmt.stats_lines(trace.node(b.output).value)]
+        lines.append("gradient at the output:")
+        lines += ["  " + x for x in fmt.stats_lines(trace.node(b.output).grad)]
+    lines += [f"⚠ {f.kind}: {f.message}" for f in findings]
+    return escape_tooltip("\n".join(lines))
+
+
+def boundary_label(n: TraceNode, options: RenderOptions) -> str:
+    """A node outside a focused module, drawn small: it feeds the module or reads from it."""
+    rows = [_header(NO_GRAD, h(n.label), n.backward_step), _row(f"outside: {n.module or 'top level'}", 9)]
+    if n.value is not None:
+        rows.append(_row(f"{fmt.shape(n.value)} {n.value.dtype}", 9))
+    if options.show_grads and n.kind != "input":
+        rows.append(_row(f"grad {fmt.summary(n.grad)}"))
+    return _table(rows)

@@ -1,0 +1,124 @@
+"""Big traces drawn readably: module collapse, folded repeats, node budget, focus."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradtrace
+from gradtrace.collapse import build_view, choose_view
+
+from .models import GPT, ResNet
+
+
+@pytest.fixture(scope="module")
+def gpt12():
+    torch.manual_seed(0)
+    tok = torch.randint(0, 64, (2, 8))
+    model = GPT(vocab=64, dim=16, layers=12, heads=2, context=8)
+    return gradtrace.trace(model, tok, loss=lambda out: F.cross_entropy(out.flatten(0, 1), tok.flatten()))
+
+
+def _items_cover_everything(trace, view):
+    assert set(view.owner) == {n.key for n in trace.nodes}, "every node is shown, alone or inside a group"
+    assert set(view.owner.values()) == set(view.items)
+
+
+def test_depth_collapses_modules(gpt12):
+    full = build_view(gpt12, depth=None, fold=False)
+    assert len(full) == len(gpt12.nodes) and not full.blocks
+    view = build_view(gpt12, depth=1, fold=False)
+    _items_cover_everything(gpt12, view)
+    paths = sorted(b.path for b in view.blocks.values())
+    assert "h.0" in paths and "h.11" in paths and "ln_f.weight" not in paths
+    block = view.blocks["module:h.3"]
+    assert block.cls == "Block" and block.repeat == 1
+    out = gpt12.node(block.output)
+    assert out.label == "add" and out.module == "h.3", "the block's output is its last residual add"
+    # The edge between two consecutive blocks carries the tensor's shape.
+    assert ("module:h.2", "module:h.3", (2, 8, 16)) in view.edges
+    src = gpt12.to_dot(depth=1, fold=False).source
+    assert re.search(r'"module_h\.2" -> "module_h\.3" \[label="\(2, 8, 16\)"', src)
+    label = next(ln for ln in src.splitlines() if ln.strip().startswith('"module_h.3" ['))
+    assert "<B>h.3</B> <I>Block</I>" in label and "ops, " in label and "‖grad‖ entering" in label
+
+
+def test_identical_layers_fold_with_per_block_norms(gpt12):
+    view = build_view(gpt12, depth=None, fold=True)
+    _items_cover_everything(gpt12, view)
+    (fold,) = [b for b in view.blocks.values() if b.repeat > 1]
+    assert fold.repeat == 12 and fold.paths[0] == "h.0" and fold.paths[-1] == "h.11"
+    expected = []
+    for i in range(12):
+        inside = [k for k in gpt12.forward_order() if gpt12.node(k).module.startswith(f"h.{i}.") or gpt12.node(k).module == f"h.{i}"]
+        out = [k for k in inside if gpt12.node(k).kind == "op"][-1]
+        expected.append(gpt12.node(out).grad.norm)
+    assert fold.block_grad_norms == expected
+    src = gpt12.to_dot().source
+    assert "×12" in src and "‖grad‖ per block" in src
+
+
+def test_budget_collapses_and_says_so(gpt12):
+    view = choose_view(gpt12, depth=None, max_nodes=60, fold=False, module=None)
+    assert len(view) <= 60 and view.depth is not None
+    assert "max_nodes=60" in view.note
+    _items_cover_everything(gpt12, view)
+    tight = choose_view(gpt12, depth=None, max_nodes=3, fold=False, module=None)
+    assert len(tight) > 3 and "still" in tight.note and "nothing is dropped" in tight.note
+    _items_cover_everything(gpt12, tight)
+    assert "max_nodes=3" in gpt12.to_dot(max_nodes=3, fold=False).source
+
+
+def test_focus_on_one_module(gpt12):
+    view = build_view(gpt12, module="h.3")
+    inside = {n.key for n in gpt12.nodes if n.module == "h.3" or n.module.startswith("h.3.")}
+    assert inside <= set(view.items)
+    assert view.boundary and all(gpt12.node(k).module != "h.3" and not gpt12.node(k).module.startswith("h.3.") for k in view.boundary)
+    assert any(gpt12.node(k).module.startswith("h.2") for k in view.boundary), "what feeds h.3 is shown"
+    assert any(gpt12.node(k).module.startswith("h.4") for k in view.boundary), "what reads h.3 is shown"
+    assert len(view) == len(inside) + len(view.boundary)
+    src = gpt12.to_dot(module="h.3").source
+    assert "outside: h.2" in src and "module h.3 only" in src
+    with pytest.raises(gradtrace.RenderError, match=r"no module 'h\.99'.*h\."):
+        gpt12.to_dot(module="h.99")
+
+
+def test_resnet_blocks_do_not_fold_across_shapes():
+    torch.manual_seed(0)
+    t = gradtrace.trace(ResNet(width=4), torch.randn(2, 3, 64, 64))
+    view = build_view(t, depth=2)
+    folds = [b.paths for b in view.blocks.values() if b.repeat > 1]
+    # Stage 0's two blocks keep the width (no downsample): the same structure. Every later stage
+    # opens with a strided, downsampling block, and stages differ in width: nothing else folds.
+    assert folds == [["layer.0.0", "layer.0.1"]]
+
+
+def test_bad_options():
+    with pytest.raises(gradtrace.RenderError, match="depth"):
+        gradtrace.RenderOptions(depth=-1)
+    with pytest.raises(gradtrace.RenderError, match="max_nodes"):
+        gradtrace.RenderOptions(max_nodes=0)
+
+
+def test_48_layers_trace_and_render(tmp_path):
+    torch.manual_seed(0)
+    tok = torch.randint(0, 32, (1, 4))
+    model = GPT(vocab=32, dim=8, layers=48, heads=2, context=4)
+    t = gradtrace.trace(model, tok, loss=lambda out: F.cross_entropy(out.flatten(0, 1), tok.flatten()))
+    assert len(t.nodes) > 2000
+    src = t.to_dot(fold=False).source  # no fold: the budget must collapse it
+    assert "max_nodes=250" in src
+    assert t.to_dot().source.count("×48") >= 1
+
+
+@pytest.mark.dot
+def test_48_layers_svg(tmp_path):
+    torch.manual_seed(0)
+    tok = torch.randint(0, 32, (1, 4))
+    model = GPT(vocab=32, dim=8, layers=48, heads=2, context=4)
+    t = gradtrace.trace(model, tok, loss=lambda out: F.cross_entropy(out.flatten(0, 1), tok.flatten()))
+    out = t.render(tmp_path / "gpt48.svg", fold=False)
+    assert out.stat().st_size > 10_000
