@@ -47,6 +47,18 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+_NATIVE = frozenset({torch.float32, torch.float64})  # reduced as they are, no conversion
+_DTYPE_NAMES = {d: _dtype_name(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64)}
+_DEVICE_NAMES: dict[torch.device, str] = {}
+
+
+def _device_name(device: torch.device) -> str:
+    name = _DEVICE_NAMES.get(device)
+    if name is None:
+        name = _DEVICE_NAMES[device] = str(device)
+    return name
+
+
 @dataclass(frozen=True)
 class _Meta:
     shape: tuple[int, ...]
@@ -128,17 +140,20 @@ class StatsBuffer:
         # here records autograd history (no no_grad context needed).
         x = tensor.detach()
         handle = len(self._done)
-        keep_values = not x.is_complex()
-        if not keep_values:
-            x = x.abs()  # complex numbers have no order: describe their magnitudes
-        if not x.is_floating_point():
-            x = x.double()
-        elif x.dtype in _LOW_PRECISION:
-            x = x.float()
-        fresh = x.data_ptr() != tensor.data_ptr()  # a conversion above already made a private copy
+        dtype = x.dtype
+        keep_values, fresh = True, False
+        if dtype not in _NATIVE:
+            keep_values = not x.is_complex()
+            if not keep_values:
+                x = x.abs()  # complex numbers have no order: describe their magnitudes
+            if not x.is_floating_point():
+                x = x.double()
+            elif x.dtype in _LOW_PRECISION:
+                x = x.float()
+            fresh = x.data_ptr() != tensor.data_ptr()  # the conversion made a private copy
         n = x.numel()
         device = x.device
-        meta = _Meta(tuple(tensor.shape), _dtype_name(tensor.dtype), str(device), n, keep_values)
+        meta = _Meta(tuple(x.shape), _DTYPE_NAMES.get(dtype) or _dtype_name(dtype), _device_name(device), n, keep_values)
         if n == 0:
             self._done.append(_empty(meta))
             return handle
@@ -150,7 +165,14 @@ class StatsBuffer:
         self._meta[handle] = meta
         if n <= STAGE_MAX.get("cpu" if cpu else "accelerator", STAGE_MAX_DEFAULT):
             # A private flat copy: the original may be changed in place before the group is reduced.
-            flat = x.reshape(-1) if fresh else x.clone(memory_format=torch.contiguous_format).view(-1)
+            if fresh:
+                flat = x.reshape(-1)
+            elif x.is_contiguous():
+                flat = x.view(-1).clone()
+            else:
+                flat = x.reshape(-1)  # a strided view: reshape copies it already
+                if flat.data_ptr() == x.data_ptr():
+                    flat = flat.clone()
             key = (device, flat.dtype, n)
             group = self._groups.setdefault(key, [])
             group.append((handle, flat))
