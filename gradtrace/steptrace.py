@@ -46,6 +46,7 @@ class Trace:
     loss: str
     modules: dict[str, str] = field(default_factory=dict)  # module path -> class name
     optimizer: OptimizerStep | None = None
+    notes: tuple[str, ...] = ()  # what a reader must know that the graph cannot show
 
     def __post_init__(self) -> None:
         keys = [n.key for n in self.nodes]
@@ -147,6 +148,7 @@ class Trace:
             "loss": self.loss,
             "modules": dict(sorted(self.modules.items())),
             "optimizer": None if self.optimizer is None else self.optimizer.to_dict(),
+            "notes": list(self.notes),
             "nodes": [n.to_dict() for n in self.nodes],
             "edges": [e.to_dict() for e in self.edges],
         }
@@ -173,6 +175,7 @@ class Trace:
                 loss=str(d["loss"]),
                 modules={str(k): str(v) for k, v in d.get("modules", {}).items()},
                 optimizer=None if d.get("optimizer") is None else OptimizerStep.from_dict(d["optimizer"]),
+                notes=tuple(str(x) for x in d.get("notes", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise GradtraceError(f"malformed gradtrace trace JSON: {e!r}") from None

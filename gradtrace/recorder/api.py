@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -16,12 +17,27 @@ __all__ = ["Capture", "capture", "trace"]
 
 
 def _float_tensors(obj: Any) -> list[torch.Tensor]:
-    leaves = torch.utils._pytree.tree_leaves(obj)
-    if not leaves and hasattr(obj, "__dataclass_fields__"):
-        leaves = torch.utils._pytree.tree_leaves(dict(vars(obj)))
-    if not leaves and hasattr(obj, "values") and callable(obj.values):  # mappings pytree does not know
-        leaves = torch.utils._pytree.tree_leaves(list(obj.values()))
-    return [t for t in leaves if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+    """Every floating-point tensor in a model's output: tensors, tuples, lists, dicts, dataclasses
+    (transformers' ModelOutput is an OrderedDict and a dataclass), nested."""
+    found: list[torch.Tensor] = []
+    stack, seen = [obj], set()
+    while stack:
+        o = stack.pop()
+        if isinstance(o, torch.Tensor):
+            if o.is_floating_point() or o.is_complex():
+                found.append(o)
+        elif id(o) in seen:
+            continue
+        elif isinstance(o, dict):
+            seen.add(id(o))
+            stack.extend(reversed(list(o.values())))
+        elif isinstance(o, (list, tuple)):
+            seen.add(id(o))
+            stack.extend(reversed(o))
+        elif dataclasses.is_dataclass(o) and not isinstance(o, type):
+            seen.add(id(o))
+            stack.extend(reversed([getattr(o, f.name) for f in dataclasses.fields(o)]))
+    return found
 
 
 def _loss_tensor(output: Any, loss: Callable[[Any], Any] | None) -> torch.Tensor:

@@ -68,6 +68,7 @@ class ModuleTracker:
         self.names: dict[int, str] = {}
         self.classes: dict[str, str] = {}
         self.roots: list[tuple[str, nn.Module]] = []
+        self.notes: list[str] = []
         self._stack: list[str] = []
         self._on_root_call = on_root_call
         if root is not None:
@@ -78,6 +79,15 @@ class ModuleTracker:
         return self._stack[-1] if self._stack else ""
 
     def _add_root(self, module: nn.Module, prefix: str) -> None:
+        inner = getattr(module, "_orig_mod", None)
+        if isinstance(inner, nn.Module) and type(module).__name__ == "OptimizedModule":
+            # torch.compile's wrapper: name the module it wraps, without the "_orig_mod." prefix.
+            self.notes.append(
+                f"{type(inner).__name__} was compiled with torch.compile; while traced it ran eagerly "
+                "(TorchDynamo does not compile under a dispatch mode), so values are eager-mode values"
+            )
+            self.names[id(module)] = prefix
+            module = inner
         self.roots.append((prefix, module))
         for name, sub in module.named_modules(prefix=prefix):
             self.names.setdefault(id(sub), name)
@@ -166,7 +176,15 @@ class ForwardRecorder(TorchDispatchMode):
         out, module, consumed = self._pending
         self._pending = None
         self._order += 1
-        for t in _tensors_in(out):
+        tensors = _tensors_in(out)
+        for t in list(tensors):
+            if t._is_view() and t.requires_grad:
+                # An in-place op on a view also rewrites its base, whose node (CopySlices) the op's
+                # own outputs never show: record the base's new value for that node too.
+                base = t._base
+                if base is not None and base.requires_grad and base.grad_fn is not None:
+                    tensors.append(base)
+        for t in tensors:
             gf = t.grad_fn if t.requires_grad else None
             if gf is None:
                 if consumed:

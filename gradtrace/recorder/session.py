@@ -89,6 +89,7 @@ class Session:
         self.on_optimizer_done: Callable[[], None] | None = None
         self.on_backward_after_recorded: Callable[[], None] | None = None
         self._leaf_names: dict[int, str] = {}
+        self.notes: list[str] = []
 
     # -- installing and removing -------------------------------------------------
 
@@ -170,6 +171,13 @@ class Session:
             self.recorder.recording = self.backward_calls == self.step - 1
             return original(tensors, *args, **kwargs)
         roots = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+        bound = inspect.signature(original).bind_partial(tensors, *args, **kwargs).arguments
+        if bound.get("create_graph"):
+            self.notes.append("backward(create_graph=True): the first-order graph is drawn; the graph of the "
+                              "gradient computation itself (for higher-order derivatives) is not")
+        if bound.get("inputs") is not None:
+            self.notes.append("backward(inputs=...): gradients were computed only toward the given tensors; "
+                              "nodes outside their paths show no gradient")
         result = self.record_backward(roots, lambda: original(tensors, *args, **kwargs))
         if self.on_backward_done is not None:
             self.on_backward_done()
@@ -338,7 +346,10 @@ class Session:
             nodes.append(TraceNode(key=key, kind="input", label=inp.label, values=(stats[inp.stats],)))
 
         modules = {path: cls for path, cls in self.modules.classes.items() if path}
-        result = Trace(nodes=tuple(nodes), edges=tuple(edges), loss=keys[graph.roots[0]], modules=modules, optimizer=self.optimizer)
+        if len(graph.roots) > 1:
+            self.notes.append(f"backward() started from {len(graph.roots)} tensors at once; the first is marked as the loss")
+        result = Trace(nodes=tuple(nodes), edges=tuple(edges), loss=keys[graph.roots[0]], modules=modules, optimizer=self.optimizer,
+                       notes=tuple(self.modules.notes + self.notes))
         # The walk holds autograd nodes, and they hold saved activations: let go of them now.
         self._walk = self._backward = None
         self.recorder.nodes.clear()

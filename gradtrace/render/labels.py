@@ -144,7 +144,7 @@ def caption(trace: Trace, note: str = "") -> str:
         parts.append(f"then {o.name}.step() with lr={fmt.num(o.lr, 6)}" + (f" {settings}" if settings else ""))
     if note:
         parts.append(note)
-    return " · ".join(parts)
+    return " · ".join(parts) + "".join(f"\nnote: {n}" for n in trace.notes)
 
 
 def _header(color: str, title_html: str, step: int | None) -> str:

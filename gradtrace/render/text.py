@@ -54,4 +54,5 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
             if n.update is not None:
                 ratio = "" if n.update_ratio is None else f"  ‖Δw‖/‖w‖ {fmt.num(n.update_ratio, 3)}"
                 lines.append(f"  Δ {n.label}: {fmt.summary(n.update)}{ratio}")
+    lines += [f"note: {n}" for n in trace.notes]
     return "\n".join(lines) + "\n"
