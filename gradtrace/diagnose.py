@@ -148,7 +148,7 @@ def _extremes_in(params: list[TraceNode], role: str) -> list[Finding]:
     if not median or not reference:
         return []
     found = []
-    others = "parameters" if role == "other" else f"{role}s"
+    others = {"weight": "weights", "bias": "biases"}.get(role, "other parameters")
     for n in params:
         r = _rms(n.grad)
         assert r is not None
