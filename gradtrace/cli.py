@@ -20,7 +20,7 @@ from .render.output import FORMATS, SUFFIXES, format_for
 
 __all__ = ["main"]
 
-_EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json": ".json", "text": ".txt"}
+_EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json": ".json", "text": ".txt", "html": ".html"}
 
 
 def _script_options(f: Any) -> Any:
@@ -88,6 +88,7 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         gradtrace render train.py                       # writes train.svg
         gradtrace render train.py --step 3 -o step3.png
         gradtrace render train.py --format text         # a table in the terminal
+        gradtrace render train.py -o step.html          # replay backprop in a browser
         gradtrace render train.py -o step.svg -- --lr 0.1 --epochs 5
         gradtrace render train.py --depth 1                # one node per top-level block
         gradtrace render train.py --module encoder.layer.3

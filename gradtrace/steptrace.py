@@ -122,7 +122,8 @@ class Trace:
     def render(self, path: str | Path, format: str | None = None, options: RenderOptions | None = None, **overrides: Any) -> Path:
         """Write the diagram to ``path``; the format comes from ``format`` or the suffix.
 
-        Formats: svg, png, pdf (these run Graphviz's ``dot``), dot, json, text.
+        Formats: svg, png, pdf (these run Graphviz's ``dot``), dot, json, text, html
+        (the interactive backprop replay, one self-contained file).
         The file appears whole or not at all. Returns the path written.
 
         >>> t.render("step.svg")                      # doctest: +SKIP
@@ -132,6 +133,12 @@ class Trace:
         from .render.output import write
 
         return write(self, Path(path), format, resolve_options(options, overrides))
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the interactive replay page, isolated in an iframe (needs no Graphviz)."""
+        from .render.html import to_iframe
+
+        return to_iframe(self)
 
     def _repr_svg_(self) -> str:
         from .render.options import RenderOptions

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install gradtrace and everything it needs on a fresh Debian/Ubuntu machine:
-# the Graphviz `dot` binary (apt), then the package pinned by constraints/ci.txt.
+# the Graphviz `dot` binary (apt; Chromium too with --test), then the package pinned by
+# constraints/ci.txt.
 #   scripts/install.sh          the tool
 #   scripts/install.sh --test   the tool and its test dependencies
 set -euo pipefail
@@ -20,6 +21,10 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
-command -v dot >/dev/null || apt_install graphviz
+need=()
+command -v dot >/dev/null || need+=(graphviz)
+# The HTML replay's tests drive Debian's Chromium through Playwright (never Playwright's own download).
+[[ -n $extras ]] && ! command -v chromium >/dev/null && need+=(chromium)
+[[ ${#need[@]} -eq 0 ]] || apt_install "${need[@]}"
 
 python3 -m pip install -q --disable-pip-version-check -c constraints/ci.txt -e ".${extras}"

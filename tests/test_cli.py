@@ -145,7 +145,7 @@ def test_missing_dot(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["render", str(SCRIPTS / "two_backwards.py"), "-o", str(tmp_path / "o.svg")])
     assert result.exit_code == 1 and "apt-get install graphviz" in result.output
     assert not (tmp_path / "o.svg").exists()
-    for fmt in ("dot", "json", "text"):
+    for fmt in ("dot", "json", "text", "html"):
         result = CliRunner().invoke(main, ["render", str(SCRIPTS / "two_backwards.py"), "--format", fmt, "-o", str(tmp_path / f"o.{fmt}")])
         assert result.exit_code == 0, result.output
 

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["FORMATS", "SUFFIXES", "format_for", "to_bytes", "write"]
 
 #: Every output format; the first three need Graphviz's ``dot`` binary.
-FORMATS = ("svg", "png", "pdf", "dot", "json", "text")
+FORMATS = ("svg", "png", "pdf", "dot", "json", "text", "html")
 GRAPHVIZ_FORMATS = ("svg", "png", "pdf")
-SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot", ".json": "json", ".txt": "text"}
+SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot", ".json": "json", ".txt": "text", ".html": "html", ".htm": "html"}
 
 
 def format_for(path: Path, fmt: str | None) -> str:
@@ -44,6 +44,10 @@ def to_bytes(trace: Trace, fmt: str, options: RenderOptions) -> bytes:
     """The file contents of ``trace`` in ``fmt``."""
     if fmt == "json":
         return (trace.to_json(indent=1) + "\n").encode("utf-8")
+    if fmt == "html":
+        from .html import to_html
+
+        return to_html(trace, options).encode("utf-8")
     if fmt == "text":
         from .text import to_text
 

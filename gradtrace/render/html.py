@@ -1,0 +1,145 @@
+"""The backprop replay: one self-contained HTML page, no network, no Graphviz needed.
+
+The page holds the trace's data as JSON, a stylesheet and a script (both
+inline, allowed by hash in a Content-Security-Policy that forbids every
+network request), and draws the graph itself from a layout computed here.
+Strings from user code travel only inside the JSON, which is escaped so that
+it cannot close its ``<script>`` element, and the script puts them on the
+page with ``textContent``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ..records import TensorStats
+from . import fmt
+from .labels import caption
+from .layout import NODE_H, NODE_W, layered_layout
+from .options import RenderOptions
+from .style import ALARM, band_for, text_color
+
+if TYPE_CHECKING:
+    from ..steptrace import Trace
+
+__all__ = ["to_html", "to_iframe"]
+
+
+def _num(x: float | None) -> float | str | None:
+    if x is None or math.isfinite(x):
+        return x
+    return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _stats(s: TensorStats | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {
+        "shape": list(s.shape), "dtype": s.dtype, "device": s.device, "numel": s.numel,
+        "min": _num(s.min), "max": _num(s.max), "mean": _num(s.mean), "std": _num(s.std), "norm": _num(s.norm),
+        "nan": s.nan, "inf": s.inf, "values": None if s.values is None else [_num(v) for v in s.values],
+    }
+
+
+def _asset(name: str) -> str:
+    return resources.files("gradtrace.render").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
+    layout = layered_layout(trace)
+    findings: dict[str, list[str]] = {}
+    if options.show_findings:
+        for f in trace.diagnose():
+            findings.setdefault(f.node, []).append(f"{f.kind}: {f.message}")
+    nodes = []
+    for key in trace.forward_order():
+        n = trace.node(key)
+        color, _ = band_for(n.grad)
+        alarm = any(s is not None and not s.finite for s in n.values + n.grads)
+        if alarm:
+            color = ALARM
+        x, y = layout.positions[key]
+        value = n.value
+        nodes.append({
+            "key": key, "label": n.label, "kind": n.kind, "module": n.module, "grad_fn": n.grad_fn,
+            "fwd": n.forward_step, "bwd": n.backward_step, "x": round(x, 1), "y": round(y, 1),
+            "color": color, "ink": text_color(color), "loss": key == trace.loss, "alarm": alarm,
+            "shapeText": f"{fmt.shape(value)} {value.dtype}" if value is not None else "",
+            "valueText": fmt.summary(value), "gradText": fmt.summary(n.grad),
+            "gradNorm": _num(n.grad.norm) if n.grad is not None else None,
+            "values": [_stats(s) for s in n.values], "grads": [_stats(s) for s in n.grads],
+            "update": _stats(n.update), "ratio": _num(n.update_ratio), "findings": findings.get(key, []),
+        })
+    return {
+        "nodes": nodes,
+        "edges": [{"src": e.src, "dst": e.dst} for e in trace.edges],
+        "backward": trace.backward_order(),
+        "loss": trace.loss,
+        "caption": caption(trace),
+        "w": NODE_W, "h": NODE_H, "width": layout.width, "height": layout.height,
+    }
+
+
+def _script_json(obj: Any) -> str:
+    """JSON that is safe inside <script>: no '<', '>' or '&' survive as such."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def to_html(trace: Trace, options: RenderOptions | None = None) -> str:
+    """The replay page for ``trace``, as one HTML document.
+
+    >>> to_html(t).startswith("<!DOCTYPE html>")          # doctest: +SKIP
+    True
+    """
+    options = options or RenderOptions()
+    script, style = _asset("replay.js"), _asset("replay.css")
+    csp = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
+           "connect-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'")
+    loss = trace.node(trace.loss)
+    title = html.escape(f"gradtrace · {loss.label} · {len(trace.nodes)} nodes")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+<div id="app">
+<div id="toolbar">
+<button id="first" title="before backprop">◀◀</button><button id="prev" title="previous step (←)">◀</button>
+<button id="play">▶ play</button><button id="next" title="next step (→)">▶</button><button id="last" title="all of backprop">▶▶</button>
+<input id="slider" type="range" min="0" max="0" value="0" aria-label="backprop step">
+<span id="stepinfo"></span>
+<input id="search" type="search" placeholder="find a node or module…" aria-label="search">
+<button id="zoomin" title="zoom in">+</button><button id="zoomout" title="zoom out">−</button><button id="fit" title="fit to screen">fit</button>
+</div>
+<div id="canvas"><svg id="graph" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="autograd graph"></svg></div>
+<aside id="panel"></aside>
+<div id="caption"></div>
+</div>
+<ul id="results" hidden></ul>
+<script type="application/json" id="gradtrace-data">{_script_json(page_data(trace, options))}</script>
+<script>{script}</script>
+</body>
+</html>
+"""
+
+
+def to_iframe(trace: Trace, options: RenderOptions | None = None, height: int = 640) -> str:
+    """The page inside an ``<iframe srcdoc>``: how Jupyter shows it, isolated from the notebook."""
+    return (f'<iframe srcdoc="{html.escape(to_html(trace, options), quote=True)}" '
+            f'style="width: 100%; height: {int(height)}px; border: 1px solid #ddd" sandbox="allow-scripts"></iframe>')
