@@ -192,7 +192,7 @@ def main() -> None:
     else:
         print(f"device: cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads), torch {torch.__version__}")
     print(f"medians of {repeats} repeats after a warm-up\n")
-    header = f"{'model':<26}{'nodes':>7}{'plain ms':>10}{'capture':>9}{'µs/node':>9}{'mem':>6}{'held':>6}"
+    header = f"{'model':<26}{'nodes':>7}{'plain ms':>10}{'capture':>9}{'µs/node':>9}{'mem':>8}{'held':>6}"
     if not args.capture_only:
         header += f"{'svg s':>8}{'÷torchviz':>16}{'÷torchlens':>16}"
     print(header)
@@ -210,7 +210,7 @@ def main() -> None:
         if case.name.startswith("gpt-like") and "×64" in case.name:
             growth.append((nodes, t_trace - t_plain))
         row = (f"{case.name:<26}{nodes:>7}{t_plain * 1e3:>10.1f}{t_trace / t_plain:>8.2f}×{per_node:>9.0f}"
-               f"{fmt(mem, '.2f'):>6}{held:>6}")
+               f"{fmt(mem, '.2f'):>8}{held:>6}")
         if not args.capture_only:
             out = os.path.join(tmp, "g.svg")
             t_svg = median_time(lambda: gradtrace_svg(model, inputs, loss, out), device, repeats)

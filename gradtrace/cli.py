@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .errors import GradtraceError
 from .render.options import RANKDIRS, THEMES, RenderOptions
-from .render.output import FORMATS, SUFFIXES, format_for
+from .render.output import FORMATS, format_for
 
 __all__ = ["main"]
 

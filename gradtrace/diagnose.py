@@ -180,13 +180,13 @@ def _depth_trends(trace: Trace, order: list[str]) -> list[Finding]:
             continue
         (first, r_in), (last, r_out) = seq[0], seq[-1]
         ratio = r_in / r_out
+        if FAR <= ratio <= 1 / FAR:
+            continue
+        kind, verb, factor = ("vanishing", "shrinks", 1 / ratio) if ratio < FAR else ("exploding", "grows", ratio)
         where = f"across the modules of '{parent}'" if parent else "across the top-level modules"
-        if ratio < FAR:
-            found.append(Finding("vanishing", last_op[first], f"the gradient shrinks {1 / ratio:.2g}× {where}, from {r_out:.3g} at '{last}' (near the loss) to {r_in:.3g} at '{first}' (near the input)",
-                                 {"rms_near_loss": r_out, "rms_near_input": r_in, "ratio": ratio}))
-        elif ratio > 1 / FAR:
-            found.append(Finding("exploding", last_op[first], f"the gradient grows {ratio:.2g}× {where}, from {r_out:.3g} at '{last}' (near the loss) to {r_in:.3g} at '{first}' (near the input)",
-                                 {"rms_near_loss": r_out, "rms_near_input": r_in, "ratio": ratio}))
+        found.append(Finding(kind, last_op[first], f"the gradient {verb} {factor:.2g}× {where}, from {r_out:.3g} at '{last}' "
+                             f"(near the loss) to {r_in:.3g} at '{first}' (near the input)",
+                             {"rms_near_loss": r_out, "rms_near_input": r_in, "ratio": ratio}))
     return found
 
 

@@ -31,6 +31,7 @@ def snapshot(model: Any = None, *extra: torch.Tensor) -> Snapshot:
     g: dict[str, Any] = {name: dict(getattr(module_globals, name)) for name in _MODULE_GLOBALS}
     g.update({name: dict(getattr(optimizer_globals, name)) for name in _OPTIMIZER_GLOBALS})
     g["dispatch_stack"] = torch._C._len_torch_dispatch_stack()
+    g["gc enabled"] = __import__("gc").isenabled()
     g["function_stack"] = torch._C._len_torch_function_stack()
     g["autograd.backward"] = torch.autograd.backward
     g["Tensor.backward"] = torch.Tensor.backward

@@ -184,7 +184,7 @@ class Exploding(nn.Module):
         self.fc = nn.Linear(3, 3)
 
     def forward(self, x):
-        h = self.fc(x)
+        self.fc(x)
         raise Boom("raised by the user's model")
 
 

@@ -10,9 +10,8 @@ included), it removes them all, in reverse order, in ``finally``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
-import math
-import re
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -25,26 +24,16 @@ from torch.optim import optimizer as optimizer_hooks
 from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_temporarily
 
 from ..errors import CaptureError
-from ..records import OptimizerStep, TraceEdge, TraceNode
+from ..records import OptimizerStep
 from ..steptrace import Trace
+from .assemble import assemble
 from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
 from .forward import ForwardRecorder, ModuleTracker
 from .stats import StatsBuffer
 
-__all__ = ["Session", "input_names", "names_from_frames", "op_label"]
+__all__ = ["Session", "input_names", "names_from_frames"]
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _OPTIMIZER_SETTINGS = ("momentum", "dampening", "nesterov", "betas", "eps", "weight_decay", "alpha", "rho")
-
-
-def op_label(grad_fn_name: str) -> str:
-    """The name a person reads for an autograd node: ``AddmmBackward0`` -> ``addmm``.
-
-    >>> op_label("NativeLayerNormBackward0"), op_label("CopySlices")
-    ('native_layer_norm', 'copy_slices')
-    """
-    base = re.sub(r"Backward\d*$", "", grad_fn_name) or grad_fn_name
-    return _CAMEL.sub("_", base).lower()
 
 
 @dataclass
@@ -84,6 +73,7 @@ class Session:
         self.optimizer: OptimizerStep | None = None
         self.optimizer_done = False
         self._stack = ExitStack()
+        self._gc_was_enabled: bool | None = None
         self._original_backward: Callable[..., Any] | None = None
         self.on_backward_done: Callable[[], None] | None = None
         self.on_optimizer_done: Callable[[], None] | None = None
@@ -97,6 +87,9 @@ class Session:
         stack = self._stack
         try:
             stack.callback(self._release_tensors)
+            stack.callback(self._resume_gc)
+            if self.recorder.recording:
+                self._pause_gc()
             stack.enter_context(module_hooks.register_module_forward_pre_hook(self.modules.pre_hook))
             stack.enter_context(module_hooks.register_module_forward_hook(self.modules.post_hook, always_call=True))
             stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(self._optimizer_pre))
@@ -122,6 +115,19 @@ class Session:
                 self._backward.remove()
         finally:
             self._stack.close()
+
+    def _pause_gc(self) -> None:
+        # Recording allocates many small objects; Python's cyclic collector would then run full
+        # collections over the whole heap (torch's included) mid-step, at a cost that grows with
+        # the model. It is paused from the start of the recorded step until the session ends.
+        if self._gc_was_enabled is None:
+            self._gc_was_enabled = gc.isenabled()
+            gc.disable()
+
+    def _resume_gc(self) -> None:
+        if self._gc_was_enabled:
+            gc.enable()
+        self._gc_was_enabled = None
 
     def _release_tensors(self) -> None:
         self._before_step.clear()
@@ -169,6 +175,8 @@ class Session:
             # An earlier step: what it recorded is not the asked-for step's forward.
             self.recorder.reset()
             self.recorder.recording = self.backward_calls == self.step - 1
+            if self.recorder.recording:
+                self._pause_gc()
             return original(tensors, *args, **kwargs)
         roots = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
         bound = inspect.signature(original).bind_partial(tensors, *args, **kwargs).arguments
@@ -261,95 +269,7 @@ class Session:
 
     def build_trace(self) -> Trace:
         """Turn what was recorded into a Trace of plain records (one host copy of all statistics)."""
-        if self._walk is None or self._backward is None:
-            raise CaptureError("no backward() was recorded, so there is no step to trace")
-        graph, bwd = self._walk, self._backward
-        with self.outside_mode():
-            stats = self.stats.materialize()
-        param_names = self.modules.named_parameters()
-        fwd = self.recorder.nodes
-
-        ops = sorted((k for k in graph.nodes if k[1] != "AccumulateGrad"), key=lambda k: k[0])
-        leaves = [k for k in graph.nodes if k[1] == "AccumulateGrad"]
-        keys: dict[NodeKey, str] = {k: f"op{i}" for i, k in enumerate(ops)}
-        param_rank = {pid: i for i, pid in enumerate(param_names)}
-        params = sorted((k for k in leaves if id(graph.nodes[k].variable) in param_rank), key=lambda k: param_rank[id(graph.nodes[k].variable)])
-        keys.update({k: f"param{i}" for i, k in enumerate(params)})
-        others = [k for k in leaves if k not in keys]
-        keys.update({k: f"leaf{i}" for i, k in enumerate(others)})
-        backward_step = {k: i + 1 for i, k in enumerate(bwd.order)}
-
-        def stats_list(handles: dict[int, int] | list[int | None], n: int) -> tuple[Any, ...]:
-            if isinstance(handles, dict):
-                return tuple(stats[handles[i]] if i in handles else None for i in range(n))
-            return tuple(None if h is None else stats[h] for h in handles)
-
-        nodes: list[TraceNode] = []
-        for i, k in enumerate(ops):
-            node = graph.nodes[k]
-            rec = fwd.get(k)
-            grads = bwd.grads.get(k, [])
-            n_out = max(len(grads), (max(rec.stats) + 1) if rec and rec.stats else 0, 1)
-            grad_stats = stats_list(grads, len(grads)) + (None,) * (n_out - len(grads))
-            nodes.append(TraceNode(
-                key=keys[k], kind="op", label=op_label(type(node).__name__), module=rec.module if rec else "",
-                grad_fn=type(node).__name__, values=stats_list(rec.stats if rec else {}, n_out), grads=grad_stats,
-                forward_step=i + 1, backward_step=backward_step.get(k),
-            ))
-        unnamed = 0
-        for k in params + others:
-            var = graph.nodes[k].variable
-            name = param_names.get(id(var))
-            update = self._updates.get(id(var))
-            update_stats = None if update is None else stats[update]
-            value = stats[self._leaf_stats[k]]
-            ratio = None
-            if update_stats is not None and value.norm:
-                ratio = update_stats.norm / value.norm if update_stats.norm is not None else None
-            if name is not None:
-                kind, label, module = "param", name, name.rpartition(".")[0]
-            else:
-                inp = self._input_ids.get(id(var))
-                if inp is not None:
-                    label = self.inputs[inp].label
-                elif id(var) in self._leaf_names:
-                    label = self._leaf_names[id(var)]
-                else:
-                    label, unnamed = f"leaf {unnamed}", unnamed + 1
-                kind, module = "leaf", ""
-            nodes.append(TraceNode(
-                key=keys[k], kind=kind, label=label, module=module, values=(value,),
-                grads=stats_list(bwd.grads.get(k, []), 1) if k in bwd.grads else (None,),
-                backward_step=backward_step.get(k), update=update_stats,
-                update_ratio=None if ratio is None or math.isnan(ratio) else ratio,
-            ))
-        edges: list[TraceEdge] = []
-        seen: set[tuple[str, str, int]] = set()
-        for src, dst, out in graph.edges:
-            e = (keys[src], keys[dst], out)
-            if e not in seen:
-                seen.add(e)
-                edges.append(TraceEdge(*e))
-        used_inputs: dict[int, str] = {}
-        for k in ops:
-            rec = fwd.get(k)
-            if rec is None:
-                continue
-            for idx in sorted(rec.inputs):
-                key = used_inputs.setdefault(idx, f"input{len(used_inputs)}")
-                e = (key, keys[k], 0)
-                if e not in seen:
-                    seen.add(e)
-                    edges.append(TraceEdge(*e))
-        for idx, key in sorted(used_inputs.items(), key=lambda kv: kv[1]):
-            inp = self.inputs[idx]
-            nodes.append(TraceNode(key=key, kind="input", label=inp.label, values=(stats[inp.stats],)))
-
-        modules = {path: cls for path, cls in self.modules.classes.items() if path}
-        if len(graph.roots) > 1:
-            self.notes.append(f"backward() started from {len(graph.roots)} tensors at once; the first is marked as the loss")
-        result = Trace(nodes=tuple(nodes), edges=tuple(edges), loss=keys[graph.roots[0]], modules=modules, optimizer=self.optimizer,
-                       notes=tuple(self.modules.notes + self.notes))
+        result = assemble(self)
         # The walk holds autograd nodes, and they hold saved activations: let go of them now.
         self._walk = self._backward = None
         self.recorder.nodes.clear()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..collapse import Block, fmt_norms
 from ..diagnose import Finding
-from ..records import TensorStats, TraceNode
+from ..records import TraceNode
 from . import fmt
 from .options import RenderOptions
 from .style import ALARM, BANDS, FINDING, NO_GRAD, ZERO_GRAD, band_for, text_color
