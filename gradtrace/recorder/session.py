@@ -47,8 +47,10 @@ class Session:
     """Records one training step: the forward, the Nth backward, and the optimizer step after it.
 
     ``step`` counts ``backward()`` calls: the forward of step N is everything
-    since the (N-1)th backward. ``on_done`` is called once the step's
-    backward (and optimizer step, if one comes) is recorded.
+    since the (N-1)th backward. ``on_optimizer_done`` is called once the
+    optimizer step after the recorded backward is captured, and
+    ``on_backward_after_recorded`` at any later ``backward()`` (the script
+    runner stops the script there).
     """
 
     def __init__(self, model: Any = None, *, step: int = 1, intercept_backward: bool = False) -> None:
@@ -75,7 +77,6 @@ class Session:
         self._stack = ExitStack()
         self._gc_was_enabled: bool | None = None
         self._original_backward: Callable[..., Any] | None = None
-        self.on_backward_done: Callable[[], None] | None = None
         self.on_optimizer_done: Callable[[], None] | None = None
         self.on_backward_after_recorded: Callable[[], None] | None = None
         self._leaf_names: dict[int, str] = {}
@@ -186,10 +187,7 @@ class Session:
         if bound.get("inputs") is not None:
             self.notes.append("backward(inputs=...): gradients were computed only toward the given tensors; "
                               "nodes outside their paths show no gradient")
-        result = self.record_backward(roots, lambda: original(tensors, *args, **kwargs))
-        if self.on_backward_done is not None:
-            self.on_backward_done()
-        return result
+        return self.record_backward(roots, lambda: original(tensors, *args, **kwargs))
 
     def outside_mode(self) -> Any:
         """A context in which gradtrace's own tensor work does not pass through its recorder.
