@@ -19,6 +19,14 @@ from .leave_no_trace import assert_untouched, snapshot
 from .oracle import autograd_walk
 
 
+@pytest.fixture(autouse=True)
+def _nothing_left_behind():
+    """After every case here, success or failure: no hook, mode or patch of gradtrace's remains."""
+    before = snapshot()
+    yield
+    assert_untouched(before)
+
+
 def same(a, b):
     return a is not None and b is not None and a.to_dict() == b.to_dict()
 

@@ -120,6 +120,11 @@ def test_search_and_zoom(trace, tmp_path):
         matches = page.eval_on_selector_all("#graph .node.match", "els => els.map(e => e.dataset.key)")
         expected = {n.key for n in trace.nodes if "fc2" in n.module or "fc2" in n.label}
         assert set(matches) == expected and expected
+        page.fill("#search", "fc2.weight")
+        page.click("#results li")
+        assert page.text_content("#panel h2") == "fc2.weight", "a search result selects its node"
+        page.fill("#search", "")
+        page.click("#fit")
         before = page.get_attribute("#graph", "viewBox")
         page.mouse.move(400, 400)
         page.mouse.wheel(0, -400)
@@ -127,7 +132,8 @@ def test_search_and_zoom(trace, tmp_path):
         after = page.get_attribute("#graph", "viewBox")
         assert after != before and float(after.split()[2]) < float(before.split()[2]), "zooming in narrows the view"
         page.click("#fit")
-        assert page.get_attribute("#graph", "viewBox") == before
+        size = page.evaluate("() => { const d = JSON.parse(document.getElementById('gradtrace-data').textContent); return [d.width, d.height]; }")
+        assert page.get_attribute("#graph", "viewBox") == f"-10 -10 {size[0] + 20:g} {size[1] + 20:g}", "fit shows the whole graph"
 
 
 def test_hostile_names_are_inert_text(tmp_path):
@@ -140,8 +146,8 @@ def test_hostile_names_are_inert_text(tmp_path):
         assert dialogs == [] and errors == []
         assert page.locator("img").count() == 0
         page.fill("#search", "onerror")
-        key = page.eval_on_selector("#graph .node.match", "e => e.dataset.key")
-        page.click(f'#graph .node[data-key="{key}"]')
+        assert page.text_content("#results li").startswith("<img src=x onerror=alert(1)>")
+        page.click("#results li")
         assert page.text_content("#panel h2").startswith("<img src=x onerror=alert(1)>")
         assert page.locator("script").count() == 2, "no script element was injected"
 

@@ -127,11 +127,10 @@ def to_html(trace: Trace, options: RenderOptions | None = None) -> str:
 <input id="search" type="search" placeholder="find a node or module…" aria-label="search">
 <button id="zoomin" title="zoom in">+</button><button id="zoomout" title="zoom out">−</button><button id="fit" title="fit to screen">fit</button>
 </div>
-<div id="canvas"><svg id="graph" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="autograd graph"></svg></div>
+<div id="canvas"><svg id="graph" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="autograd graph"></svg><ul id="results" aria-label="search results"></ul></div>
 <aside id="panel"></aside>
 <div id="caption"></div>
 </div>
-<ul id="results" hidden></ul>
 <script type="application/json" id="gradtrace-data">{_script_json(page_data(trace, options))}</script>
 <script>{script}</script>
 </body>

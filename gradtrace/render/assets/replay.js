@@ -132,7 +132,10 @@
       v.g.classList.toggle("flow", flow);
       v.label.textContent = flow ? "‖grad‖ " + fmt(byKey[current].n.gradNorm) : "";
     });
-    if (current !== null) select(current);
+    if (current !== null) {
+      select(current);
+      if (!inView(byKey[current].n)) center(byKey[current].n, false);  // follow backprop across the graph
+    }
   }
   function stop() { if (state.timer) { clearInterval(state.timer); state.timer = null; } document.getElementById("play").textContent = "▶ play"; }
   function play() {
@@ -165,7 +168,7 @@
       if (hit && results.childElementCount < 50) {
         var li = html("li", n.label + (n.module ? "  (" + n.module + ")" : ""), results);
         li.setAttribute("data-key", n.key);
-        li.addEventListener("click", function () { select(n.key); center(n); });
+        li.addEventListener("click", function () { select(n.key); center(n, true); });
       }
     });
   });
@@ -174,7 +177,17 @@
   var view = { x: 0, y: 0, w: data.width, h: data.height };
   function apply() { svg.setAttribute("viewBox", view.x + " " + view.y + " " + view.w + " " + view.h); }
   function fit() { view = { x: -10, y: -10, w: data.width + 20, h: data.height + 20 }; apply(); }
-  function center(n) { view.x = n.x + data.w / 2 - view.w / 2; view.y = n.y + data.h / 2 - view.h / 2; apply(); }
+  function center(n, readable) {
+    if (readable) {
+      // Zoom in to one graph unit per screen pixel, where node text is legible, unless closer already.
+      var r = svg.getBoundingClientRect();
+      if (view.w > r.width || view.h > r.height) { view.w = r.width; view.h = r.height; }
+    }
+    view.x = n.x + data.w / 2 - view.w / 2; view.y = n.y + data.h / 2 - view.h / 2; apply();
+  }
+  function inView(n) {
+    return n.x >= view.x && n.x + data.w <= view.x + view.w && n.y >= view.y && n.y + data.h <= view.y + view.h;
+  }
   function toGraph(clientX, clientY) {
     var r = svg.getBoundingClientRect();
     var scale = Math.max(view.w / r.width, view.h / r.height);
@@ -204,4 +217,7 @@
   fit();
   setStep(0);
   select(data.loss);
+  // A small graph fits the screen; a big one opens legible, at the loss, where backprop begins.
+  var box = svg.getBoundingClientRect();
+  if (data.width > box.width * 1.5 || data.height > box.height * 1.5) center(byKey[data.loss].n, true);
 })();
