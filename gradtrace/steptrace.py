@@ -140,11 +140,16 @@ class Trace:
 
         return to_iframe(self)
 
-    def _repr_svg_(self) -> str:
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's static SVG (Graphviz); None where ``dot`` is missing, so the HTML view stands alone."""
+        from .errors import DotNotFoundError
         from .render.options import RenderOptions
         from .render.output import to_bytes
 
-        return to_bytes(self, "svg", RenderOptions()).decode("utf-8")
+        try:
+            return to_bytes(self, "svg", RenderOptions()).decode("utf-8")
+        except DotNotFoundError:
+            return None
 
     # -- saving ----------------------------------------------------------------------
 

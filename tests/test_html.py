@@ -158,3 +158,4 @@ def test_html_needs_no_graphviz(trace, tmp_path, monkeypatch):
     assert path.read_text().startswith("<!DOCTYPE html>")
     html = trace._repr_html_()
     assert html.startswith("<iframe srcdoc=") and "&lt;!DOCTYPE html&gt;" in html
+    assert trace._repr_svg_() is None, "without dot, Jupyter falls back to the HTML view instead of an error"
