@@ -230,11 +230,6 @@ def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bo
     return view
 
 
-def block_rms(trace: Trace, b: Block) -> float | None:
-    s = trace.node(b.output).grad if b.output else None
-    return None if s is None or not s.finite else s.rms
-
-
 def fmt_norms(norms: list[float | None], limit: int = 12) -> str:
     shown = ["-" if x is None else ("NaN" if math.isnan(x) else f"{x:.2g}") for x in norms]
     if len(shown) > limit:

@@ -208,7 +208,7 @@ def _update_ratios(trace: Trace, order: list[str]) -> list[Finding]:
         r = n.update_ratio
         if r is None:
             continue
-        if r > UPDATE_HIGH or 0 < r < UPDATE_LOW or r == 0:
+        if r > UPDATE_HIGH or r < UPDATE_LOW:
             side = "large" if r > UPDATE_HIGH else "small"
             found.append(Finding("update_ratio", key, f"the optimizer step changed '{n.label}' by ‖Δw‖/‖w‖ = {r:.2g}, too {side} next to the customary ~1e-3",
                                  {"update_ratio": r}))

@@ -8,7 +8,7 @@ through :func:`escape_tooltip` before it reaches a tooltip.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from ..collapse import Block, fmt_norms
 from ..diagnose import Finding
@@ -52,21 +52,16 @@ _BADGES = {
 }
 
 
-def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: list[Finding] = []) -> str:  # noqa: B006 (never mutated)
+def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Sequence[Finding] = ()) -> str:
+    """One node: header (label, backprop step) coloured by gradient magnitude, shape, value, gradient, update."""
     color, _ = band_for(n.grad)
     if any(s is not None and not s.finite for s in n.values + n.grads):
         color = ALARM
-    ink = text_color(color)
-    title = h(n.label) + (" · loss" if is_loss else "")
-    step = "" if n.backward_step is None else f'<FONT COLOR="{ink}">#{n.backward_step}</FONT>'
-    rows = [
-        f'<TR><TD BGCOLOR="{color}" ALIGN="LEFT"><FONT COLOR="{ink}"><B>{title}</B></FONT></TD>'
-        f'<TD BGCOLOR="{color}" ALIGN="RIGHT">{step}</TD></TR>'
-    ]
+    rows = [_header(color, f"<B>{h(n.label)}{' · loss' if is_loss else ''}</B>", n.backward_step)]
     first = n.value
     if first is not None:
         shapes = fmt.shape(first) if len(n.values) <= 1 else " ".join(fmt.shape(s) for s in n.values if s is not None)
-        rows.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT"><FONT POINT-SIZE="9">{h(shapes)} {h(first.dtype)}</FONT></TD></TR>')
+        rows.append(_row(f"{shapes} {first.dtype}", 9))
     lines: list[str] = []
     if options.show_values:
         lines += _outputs_lines("value", n.values)
@@ -76,12 +71,9 @@ def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: li
         lines.append(f"Δw {fmt.summary(n.update)}")
         if n.update_ratio is not None:
             lines.append(f"‖Δw‖/‖w‖ {fmt.num(n.update_ratio, 3)}")
-    for line in lines:
-        rows.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT"><FONT POINT-SIZE="10">{h(line)}</FONT></TD></TR>')
-    for f in findings:
-        badge = ALARM if f.alarm else FINDING
-        rows.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT" BGCOLOR="{badge}"><FONT COLOR="{text_color(badge)}" POINT-SIZE="10"><B>⚠ {h(_BADGES[f.kind])}</B></FONT></TD></TR>')
-    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>"
+    rows += [_row(line) for line in lines]
+    rows.append(_badges(findings))
+    return _table(rows)
 
 
 def node_tooltip(n: TraceNode) -> str:
@@ -158,7 +150,7 @@ def _row(text: str, size: int = 10) -> str:
     return f'<TR><TD COLSPAN="2" ALIGN="LEFT"><FONT POINT-SIZE="{size}">{h(text)}</FONT></TD></TR>'
 
 
-def _badges(findings: list[Finding]) -> str:
+def _badges(findings: Sequence[Finding]) -> str:
     out = []
     for f in findings:
         badge = ALARM if f.alarm else FINDING
