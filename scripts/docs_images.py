@@ -1,6 +1,6 @@
 """Render every diagram the docs embed, from the example scripts: one command keeps them current.
 
-    python3 scripts/docs_images.py            # rewrite docs/images/*.svg
+    python3 scripts/docs_images.py            # rewrite docs/images/ (SVGs and the replay page)
     python3 scripts/docs_images.py --check    # exit 1 if a committed SVG differs from a fresh render
 
 tests/test_docs.py runs the same check, so a stale diagram (or a change that
@@ -28,6 +28,7 @@ DIAGRAMS: list[tuple[str, str, list[str], dict]] = [
     ("nan_hunt.svg", "nan_hunt.py", [], {}),
     ("transformer_block.svg", "transformer_block.py", [], {"show_values": False}),
     ("transformer_depth1.svg", "transformer_block.py", [], {"depth": 1}),
+    ("training_loop.html", "training_loop.py", ["--epochs", "1"], {}),  # the replay page, linked from the tutorial
 ]
 
 
@@ -44,7 +45,7 @@ def render_all() -> dict[str, bytes]:
     for name, script, args, options in DIAGRAMS:
         with contextlib.redirect_stdout(io.StringIO()):
             trace = run_script(ROOT / "examples" / script, args)
-        out[name] = to_bytes(trace, "svg", RenderOptions(**options))
+        out[name] = to_bytes(trace, name.rsplit(".", 1)[1], RenderOptions(**options))
     return out
 
 
