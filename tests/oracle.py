@@ -8,12 +8,33 @@ with respect to each of them. `autograd_walk` walks the graph breadth-first.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def same(a: Any, b: Any) -> bool:
+    """Two TensorStats describe the same tensor: equal where the order of a reduction cannot matter
+    (shape, dtype, extremes, NaN and infinity counts, exact values), equal up to float32 rounding
+    where it can (mean, std, norm: gradtrace may read a tensor through a transposed view of its
+    memory, or many rows at once, and a float32 sum taken in another order differs in its last
+    bits, by up to about 1e-6 of the tensor's root mean square). NaN equals NaN."""
+    if a is None or b is None:
+        return False
+    da, db = a.to_dict(), b.to_dict()
+    rms = b.norm / math.sqrt(b.numel) if b.numel and b.norm is not None and math.isfinite(b.norm) else 0.0
+    for f in ("mean", "std", "norm"):
+        x, y = da.pop(f), db.pop(f)
+        if isinstance(x, str) or isinstance(y, str) or x is None or y is None:  # nan/inf spelt out, or empty
+            if x != y:
+                return False
+        elif not math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-6 * rms):
+            return False
+    return da == db
 
 
 @dataclass

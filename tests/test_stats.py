@@ -79,15 +79,78 @@ def test_empty_tensor():
     assert s.numel == 0 and s.shape == (0, 3) and s.min is None and s.values == ()
 
 
-def test_staged_copies_are_private_and_bounded(monkeypatch):
+def test_held_tensors_are_bounded_and_read_at_settle(monkeypatch):
     monkeypatch.setattr(stats_module, "STAGE_ELEMENTS", 10_000)
     buf = StatsBuffer()
     t = torch.ones(2000)
     handles = [buf.add(t)]
-    t.mul_(3)  # changed in place after it was recorded: the statistic keeps the old value
+    buf.settle()  # what the recorder does before an op writes in place
+    t.mul_(3)
     handles.append(buf.add(t))
     for _ in range(10):
         buf.add(torch.randn(2000))
-    assert buf._staged < 10_000, "staged copies are reduced once they pass the bound"
+        assert buf.held_elements < 10_000, "held tensors are reduced once they pass the bound"
     out = buf.materialize()
     assert out[handles[0]].mean == 1.0 and out[handles[1]].mean == 3.0
+    assert buf.changed_after_add == 0
+
+
+def test_a_write_after_add_is_counted_not_hidden():
+    buf = StatsBuffer()
+    t = torch.ones(100)
+    h = buf.add(t)
+    t.mul_(3)  # nobody settled first: the value read is the new one, and the buffer says so
+    assert buf.materialize()[h].mean == 3.0
+    assert buf.changed_after_add == 1
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["reduced at once", "held"])
+@pytest.mark.parametrize("accelerator_path", [False, True], ids=["cpu path", "accelerator path"])
+def test_same_elements_are_reduced_once(monkeypatch, accelerator_path, held):
+    """A transpose, a reshape, a detached alias: the statistics of the block already reduced, with their own shape."""
+    monkeypatch.setattr(stats_module, "SAME_CHECK_MIN", 16)
+    if not held:
+        monkeypatch.setattr(stats_module, "STAGE_MAX", {"cpu": 16})
+        monkeypatch.setattr(stats_module, "STAGE_MAX_DEFAULT", 16)
+    calls = []
+    original = torch.aminmax
+    monkeypatch.setattr(stats_module.torch, "aminmax", lambda *a, **k: calls.append(1) or original(*a, **k))
+    w = torch.randn(30, 40)
+    buf = StatsBuffer(accelerator_path=accelerator_path)
+    hs = [buf.add(w), buf.add(w.t()), buf.add(w.reshape(40, 30)), buf.add(w.detach().permute(1, 0).unsqueeze(0))]
+    if held:
+        assert len(buf._held) == 1 and buf.held_elements == w.numel()
+    else:
+        assert len(calls) == 1
+    out = buf.materialize()
+    assert [out[h].shape for h in hs] == [(30, 40), (40, 30), (40, 30), (1, 40, 30)]
+    want = expected(w)
+    for h in hs:
+        assert out[h].min == want["min"] and out[h].max == want["max"]
+        assert math.isclose(out[h].norm, want["norm"], rel_tol=2e-6)
+
+
+def test_same_memory_is_not_same_elements(monkeypatch):
+    """Reuse needs the same block, the same version, and the first tensor alive (so its memory was not reused)."""
+    monkeypatch.setattr(stats_module, "SAME_CHECK_MIN", 16)
+    w = torch.randn(30, 40)
+    buf = StatsBuffer()
+    h_full = buf.add(w)
+    h_rows = buf.add(w[:10])  # a part of the block: its own statistics
+    buf.settle()
+    w.add_(1.0)  # a new version: its own statistics
+    h_after = buf.add(w)
+    h_strided = buf.add(w[:, ::2])  # gaps in memory: reduced where it lies
+    out = buf.materialize()
+    assert math.isclose(out[h_rows].mean, w[:10].mean().item() - 1.0, rel_tol=1e-5)
+    assert math.isclose(out[h_after].mean, out[h_full].mean + 1.0, rel_tol=1e-5)
+    assert math.isclose(out[h_strided].norm, torch.linalg.vector_norm(w[:, ::2]).item(), rel_tol=1e-5)
+
+    buf = StatsBuffer()
+    a = torch.randn(30, 40)
+    h_a = buf.add(a)
+    del a  # its memory may go to the next tensor of that size: b must be reduced on its own either way
+    b = torch.randn(30, 40) + 5.0
+    h_b = buf.add(b)
+    out = buf.materialize()
+    assert math.isclose(out[h_b].mean, b.mean().item(), rel_tol=1e-5) and out[h_a].mean < 1.0

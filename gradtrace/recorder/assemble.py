@@ -8,6 +8,7 @@ the order they were handed in), and wires inputs to the ops that read them.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ __all__ = ["assemble", "op_label"]
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=4096)
 def op_label(grad_fn_name: str) -> str:
     """The name a person reads for an autograd node: ``AddmmBackward0`` -> ``addmm``.
 
@@ -42,6 +44,11 @@ def assemble(session: Session) -> Trace:
     graph, bwd = session._walk, session._backward
     with session.outside_mode():
         stats = session.stats.materialize()
+    if session.stats.changed_after_add:
+        session.notes.append(
+            f"{session.stats.changed_after_add} tensor(s) were written in place by code gradtrace does not see "
+            "(a hook, another thread) after they were recorded: their statistics show the value after the write"
+        )
     param_names = session.modules.named_parameters()
     fwd = session.recorder.nodes
 

@@ -14,13 +14,11 @@ their values are still the ones the op produced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .stats import StatsBuffer
 
@@ -45,14 +43,16 @@ def node_id(node: Any) -> tuple[int, str]:
     return (seq, name)
 
 
-@dataclass
 class NodeForward:
     """What the forward pass recorded about one autograd node."""
 
-    order: int  # position of the op in the forward pass
-    module: str
-    stats: dict[int, int] = field(default_factory=dict)  # output_nr -> StatsBuffer handle
-    inputs: set[int] = field(default_factory=set)  # indices of model inputs it consumed
+    __slots__ = ("order", "module", "stats", "inputs")
+
+    def __init__(self, order: int, module: str) -> None:
+        self.order = order  # position of the op in the forward pass
+        self.module = module
+        self.stats: dict[int, int] = {}  # output_nr -> StatsBuffer handle
+        self.inputs: frozenset[int] = frozenset()  # indices of model inputs it consumed
 
 
 class ModuleTracker:
@@ -140,6 +140,22 @@ def _tensors_in(obj: Any) -> list[torch.Tensor]:
     return []
 
 
+def _op_kind(func: Any) -> int:
+    """``_WRITES`` when an ATen op writes into an argument (in place, out=), ``_SKIPPED`` when its
+    outputs never carry a grad_fn, else 0; cached by ``id`` (an OpOverload's own hash is Python code)."""
+    kind = _KINDS.get(id(func))
+    if kind is None:
+        kind = (_WRITES if func._schema.is_mutable else 0) | (_SKIPPED if func in _SKIP else 0)
+        _KINDS[id(func)] = kind
+        _KEEP_ALIVE.append(func)  # (they live as long as torch.ops anyway; this makes the id safe)
+    return kind
+
+
+_WRITES, _SKIPPED = 1, 2
+_KINDS: dict[int, int] = {}
+_KEEP_ALIVE: list[Any] = []
+
+
 class ForwardRecorder(TorchDispatchMode):
     """Records, for every autograd node made while active, its forward value and module."""
 
@@ -148,58 +164,82 @@ class ForwardRecorder(TorchDispatchMode):
         self.stats = stats
         self.modules = modules
         self.nodes: dict[tuple[int, str], NodeForward] = {}
-        #: Tensors that are model inputs (or computed from them without grad) -> input indices.
-        self.origins: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        #: id(tensor) -> (tensor, input indices) for model inputs, and tensors computed from them without grad.
+        #: The tensors are held (so their ids stay theirs) until the session ends.
+        self.origins: dict[int, tuple[torch.Tensor, frozenset[int]]] = {}
         self.recording = True
         self._order = 0
-        self._pending: tuple[Any, str, set[int]] | None = None
+        self._pending: tuple[Any, str, frozenset[int], int] | None = None
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in torch._dynamo.disable by default, at a cost of a
+        # third of the mode's overhead on every op. This handler never runs under compilation
+        # (TorchDynamo does not compile under a dispatch mode: the model runs eagerly), so it opts out.
+        return False
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        # Hot path: it runs for every ATen op of the forward.
         if self._pending is not None:
             self.flush()
-        out = func(*args, **(kwargs or {}))
-        if self.recording and func not in _SKIP:
-            consumed: set[int] = set()
-            if len(self.origins):
+        kind = _KINDS.get(id(func))
+        if kind is None:
+            kind = _op_kind(func)
+        if kind & _WRITES and self.stats.held_elements:
+            self.stats.settle()  # held values must be read before this op changes them
+        out = func(*args, **kwargs) if kwargs else func(*args)
+        if self.recording and not kind & _SKIPPED:
+            consumed: frozenset[int] = frozenset()
+            origins = self.origins
+            if origins:
                 for a in args:
-                    for t in _tensors_in(a):
-                        idx = self.origins.get(t)
-                        if idx is not None:
-                            consumed |= idx
-            self._pending = (out, self.modules.current, consumed)
+                    hit = origins.get(id(a))
+                    if hit is not None:
+                        consumed |= hit[1]
+                    elif type(a) is list or type(a) is tuple:
+                        for t in a:
+                            hit = origins.get(id(t))
+                            if hit is not None:
+                                consumed |= hit[1]
+            stack = self.modules._stack
+            self._pending = (out, stack[-1] if stack else "", consumed, kind & _WRITES)
         return out
 
     def flush(self) -> None:
         """Resolve the last op's outputs to their autograd nodes (their grad_fn is set by now)."""
         if self._pending is None:
             return
-        out, module, consumed = self._pending
+        out, module, consumed, writes = self._pending
         self._pending = None
         self._order += 1
-        tensors = _tensors_in(out)
-        for t in list(tensors):
-            if t._is_view() and t.requires_grad:
-                # An in-place op on a view also rewrites its base, whose node (CopySlices) the op's
-                # own outputs never show: record the base's new value for that node too.
-                base = t._base
-                if base is not None and base.requires_grad and base.grad_fn is not None:
-                    tensors.append(base)
+        tensors = [out] if isinstance(out, torch.Tensor) else _tensors_in(out)
+        if writes:
+            for t in list(tensors):
+                if t.requires_grad and t._is_view():
+                    # An in-place op on a view also rewrites its base, whose node (CopySlices) the op's
+                    # own outputs never show: record the base's new value for that node too.
+                    base = t._base
+                    if base is not None and base.requires_grad and base.grad_fn is not None:
+                        tensors.append(base)
+        nodes = self.nodes
         for t in tensors:
-            gf = t.grad_fn if t.requires_grad else None
+            gf = t.grad_fn
             if gf is None:
                 if consumed:
                     # Computed from an input without grad (a reshape of x, say): it stands for that input.
-                    self.origins[t] = consumed
+                    self.origins[id(t)] = (t, consumed)
                 continue
             key = node_id(gf)
-            rec = self.nodes.get(key)
+            rec = nodes.get(key)
             if rec is None:
-                rec = self.nodes[key] = NodeForward(self._order, module)
+                rec = nodes[key] = NodeForward(self._order, module)
             elif rec.order != self._order:
                 continue  # an op that handed back an existing tensor: the node belongs to its maker
-            rec.inputs |= consumed
-            if t.output_nr not in rec.stats:
-                rec.stats[t.output_nr] = self.stats.add(t)
+            if consumed:
+                rec.inputs |= consumed
+            nr = t.output_nr
+            if nr not in rec.stats:
+                rec.stats[nr] = self.stats.add(t)
 
     def reset(self) -> None:
         """Forget the forward recorded so far (a new training step begins)."""

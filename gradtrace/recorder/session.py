@@ -132,7 +132,7 @@ class Session:
 
     def _release_tensors(self) -> None:
         self._before_step.clear()
-        self.recorder.origins = type(self.recorder.origins)()
+        self.recorder.origins = {}
         self.recorder._pending = None
 
     # -- inputs -------------------------------------------------------------------
@@ -155,7 +155,7 @@ class Session:
         with self.outside_mode():
             self.inputs.append(_Input(label, t, self.stats.add(t)))
         if not t.requires_grad:
-            self.recorder.origins[t] = {i}
+            self.recorder.origins[id(t)] = (t, frozenset((i,)))
 
     def _on_root_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self.recorder.recording:
@@ -202,7 +202,8 @@ class Session:
 
     def record_backward(self, roots: list[torch.Tensor], run: Callable[[], Any]) -> Any:
         """Walk the graph behind ``roots``, hook every node, run ``run`` (the backward), unhook."""
-        self.recorder.flush()
+        with self.outside_mode():
+            self.recorder.flush()
         self.recorder.recording = False
         root_nodes = []
         for r in roots:
@@ -224,6 +225,8 @@ class Session:
                 return run()
             finally:
                 self._backward.remove()
+                # Read every held value and gradient now, before anything (an optimizer step) changes them.
+                self.stats.settle()
 
     @property
     def backward_recorded(self) -> bool:

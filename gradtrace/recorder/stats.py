@@ -1,18 +1,30 @@
 """Tensor statistics, computed where the tensor lives; no tensor outlives the capture.
 
 Capture calls :meth:`StatsBuffer.add` for every forward value and gradient it
-records: hundreds to thousands of tensors per step, most of them small. The
-cost that matters is then the fixed cost per tensor, not the arithmetic, so:
+records: hundreds to thousands of tensors per step, most of them small, some
+of them the same elements seen again (a view, a transpose, a gradient passed
+on unchanged). What costs is the fixed price per tensor, and for large ones
+the passes over their elements, so:
 
-- **Small tensors are batched.** A copy of each is staged with others of the
-  same size, device and dtype; a group is reduced at once (rows of one
-  stacked matrix: ``aminmax``, ``sum``, ``vector_norm`` along ``dim=1``),
-  a handful of kernels for hundreds of tensors. Staged copies are bounded
-  (``STAGE_ELEMENTS``) and freed as soon as their group is reduced.
-- **Large tensors** are reduced on their own: on the CPU ``aminmax``, ``sum``
-  and a BLAS dot product (``torch.var_mean`` is avoided: on the CPU it is ten
-  times slower than those three together); on an accelerator ``aminmax`` and
-  a one-pass ``var_mean``.
+- **Small tensors are held, not copied, and reduced in groups.**
+  :meth:`~StatsBuffer.add` only keeps a reference (and the tensor's version
+  counter). :meth:`~StatsBuffer.settle` reduces what is held, one group per
+  shape, dtype and device: one ``stack`` and a handful of reductions along
+  ``dim=1`` for hundreds of tensors. Held tensors are bounded
+  (``STAGE_ELEMENTS``); the recorder settles before any op that writes in
+  place (so a held value is never read after it changed) and at the end of
+  the backward. A tensor whose version counter moved anyway (a user hook
+  writing in place) is counted in :attr:`StatsBuffer.changed_after_add`.
+- **Large tensors** are reduced at once, in a contiguous pass over their
+  elements when they are dense in memory (a transposed weight is read as the
+  block of memory it is, not element by element through its strides). On the
+  CPU: ``aminmax``, ``sum`` and a BLAS dot product (``torch.var_mean`` is ten
+  times slower than those three together there); on an accelerator:
+  ``aminmax`` and a one-pass ``var_mean``.
+- **The same elements are reduced once.** A dense tensor that covers exactly
+  the memory block of one reduced before, at the same version, while that
+  one is still alive, takes its statistics (min, max, sums and counts do not
+  depend on the order of the elements).
 - **No host synchronisation per tensor on an accelerator.** Results stay on
   the device; :meth:`StatsBuffer.materialize` stacks them and copies them to
   the host once per device. NaN and infinity counts are computed there
@@ -26,7 +38,9 @@ cost that matters is then the fixed cost per tensor, not the arithmetic, so:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,20 +48,22 @@ from ..records import EXACT_VALUES_MAX, TensorStats
 
 __all__ = ["STAGE_ELEMENTS", "StatsBuffer", "stats_of"]
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-#: Tensors up to this many elements are staged and reduced in groups, per device type.
+#: Tensors up to this many elements are held and reduced in groups (per device type); larger ones at once.
 STAGE_MAX = {"cpu": 1 << 16}
 STAGE_MAX_DEFAULT = 1 << 20
-#: Staged copies are reduced once they hold this many elements in all, or a group this many tensors.
+#: Held tensors are reduced once they hold this many elements in all.
 STAGE_ELEMENTS = 1 << 23
-GROUP_TENSORS = 512
+#: Tensors larger than this are looked up among the blocks reduced before (smaller ones cost less to
+#: reduce). Never below EXACT_VALUES_MAX: exact values are listed in the order the tensor reads them.
+SAME_CHECK_MIN = max(1 << 9, EXACT_VALUES_MAX)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-_NATIVE = frozenset({torch.float32, torch.float64})  # reduced as they are, no conversion
+_FLOATS = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})  # held as they are
+_WIDE = frozenset({torch.float32, torch.float64})  # reduced without a conversion
 _DTYPE_NAMES = {d: _dtype_name(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64)}
 _DEVICE_NAMES: dict[torch.device, str] = {}
 
@@ -111,8 +127,39 @@ def _needs_centring(total: float, squares: float, n: int) -> bool:
     return squares / n - mean * mean <= 1e-3 * mean * mean
 
 
+def _is_dense(x: torch.Tensor) -> bool:
+    """Whether the elements of ``x`` fill one block of memory, from ``x.data_ptr()`` on, without gaps or repeats.
+
+    A transpose or a permutation of a contiguous tensor is such a block read in
+    another order; a slice or an expand is not.
+    """
+    if x.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor keeps no version counter
+        return -1
+
+
+# A held tensor: (handle, tensor, its version when added, dtype name when it is a converted copy).
+_Held = tuple[int, torch.Tensor, int, "str | None"]
+
+
 class StatsBuffer:
     """Collects tensor statistics during capture; turns them into TensorStats at the end.
+
+    Tensors handed to :meth:`add` may be read as late as the next
+    :meth:`settle` (or :meth:`materialize`): the caller settles before it lets
+    anything change them in place.
 
     >>> buf = StatsBuffer()
     >>> h = buf.add(torch.tensor([1.0, 2.0, 3.0]))
@@ -125,141 +172,193 @@ class StatsBuffer:
         # lets the accelerator code be tested on machines without one.
         self._accelerator_path = accelerator_path
         self._done: list[TensorStats | None] = []
-        self._meta: dict[int, _Meta] = {}
-        self._groups: dict[tuple[torch.device, torch.dtype, int], list[tuple[int, torch.Tensor]]] = {}
-        self._staged = 0
-        # Accelerator results waiting for the one copy to the host: (handles, rows [k, 6], values [k, n] or None).
-        self._device_rows: list[tuple[list[int], torch.Tensor, torch.Tensor | None]] = []
+        self._held: list[_Held] = []
+        self._held_elements = 0
+        # Dense memory blocks reduced at once: (data_ptr, numel, dtype, version) -> (handle, weakref to the tensor).
+        self._blocks: dict[tuple[int, int, torch.dtype, int], tuple[int, weakref.ref[torch.Tensor]]] = {}
+        self._same_as: list[tuple[int, int, tuple[int, ...]]] = []  # (handle, handle with the same elements, shape)
+        self._meta: dict[int, _Meta] = {}  # handles waiting for accelerator rows
+        # Accelerator results waiting for the one copy to the host: (handles, metas, rows [k, 6], values [k, n] or None).
+        self._device_rows: list[tuple[list[int], list[_Meta], torch.Tensor, torch.Tensor | None]] = []
+        #: Tensors whose version counter moved between add() and their reduction (written in place meanwhile).
+        self.changed_after_add = 0
 
     def __len__(self) -> int:
         return len(self._done)
 
+    @property
+    def held_elements(self) -> int:
+        """Elements of the tensors held, waiting for :meth:`settle`."""
+        return self._held_elements
+
     def add(self, tensor: torch.Tensor) -> int:
         """Start the statistics of ``tensor``; return a handle for :meth:`materialize`."""
-        # Hot path: it runs for every value and gradient of the step. x is detached, so nothing
-        # here records autograd history (no no_grad context needed).
-        x = tensor.detach()
+        # Hot path: it runs for every value and gradient of the step; a small float tensor is only held.
         handle = len(self._done)
-        dtype = x.dtype
-        keep_values, fresh = True, False
-        if dtype not in _NATIVE:
-            keep_values = not x.is_complex()
-            if not keep_values:
-                x = x.abs()  # complex numbers have no order: describe their magnitudes
-            if not x.is_floating_point():
-                x = x.double()
-            elif x.dtype in _LOW_PRECISION:
-                x = x.float()
-            fresh = x.data_ptr() != tensor.data_ptr()  # the conversion made a private copy
-        n = x.numel()
-        device = x.device
-        meta = _Meta(tuple(x.shape), _DTYPE_NAMES.get(dtype) or _dtype_name(dtype), _device_name(device), n, keep_values)
-        if n == 0:
-            self._done.append(_empty(meta))
-            return handle
-        cpu = device.type == "cpu" and not self._accelerator_path
-        if cpu and n <= EXACT_VALUES_MAX:
-            self._done.append(_python_stats(meta, [float(v) for v in x.reshape(-1).tolist()]))
-            return handle
         self._done.append(None)
-        self._meta[handle] = meta
-        if n <= STAGE_MAX.get("cpu" if cpu else "accelerator", STAGE_MAX_DEFAULT):
-            # A private flat copy: the original may be changed in place before the group is reduced.
-            if fresh:
-                flat = x.reshape(-1)
-            elif x.is_contiguous():
-                flat = x.view(-1).clone()
-            else:
-                flat = x.reshape(-1)  # a strided view: reshape copies it already
-                if flat.data_ptr() == x.data_ptr():
-                    flat = flat.clone()
-            key = (device, flat.dtype, n)
-            group = self._groups.setdefault(key, [])
-            group.append((handle, flat))
-            self._staged += n
-            if len(group) >= GROUP_TENSORS:
-                self._reduce_group(key)
-            if self._staged >= STAGE_ELEMENTS:
-                self._reduce_all()
-        elif cpu:
+        n = tensor.numel()
+        if tensor.dtype in _FLOATS and n:
+            if n > SAME_CHECK_MIN and self._seen_before(handle, tensor, n):
+                return handle
+            if n <= (STAGE_MAX["cpu"] if tensor.is_cpu and not self._accelerator_path else STAGE_MAX_DEFAULT):
+                self._held.append((handle, tensor, _version(tensor), None))
+                self._held_elements += n
+                if self._held_elements >= STAGE_ELEMENTS:
+                    self.settle()
+                return handle
+        self._add_other(handle, tensor, n)
+        return handle
+
+    def _seen_before(self, handle: int, tensor: torch.Tensor, n: int) -> bool:
+        """Whether ``tensor`` holds the same elements as one added before (then its statistics are those)."""
+        if not _is_dense(tensor):
+            return False
+        key = (tensor.data_ptr(), n, tensor.dtype, _version(tensor))
+        seen = self._blocks.get(key)
+        if seen is not None and seen[1]() is not None:
+            # The same block at the same version, and the tensor that had it is alive, so the
+            # memory was not handed to another tensor meanwhile.
+            self._same_as.append((handle, seen[0], tuple(tensor.shape)))
+            return True
+        self._blocks[key] = (handle, weakref.ref(tensor))
+        return False
+
+    def _add_other(self, handle: int, tensor: torch.Tensor, n: int) -> None:
+        x = tensor.detach()
+        dtype_name = _DTYPE_NAMES.get(x.dtype) or _dtype_name(x.dtype)
+        keep_values = not x.is_complex()
+        meta = _Meta(tuple(x.shape), dtype_name, _device_name(x.device), n, keep_values)
+        if n == 0:
+            self._done[handle] = _empty(meta)
+            return
+        if x.dtype not in _FLOATS:
+            # A private converted copy: complex numbers have no order (describe their magnitudes),
+            # integers and booleans are counted in double precision.
+            x = x.abs() if not keep_values else x
+            x = x.double() if not x.is_floating_point() else x
+            if n <= (STAGE_MAX["cpu"] if x.is_cpu and not self._accelerator_path else STAGE_MAX_DEFAULT):
+                self._held.append((handle, x, _version(x), dtype_name if keep_values else "!" + dtype_name))
+                self._held_elements += n
+                return
+        elif _is_dense(x):
+            # One contiguous pass over the block, whatever order the strides read it in.
+            x = x.view(-1) if x.is_contiguous() else x.as_strided((n,), (1,), x.storage_offset())
+        if x.dtype not in _WIDE:
+            x = x.float()
+        if x.is_cpu and not self._accelerator_path:
             self._done[handle] = self._cpu_large(meta, x)
         else:
             self._device_large(handle, meta, x)
-        return handle
 
     # -- reductions ------------------------------------------------------------------
 
-    def _reduce_all(self) -> None:
-        for key in list(self._groups):
-            self._reduce_group(key)
-
-    def _reduce_group(self, key: tuple[torch.device, torch.dtype, int]) -> None:
-        group = self._groups.pop(key)
-        device, _, n = key
-        self._staged -= n * len(group)
-        handles = [h for h, _ in group]
-        m = torch.stack([t for _, t in group])
-        del group
-        lo, hi = torch.aminmax(m, dim=1)
-        sums = m.sum(dim=1)
-        if device.type == "cpu" and not self._accelerator_path:
-            squares = torch.linalg.vector_norm(m, dim=1).square_()
-            for i, (h, a, b, s, q) in enumerate(zip(handles, lo.tolist(), hi.tolist(), sums.tolist(), squares.tolist())):
-                self._done[h] = self._finish_cpu_row(self._meta.pop(h), m[i], a, b, s, q)
+    def settle(self) -> None:
+        """Reduce every held tensor now; call it before any of them may be changed in place."""
+        if not self._held:
             return
-        mean = sums / n
+        held, self._held, self._held_elements = self._held, [], 0
+        groups: dict[tuple[Any, ...], list[_Held]] = {}
+        for entry in held:
+            t = entry[1]
+            groups.setdefault((t.shape, t.dtype, t.device, entry[3]), []).append(entry)
+        with torch.no_grad():
+            for (shape, dtype, device, label), group in groups.items():
+                self._reduce_group(shape, dtype, device, label, group)
+
+    def _reduce_group(self, shape: torch.Size, dtype: torch.dtype, device: torch.device, label: str | None,
+                      group: list[_Held]) -> None:
+        keep_values = label is None or not label.startswith("!")
+        name = label.lstrip("!") if label is not None else (_DTYPE_NAMES.get(dtype) or _dtype_name(dtype))
+        n = math.prod(shape)
+        meta = _Meta(tuple(shape), name, _device_name(device), n, keep_values)
+        for _, t, version, _ in group:
+            if version != -1 and t._version != version:
+                self.changed_after_add += 1
+        m = torch.stack([t for _, t, _, _ in group]).reshape(len(group), n)
+        if dtype not in _WIDE:
+            m = m.float()
+        handles = [h for h, _, _, _ in group]
+        if device.type == "cpu" and not self._accelerator_path:
+            if n <= EXACT_VALUES_MAX:
+                for h, values in zip(handles, m.tolist()):
+                    self._done[h] = _python_stats(meta, values)
+                return
+            # amin and amax: along a dimension they are three times faster than aminmax on the CPU.
+            sums = torch.stack((m.amin(dim=1), m.amax(dim=1), m.sum(dim=1), torch.linalg.vector_norm(m, dim=1)), dim=1).double()
+            lo, hi, total, norm = sums.unbind(1)
+            squares = norm.square()
+            mean = total / n
+            var = squares / n - mean * mean
+            # Rows the formula does not serve (rare): a NaN or an infinity, or a spread the
+            # subtraction above would cancel. They take the careful path, one by one.
+            careful = ~(total.isfinite() & squares.isfinite()) | ((var <= 1e-3 * mean * mean) & (lo != hi))
+            std = torch.where(lo == hi, 0.0, var.clamp(min=0.0).sqrt())
+            rows = torch.stack((lo, hi, mean, std, norm), dim=1).tolist()
+            shape_, name_, device_ = meta.shape, meta.dtype, meta.device
+            for h, (a, b, mu, sd, nm) in zip(handles, rows):
+                self._done[h] = TensorStats(shape_, name_, device_, n, a, b, mu, sd, nm, 0, 0, None)
+            if careful.any():
+                cpu_rows = sums.tolist()
+                for i in careful.nonzero().flatten().tolist():
+                    a, b, s, nm = cpu_rows[i]
+                    self._done[handles[i]] = self._finish_cpu_row(meta, m, i, a, b, s, nm * nm)
+            return
+        lo, hi = torch.aminmax(m, dim=1)
+        mean = m.sum(dim=1) / n
         var = (m - mean[:, None]).square_().mean(dim=1)
         counts = torch.stack((torch.isnan(m).sum(dim=1), torch.isinf(m).sum(dim=1)), dim=1).to(m.dtype)
         rows = torch.cat((torch.stack((lo, hi, mean, var), dim=1), counts), dim=1).double()
         values = m.double() if n <= EXACT_VALUES_MAX else None
-        self._device_rows.append((handles, rows, values))
+        self._device_rows.append((handles, [meta] * len(handles), rows, values))
 
-    def _finish_cpu_row(self, meta: _Meta, x: torch.Tensor, mn: float, mx: float, total: float, squares: float) -> TensorStats:
+    def _finish_cpu_row(self, meta: _Meta, m: torch.Tensor, row: int | None, mn: float, mx: float, total: float,
+                        squares: float) -> TensorStats:
+        """TensorStats of ``m[row]`` (of ``m`` when ``row`` is None) from its min, max, Σx and Σx²."""
         n = meta.numel
         nan = inf = 0
         centred = None
         if not (math.isfinite(total) and math.isfinite(squares)):
+            x = m if row is None else m[row]
             nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
         elif mn == mx:
             centred = 0.0  # every element equal (a zero bias, the gradient of a mean): no spread
         elif _needs_centring(total, squares, n):
-            centred = (x - total / n).square_().sum().item()
+            x = m if row is None else m[row]
+            centred = (x.double() - total / n).square_().sum().item()
         return _from_sums(meta, mn, mx, total, squares, centred, nan, inf, None)
 
     def _cpu_large(self, meta: _Meta, x: torch.Tensor) -> TensorStats:
         lo, hi = torch.aminmax(x)
-        if x.is_contiguous():
-            flat = x.view(-1)
-            total, squares = flat.sum().item(), torch.dot(flat, flat).item()  # BLAS: the fastest Σx²
+        if x.dim() == 1 and x.is_contiguous():
+            total, squares = x.sum().item(), torch.dot(x, x).item()  # BLAS: the fastest Σx²
         else:
-            # A strided view (a transpose, an expand): reduce it where it lies rather than copy it.
+            # Gaps or repeats in memory (a slice, an expand): reduce it where it lies rather than copy it.
             total, squares = x.sum().item(), torch.linalg.vector_norm(x).item() ** 2
-        return self._finish_cpu_row(meta, x, lo.item(), hi.item(), total, squares)
+        return self._finish_cpu_row(meta, x, None, lo.item(), hi.item(), total, squares)
 
     def _device_large(self, handle: int, meta: _Meta, x: torch.Tensor) -> None:
         mn, mx = torch.aminmax(x)
         var, mean = torch.var_mean(x, correction=0)  # one Welford pass on accelerators
         counts = torch.stack((torch.isnan(x).sum(), torch.isinf(x).sum())).to(mean.dtype)
         row = torch.cat((torch.stack((mn, mx, mean, var)), counts)).double()
-        self._device_rows.append(([handle], row[None], None))
+        self._device_rows.append(([handle], [meta], row[None], None))
 
     # -- the end -----------------------------------------------------------------------
 
     def materialize(self) -> list[TensorStats]:
         """Finish every statistic: one copy to the host per device. Returns one TensorStats per handle."""
-        self._reduce_all()
-        by_device: dict[torch.device, list[tuple[list[int], torch.Tensor, torch.Tensor | None]]] = {}
+        self.settle()
+        by_device: dict[torch.device, list[tuple[list[int], list[_Meta], torch.Tensor, torch.Tensor | None]]] = {}
         for entry in self._device_rows:
-            by_device.setdefault(entry[1].device, []).append(entry)
+            by_device.setdefault(entry[2].device, []).append(entry)
         for entries in by_device.values():
-            rows = torch.cat([r for _, r, _ in entries]).cpu().tolist()
-            with_values = [v for _, _, v in entries if v is not None]
+            rows = torch.cat([r for _, _, r, _ in entries]).cpu().tolist()
+            with_values = [v for _, _, _, v in entries if v is not None]
             values = torch.cat([v.reshape(-1) for v in with_values]).cpu().tolist() if with_values else []
             i = j = 0
-            for handles, _, v in entries:
+            for handles, metas, _, v in entries:
                 width = v.shape[1] if v is not None else 0
-                for h in handles:
-                    meta = self._meta.pop(h)
+                for h, meta in zip(handles, metas):
                     mn, mx, mean, var, nan, inf = rows[i]
                     vals = tuple(values[j : j + width]) if v is not None else None
                     j += width
@@ -268,11 +367,16 @@ class StatsBuffer:
                     total, squares = mean * n, n * (var + mean * mean)
                     self._done[h] = _from_sums(meta, mn, mx, total, squares, var * n, int(nan), int(inf), vals)
         self._device_rows.clear()
+        for h, source, shape in self._same_as:
+            s = self._done[source]
+            if s is not None:  # (no values to reorder: blocks this large keep none)
+                self._done[h] = TensorStats(shape, s.dtype, s.device, s.numel, s.min, s.max, s.mean, s.std, s.norm, s.nan, s.inf, None)
+        self._same_as.clear()
+        self._blocks.clear()
         result = [s for s in self._done if s is not None]
         if len(result) != len(self._done):
             raise RuntimeError("gradtrace internal error: a statistic was never finished")
         return result
-
 
 def stats_of(tensor: torch.Tensor) -> TensorStats:
     """The TensorStats of one tensor, computed the same way capture computes them.
