@@ -80,6 +80,8 @@ def _forward_origins(trace: Trace, order: list[str]) -> list[Finding]:
     g = trace.graph
     found = []
     for what, kind, word in (("nan", "nan_forward", "NaN"), ("inf", "inf_forward", "inf")):
+        if not any(_has(n.values, what) for n in trace.nodes):
+            continue  # (the common case, checked once: a healthy step has no origin to look for)
         for key in order:
             n = trace.node(key)
             if n.kind != "op" or not _has(n.values, what):
@@ -101,7 +103,10 @@ def _backward_origins(trace: Trace, order: list[str]) -> list[Finding]:
     found = []
     for what, kind, word in (("nan", "nan_backward", "NaN"), ("inf", "inf_backward", "inf")):
         seen: set[str] = set()
+        bad = {n.key for n in trace.nodes if _has(n.grads, what)}
         for key in order:
+            if not bad or not any(p in bad for p in g.predecessors(key)):
+                continue  # only a node that passed a non-finite gradient on can be an origin
             n = trace.node(key)
             if n.grad is None or _has(n.grads, what) or _has(n.grads, "nan" if what == "inf" else "inf"):
                 continue

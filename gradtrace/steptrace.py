@@ -86,13 +86,17 @@ class Trace:
         hits = {n.key for n in self.nodes if n.label == label and (module is None or n.module == module)}
         return [k for k in self.forward_order() if k in hits]
 
+    @cached_property
+    def _orders(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return tuple(forward_order(self.graph)), tuple(backward_order(self.graph))
+
     def forward_order(self) -> list[str]:
         """Node keys in a topological order of the data flow, stable from run to run."""
-        return forward_order(self.graph)
+        return list(self._orders[0])
 
     def backward_order(self) -> list[str]:
         """Node keys in the order the autograd engine visited them (the loss first)."""
-        return backward_order(self.graph)
+        return list(self._orders[1])
 
     def diagnose(self) -> list[Finding]:
         """Where gradients vanish, explode or turn NaN: findings, most severe first.

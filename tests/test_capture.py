@@ -142,6 +142,26 @@ def test_forward_order_is_topological_and_stable():
     assert set(order) == set(t.graph.nodes)
 
 
+@pytest.mark.parametrize("name,model,inputs,loss", CASES, ids=[c[0] for c in CASES])
+def test_forward_order_is_networkx_lexicographic_order(name, model, inputs, loss):
+    """The sorted-keys shortcut gives exactly the order networkx's lexicographic topological sort gives."""
+    import networkx as nx
+
+    from gradtrace.graph import _sort_key, forward_order
+
+    g = gradtrace.trace(model, *inputs, loss=loss).graph
+    keys = _sort_key(g)
+    assert forward_order(g) == list(nx.lexicographical_topological_sort(g, key=keys.__getitem__))
+    # A graph whose steps do not increase along an edge (not a captured step) takes the long way.
+    g = g.copy()
+    first, last = min(keys, key=keys.__getitem__), max(keys, key=keys.__getitem__)
+    g.nodes[last]["forward_step"], g.nodes[first]["forward_step"] = -1, 10**9
+    keys = _sort_key(g)
+    order = forward_order(g)
+    assert order == list(nx.lexicographical_topological_sort(g, key=keys.__getitem__))
+    assert order != sorted(g.nodes, key=keys.__getitem__)
+
+
 def test_default_loss_sums_outputs():
     lin = nn.Linear(3, 2)
     x = torch.randn(4, 3)

@@ -130,6 +130,24 @@ def test_same_elements_are_reduced_once(monkeypatch, accelerator_path, held):
         assert math.isclose(out[h].norm, want["norm"], rel_tol=2e-6)
 
 
+def test_views_of_a_slice_are_reduced_once(monkeypatch):
+    """q, k, v cut from one projection and split into heads: strided views with gaps, each reduced once."""
+    monkeypatch.setattr(stats_module, "SAME_CHECK_MIN", 16)
+    monkeypatch.setattr(stats_module, "STAGE_MAX", {"cpu": 16})
+    qkv = torch.randn(2, 5, 3 * 8)
+    q, k, _ = qkv.split(8, dim=-1)
+    buf = StatsBuffer()
+    heads = q.reshape(2, 5, 2, 4).transpose(1, 2)  # the same elements as q, read in another order
+    hs = [buf.add(q), buf.add(heads), buf.add(k)]
+    assert len(buf._same_as) == 1, "heads reuses q's statistics; k is other memory"
+    out = buf.materialize()
+    for h, t in zip(hs, (q, heads, k)):
+        want = expected(t)
+        assert out[h].shape == tuple(t.shape) and out[h].min == want["min"] and out[h].max == want["max"]
+        assert math.isclose(out[h].mean, want["mean"], rel_tol=1e-5, abs_tol=1e-7)
+        assert math.isclose(out[h].norm, want["norm"], rel_tol=1e-6)
+
+
 def test_same_memory_is_not_same_elements(monkeypatch):
     """Reuse needs the same block, the same version, and the first tensor alive (so its memory was not reused)."""
     monkeypatch.setattr(stats_module, "SAME_CHECK_MIN", 16)

@@ -15,16 +15,17 @@ the passes over their elements, so:
   place (so a held value is never read after it changed) and at the end of
   the backward. A tensor whose version counter moved anyway (a user hook
   writing in place) is counted in :attr:`StatsBuffer.changed_after_add`.
-- **Large tensors** are reduced at once, in a contiguous pass over their
-  elements when they are dense in memory (a transposed weight is read as the
-  block of memory it is, not element by element through its strides). On the
-  CPU: ``aminmax``, ``sum`` and a BLAS dot product (``torch.var_mean`` is ten
-  times slower than those three together there); on an accelerator:
-  ``aminmax`` and a one-pass ``var_mean``.
-- **The same elements are reduced once.** A dense tensor that covers exactly
-  the memory block of one reduced before, at the same version, while that
-  one is still alive, takes its statistics (min, max, sums and counts do not
-  depend on the order of the elements).
+- **Large tensors** are reduced at once, in contiguous passes: a transposed
+  weight is read as the block of memory it is, not element by element
+  through its strides, and on the CPU a slice with gaps is copied first (a
+  third of the cost of strided passes). On the CPU: ``aminmax``, ``sum`` and
+  a BLAS dot product (``torch.var_mean`` is ten times slower than those three
+  together there); on an accelerator: ``aminmax`` and a one-pass ``var_mean``.
+- **The same elements are reduced once.** A tensor that reads the same
+  memory as one added before (same start, same set of offsets: a view, a
+  transpose, a reshape of it), at the same version, while that one is still
+  alive, takes its statistics: min, max, sums and counts do not depend on
+  the order of the elements.
 - **No host synchronisation per tensor on an accelerator.** Results stay on
   the device; :meth:`StatsBuffer.materialize` stacks them and copies them to
   the host once per device. NaN and infinity counts are computed there
@@ -127,20 +128,22 @@ def _needs_centring(total: float, squares: float, n: int) -> bool:
     return squares / n - mean * mean <= 1e-3 * mean * mean
 
 
-def _is_dense(x: torch.Tensor) -> bool:
-    """Whether the elements of ``x`` fill one block of memory, from ``x.data_ptr()`` on, without gaps or repeats.
+def _layout(x: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    """The set of memory offsets ``x`` reads, from ``x.data_ptr()`` on, as ``(stride, size)`` runs.
 
-    A transpose or a permutation of a contiguous tensor is such a block read in
-    another order; a slice or an expand is not.
+    Dimensions are sorted by stride and merged where one continues the other, so
+    every view that reads the same elements (a transpose, a permutation, a
+    reshape, however they are ordered) has the same layout; a dense block of
+    ``n`` elements is ``((1, n),)``. Repeats (stride 0) stay in the layout, so
+    equal layouts read equal multisets of elements.
     """
-    if x.is_contiguous():
-        return True
-    expected = 1
+    runs: list[list[int]] = []
     for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+        if runs and stride == runs[-1][0] * runs[-1][1]:
+            runs[-1][1] *= size
+        else:
+            runs.append([stride, size])
+    return tuple((st, sz) for st, sz in runs)
 
 
 def _version(t: torch.Tensor) -> int:
@@ -210,14 +213,13 @@ class StatsBuffer:
         return handle
 
     def _seen_before(self, handle: int, tensor: torch.Tensor, n: int) -> bool:
-        """Whether ``tensor`` holds the same elements as one added before (then its statistics are those)."""
-        if not _is_dense(tensor):
-            return False
-        key = (tensor.data_ptr(), n, tensor.dtype, _version(tensor))
+        """Whether ``tensor`` reads the same elements as one added before (then its statistics are those)."""
+        key = (tensor.data_ptr(), ((1, n),) if tensor.is_contiguous() else _layout(tensor), tensor.dtype, _version(tensor))
         seen = self._blocks.get(key)
         if seen is not None and seen[1]() is not None:
-            # The same block at the same version, and the tensor that had it is alive, so the
-            # memory was not handed to another tensor meanwhile.
+            # The same memory at the same version, and the tensor that had it is alive, so the
+            # memory was not handed to another tensor meanwhile. Min, max, sums and counts do not
+            # depend on the order the elements are read in.
             self._same_as.append((handle, seen[0], tuple(tensor.shape)))
             return True
         self._blocks[key] = (handle, weakref.ref(tensor))
@@ -240,9 +242,17 @@ class StatsBuffer:
                 self._held.append((handle, x, _version(x), dtype_name if keep_values else "!" + dtype_name))
                 self._held_elements += n
                 return
-        elif _is_dense(x):
-            # One contiguous pass over the block, whatever order the strides read it in.
-            x = x.view(-1) if x.is_contiguous() else x.as_strided((n,), (1,), x.storage_offset())
+        elif x.is_contiguous():
+            x = x.view(-1)
+        else:
+            layout = _layout(x)
+            if layout == ((1, n),):
+                # A dense block read in another order (a transposed weight): one contiguous pass over it.
+                x = x.as_strided((n,), (1,), x.storage_offset())
+            elif x.is_cpu and not self._accelerator_path and all(st for st, _ in layout):
+                # Gaps between the elements (a slice): on the CPU a copy and contiguous passes cost a
+                # third of passes through the strides. (Not with repeats: an expand may be huge.)
+                x = x.contiguous().view(-1)
         if x.dtype not in _WIDE:
             x = x.float()
         if x.is_cpu and not self._accelerator_path:
@@ -294,9 +304,9 @@ class StatsBuffer:
             careful = ~(total.isfinite() & squares.isfinite()) | ((var <= 1e-3 * mean * mean) & (lo != hi))
             std = torch.where(lo == hi, 0.0, var.clamp(min=0.0).sqrt())
             rows = torch.stack((lo, hi, mean, std, norm), dim=1).tolist()
-            shape_, name_, device_ = meta.shape, meta.dtype, meta.device
+            shape_, name_, device_, make = meta.shape, meta.dtype, meta.device, TensorStats._of
             for h, (a, b, mu, sd, nm) in zip(handles, rows):
-                self._done[h] = TensorStats(shape_, name_, device_, n, a, b, mu, sd, nm, 0, 0, None)
+                self._done[h] = make(shape_, name_, device_, n, a, b, mu, sd, nm, 0, 0, None)
             if careful.any():
                 cpu_rows = sums.tolist()
                 for i in careful.nonzero().flatten().tolist():
@@ -332,7 +342,7 @@ class StatsBuffer:
         if x.dim() == 1 and x.is_contiguous():
             total, squares = x.sum().item(), torch.dot(x, x).item()  # BLAS: the fastest Σx²
         else:
-            # Gaps or repeats in memory (a slice, an expand): reduce it where it lies rather than copy it.
+            # Repeats in memory (an expand): reduce it where it lies rather than copy it.
             total, squares = x.sum().item(), torch.linalg.vector_norm(x).item() ** 2
         return self._finish_cpu_row(meta, x, None, lo.item(), hi.item(), total, squares)
 
@@ -370,7 +380,7 @@ class StatsBuffer:
         for h, source, shape in self._same_as:
             s = self._done[source]
             if s is not None:  # (no values to reorder: blocks this large keep none)
-                self._done[h] = TensorStats(shape, s.dtype, s.device, s.numel, s.min, s.max, s.mean, s.std, s.norm, s.nan, s.inf, None)
+                self._done[h] = TensorStats._of(shape, s.dtype, s.device, s.numel, s.min, s.max, s.mean, s.std, s.norm, s.nan, s.inf, None)
         self._same_as.clear()
         self._blocks.clear()
         result = [s for s in self._done if s is not None]
