@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gradtrace  # noqa: E402
@@ -88,6 +89,9 @@ CASES = [
 ]
 
 
+FLOOR_CASE = "gpt-like 12L×64"  # the per-node target's model
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -110,6 +114,37 @@ def plain_step(model, inputs, loss) -> None:
     for p in model.parameters():
         p.grad = None
     loss(model(*inputs)).backward()
+
+
+class _EmptyMode(TorchDispatchMode):
+    """A dispatch mode that does nothing: what intercepting every op costs before recording anything."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # as gradtrace's recorder: no per-call dynamo-disable wrapper
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def mechanism_floor(model, inputs, loss) -> None:
+    """Forward under an empty dispatch mode, a no-op pre-hook on every autograd node, backward:
+    the interception gradtrace's capture is built on, with no statistics and no records."""
+    for p in model.parameters():
+        p.grad = None
+    with _EmptyMode():
+        root = loss(model(*inputs))
+    seen, stack, handles = set(), [root.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        handles.append(node.register_prehook(lambda grads: None))
+        stack.extend(child for child, _ in node.next_functions)
+    root.backward()
+    for h in handles:
+        h.remove()
 
 
 def peak_ratio(model, inputs, loss, device: torch.device) -> float | None:
@@ -197,6 +232,7 @@ def main() -> None:
         header += f"{'svg s':>8}{'÷torchviz':>16}{'÷torchlens':>16}"
     print(header)
     growth = []
+    floor = None
     tmp = tempfile.mkdtemp(prefix="gradtrace-bench-")
     for case in cases:
         model, inputs, loss = case.build(device)
@@ -209,6 +245,9 @@ def main() -> None:
         per_node = (t_trace - t_plain) / nodes * 1e6
         if case.name.startswith("gpt-like") and "×64" in case.name:
             growth.append((nodes, t_trace - t_plain))
+        if case.name == FLOOR_CASE:
+            t_floor = median_time(lambda: mechanism_floor(model, inputs, loss), device, repeats)
+            floor = (nodes, t_plain, t_floor, t_trace)
         row = (f"{case.name:<26}{nodes:>7}{t_plain * 1e3:>10.1f}{t_trace / t_plain:>8.2f}×{per_node:>9.0f}"
                f"{fmt(mem, '.2f'):>8}{held:>6}")
         if not args.capture_only:
@@ -226,6 +265,11 @@ def main() -> None:
     if len(growth) >= 2:
         (n0, c0), (n1, c1) = growth[0], growth[-1]
         print(f"\ncapture overhead growth, gpt-like ×64: {n0} → {n1} nodes ({n1 / n0:.1f}×), overhead {c0 * 1e3:.1f} → {c1 * 1e3:.1f} ms ({c1 / c0:.1f}×)")
+    if floor is not None:
+        nodes, t_plain, t_floor, t_trace = floor
+        print(f"interception floor, {FLOOR_CASE}: empty dispatch mode + a no-op pre-hook per node costs "
+              f"{(t_floor - t_plain) / nodes * 1e6:.0f} µs/node ({t_floor / t_plain:.2f}× plain); "
+              f"gradtrace.trace {(t_trace - t_plain) / nodes * 1e6:.0f} µs/node ({t_trace / t_plain:.2f}×)")
     print("held = tensors stored in the returned Trace (statistics only: must be 0)")
 
 

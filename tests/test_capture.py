@@ -356,3 +356,44 @@ def test_trace_holds_no_tensor():
                 walk(o)
 
     walk(t)
+
+
+def test_values_written_in_place_later_keep_what_the_op_produced():
+    """gradtrace reads small values late (batched): an in-place write after an op must not leak into its value."""
+    base = torch.randn(6)
+
+    def f(w):
+        y = w * 2  # recorded as [w * 2], whatever happens to y later
+        y.add_(1)
+        y[1:3].zero_()  # through a view: the base's new value is a CopySlices node
+        z = y.sin()
+        z.mul_(3)
+        return z.sum()
+
+    w = base.clone().requires_grad_()
+    t = gradtrace.trace(f, w)
+    ops = sorted((n for n in t.nodes if n.kind == "op"), key=lambda n: n.forward_step)
+    first = {}
+    for n in ops:
+        first.setdefault(n.grad_fn, n.value)
+    y = base * 2
+    assert first["MulBackward0"].values == tuple(y.tolist())
+    y = y + 1
+    assert first["AddBackward0"].values == tuple(y.tolist())
+    y[1:3] = 0
+    assert first["CopySlices"].values == tuple(y.tolist())
+    assert first["SinBackward0"].values == tuple(y.sin().tolist())
+    assert ops[-2].grad_fn == "MulBackward0" and ops[-2].value.values == tuple((y.sin() * 3).tolist())
+
+
+def test_writes_into_other_memory_do_not_force_early_reads(monkeypatch):
+    """A BatchNorm's running statistics are written in place on every call; they share no memory with
+    anything recorded, so they must not make the recorder read its held tensors early."""
+    from gradtrace.recorder import stats as stats_module
+
+    settles = []
+    original = stats_module.StatsBuffer.settle
+    monkeypatch.setattr(stats_module.StatsBuffer, "settle", lambda self: settles.append(len(self._held)) or original(self))
+    net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 4), nn.BatchNorm1d(4))
+    gradtrace.trace(net, torch.randn(8, 4))
+    assert len([n for n in settles if n]) == 1, "held tensors are read once, at the end of the backward"

@@ -145,14 +145,30 @@ def _op_kind(func: Any) -> int:
     outputs never carry a grad_fn, else 0; cached by ``id`` (an OpOverload's own hash is Python code)."""
     kind = _KINDS.get(id(func))
     if kind is None:
-        kind = (_WRITES if func._schema.is_mutable else 0) | (_SKIPPED if func in _SKIP else 0)
+        schema = func._schema
+        written = tuple((i, a.name) for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
+        kind = (_WRITES if schema.is_mutable else 0) | (_SKIPPED if func in _SKIP else 0)
         _KINDS[id(func)] = kind
+        _WRITTEN[id(func)] = written
         _KEEP_ALIVE.append(func)  # (they live as long as torch.ops anyway; this makes the id safe)
     return kind
 
 
+def _written(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> list[Any]:
+    """The arguments an op writes into (from its schema: ``Tensor(a!)``), positional or keyword."""
+    found = []
+    for i, name in _WRITTEN.get(id(func), ()):
+        value = args[i] if i < len(args) else (kwargs or {}).get(name)
+        if isinstance(value, (list, tuple)):
+            found.extend(value)
+        elif value is not None:
+            found.append(value)
+    return found
+
+
 _WRITES, _SKIPPED = 1, 2
 _KINDS: dict[int, int] = {}
+_WRITTEN: dict[int, tuple[tuple[int, str], ...]] = {}
 _KEEP_ALIVE: list[Any] = []
 
 
@@ -185,7 +201,7 @@ class ForwardRecorder(TorchDispatchMode):
         kind = _KINDS.get(id(func))
         if kind is None:
             kind = _op_kind(func)
-        if kind & _WRITES and self.stats.held_elements:
+        if kind & _WRITES and self.stats.held_elements and self.stats.holds_any(_written(func, args, kwargs)):
             self.stats.settle()  # held values must be read before this op changes them
         out = func(*args, **kwargs) if kwargs else func(*args)
         if self.recording and not kind & _SKIPPED:

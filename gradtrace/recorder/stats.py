@@ -177,6 +177,8 @@ class StatsBuffer:
         self._done: list[TensorStats | None] = []
         self._held: list[_Held] = []
         self._held_elements = 0
+        self._held_storages: set[int] = set()  # storage addresses of self._held[:self._storages_known]
+        self._storages_known = 0
         # Dense memory blocks reduced at once: (data_ptr, numel, dtype, version) -> (handle, weakref to the tensor).
         self._blocks: dict[tuple[int, int, torch.dtype, int], tuple[int, weakref.ref[torch.Tensor]]] = {}
         self._same_as: list[tuple[int, int, tuple[int, ...]]] = []  # (handle, handle with the same elements, shape)
@@ -193,6 +195,20 @@ class StatsBuffer:
     def held_elements(self) -> int:
         """Elements of the tensors held, waiting for :meth:`settle`."""
         return self._held_elements
+
+    def holds_any(self, tensors: list[Any]) -> bool:
+        """Whether writing into ``tensors`` could change a held tensor (they share memory), so the
+        caller must :meth:`settle` first. True when in doubt (a tensor without a plain storage)."""
+        if not tensors or not self._held:
+            return False
+        try:
+            held, storages = self._held, self._held_storages
+            for i in range(self._storages_known, len(held)):  # (extended since the last call only)
+                storages.add(held[i][1].untyped_storage().data_ptr())
+            self._storages_known = len(held)
+            return any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in storages for t in tensors)
+        except (RuntimeError, NotImplementedError, TypeError):
+            return True
 
     def add(self, tensor: torch.Tensor) -> int:
         """Start the statistics of ``tensor``; return a handle for :meth:`materialize`."""
@@ -267,6 +283,7 @@ class StatsBuffer:
         if not self._held:
             return
         held, self._held, self._held_elements = self._held, [], 0
+        self._held_storages, self._storages_known = set(), 0
         groups: dict[tuple[Any, ...], list[_Held]] = {}
         for entry in held:
             t = entry[1]
