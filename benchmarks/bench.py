@@ -5,8 +5,9 @@
     python3 benchmarks/bench.py --device cuda --capture-only
 
 Every figure is a median of several repeats, after one warm-up. Ratios are
-taken between runs of the same model in the same process, so they hold on a
-noisy machine better than absolute times do.
+taken between runs of the same model in the same process, the plain step and
+the traced one taking turns, so they hold on a noisy machine better than
+absolute times do.
 
 Columns:
   nodes       ops + parameters + inputs in the trace
@@ -108,6 +109,23 @@ def median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> fl
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def paired_times(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median time of each function, run in turns (a, b, c, a, b, c, ...) after one warm-up each,
+    so that a slow spell of a shared machine falls on all of them rather than on one."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            gc.collect()
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def plain_step(model, inputs, loss) -> None:
@@ -236,8 +254,11 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="gradtrace-bench-")
     for case in cases:
         model, inputs, loss = case.build(device)
-        t_plain = median_time(lambda: plain_step(model, inputs, loss), device, repeats)
-        t_trace = median_time(lambda: gradtrace.trace(model, *inputs, loss=loss), device, repeats)
+        runs = {"plain": lambda: plain_step(model, inputs, loss), "trace": lambda: gradtrace.trace(model, *inputs, loss=loss)}
+        if case.name == FLOOR_CASE:
+            runs["floor"] = lambda: mechanism_floor(model, inputs, loss)
+        times = paired_times(runs, device, repeats)
+        t_plain, t_trace = times["plain"], times["trace"]
         trace = gradtrace.trace(model, *inputs, loss=loss)
         nodes = len(trace.nodes)
         held = tensors_in(trace)
@@ -246,8 +267,7 @@ def main() -> None:
         if case.name.startswith("gpt-like") and "×64" in case.name:
             growth.append((nodes, t_trace - t_plain))
         if case.name == FLOOR_CASE:
-            t_floor = median_time(lambda: mechanism_floor(model, inputs, loss), device, repeats)
-            floor = (nodes, t_plain, t_floor, t_trace)
+            floor = (nodes, t_plain, times["floor"], t_trace)
         row = (f"{case.name:<26}{nodes:>7}{t_plain * 1e3:>10.1f}{t_trace / t_plain:>8.2f}×{per_node:>9.0f}"
                f"{fmt(mem, '.2f'):>8}{held:>6}")
         if not args.capture_only:

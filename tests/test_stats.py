@@ -172,3 +172,29 @@ def test_same_memory_is_not_same_elements(monkeypatch):
     h_b = buf.add(b)
     out = buf.materialize()
     assert math.isclose(out[h_b].mean, b.mean().item(), rel_tol=1e-5) and out[h_a].mean < 1.0
+
+
+@pytest.mark.parametrize("rows", [3, 80], ids=["few rows (finished in Python)", "many rows (tensor arithmetic)"])
+def test_a_group_of_held_tensors_matches_torch_row_by_row(rows):
+    """Held tensors of one shape are reduced together; every row must still be its own tensor's statistics,
+    the awkward ones too (NaN, infinity, all equal, a spread that Σx²/n − mean² would cancel)."""
+    torch.manual_seed(1)
+    tensors = [torch.randn(7, 9) * (i + 1) for i in range(rows)]
+    tensors[0][0, 0] = float("nan")
+    tensors[1][2, 3] = float("inf")
+    tensors[2] = torch.full((7, 9), 0.5)
+    if rows > 3:
+        tensors[3] = 1000.0 + 1e-4 * torch.randn(7, 9)
+    buf = StatsBuffer()
+    handles = [buf.add(t) for t in tensors]
+    assert buf.held_elements == rows * 63
+    out = buf.materialize()
+    for h, t in zip(handles, tensors):
+        s = out[h]
+        assert (s.nan, s.inf) == (int(t.isnan().sum()), int(t.isinf().sum()))
+        if not s.finite:
+            continue
+        want = expected(t)
+        assert s.min == want["min"] and s.max == want["max"]
+        for f in ("mean", "std", "norm"):
+            assert math.isclose(getattr(s, f), want[f], rel_tol=2e-6, abs_tol=1e-6), (f, getattr(s, f), want[f])

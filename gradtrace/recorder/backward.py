@@ -9,6 +9,7 @@ of the calls is the order backprop visited the graph.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -70,13 +71,19 @@ class BackwardRecorder:
         self.order: list[NodeKey] = []
         self.grads: dict[NodeKey, list[int | None]] = {}
         self.handles: list[RemovableHandle] = []
+        self._lock = threading.Lock()
         for key, node in graph.nodes.items():
             self.handles.append(node.register_prehook(self._hook_for(key)))
 
     def _hook_for(self, key: NodeKey) -> Any:
+        lock = self._lock
+
         def prehook(grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
-            self.order.append(key)
-            self.grads[key] = [None if g is None else self.stats.add(g) for g in grad_outputs]
+            # The engine runs each device's nodes on its own thread: a graph on two devices calls
+            # these hooks from two threads at once.
+            with lock:
+                self.order.append(key)
+                self.grads[key] = [None if g is None else self.stats.add(g) for g in grad_outputs]
             return None
 
         return prehook

@@ -14,6 +14,7 @@ their values are still the ones the op produced.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -180,9 +181,10 @@ class ForwardRecorder(TorchDispatchMode):
         self.stats = stats
         self.modules = modules
         self.nodes: dict[tuple[int, str], NodeForward] = {}
-        #: id(tensor) -> (tensor, input indices) for model inputs, and tensors computed from them without grad.
-        #: The tensors are held (so their ids stay theirs) until the session ends.
-        self.origins: dict[int, tuple[torch.Tensor, frozenset[int]]] = {}
+        #: id(tensor) -> (weak reference to it, input indices) for model inputs and tensors computed
+        #: from them without grad. Looked up by id (a WeakIdKeyDictionary costs a microsecond a lookup,
+        #: on every op); a hit counts only if the reference still points at that very tensor.
+        self.origins: dict[int, tuple[weakref.ref[torch.Tensor], frozenset[int]]] = {}
         self.recording = True
         self._order = 0
         self._pending: tuple[Any, str, frozenset[int], int] | None = None
@@ -211,11 +213,12 @@ class ForwardRecorder(TorchDispatchMode):
                 for a in args:
                     hit = origins.get(id(a))
                     if hit is not None:
-                        consumed |= hit[1]
+                        if hit[0]() is a:
+                            consumed |= hit[1]
                     elif type(a) is list or type(a) is tuple:
                         for t in a:
                             hit = origins.get(id(t))
-                            if hit is not None:
+                            if hit is not None and hit[0]() is t:
                                 consumed |= hit[1]
             stack = self.modules._stack
             self._pending = (out, stack[-1] if stack else "", consumed, kind & _WRITES)
@@ -243,7 +246,7 @@ class ForwardRecorder(TorchDispatchMode):
             if gf is None:
                 if consumed:
                     # Computed from an input without grad (a reshape of x, say): it stands for that input.
-                    self.origins[id(t)] = (t, consumed)
+                    self.origins[id(t)] = (weakref.ref(t), consumed)
                 continue
             key = node_id(gf)
             rec = nodes.get(key)

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import inspect
 import sys
+import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -155,7 +156,7 @@ class Session:
         with self.outside_mode():
             self.inputs.append(_Input(label, t, self.stats.add(t)))
         if not t.requires_grad:
-            self.recorder.origins[id(t)] = (t, frozenset((i,)))
+            self.recorder.origins[id(t)] = (weakref.ref(t), frozenset((i,)))
 
     def _on_root_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self.recorder.recording:

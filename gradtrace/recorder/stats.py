@@ -54,6 +54,8 @@ STAGE_MAX = {"cpu": 1 << 16}
 STAGE_MAX_DEFAULT = 1 << 20
 #: Held tensors are reduced once they hold this many elements in all.
 STAGE_ELEMENTS = 1 << 23
+#: Groups of more held tensors than this are finished with tensor arithmetic, smaller ones in Python.
+VECTOR_ROWS = 32
 #: Tensors larger than this are looked up among the blocks reduced before (smaller ones cost less to
 #: reduce). Never below EXACT_VALUES_MAX: exact values are listed in the order the tensor reads them.
 SAME_CHECK_MIN = max(1 << 9, EXACT_VALUES_MAX)
@@ -120,7 +122,7 @@ def _from_sums(m: _Meta, mn: float, mx: float, total: float, squares: float, cen
     else:
         var = centred / n if centred is not None else squares / n - mean * mean
         std, norm = math.sqrt(max(var, 0.0)), math.sqrt(squares)
-    return TensorStats(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, values if m.keep_values else None)
+    return TensorStats._of(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, values if m.keep_values else None)
 
 
 def _needs_centring(total: float, squares: float, n: int) -> bool:
@@ -179,10 +181,9 @@ class StatsBuffer:
         self._held_elements = 0
         self._held_storages: set[int] = set()  # storage addresses of self._held[:self._storages_known]
         self._storages_known = 0
-        # Dense memory blocks reduced at once: (data_ptr, numel, dtype, version) -> (handle, weakref to the tensor).
-        self._blocks: dict[tuple[int, int, torch.dtype, int], tuple[int, weakref.ref[torch.Tensor]]] = {}
+        # Memory already described: (data_ptr, _layout, dtype, version) -> (handle, weakref to the tensor that had it).
+        self._blocks: dict[tuple[Any, ...], tuple[int, weakref.ref[torch.Tensor]]] = {}
         self._same_as: list[tuple[int, int, tuple[int, ...]]] = []  # (handle, handle with the same elements, shape)
-        self._meta: dict[int, _Meta] = {}  # handles waiting for accelerator rows
         # Accelerator results waiting for the one copy to the host: (handles, metas, rows [k, 6], values [k, n] or None).
         self._device_rows: list[tuple[list[int], list[_Meta], torch.Tensor, torch.Tensor | None]] = []
         #: Tensors whose version counter moved between add() and their reduction (written in place meanwhile).
@@ -312,6 +313,11 @@ class StatsBuffer:
                 return
             # amin and amax: along a dimension they are three times faster than aminmax on the CPU.
             sums = torch.stack((m.amin(dim=1), m.amax(dim=1), m.sum(dim=1), torch.linalg.vector_norm(m, dim=1)), dim=1).double()
+            if len(handles) <= VECTOR_ROWS:
+                # A few rows: finishing them in Python costs less than a dozen more small kernels.
+                for i, (h, (a, b, s, nm)) in enumerate(zip(handles, sums.tolist())):
+                    self._done[h] = self._finish_cpu_row(meta, m, i, a, b, s, nm * nm)
+                return
             lo, hi, total, norm = sums.unbind(1)
             squares = norm.square()
             mean = total / n
