@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..records import EXACT_VALUES_MAX, TensorStats
+from .finish import Meta, empty_stats, from_sums, needs_centring, python_stats
 
 __all__ = ["STAGE_ELEMENTS", "StatsBuffer", "stats_of"]
 
@@ -76,58 +76,6 @@ def _device_name(device: torch.device) -> str:
     if name is None:
         name = _DEVICE_NAMES[device] = str(device)
     return name
-
-
-@dataclass(frozen=True)
-class _Meta:
-    shape: tuple[int, ...]
-    dtype: str
-    device: str
-    numel: int
-    keep_values: bool
-
-
-def _empty(m: _Meta) -> TensorStats:
-    return TensorStats(m.shape, m.dtype, m.device, 0, None, None, None, None, None, 0, 0, () if m.keep_values else None)
-
-
-def _python_stats(m: _Meta, values: list[float]) -> TensorStats:
-    """Statistics of a short list, in double precision."""
-    n = len(values)
-    nan = sum(1 for v in values if math.isnan(v))
-    inf = sum(1 for v in values if math.isinf(v))
-    if nan:
-        mn = mx = mean = std = norm = math.nan
-    else:
-        mn, mx = min(values), max(values)
-        if inf:
-            # var and std of a tensor holding an infinity are undefined, as torch.var_mean says.
-            mean, std, norm = sum(values) / n, math.nan, math.inf
-        else:
-            mean = math.fsum(values) / n
-            std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
-            norm = math.sqrt(math.fsum(v * v for v in values))
-    return TensorStats(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, tuple(values) if m.keep_values else None)
-
-
-def _from_sums(m: _Meta, mn: float, mx: float, total: float, squares: float, centred: float | None, nan: int, inf: int,
-               values: tuple[float, ...] | None) -> TensorStats:
-    """A TensorStats from min, max, Σx, Σx² (and Σ(x−mean)² when known) of ``m.numel`` elements."""
-    n = m.numel
-    mean = total / n
-    if nan:
-        mn = mx = mean = std = norm = math.nan
-    elif inf:
-        std, norm = math.nan, math.inf
-    else:
-        var = centred / n if centred is not None else squares / n - mean * mean
-        std, norm = math.sqrt(max(var, 0.0)), math.sqrt(squares)
-    return TensorStats._of(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, values if m.keep_values else None)
-
-
-def _needs_centring(total: float, squares: float, n: int) -> bool:
-    mean = total / n
-    return squares / n - mean * mean <= 1e-3 * mean * mean
 
 
 def _layout(x: torch.Tensor) -> tuple[tuple[int, int], ...]:
@@ -185,7 +133,7 @@ class StatsBuffer:
         self._blocks: dict[tuple[Any, ...], tuple[int, weakref.ref[torch.Tensor]]] = {}
         self._same_as: list[tuple[int, int, tuple[int, ...]]] = []  # (handle, handle with the same elements, shape)
         # Accelerator results waiting for the one copy to the host: (handles, metas, rows [k, 6], values [k, n] or None).
-        self._device_rows: list[tuple[list[int], list[_Meta], torch.Tensor, torch.Tensor | None]] = []
+        self._device_rows: list[tuple[list[int], list[Meta], torch.Tensor, torch.Tensor | None]] = []
         #: Tensors whose version counter moved between add() and their reduction (written in place meanwhile).
         self.changed_after_add = 0
 
@@ -246,9 +194,9 @@ class StatsBuffer:
         x = tensor.detach()
         dtype_name = _DTYPE_NAMES.get(x.dtype) or _dtype_name(x.dtype)
         keep_values = not x.is_complex()
-        meta = _Meta(tuple(x.shape), dtype_name, _device_name(x.device), n, keep_values)
+        meta = Meta(tuple(x.shape), dtype_name, _device_name(x.device), n, keep_values)
         if n == 0:
-            self._done[handle] = _empty(meta)
+            self._done[handle] = empty_stats(meta)
             return
         if x.dtype not in _FLOATS:
             # A private converted copy: complex numbers have no order (describe their magnitudes),
@@ -298,7 +246,7 @@ class StatsBuffer:
         keep_values = label is None or not label.startswith("!")
         name = label.lstrip("!") if label is not None else (_DTYPE_NAMES.get(dtype) or _dtype_name(dtype))
         n = math.prod(shape)
-        meta = _Meta(tuple(shape), name, _device_name(device), n, keep_values)
+        meta = Meta(tuple(shape), name, _device_name(device), n, keep_values)
         for _, t, version, _ in group:
             if version != -1 and t._version != version:
                 self.changed_after_add += 1
@@ -309,7 +257,7 @@ class StatsBuffer:
         if device.type == "cpu" and not self._accelerator_path:
             if n <= EXACT_VALUES_MAX:
                 for h, values in zip(handles, m.tolist()):
-                    self._done[h] = _python_stats(meta, values)
+                    self._done[h] = python_stats(meta, values)
                 return
             # amin and amax: along a dimension they are three times faster than aminmax on the CPU.
             sums = torch.stack((m.amin(dim=1), m.amax(dim=1), m.sum(dim=1), torch.linalg.vector_norm(m, dim=1)), dim=1).double()
@@ -344,7 +292,7 @@ class StatsBuffer:
         values = m.double() if n <= EXACT_VALUES_MAX else None
         self._device_rows.append((handles, [meta] * len(handles), rows, values))
 
-    def _finish_cpu_row(self, meta: _Meta, m: torch.Tensor, row: int | None, mn: float, mx: float, total: float,
+    def _finish_cpu_row(self, meta: Meta, m: torch.Tensor, row: int | None, mn: float, mx: float, total: float,
                         squares: float) -> TensorStats:
         """TensorStats of ``m[row]`` (of ``m`` when ``row`` is None) from its min, max, Σx and Σx²."""
         n = meta.numel
@@ -355,12 +303,12 @@ class StatsBuffer:
             nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
         elif mn == mx:
             centred = 0.0  # every element equal (a zero bias, the gradient of a mean): no spread
-        elif _needs_centring(total, squares, n):
+        elif needs_centring(total, squares, n):
             x = m if row is None else m[row]
             centred = (x.double() - total / n).square_().sum().item()
-        return _from_sums(meta, mn, mx, total, squares, centred, nan, inf, None)
+        return from_sums(meta, mn, mx, total, squares, centred, nan, inf, None)
 
-    def _cpu_large(self, meta: _Meta, x: torch.Tensor) -> TensorStats:
+    def _cpu_large(self, meta: Meta, x: torch.Tensor) -> TensorStats:
         lo, hi = torch.aminmax(x)
         if x.dim() == 1 and x.is_contiguous():
             total, squares = x.sum().item(), torch.dot(x, x).item()  # BLAS: the fastest Σx²
@@ -369,7 +317,7 @@ class StatsBuffer:
             total, squares = x.sum().item(), torch.linalg.vector_norm(x).item() ** 2
         return self._finish_cpu_row(meta, x, None, lo.item(), hi.item(), total, squares)
 
-    def _device_large(self, handle: int, meta: _Meta, x: torch.Tensor) -> None:
+    def _device_large(self, handle: int, meta: Meta, x: torch.Tensor) -> None:
         mn, mx = torch.aminmax(x)
         var, mean = torch.var_mean(x, correction=0)  # one Welford pass on accelerators
         counts = torch.stack((torch.isnan(x).sum(), torch.isinf(x).sum())).to(mean.dtype)
@@ -381,7 +329,7 @@ class StatsBuffer:
     def materialize(self) -> list[TensorStats]:
         """Finish every statistic: one copy to the host per device. Returns one TensorStats per handle."""
         self.settle()
-        by_device: dict[torch.device, list[tuple[list[int], list[_Meta], torch.Tensor, torch.Tensor | None]]] = {}
+        by_device: dict[torch.device, list[tuple[list[int], list[Meta], torch.Tensor, torch.Tensor | None]]] = {}
         for entry in self._device_rows:
             by_device.setdefault(entry[2].device, []).append(entry)
         for entries in by_device.values():
@@ -398,7 +346,7 @@ class StatsBuffer:
                     i += 1
                     n = meta.numel
                     total, squares = mean * n, n * (var + mean * mean)
-                    self._done[h] = _from_sums(meta, mn, mx, total, squares, var * n, int(nan), int(inf), vals)
+                    self._done[h] = from_sums(meta, mn, mx, total, squares, var * n, int(nan), int(inf), vals)
         self._device_rows.clear()
         for h, source, shape in self._same_as:
             s = self._done[source]

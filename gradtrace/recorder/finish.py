@@ -1,0 +1,72 @@
+"""From a tensor's min, max, Σx and Σx² to its TensorStats: the arithmetic every reduction path shares.
+
+Plain Python on numbers already read from the device; the reductions that
+produce them are in :mod:`gradtrace.recorder.stats`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..records import TensorStats
+
+__all__ = ["Meta", "empty_stats", "from_sums", "needs_centring", "python_stats"]
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a statistic says besides its numbers: the tensor's shape, dtype, device and size, and
+    whether its exact values are kept (not for complex tensors, described by their magnitudes)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    device: str
+    numel: int
+    keep_values: bool
+
+
+def empty_stats(m: Meta) -> TensorStats:
+    """The statistics of a tensor with no elements: nothing to summarise."""
+    return TensorStats(m.shape, m.dtype, m.device, 0, None, None, None, None, None, 0, 0, () if m.keep_values else None)
+
+
+def python_stats(m: Meta, values: list[float]) -> TensorStats:
+    """Statistics of a short list, in double precision."""
+    n = len(values)
+    nan = sum(1 for v in values if math.isnan(v))
+    inf = sum(1 for v in values if math.isinf(v))
+    if nan:
+        mn = mx = mean = std = norm = math.nan
+    else:
+        mn, mx = min(values), max(values)
+        if inf:
+            # var and std of a tensor holding an infinity are undefined, as torch.var_mean says.
+            mean, std, norm = sum(values) / n, math.nan, math.inf
+        else:
+            mean = math.fsum(values) / n
+            std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
+            norm = math.sqrt(math.fsum(v * v for v in values))
+    return TensorStats(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, tuple(values) if m.keep_values else None)
+
+
+def from_sums(m: Meta, mn: float, mx: float, total: float, squares: float, centred: float | None, nan: int, inf: int,
+              values: tuple[float, ...] | None) -> TensorStats:
+    """A TensorStats from min, max, Σx, Σx² (and Σ(x−mean)² when known) of ``m.numel`` elements."""
+    n = m.numel
+    mean = total / n
+    if nan:
+        mn = mx = mean = std = norm = math.nan
+    elif inf:
+        std, norm = math.nan, math.inf
+    else:
+        var = centred / n if centred is not None else squares / n - mean * mean
+        std, norm = math.sqrt(max(var, 0.0)), math.sqrt(squares)
+    return TensorStats._of(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, values if m.keep_values else None)
+
+
+def needs_centring(total: float, squares: float, n: int) -> bool:
+    """Whether Σx²/n − mean² would lose the spread to cancellation (near-equal values): then the
+    variance must come from centred values."""
+    mean = total / n
+    return squares / n - mean * mean <= 1e-3 * mean * mean
