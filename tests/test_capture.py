@@ -232,6 +232,21 @@ def test_capture_block_raising_leaves_nothing_behind():
     assert_untouched(before, net, grads=False)
 
 
+def test_no_tensor_is_held_for_statistics_once_a_block_ends():
+    """Values are held for batched statistics while recording; whatever ends the block, none stays held."""
+    net = MLP()
+    with pytest.raises(Boom):
+        with gradtrace.capture(net) as cap:
+            net(torch.randn(2, 8))  # a forward recorded, no backward: its values are held
+            raise Boom()
+    assert cap._session.stats.held_elements == 0 and cap._session.stats._held == []
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with gradtrace.capture(net) as cap:
+        net(torch.randn(2, 8)).sum().backward()
+        opt.step()  # its updates are added after the backward, and read when the block ends
+    assert all(n.update is not None for n in cap.trace.nodes if n.kind == "param")
+
+
 def test_no_node_hook_survives(monkeypatch):
     """Run backward again over a graph capture() hooked: none of gradtrace's code may run."""
     from gradtrace.recorder import stats as stats_module

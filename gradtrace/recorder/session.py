@@ -135,6 +135,12 @@ class Session:
         self._before_step.clear()
         self.recorder.origins = {}
         self.recorder._pending = None
+        # Tensors still held for statistics (an optimizer step's updates; anything, after an error):
+        # read them now rather than keep them alive with the session.
+        try:
+            self.stats.settle()
+        except Exception:  # never mask the exception that ended the block
+            self.stats.discard_held()
 
     # -- inputs -------------------------------------------------------------------
 

@@ -241,6 +241,11 @@ class StatsBuffer:
             for (shape, dtype, device, label), group in groups.items():
                 self._reduce_group(shape, dtype, device, label, group)
 
+    def discard_held(self) -> None:
+        """Let go of every held tensor unread (their statistics will be missing)."""
+        self._held, self._held_elements = [], 0
+        self._held_storages, self._storages_known = set(), 0
+
     def _reduce_group(self, shape: torch.Size, dtype: torch.dtype, device: torch.device, label: str | None,
                       group: list[_Held]) -> None:
         keep_values = label is None or not label.startswith("!")
