@@ -40,6 +40,7 @@ def same(a: Any, b: Any) -> bool:
 @dataclass
 class RefNode:
     grad_fn: str
+    position: int = -1  # its place among all op nodes reachable from the loss, in creation order
     values: dict[int, torch.Tensor] = field(default_factory=dict)  # output_nr -> what the op produced
     grads: dict[int, torch.Tensor | None] = field(default_factory=dict)  # output_nr -> d loss / d output
 
@@ -47,7 +48,9 @@ class RefNode:
 @dataclass
 class Reference:
     loss: torch.Tensor
-    ops: list[RefNode]  # nodes reachable from the loss, in creation order
+    # Nodes reachable from the loss whose output tensor still had them as grad_fn after the forward, in
+    # creation order (a node whose output was then changed in place, `h += x`, cannot be observed here).
+    ops: list[RefNode]
     param_grads: dict[str, torch.Tensor]
     n_ops: int
     n_leaves: int
@@ -98,8 +101,9 @@ def reference_step(model: Callable[..., Any], inputs: tuple, loss: Callable[[Any
     values = [t.detach().clone() for t in tensors]
     grads = torch.autograd.grad(root, tensors, allow_unused=True, retain_graph=True)
     by_seq: dict[int, RefNode] = {}
+    position = {s: i for i, s in enumerate(sorted(reachable))}
     for (seq, nr), t, v, g in zip(keys, tensors, values, grads):
-        node = by_seq.setdefault(seq, RefNode(type(t.grad_fn).__name__))
+        node = by_seq.setdefault(seq, RefNode(type(t.grad_fn).__name__, position[seq]))
         node.values[nr] = v
         node.grads[nr] = g
     root.backward()
