@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gradtrace  # noqa: E402
+from gradtrace.recorder.backward import walk  # noqa: E402
 from tests.models import GPT, MLP, ResNet  # noqa: E402
 
 
@@ -98,19 +99,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def paired_times(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, float]:
     """Median time of each function, run in turns (a, b, c, a, b, c, ...) after one warm-up each,
     so that a slow spell of a shared machine falls on all of them rather than on one."""
@@ -126,6 +114,10 @@ def paired_times(fns: dict[str, Callable[[], Any]], device: torch.device, repeat
             _sync(device)
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def median_time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    return paired_times({"fn": fn}, device, repeats)["fn"]
 
 
 def plain_step(model, inputs, loss) -> None:
@@ -152,14 +144,7 @@ def mechanism_floor(model, inputs, loss) -> None:
         p.grad = None
     with _EmptyMode():
         root = loss(model(*inputs))
-    seen, stack, handles = set(), [root.grad_fn], []
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        handles.append(node.register_prehook(lambda grads: None))
-        stack.extend(child for child, _ in node.next_functions)
+    handles = [node.register_prehook(lambda grads: None) for node in walk([root.grad_fn]).nodes.values()]
     root.backward()
     for h in handles:
         h.remove()

@@ -84,6 +84,26 @@ def autograd_walk(root: torch.Tensor) -> tuple[list[Any], list[Any]]:
     return ops, leaves
 
 
+def assert_ops_match(trace: Any, ref: Reference, unobservable: int = 0) -> list[Any]:
+    """Every op node of ``trace`` is one of the autograd nodes ``ref`` found, in creation order, and every
+    value and gradient the oracle observed equals the trace's (``same``). ``unobservable``: how many
+    nodes the oracle cannot see (their output was changed in place later). Returns the op nodes."""
+    from gradtrace.recorder.stats import stats_of
+
+    ops = sorted((n for n in trace.nodes if n.kind == "op"), key=lambda n: n.forward_step)
+    assert len(ops) == ref.n_ops, "one op node per autograd node reachable from the loss"
+    assert len(ref.ops) == len(ops) - unobservable
+    for expected in ref.ops:
+        node = ops[expected.position]
+        assert node.grad_fn == expected.grad_fn
+        for nr, value in expected.values.items():
+            assert same(node.values[nr], stats_of(value)), f"forward value of {node.key} ({node.grad_fn}) output {nr}"
+            grad = expected.grads[nr]
+            if grad is not None:
+                assert same(node.grads[nr], stats_of(grad)), f"gradient at {node.key} ({node.grad_fn}) output {nr}"
+    return ops
+
+
 def reference_step(model: Callable[..., Any], inputs: tuple, loss: Callable[[Any], torch.Tensor]) -> Reference:
     """Run ``loss(model(*inputs))`` plainly and take every gradient from ``torch.autograd.grad``."""
     mode = _Outputs()

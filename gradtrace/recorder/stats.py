@@ -168,14 +168,21 @@ class StatsBuffer:
         if tensor.dtype in _FLOATS and n:
             if n > SAME_CHECK_MIN and self._seen_before(handle, tensor, n):
                 return handle
-            if n <= (STAGE_MAX["cpu"] if tensor.is_cpu and not self._accelerator_path else STAGE_MAX_DEFAULT):
-                self._held.append((handle, tensor, _version(tensor), None))
-                self._held_elements += n
-                if self._held_elements >= STAGE_ELEMENTS:
-                    self.settle()
+            if n <= self._hold_max(tensor):
+                self._hold(handle, tensor, n, None)
                 return handle
         self._add_other(handle, tensor, n)
         return handle
+
+    def _hold_max(self, tensor: torch.Tensor) -> int:
+        """The most elements a tensor may have to be held (larger ones are reduced at once)."""
+        return STAGE_MAX["cpu"] if tensor.is_cpu and not self._accelerator_path else STAGE_MAX_DEFAULT
+
+    def _hold(self, handle: int, tensor: torch.Tensor, n: int, label: str | None) -> None:
+        self._held.append((handle, tensor, _version(tensor), label))
+        self._held_elements += n
+        if self._held_elements >= STAGE_ELEMENTS:
+            self.settle()
 
     def _seen_before(self, handle: int, tensor: torch.Tensor, n: int) -> bool:
         """Whether ``tensor`` reads the same elements as one added before (then its statistics are those)."""
@@ -203,9 +210,8 @@ class StatsBuffer:
             # integers and booleans are counted in double precision.
             x = x.abs() if not keep_values else x
             x = x.double() if not x.is_floating_point() else x
-            if n <= (STAGE_MAX["cpu"] if x.is_cpu and not self._accelerator_path else STAGE_MAX_DEFAULT):
-                self._held.append((handle, x, _version(x), dtype_name if keep_values else "!" + dtype_name))
-                self._held_elements += n
+            if n <= self._hold_max(x):
+                self._hold(handle, x, n, dtype_name if keep_values else "!" + dtype_name)
                 return
         elif x.is_contiguous():
             x = x.view(-1)
