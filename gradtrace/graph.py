@@ -19,9 +19,10 @@ def build_graph(nodes: Iterable[TraceNode], edges: Iterable[TraceEdge]) -> nx.Di
     """A DiGraph whose edges run the way data flows (input/parameter -> op -> ... -> loss).
 
     Node attributes are the contract's: kind, label, grad_fn, module, value,
-    grad, values, grads, forward_step, backward_step, update, update_ratio.
-    Edge attributes: ``output`` (which output of the source) and ``shape``
-    (that output's shape, when its value was recorded).
+    grad, values, grads, forward_step, backward_step, update, update_ratio, source.
+    Edge attributes: ``output`` (which output of the source), ``shape``
+    (that output's shape, when its value was recorded), ``grad`` (the gradient
+    sent back along the edge) and ``uses`` (inputs of the target it fed).
     """
     g = nx.DiGraph()
     shapes: dict[tuple[str, int], tuple[int, ...]] = {}
@@ -29,13 +30,13 @@ def build_graph(nodes: Iterable[TraceNode], edges: Iterable[TraceEdge]) -> nx.Di
         g.add_node(
             n.key, kind=n.kind, label=n.label, grad_fn=n.grad_fn, module=n.module, value=n.value, grad=n.grad,
             values=n.values, grads=n.grads, forward_step=n.forward_step, backward_step=n.backward_step,
-            update=n.update, update_ratio=n.update_ratio,
+            update=n.update, update_ratio=n.update_ratio, source=n.source,
         )
         for i, v in enumerate(n.values):
             if v is not None:
                 shapes[(n.key, i)] = v.shape
     for e in edges:
-        g.add_edge(e.src, e.dst, output=e.output, shape=shapes.get((e.src, e.output)))
+        g.add_edge(e.src, e.dst, output=e.output, shape=shapes.get((e.src, e.output)), grad=e.grad, uses=e.uses)
     return g
 
 

@@ -149,6 +149,9 @@ class TraceNode:
     For a parameter node, ``update`` describes the optimizer's change to it
     (``w_after - w_before``) when a ``step()`` was captured, and
     ``update_ratio`` is ``‖Δw‖ / ‖w‖``.
+
+    ``source`` is where the user's code made the op (``model.py:57 in forward``:
+    the first frame outside torch and gradtrace), ``None`` where unknown.
     """
 
     key: str
@@ -162,6 +165,7 @@ class TraceNode:
     backward_step: int | None = None
     update: TensorStats | None = None
     update_ratio: float | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in NODE_KINDS:
@@ -188,6 +192,7 @@ class TraceNode:
             "backward_step": self.backward_step,
             "update": None if self.update is None else self.update.to_dict(),
             "update_ratio": _float_to_json(self.update_ratio),
+            "source": self.source,
         }
 
     @classmethod
@@ -205,23 +210,34 @@ class TraceNode:
             backward_step=d.get("backward_step"),
             update=None if update is None else TensorStats.from_dict(update),
             update_ratio=_float_from_json(d.get("update_ratio")),
+            source=None if d.get("source") is None else str(d["source"]),
         )
 
 
 @dataclass(frozen=True)
 class TraceEdge:
-    """Data flowing from ``src`` to ``dst``: output ``output`` of ``src`` is an input of ``dst``."""
+    """Data flowing from ``src`` to ``dst``: output ``output`` of ``src`` is an input of ``dst``.
+
+    ``grad`` is the gradient ``dst``'s backward sent back along this edge (``None``
+    where none was recorded). ``uses`` counts the inputs of ``dst`` this one
+    output fed (2 for ``x * x``); ``grad`` is then the sum over those inputs.
+    """
 
     src: str
     dst: str
     output: int = 0
+    grad: TensorStats | None = None
+    uses: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"src": self.src, "dst": self.dst, "output": self.output}
+        return {"src": self.src, "dst": self.dst, "output": self.output,
+                "grad": None if self.grad is None else self.grad.to_dict(), "uses": self.uses}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TraceEdge:
-        return cls(src=str(d["src"]), dst=str(d["dst"]), output=int(d.get("output", 0)))
+        grad = d.get("grad")
+        return cls(src=str(d["src"]), dst=str(d["dst"]), output=int(d.get("output", 0)),
+                   grad=None if grad is None else TensorStats.from_dict(grad), uses=int(d.get("uses", 1)))
 
 
 @dataclass(frozen=True)
