@@ -152,6 +152,12 @@ class TraceNode:
 
     ``source`` is where the user's code made the op (``model.py:57 in forward``:
     the first frame outside torch and gradtrace), ``None`` where unknown.
+    ``args`` says compactly what else the op read besides the edges drawn into
+    it: constants and plain-tensor operands, indices (``× 2.0``, ``dim=1, index=0``).
+    ``scope`` is ``module`` with each repeated call of a module numbered
+    (``pool#2`` for the second call of ``pool``): the clusters a drawing shows.
+    ``sgd_update`` is −lr·grad for a parameter of a plain SGD step, beside the
+    applied ``update``, so "Δw = −lr × grad" can be checked by hand.
     """
 
     key: str
@@ -166,6 +172,9 @@ class TraceNode:
     update: TensorStats | None = None
     update_ratio: float | None = None
     source: str | None = None
+    args: str = ""
+    scope: str = ""
+    sgd_update: TensorStats | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in NODE_KINDS:
@@ -193,6 +202,9 @@ class TraceNode:
             "update": None if self.update is None else self.update.to_dict(),
             "update_ratio": _float_to_json(self.update_ratio),
             "source": self.source,
+            "args": self.args,
+            "scope": self.scope,
+            "sgd_update": None if self.sgd_update is None else self.sgd_update.to_dict(),
         }
 
     @classmethod
@@ -211,6 +223,9 @@ class TraceNode:
             update=None if update is None else TensorStats.from_dict(update),
             update_ratio=_float_from_json(d.get("update_ratio")),
             source=None if d.get("source") is None else str(d["source"]),
+            args=str(d.get("args", "")),
+            scope=str(d.get("scope", d.get("module", ""))),
+            sgd_update=None if d.get("sgd_update") is None else TensorStats.from_dict(d["sgd_update"]),
         )
 
 
