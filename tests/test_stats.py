@@ -198,3 +198,101 @@ def test_a_group_of_held_tensors_matches_torch_row_by_row(rows):
         assert s.min == want["min"] and s.max == want["max"]
         for f in ("mean", "std", "norm"):
             assert math.isclose(getattr(s, f), want[f], rel_tol=2e-6, abs_tol=1e-6), (f, getattr(s, f), want[f])
+
+
+def _assorted_tensors():
+    """Every kind of tensor the packed accelerator path must get right, many shapes in one buffer."""
+    torch.manual_seed(2)
+    ts = {
+        "tiny": torch.tensor([1.5, -2.0, 0.25]),
+        "one row, padded": torch.randn(3, 100),
+        "bias": torch.randn(768),
+        "several rows, padded tail": torch.randn(70_001) * 3 + 1,
+        "rows exactly": torch.randn(2, 1 << 16),
+        "near constant, padded": 1000.0 + 1e-3 * torch.randn(5000),
+        "near constant, outlier first": torch.cat((torch.tensor([1e4]), 1000.0 + 1e-3 * torch.randn(70_000))),
+        "all equal": torch.full((300,), 0.25),
+        "transposed": torch.randn(50, 300).t(),
+        "strided slice": torch.randn(200, 40)[:, ::3],
+        "expanded": torch.randn(1, 500).expand(20, 500),
+        "bfloat16": torch.randn(3000).bfloat16(),
+        "float64": torch.randn(5000, dtype=torch.float64),
+        "int": torch.arange(-600, 600),
+        "nan": torch.randn(9000),
+        "+inf": torch.randn(9000),
+        "-inf tail": torch.randn(70_000),
+        "both infs": torch.randn(100),
+    }
+    ts["nan"][4000] = float("nan")
+    ts["+inf"][10] = float("inf")
+    ts["-inf tail"][69_999] = float("-inf")
+    ts["both infs"][0], ts["both infs"][99] = float("inf"), float("-inf")
+    return ts
+
+
+def test_packed_accelerator_path_matches_torch_tensor_by_tensor():
+    """The accelerator packs tensors of every shape into rows of a few widths, pads the last row of each and
+    combines rows on the host: every tensor's statistics must still be its own (torch in double precision)."""
+    ts = _assorted_tensors()
+    buf = StatsBuffer(accelerator_path=True)
+    handles = {name: buf.add(t) for name, t in ts.items()}
+    out = buf.materialize()
+    for name, t in ts.items():
+        s = out[handles[name]]
+        x = t.double()
+        assert s.shape == tuple(t.shape) and s.numel == t.numel(), name
+        assert (s.nan, s.inf) == (int(x.isnan().sum()), int(x.isinf().sum())), name
+        if s.nan:
+            assert math.isnan(s.mean) and math.isnan(s.min), name
+            continue
+        assert s.min == x.min().item() and s.max == x.max().item(), name
+        if s.inf:
+            mean = x.mean().item()
+            assert s.mean == mean or (math.isnan(s.mean) and math.isnan(mean)), (name, s.mean, mean)
+            assert math.isnan(s.std) and s.norm == math.inf, name
+            continue
+        want = expected(t)
+        for f in ("mean", "std", "norm"):
+            assert math.isclose(getattr(s, f), want[f], rel_tol=2e-6, abs_tol=1e-6), (name, f, getattr(s, f), want[f])
+        if t.numel() <= 16:
+            assert s.values == tuple(x.reshape(-1).tolist()), name
+
+
+def _launches(fn) -> int:
+    """How many ATen kernels ``fn`` ran on the CPU: a proxy for kernel launches on a GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    # Kernels, not the views and metadata ops that launch nothing.
+    free = {"aten::view", "aten::reshape", "aten::as_strided", "aten::slice", "aten::select", "aten::unbind",
+            "aten::empty", "aten::empty_strided", "aten::unsqueeze", "aten::detach", "aten::alias", "aten::t",
+            "aten::_reshape_alias", "aten::lift_fresh", "aten::resize_", "aten::expand", "aten::narrow",
+            "aten::transpose", "aten::permute", "aten::squeeze", "aten::result_type", "aten::_unsafe_view",
+            "aten::as_strided_", "aten::squeeze_", "aten::unsqueeze_", "aten::detach_", "aten::to", "aten::_to_copy"}
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::") and e.key not in free)
+
+
+def test_accelerator_launches_do_not_grow_with_the_number_of_tensors():
+    """On a GPU each kernel launch costs microseconds of host time: statistics of many tensors of many shapes
+    must take a few launches per buffer, not a dozen per tensor (nor per shape)."""
+    torch.manual_seed(3)
+
+    def run(count: int) -> int:
+        # Every row width of the packed buffer, and shapes that differ from tensor to tensor.
+        ts = [t for i in range(count) for t in (torch.randn(3 + i % 5), torch.randn(7 + i, 9), torch.randn(30 + i, 20),
+                                                 torch.randn(5000 + i))]
+        buf = StatsBuffer(accelerator_path=True)
+
+        def work() -> None:
+            for t in ts:
+                buf.add(t)
+            buf.settle()
+
+        n = _launches(work)
+        buf.materialize()
+        return n
+
+    few, many = run(5), run(50)
+    assert many <= 150, f"{many} kernels for 200 tensors"
+    assert many - few <= 10, f"{few} kernels for 20 tensors, {many} for 200: launches grow with the tensors"

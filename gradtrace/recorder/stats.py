@@ -26,11 +26,13 @@ the passes over their elements, so:
   transpose, a reshape of it), at the same version, while that one is still
   alive, takes its statistics: min, max, sums and counts do not depend on
   the order of the elements.
-- **No host synchronisation per tensor on an accelerator.** Results stay on
-  the device; :meth:`StatsBuffer.materialize` stacks them and copies them to
-  the host once per device. NaN and infinity counts are computed there
-  always; on the CPU, where reading back is free, only when a sum came out
-  non-finite.
+- **On an accelerator the price is the launches, not the arithmetic** (a few
+  microseconds of host time each): held tensors of every shape are packed
+  into rows and reduced together, a dozen launches for millions of elements,
+  and results stay on the device until :meth:`StatsBuffer.materialize`
+  copies them to the host once per device (:mod:`gradtrace.recorder.packed`).
+  On the CPU, where reading back is free, NaN and infinity counts are
+  computed only when a sum came out non-finite.
 - The standard deviation is the population one; on the CPU it is recomputed
   from centred values in the rare case where Σx²/n − mean² would cancel
   (tensors of near-equal values); on an accelerator it is always centred.
@@ -46,14 +48,18 @@ import torch
 
 from ..records import EXACT_VALUES_MAX, TensorStats
 from .finish import Meta, empty_stats, from_sums, needs_centring, python_stats
+from .packed import PackedRows, padded_size
 
 __all__ = ["STAGE_ELEMENTS", "StatsBuffer", "stats_of"]
 
 #: Tensors up to this many elements are held and reduced in groups (per device type); larger ones at once.
 STAGE_MAX = {"cpu": 1 << 16}
-STAGE_MAX_DEFAULT = 1 << 20
-#: Held tensors are reduced once they hold this many elements in all.
+STAGE_MAX_DEFAULT = 1 << 22
+#: Held tensors are reduced once they hold this many elements in all (on the CPU).
 STAGE_ELEMENTS = 1 << 23
+#: The same bound on an accelerator (padded elements), where each reduction costs launches: a packed
+#: buffer of at most this many elements (64 MB in float32) plus the held tensors it copies.
+ACCELERATOR_STAGE_ELEMENTS = 1 << 24
 #: Groups of more held tensors than this are finished with tensor arithmetic, smaller ones in Python.
 VECTOR_ROWS = 32
 #: Tensors larger than this are looked up among the blocks reduced before (smaller ones cost less to
@@ -127,13 +133,14 @@ class StatsBuffer:
         self._done: list[TensorStats | None] = []
         self._held: list[_Held] = []
         self._held_elements = 0
+        self._packed_elements = 0  # the same, as rows of a packed buffer (accelerators)
         self._held_storages: set[int] = set()  # storage addresses of self._held[:self._storages_known]
         self._storages_known = 0
         # Memory already described: (data_ptr, _layout, dtype, version) -> (handle, weakref to the tensor that had it).
         self._blocks: dict[tuple[Any, ...], tuple[int, weakref.ref[torch.Tensor]]] = {}
         self._same_as: list[tuple[int, int, tuple[int, ...]]] = []  # (handle, handle with the same elements, shape)
-        # Accelerator results waiting for the one copy to the host: (handles, metas, rows [k, 6], values [k, n] or None).
-        self._device_rows: list[tuple[list[int], list[Meta], torch.Tensor, torch.Tensor | None]] = []
+        # Accelerator results waiting for the one copy to the host.
+        self._packed = PackedRows()
         #: Tensors whose version counter moved between add() and their reduction (written in place meanwhile).
         self.changed_after_add = 0
 
@@ -181,8 +188,13 @@ class StatsBuffer:
     def _hold(self, handle: int, tensor: torch.Tensor, n: int, label: str | None) -> None:
         self._held.append((handle, tensor, _version(tensor), label))
         self._held_elements += n
-        if self._held_elements >= STAGE_ELEMENTS:
-            self.settle()
+        if tensor.is_cpu and not self._accelerator_path:
+            if self._held_elements >= STAGE_ELEMENTS:
+                self.settle()
+        else:
+            self._packed_elements += padded_size(n)  # what it takes in the packed buffer
+            if self._packed_elements >= ACCELERATOR_STAGE_ELEMENTS:
+                self.settle()
 
     def _seen_before(self, handle: int, tensor: torch.Tensor, n: int) -> bool:
         """Whether ``tensor`` reads the same elements as one added before (then its statistics are those)."""
@@ -229,7 +241,7 @@ class StatsBuffer:
         if x.is_cpu and not self._accelerator_path:
             self._done[handle] = self._cpu_large(meta, x)
         else:
-            self._device_large(handle, meta, x)
+            self._packed.reduce_one(handle, meta, x)
 
     # -- reductions ------------------------------------------------------------------
 
@@ -237,19 +249,31 @@ class StatsBuffer:
         """Reduce every held tensor now; call it before any of them may be changed in place."""
         if not self._held:
             return
-        held, self._held, self._held_elements = self._held, [], 0
+        held, self._held, self._held_elements, self._packed_elements = self._held, [], 0, 0
         self._held_storages, self._storages_known = set(), 0
         groups: dict[tuple[Any, ...], list[_Held]] = {}
+        packs: dict[tuple[torch.device, torch.dtype], list[tuple[int, Meta, torch.Tensor]]] = {}
         for entry in held:
-            t = entry[1]
-            groups.setdefault((t.shape, t.dtype, t.device, entry[3]), []).append(entry)
+            handle, t, version, label = entry
+            if t.is_cpu and not self._accelerator_path:
+                groups.setdefault((t.shape, t.dtype, t.device, label), []).append(entry)
+                continue
+            # An accelerator: every shape of one device and dtype together, a few launches in all.
+            if version != -1 and t._version != version:
+                self.changed_after_add += 1
+            keep_values = label is None or not label.startswith("!")
+            name = label.lstrip("!") if label is not None else (_DTYPE_NAMES.get(t.dtype) or _dtype_name(t.dtype))
+            meta = Meta(tuple(t.shape), name, _device_name(t.device), t.numel(), keep_values)
+            packs.setdefault((t.device, t.dtype), []).append((handle, meta, t))
         with torch.no_grad():
             for (shape, dtype, device, label), group in groups.items():
                 self._reduce_group(shape, dtype, device, label, group)
+        for entries in packs.values():
+            self._packed.reduce(entries)
 
     def discard_held(self) -> None:
         """Let go of every held tensor unread (their statistics will be missing)."""
-        self._held, self._held_elements = [], 0
+        self._held, self._held_elements, self._packed_elements = [], 0, 0
         self._held_storages, self._storages_known = set(), 0
 
     def _reduce_group(self, shape: torch.Size, dtype: torch.dtype, device: torch.device, label: str | None,
@@ -265,6 +289,7 @@ class StatsBuffer:
         if dtype not in _WIDE:
             m = m.float()
         handles = [h for h, _, _, _ in group]
+        # (Only the CPU path comes here: held tensors of an accelerator are packed, see settle.)
         if device.type == "cpu" and not self._accelerator_path:
             if n <= EXACT_VALUES_MAX:
                 for h, values in zip(handles, m.tolist()):
@@ -295,13 +320,6 @@ class StatsBuffer:
                     a, b, s, nm = cpu_rows[i]
                     self._done[handles[i]] = self._finish_cpu_row(meta, m, i, a, b, s, nm * nm)
             return
-        lo, hi = torch.aminmax(m, dim=1)
-        mean = m.sum(dim=1) / n
-        var = (m - mean[:, None]).square_().mean(dim=1)
-        counts = torch.stack((torch.isnan(m).sum(dim=1), torch.isinf(m).sum(dim=1)), dim=1).to(m.dtype)
-        rows = torch.cat((torch.stack((lo, hi, mean, var), dim=1), counts), dim=1).double()
-        values = m.double() if n <= EXACT_VALUES_MAX else None
-        self._device_rows.append((handles, [meta] * len(handles), rows, values))
 
     def _finish_cpu_row(self, meta: Meta, m: torch.Tensor, row: int | None, mn: float, mx: float, total: float,
                         squares: float) -> TensorStats:
@@ -328,37 +346,12 @@ class StatsBuffer:
             total, squares = x.sum().item(), torch.linalg.vector_norm(x).item() ** 2
         return self._finish_cpu_row(meta, x, None, lo.item(), hi.item(), total, squares)
 
-    def _device_large(self, handle: int, meta: Meta, x: torch.Tensor) -> None:
-        mn, mx = torch.aminmax(x)
-        var, mean = torch.var_mean(x, correction=0)  # one Welford pass on accelerators
-        counts = torch.stack((torch.isnan(x).sum(), torch.isinf(x).sum())).to(mean.dtype)
-        row = torch.cat((torch.stack((mn, mx, mean, var)), counts)).double()
-        self._device_rows.append(([handle], [meta], row[None], None))
-
     # -- the end -----------------------------------------------------------------------
 
     def materialize(self) -> list[TensorStats]:
         """Finish every statistic: one copy to the host per device. Returns one TensorStats per handle."""
         self.settle()
-        by_device: dict[torch.device, list[tuple[list[int], list[Meta], torch.Tensor, torch.Tensor | None]]] = {}
-        for entry in self._device_rows:
-            by_device.setdefault(entry[2].device, []).append(entry)
-        for entries in by_device.values():
-            rows = torch.cat([r for _, _, r, _ in entries]).cpu().tolist()
-            with_values = [v for _, _, _, v in entries if v is not None]
-            values = torch.cat([v.reshape(-1) for v in with_values]).cpu().tolist() if with_values else []
-            i = j = 0
-            for handles, metas, _, v in entries:
-                width = v.shape[1] if v is not None else 0
-                for h, meta in zip(handles, metas):
-                    mn, mx, mean, var, nan, inf = rows[i]
-                    vals = tuple(values[j : j + width]) if v is not None else None
-                    j += width
-                    i += 1
-                    n = meta.numel
-                    total, squares = mean * n, n * (var + mean * mean)
-                    self._done[h] = from_sums(meta, mn, mx, total, squares, var * n, int(nan), int(inf), vals)
-        self._device_rows.clear()
+        self._packed.finish(self._done)
         for h, source, shape in self._same_as:
             s = self._done[source]
             if s is not None:  # (no values to reorder: blocks this large keep none)
