@@ -3,6 +3,9 @@
     python3 benchmarks/bench.py                  # the full table (CPU), a few minutes
     python3 benchmarks/bench.py --quick          # small models only, fewer repeats
     python3 benchmarks/bench.py --device cuda --capture-only
+    python3 benchmarks/bench.py --device cuda --real     # issue #15's real-size models only (GPU, minutes)
+    python3 benchmarks/bench.py --device cpu --real --tiny --capture-only   # their dry run, seconds
+    python3 benchmarks/bench.py --real --src ../base     # measure the gradtrace found in another tree
 
 Every figure is a median of several repeats, after one warm-up. Ratios are
 taken between runs of the same model in the same process, the plain step and
@@ -37,10 +40,26 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+
+
+def _source_tree() -> Path:
+    """``--src DIR``: the tree to import gradtrace from (a baseline checkout, measured with this very
+    benchmark); else this benchmark's own project. Read before the import, hence by hand."""
+    for i, arg in enumerate(sys.argv):
+        if arg == "--src" and i + 1 < len(sys.argv):
+            return Path(sys.argv[i + 1]).resolve()
+        if arg.startswith("--src="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return Path(__file__).resolve().parent.parent
+
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(_source_tree()))
 import gradtrace  # noqa: E402
 from gradtrace.recorder.backward import walk  # noqa: E402
 from tests.models import GPT, MLP, ResNet  # noqa: E402
+from real_models import REAL  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -221,10 +240,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small models only, 3 repeats")
     parser.add_argument("--capture-only", action="store_true", help="no rendering, no torchviz/torchlens (for a machine without Graphviz)")
+    parser.add_argument("--real", action="store_true", help="only issue #15's real-size models (GPT-2 124M, Llama-style, ResNet-50; fp32 and bf16 autocast)")
+    parser.add_argument("--tiny", action="store_true", help="with --real: shrunk models, a dry run for a CPU")
+    parser.add_argument("--src", help="import gradtrace from this tree (a baseline) instead of this project")
     args = parser.parse_args()
     device = torch.device(args.device)
     repeats = 3 if args.quick else args.repeats
     cases = [c for c in CASES if not (args.quick and c.working)]
+    if args.real:
+        cases = [Case(name, (lambda b: lambda dev: b(dev, args.tiny))(build), compare=False) for name, build in REAL.items()]
+    print(f"gradtrace from {Path(gradtrace.__file__).parent}")
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     else:

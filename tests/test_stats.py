@@ -296,3 +296,41 @@ def test_accelerator_launches_do_not_grow_with_the_number_of_tensors():
     few, many = run(5), run(50)
     assert many <= 150, f"{many} kernels for 200 tensors"
     assert many - few <= 10, f"{few} kernels for 20 tensors, {many} for 200: launches grow with the tensors"
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn", "gpt", "lstm"])
+def test_a_whole_trace_on_the_accelerator_path_equals_torch(monkeypatch, case):
+    """Capture with the accelerator's statistics (packed rows, settled in the middle of the step, one copy at
+    the end): every value and gradient of every op still equals torch's."""
+    import copy
+    import functools
+
+    import gradtrace
+    from gradtrace.recorder import session
+
+    from .oracle import assert_ops_match, reference_step
+    from .test_capture import CASES
+
+    monkeypatch.setattr(session, "StatsBuffer", functools.partial(StatsBuffer, accelerator_path=True))
+    monkeypatch.setattr(stats_module, "ACCELERATOR_STAGE_ELEMENTS", 1 << 14)  # settle many times per step
+    name, model, inputs, loss = next(c for c in CASES if c[0] == case)
+    ref = reference_step(copy.deepcopy(model), inputs, loss)
+    assert_ops_match(gradtrace.trace(model, *inputs, loss=loss), ref)
+
+
+def test_a_huge_expand_is_reduced_where_it_lies(monkeypatch):
+    """Too large to pack, and repeats in memory: statistics through the strides, with no copy of its elements."""
+    monkeypatch.setattr(stats_module, "STAGE_MAX_DEFAULT", 1000)
+    row = torch.randn(1, 3000)
+    big = row.expand(5000, 3000)  # 15 M elements in 3,000 of memory
+    seen = []
+    original = torch.Tensor.reshape
+    monkeypatch.setattr(torch.Tensor, "reshape", lambda self, *a: seen.append(self.numel()) or original(self, *a))
+    buf = StatsBuffer(accelerator_path=True)
+    h = buf.add(big)
+    s = buf.materialize()[h]
+    assert not [n for n in seen if n >= big.numel()], "the expand was copied"
+    want = expected(row)
+    assert s.min == want["min"] and s.max == want["max"] and s.numel == big.numel()
+    assert math.isclose(s.mean, want["mean"], rel_tol=1e-5, abs_tol=1e-6)
+    assert math.isclose(s.std, want["std"], rel_tol=1e-5)

@@ -54,9 +54,10 @@ def padded_size(n: int) -> int:
     return -(-n // w) * w
 
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
+def _flat(x: torch.Tensor, copy: bool = True) -> torch.Tensor:
     """``x`` as one dimension, without a copy where its elements form a dense block read in another
-    order (a transposed weight): min, max, sums and counts do not depend on the order."""
+    order (a transposed weight): min, max, sums and counts do not depend on the order. Other layouts
+    (gaps, repeats) are copied, or with ``copy=False`` returned as they are."""
     if x.is_contiguous():
         return x.reshape(-1)
     n = x.numel()
@@ -64,7 +65,7 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     expect = 1
     for st, sz in dims:
         if st != expect:
-            return x.reshape(-1)  # gaps or repeats: a copy (bounded by the buffer's size)
+            return x.reshape(-1) if copy else x  # (a copy is bounded by the buffer's size)
         expect *= sz
     return x.as_strided((n,), (1,), x.storage_offset())
 
@@ -112,7 +113,7 @@ class PackedRows:
     def reduce_one(self, handle: int, meta: Meta, x: torch.Tensor) -> None:
         """A tensor too large to pack: reduced alone, read where it lies (one row as wide as the tensor)."""
         with torch.no_grad():
-            x = _flat(x)
+            x = _flat(x, copy=False)  # (an expand may be huge: reduced where it lies, through its strides)
             if x.dtype not in _WIDE:
                 x = x.float()
             lo, hi = torch.aminmax(x)
