@@ -334,3 +334,25 @@ def test_a_huge_expand_is_reduced_where_it_lies(monkeypatch):
     assert s.min == want["min"] and s.max == want["max"] and s.numel == big.numel()
     assert math.isclose(s.mean, want["mean"], rel_tol=1e-5, abs_tol=1e-6)
     assert math.isclose(s.std, want["std"], rel_tol=1e-5)
+
+
+def test_a_parameters_gradient_is_not_copied_for_its_statistics():
+    """AccumulateGrad makes the incoming gradient the parameter's .grad without a copy when nobody else
+    holds it. Holding it for statistics cost a copy (a kernel and the memory) per parameter on every step."""
+    import gradtrace
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    x = torch.randn(32, 8)
+    arrived: dict[str, int] = {}
+    for name, p in net.named_parameters():
+        p.register_hook(lambda g, name=name: arrived.__setitem__(name, g.data_ptr()))
+    with gradtrace.capture(net) as cap:
+        net(x).pow(2).mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad.data_ptr() == arrived[name], f"{name}: its gradient was copied"
+    grads = {n.label: n.grad for n in cap.trace.nodes if n.kind == "param"}
+    for name, p in net.named_parameters():
+        want = expected(p.grad)
+        assert grads[name].min == want["min"] and grads[name].max == want["max"], name
+        assert math.isclose(grads[name].norm, want["norm"], rel_tol=2e-6), name

@@ -72,21 +72,51 @@ class BackwardRecorder:
         self.grads: dict[NodeKey, list[int | None]] = {}
         self.handles: list[RemovableHandle] = []
         self._lock = threading.Lock()
+        self._deferred: set[NodeKey] = set()  # AccumulateGrad nodes whose gradient is read after they ran
+        self._variables = {k: n.variable for k, n in graph.nodes.items() if k[1] == "AccumulateGrad"}
         for key, node in graph.nodes.items():
             self.handles.append(node.register_prehook(self._hook_for(key)))
+            if key[1] == "AccumulateGrad":
+                self.handles.append(node.register_hook(self._leaf_hook_for(key, node)))
 
     def _hook_for(self, key: NodeKey) -> Any:
         lock = self._lock
+
+        leaf = key[1] == "AccumulateGrad"
+        variable = None
+        if leaf:
+            variable = self._variables.get(key)
 
         def prehook(grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
             # The engine runs each device's nodes on its own thread: a graph on two devices calls
             # these hooks from two threads at once.
             with lock:
                 self.order.append(key)
+                if leaf and variable is not None and variable.grad is None:
+                    # AccumulateGrad takes the incoming gradient as .grad without a copy only if nobody
+                    # else holds it; holding it here would cost a copy (a launch and the memory) per
+                    # parameter. The post-hook reads the same values from .grad instead.
+                    self.grads[key] = [None]
+                    self._deferred.add(key)
+                    return None
                 self.grads[key] = [None if g is None else self.stats.add(g) for g in grad_outputs]
             return None
 
         return prehook
+
+    def _leaf_hook_for(self, key: NodeKey, node: Any) -> Any:
+        lock = self._lock
+
+        def posthook(grad_inputs: Any, grad_outputs: Any) -> None:
+            with lock:
+                if key in self._deferred:
+                    self._deferred.discard(key)
+                    g = node.variable.grad
+                    if g is not None:
+                        self.grads[key] = [self.stats.add(g)]
+            return None
+
+        return posthook
 
     def remove(self) -> None:
         for h in self.handles:
