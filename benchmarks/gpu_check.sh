@@ -18,19 +18,19 @@ log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/log.txt"; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null; python3 -c "import torch; print('torch', torch.__version__)"; } | tee -a "$OUT/log.txt"
 
 log "CUDA tests (new)"
-(cd "$NEW" && PYTHONPATH="$NEW:${PYTHONPATH:-}" timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1) | tee "$OUT/tests.txt" | tail -5
+(cd "$NEW" && PYTHONPATH="$NEW:${PYTHONPATH:-}" timeout 80 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1) | tee "$OUT/tests.txt" | tail -5
 
 for v in base new; do
   src=$BASE; [ $v = new ] && src=$NEW
   log "real-size models ($v)"
   # The benchmark and its models are the new tree's; --src picks the gradtrace measured.
-  (cd "$NEW" && PYTHONPATH="$NEW:${PYTHONPATH:-}" timeout 170 python3 benchmarks/bench.py "${DEV[@]}" --real --capture-only \
+  (cd "$NEW" && PYTHONPATH="$NEW:${PYTHONPATH:-}" timeout 130 python3 benchmarks/bench.py "${DEV[@]}" --real --capture-only \
       --repeats $REPEATS --src "$src" 2>&1) | grep -v USDT | tee "$OUT/bench_$v.txt"
 done
 for v in base new; do
   src=$BASE; [ $v = new ] && src=$NEW
   log "profile of one traced GPT-2 step ($v)"
-  (cd "$NEW" && PYTHONPATH="$NEW:${PYTHONPATH:-}" timeout 90 python3 benchmarks/gpu_profile.py "${DEV[@]}" --src "$src" 2>&1) \
+  (cd "$NEW" && PYTHONPATH="$NEW:${PYTHONPATH:-}" timeout 50 python3 benchmarks/gpu_profile.py "${DEV[@]}" --src "$src" 2>&1) \
       | grep -v USDT > "$OUT/profile_$v.txt"; head -18 "$OUT/profile_$v.txt"
 done
 log "done"

@@ -37,6 +37,23 @@ def close(a, b, rel=1e-5):
         assert math.isclose(x, y, rel_tol=rel, abs_tol=1e-6 * (b.norm or 1) / math.sqrt(max(b.numel, 1))), (f, x, y)
 
 
+def torch_close(s, t: torch.Tensor, rel: float = 1e-5) -> None:
+    """``s`` describes ``t``: compared with torch's own reductions in double precision on the CPU
+    (not with gradtrace's statistics of it, which would share the code under test)."""
+    x = t.detach().double().cpu()
+    assert s is not None and s.shape == tuple(t.shape) and s.numel == t.numel()
+    assert (s.nan, s.inf) == (int(x.isnan().sum()), int(x.isinf().sum()))
+    if s.nan or s.inf:
+        return
+    assert s.min == x.min().item() and s.max == x.max().item()
+    if t.numel() <= 16:
+        assert s.values == tuple(x.reshape(-1).tolist())
+    want = {"mean": x.mean().item(), "std": x.std(correction=0).item(), "norm": torch.linalg.vector_norm(x).item()}
+    rms = want["norm"] / math.sqrt(max(x.numel(), 1))
+    for f, y in want.items():
+        assert math.isclose(getattr(s, f), y, rel_tol=rel, abs_tol=1e-6 * rms + 1e-12), (f, getattr(s, f), y)
+
+
 def _cases():
     torch.manual_seed(0)
     y = torch.randint(0, 4, (6,), device=DEV)
@@ -55,9 +72,9 @@ def test_values_and_gradients_equal_torch_on_cuda(case):
     for node, expected in zip(ops, ref.ops):
         assert node.grad_fn == expected.grad_fn
         for nr, value in expected.values.items():
-            close(node.values[nr], stats_of(value))
+            torch_close(node.values[nr], value)
             if expected.grads[nr] is not None:
-                close(node.grads[nr], stats_of(expected.grads[nr]))
+                torch_close(node.grads[nr], expected.grads[nr])
     assert all(n.value.device.startswith("cuda") for n in t.nodes if n.value is not None)
 
 
@@ -104,3 +121,44 @@ def test_trace_keeps_no_device_memory():
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() - before <= 4096, "the trace holds statistics, not tensors"
     assert len(t.nodes) > 5
+
+
+def test_packed_statistics_match_torch_on_cuda():
+    """The accelerator path's kernels on a real device (cat of many inputs, pinned copies, where into itself):
+    every kind of tensor, many shapes in one packed buffer, each against torch."""
+    from gradtrace.recorder.stats import StatsBuffer
+
+    from .test_stats import _assorted_tensors
+
+    ts = {k: v.to(DEV) for k, v in _assorted_tensors().items()}
+    ts["big"] = torch.randn(4100, 1200, device=DEV)  # reduced alone
+    ts["big bf16 transposed"] = torch.randn(3000, 2000, device=DEV).bfloat16().t()
+    buf = StatsBuffer()
+    handles = {k: buf.add(t) for k, t in ts.items()}
+    out = buf.materialize()
+    for k, t in ts.items():
+        torch_close(out[handles[k]], t)
+        assert out[handles[k]].device.startswith("cuda"), k
+
+
+def test_bf16_autocast_trace_equals_torch_on_cuda():
+    """A bfloat16 autocast step: values and gradients in bfloat16 and float32, each against torch."""
+    torch.manual_seed(0)
+    block = Block(64, 4).to(DEV)
+    x, target = torch.randn(4, 16, 64, device=DEV), torch.randn(4, 16, 64, device=DEV)
+
+    def model(v):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return block(v)
+
+    loss = lambda out: F.mse_loss(out.float(), target)  # noqa: E731
+    ref = reference_step(model, (x,), loss)
+    t = gradtrace.trace(model, x, loss=loss)
+    ops = sorted((n for n in t.nodes if n.kind == "op"), key=lambda n: n.forward_step)
+    assert any(n.value is not None and n.value.dtype == "bfloat16" for n in ops)
+    for expected in ref.ops:
+        node = ops[expected.position]
+        for nr, value in expected.values.items():
+            torch_close(node.values[nr], value, rel=1e-4)
+            if expected.grads[nr] is not None:
+                torch_close(node.grads[nr], expected.grads[nr], rel=1e-4)
