@@ -242,11 +242,14 @@ def main() -> None:
     parser.add_argument("--capture-only", action="store_true", help="no rendering, no torchviz/torchlens (for a machine without Graphviz)")
     parser.add_argument("--real", action="store_true", help="only issue #15's real-size models (GPT-2 124M, Llama-style, ResNet-50; fp32 and bf16 autocast)")
     parser.add_argument("--tiny", action="store_true", help="with --real: shrunk models, a dry run for a CPU")
+    parser.add_argument("--working", action="store_true", help="only the working-size rows (the CPU target's)")
     parser.add_argument("--src", help="import gradtrace from this tree (a baseline) instead of this project")
     args = parser.parse_args()
     device = torch.device(args.device)
     repeats = 3 if args.quick else args.repeats
     cases = [c for c in CASES if not (args.quick and c.working)]
+    if args.working:
+        cases = [c for c in CASES if c.working]
     if args.real:
         cases = [Case(name, (lambda b: lambda dev: b(dev, args.tiny))(build), compare=False) for name, build in REAL.items()]
     print(f"gradtrace from {Path(gradtrace.__file__).parent}")
