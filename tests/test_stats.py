@@ -356,3 +356,27 @@ def test_a_parameters_gradient_is_not_copied_for_its_statistics():
         want = expected(p.grad)
         assert grads[name].min == want["min"] and grads[name].max == want["max"], name
         assert math.isclose(grads[name].norm, want["norm"], rel_tol=2e-6), name
+
+
+def test_small_tensors_wait_for_more_of_their_kind(monkeypatch):
+    """Every packed reduction costs a dozen launches: a bias or a scalar must not take one of its own each
+    time the large tensors fill a buffer. Small ones are reduced together, later; all still equal torch."""
+    from gradtrace.recorder import packed
+
+    monkeypatch.setattr(stats_module, "ACCELERATOR_STAGE_ELEMENTS", 1 << 17)  # a large buffer per 2 tensors
+    widths = []
+    original = packed.PackedRows._reduce_rows
+    monkeypatch.setattr(packed.PackedRows, "_reduce_rows", lambda self, w, g: widths.append(w) or original(self, w, g))
+    torch.manual_seed(4)
+    ts = [t for i in range(20) for t in (torch.randn(70_000), torch.randn(64 + i), torch.tensor(float(i)))]
+    buf = StatsBuffer(accelerator_path=True)
+    handles = [buf.add(t) for t in ts]
+    assert buf.held_elements < 1 << 18, "large tensors were reduced as they came"
+    out = buf.materialize()
+    small = [w for w in widths if w <= 4096]
+    assert len(small) <= 3, f"small tensors reduced {len(small)} times: {widths}"
+    for h, t in zip(handles, ts):
+        want = expected(t)
+        assert out[h].min == want["min"] and out[h].max == want["max"]
+        assert math.isclose(out[h].mean, want["mean"], rel_tol=2e-6, abs_tol=1e-6)
+        assert math.isclose(out[h].std, want["std"], rel_tol=2e-6, abs_tol=1e-6)

@@ -48,7 +48,7 @@ import torch
 
 from ..records import EXACT_VALUES_MAX, TensorStats
 from .finish import Meta, empty_stats, from_sums, needs_centring, python_stats
-from .packed import PackedRows, padded_size
+from .packed import ROW_WIDTHS, PackedRows, padded_size
 
 __all__ = ["STAGE_ELEMENTS", "StatsBuffer", "stats_of"]
 
@@ -60,6 +60,11 @@ STAGE_ELEMENTS = 1 << 23
 #: The same bound on an accelerator (padded elements), where each reduction costs launches: a packed
 #: buffer of at most this many elements (64 MB in float32) plus the held tensors it copies.
 ACCELERATOR_STAGE_ELEMENTS = 1 << 24
+#: Small tensors (biases, norms' statistics, scalars) wait for more of their kind: each reduction of a
+#: packed buffer costs a dozen launches whatever its size, so they are reduced when this many elements
+#: of them are held (or at any settle the recorder asks for), not at every large buffer's.
+ACCELERATOR_SMALL_ELEMENTS = 1 << 20
+SMALL_PACKED = ROW_WIDTHS[-2]  # a tensor of at most this many elements is small
 #: Groups of more held tensors than this are finished with tensor arithmetic, smaller ones in Python.
 VECTOR_ROWS = 32
 #: Tensors larger than this are looked up among the blocks reduced before (smaller ones cost less to
@@ -134,6 +139,7 @@ class StatsBuffer:
         self._held: list[_Held] = []
         self._held_elements = 0
         self._packed_elements = 0  # the same, as rows of a packed buffer (accelerators)
+        self._small_elements = 0  # the small ones' part of that
         self._held_storages: set[int] = set()  # storage addresses of self._held[:self._storages_known]
         self._storages_known = 0
         # Memory already described: (data_ptr, _layout, dtype, version) -> (handle, weakref to the tensor that had it).
@@ -191,10 +197,26 @@ class StatsBuffer:
         if tensor.is_cpu and not self._accelerator_path:
             if self._held_elements >= STAGE_ELEMENTS:
                 self.settle()
+        elif n <= SMALL_PACKED:
+            self._small_elements += padded_size(n)
+            if self._small_elements >= ACCELERATOR_SMALL_ELEMENTS:
+                self.settle()
         else:
             self._packed_elements += padded_size(n)  # what it takes in the packed buffer
             if self._packed_elements >= ACCELERATOR_STAGE_ELEMENTS:
-                self.settle()
+                self._settle_large()
+
+    def _settle_large(self) -> None:
+        """Reduce the held tensors but the small ones of an accelerator (those wait for more of their kind)."""
+        small = [e for e in self._held if e[1].numel() <= SMALL_PACKED and not (e[1].is_cpu and not self._accelerator_path)]
+        small_elements = self._small_elements
+        if small:
+            keep = {id(e) for e in small}
+            self._held = [e for e in self._held if id(e) not in keep]
+        self.settle()
+        self._held = small
+        self._held_elements = sum(e[1].numel() for e in small)
+        self._small_elements = small_elements
 
     def _seen_before(self, handle: int, tensor: torch.Tensor, n: int) -> bool:
         """Whether ``tensor`` reads the same elements as one added before (then its statistics are those)."""
@@ -250,6 +272,7 @@ class StatsBuffer:
         if not self._held:
             return
         held, self._held, self._held_elements, self._packed_elements = self._held, [], 0, 0
+        self._small_elements = 0
         self._held_storages, self._storages_known = set(), 0
         groups: dict[tuple[Any, ...], list[_Held]] = {}
         packs: dict[tuple[torch.device, torch.dtype], list[tuple[int, Meta, torch.Tensor]]] = {}
@@ -273,7 +296,7 @@ class StatsBuffer:
 
     def discard_held(self) -> None:
         """Let go of every held tensor unread (their statistics will be missing)."""
-        self._held, self._held_elements, self._packed_elements = [], 0, 0
+        self._held, self._held_elements, self._packed_elements, self._small_elements = [], 0, 0, 0
         self._held_storages, self._storages_known = set(), 0
 
     def _reduce_group(self, shape: torch.Size, dtype: torch.dtype, device: torch.device, label: str | None,
