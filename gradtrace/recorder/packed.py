@@ -76,7 +76,7 @@ class _Block:
 
     metas: list[tuple[int, Meta]]  # (handle, meta) per tensor, in row order
     rows_per: list[int]  # rows per tensor
-    row_n: list[int]  # valid elements per row
+    tails: list[int]  # valid elements in each tensor's last row (the others are full)
     width: int  # elements per row (pads included)
     rows: torch.Tensor  # [rows, 6] float64: min, max, mean, variance over the width, NaN count, inf count
     values: torch.Tensor | None = None  # [tensors, width] float64 exact values (small tensors)
@@ -128,6 +128,7 @@ class PackedRows:
         device, dtype = first.device, first.dtype
         pieces: list[torch.Tensor] = []
         rows_per: list[int] = []
+        tails: list[int] = []
         row_n: list[int] = []
         padded = False
         for _, meta, x in group:
@@ -139,6 +140,7 @@ class PackedRows:
                 pieces.append(self._zeros_for(device, dtype)[: width - tail])
                 padded = True
             rows_per.append(r)
+            tails.append(tail)
             row_n.extend([width] * (r - 1))
             row_n.append(tail)
         # One copy into a private buffer (CUDA's cat copies many inputs per launch); a lone tensor
@@ -168,7 +170,7 @@ class PackedRows:
             torch.where(mask, m, mean[:, None], out=m)  # pads = their row's mean: add nothing to the spread
             var = torch.var(m, dim=1, correction=0)
         rows = torch.stack((lo, hi, mean, var, nan, inf), dim=1).double()
-        self._blocks.append(_Block([(h, meta) for h, meta, _ in group], rows_per, row_n, width, rows, values))
+        self._blocks.append(_Block([(h, meta) for h, meta, _ in group], rows_per, tails, width, rows, values))
 
     def _zeros_for(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         z = self._zeros.get((device, dtype))
@@ -202,16 +204,20 @@ class PackedRows:
 
 def _combine(blocks: list[_Block], rows: torch.Tensor, values: torch.Tensor, done: list[TensorStats | None]) -> None:
     """Per tensor, from its rows: min and max of the rows, Chan's parallel formula for mean and spread."""
+    # Per tensor (not per row: a step has tens of thousands of rows), then spread to the rows.
     rows_per: list[int] = []
-    row_n: list[float] = []
-    widths: list[float] = []
+    tails: list[int] = []
+    widths: list[int] = []
     for b in blocks:
         rows_per.extend(b.rows_per)
-        row_n.extend(b.row_n)
-        widths.extend([float(b.width)] * len(b.row_n))
+        tails.extend(b.tails)
+        widths.extend([b.width] * len(b.rows_per))
     count = len(rows_per)
-    seg = torch.repeat_interleave(torch.arange(count), torch.tensor(rows_per))
-    rn = torch.tensor(row_n, dtype=torch.float64)
+    per_tensor = torch.tensor(rows_per)
+    seg = torch.repeat_interleave(torch.arange(count), per_tensor)
+    width = torch.tensor(widths, dtype=torch.float64)[seg]
+    rn = width.clone()
+    rn[per_tensor.cumsum(0) - 1] = torch.tensor(tails, dtype=torch.float64)
     lo_r, hi_r, mean_r, var_r, nan_r, inf_r = rows.unbind(1)
     z = torch.zeros(count, dtype=torch.float64)
     n = z.clone().index_add_(0, seg, rn)
@@ -220,7 +226,7 @@ def _combine(blocks: list[_Block], rows: torch.Tensor, values: torch.Tensor, don
     mean = z.clone().index_add_(0, seg, rn * mean_r) / n
     # A padded row's variance is over its width (pads at the row's mean add nothing): times the width,
     # it is the row's Σ(x − mean_r)².
-    m2 = z.clone().index_add_(0, seg, var_r * torch.tensor(widths, dtype=torch.float64) + rn * (mean_r - mean[seg]).square())
+    m2 = z.clone().index_add_(0, seg, var_r * width + rn * (mean_r - mean[seg]).square())
     nan = z.clone().index_add_(0, seg, nan_r)
     inf = z.clone().index_add_(0, seg, inf_r)
     table = torch.stack((lo, hi, mean, m2, nan, inf), dim=1).tolist()
