@@ -83,9 +83,7 @@ class BackwardRecorder:
         lock = self._lock
 
         leaf = key[1] == "AccumulateGrad"
-        variable = None
-        if leaf:
-            variable = self._variables.get(key)
+        variable = self._variables.get(key)
 
         def prehook(grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
             # The engine runs each device's nodes on its own thread: a graph on two devices calls
