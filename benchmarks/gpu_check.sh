@@ -6,6 +6,12 @@
 #   benchmarks/gpu_check.sh NEW_TREE BASE_TREE "" --cpu-dry-run  # here: tiny models on the CPU, seconds
 #
 # The device has no `graphviz` Python package: WHEEL_DIR holds its pure-Python wheel, installed to /tmp/site.
+# Preparing the trees in the checkout the device tool sends (here /work/main), then `run` with carry [".gpuwork"]:
+#   mkdir -p .gpuwork/base .gpuwork/new .gpuwork/whl && echo /.gpuwork/ >> .git/info/exclude
+#   git archive BASE_COMMIT | tar -x -C .gpuwork/base
+#   (cd NEW_WORKTREE && git ls-files -co --exclude-standard | tar -cf - -T -) | tar -xf - -C .gpuwork/new
+#   python3 -m pip download --no-deps graphviz==0.21 -d .gpuwork/whl
+#   OUT=$OUT bash .gpuwork/new/benchmarks/gpu_check.sh .gpuwork/new .gpuwork/base .gpuwork/whl   (on the device, ~4 min)
 set -u -o pipefail
 NEW=$(realpath "$1"); BASE=$(realpath "$2"); WHL=${3:-}; MODE=${4:-}
 OUT=${OUT:-/tmp/gpu_check_out}; mkdir -p "$OUT"
