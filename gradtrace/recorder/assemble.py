@@ -108,11 +108,15 @@ def assemble(session: Session) -> Trace:
         ))
     edges: list[TraceEdge] = []
     seen: set[tuple[str, str, int]] = set()
+    uses: dict[tuple[NodeKey, NodeKey, int], int] = {}
+    for src, dst, out in graph.edges:
+        uses[(src, dst, out)] = uses.get((src, dst, out), 0) + 1
     for src, dst, out in graph.edges:
         e = (keys[src], keys[dst], out)
         if e not in seen:
             seen.add(e)
-            edges.append(TraceEdge(*e))
+            sent = bwd.edge_grads.get(dst, {}).get((src, out))
+            edges.append(TraceEdge(*e, grad=None if sent is None else stats[sent], uses=uses[(src, dst, out)]))
     used_inputs: dict[int, str] = {}
     for k in ops:
         rec = fwd.get(k)

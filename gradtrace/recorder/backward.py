@@ -32,6 +32,9 @@ class GraphWalk:
     nodes: dict[NodeKey, Any] = field(default_factory=dict)  # key -> autograd node, in visit order
     edges: list[tuple[NodeKey, NodeKey, int]] = field(default_factory=list)  # (producer, consumer, output_nr)
     roots: list[NodeKey] = field(default_factory=list)
+    #: consumer -> its inputs as ``next_functions`` lists them: (producer, output_nr, slot), slot being
+    #: the position in ``next_functions`` (and in the consumer's ``grad_inputs``); empty slots left out.
+    slots: dict[NodeKey, list[tuple[NodeKey, int, int]]] = field(default_factory=dict)
 
 
 def walk(root_nodes: Iterable[Any]) -> GraphWalk:
@@ -52,11 +55,13 @@ def walk(root_nodes: Iterable[Any]) -> GraphWalk:
     while queue:
         node = queue.popleft()
         consumer = node_id(node)
-        for child, output_nr in node.next_functions:
+        slots = g.slots[consumer] = []
+        for slot, (child, output_nr) in enumerate(node.next_functions):
             if child is None:
                 continue
             key = node_id(child)
             g.edges.append((key, consumer, output_nr))
+            slots.append((key, output_nr, slot))
             if key not in g.nodes:
                 g.nodes[key] = child
                 queue.append(child)
@@ -64,16 +69,53 @@ def walk(root_nodes: Iterable[Any]) -> GraphWalk:
 
 
 class BackwardRecorder:
-    """Pre-hooks on every node of a walk: gradient statistics and visit order."""
+    """Hooks on every node of a walk: gradient statistics, visit order, and the gradient each
+    node sent back along each of its input edges (``edge_grads``)."""
 
     def __init__(self, graph: GraphWalk, stats: StatsBuffer) -> None:
         self.stats = stats
         self.order: list[NodeKey] = []
         self.grads: dict[NodeKey, list[int | None]] = {}
+        #: consumer -> (producer, output_nr) -> stats handle of the gradient sent along that edge (summed
+        #: over the slots it fills, as in ``x * x``), None where the backward sent none.
+        self.edge_grads: dict[NodeKey, dict[tuple[NodeKey, int], int | None]] = {}
         self.handles: list[RemovableHandle] = []
         self._lock = threading.Lock()
         for key, node in graph.nodes.items():
             self.handles.append(node.register_prehook(self._hook_for(key)))
+            slots = graph.slots.get(key)
+            if slots:
+                self.handles.append(node.register_hook(self._post_hook_for(key, slots)))
+
+    def _post_hook_for(self, key: NodeKey, slots: list[tuple[NodeKey, int, int]]) -> Any:
+        lock = self._lock
+        groups: dict[tuple[NodeKey, int], list[int]] = {}
+        for producer, output_nr, slot in slots:
+            groups.setdefault((producer, output_nr), []).append(slot)
+        plain = all(len(s) == 1 for s in groups.values())
+
+        def posthook(grad_inputs: tuple[torch.Tensor | None, ...], grad_outputs: Any) -> None:
+            # grad_inputs is aligned with next_functions: one gradient per input edge of this node.
+            with lock:
+                add = self.stats.add
+                if plain:
+                    self.edge_grads[key] = {e: None if grad_inputs[s[0]] is None else add(grad_inputs[s[0]])
+                                            for e, s in groups.items()}
+                    return None
+                sent: dict[tuple[NodeKey, int], int | None] = {}
+                for e, s in groups.items():
+                    parts = [grad_inputs[i] for i in s if grad_inputs[i] is not None]
+                    if not parts:
+                        sent[e] = None
+                        continue
+                    total = parts[0]
+                    for p in parts[1:]:
+                        total = total + p  # one tensor fed several inputs: the chain rule sums them
+                    sent[e] = add(total)
+                self.edge_grads[key] = sent
+            return None
+
+        return posthook
 
     def _hook_for(self, key: NodeKey) -> Any:
         lock = self._lock
