@@ -23,17 +23,44 @@ if TYPE_CHECKING:
 
 __all__ = ["assemble", "op_label"]
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# Word boundaries of a CamelCase name: lower->Upper, and an acronym's end (``DWith`` -> ``D_With``).
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+@functools.lru_cache(maxsize=1)
+def _aten_names() -> dict[str, str]:
+    """ATen op names keyed by their letters and digits alone, lower case (``maxpool2dwithindices``).
+
+    torch names an op's autograd node by CamelCasing the op's name (``max_pool2d_with_indices`` ->
+    ``MaxPool2DWithIndicesBackward0``), which loses where the words of ``2d``, ``log1p`` or
+    ``smooth_l1_loss`` break; the op's own name is the one to show. Leading underscores (private
+    ATen variants, ``_log_softmax``) are dropped; the public spelling wins a tie.
+    """
+    import torch
+
+    names: dict[str, str] = {}
+    for full in torch._C._dispatch_get_all_op_names():
+        if not full.startswith("aten::"):
+            continue
+        name = full[6:].split(".")[0].lstrip("_")
+        key = name.replace("_", "").lower()
+        if key not in names or len(name) < len(names[key]):
+            names[key] = name
+    return names
 
 
 @functools.lru_cache(maxsize=4096)
 def op_label(grad_fn_name: str) -> str:
-    """The name a person reads for an autograd node: ``AddmmBackward0`` -> ``addmm``.
+    """The name a person reads for an autograd node: the ATen op behind it, ``AddmmBackward0`` -> ``addmm``.
 
-    >>> op_label("NativeLayerNormBackward0"), op_label("CopySlices")
-    ('native_layer_norm', 'copy_slices')
+    >>> op_label("MaxPool2DWithIndicesBackward0"), op_label("NativeLayerNormBackward0"), op_label("CopySlices")
+    ('max_pool2d_with_indices', 'native_layer_norm', 'copy_slices')
     """
     base = re.sub(r"Backward\d*$", "", grad_fn_name) or grad_fn_name
+    aten = _aten_names().get(base.lower())
+    if aten is not None:
+        return aten
+    # Not an ATen op (a custom autograd.Function, CopySlices): split the CamelCase, keeping ``2D`` whole.
     return _CAMEL.sub("_", base).lower()
 
 
