@@ -51,3 +51,105 @@ def test_labels_of_a_real_pooling_step():
     labels = {n.grad_fn: n.label for n in t.nodes if n.kind == "op"}
     assert labels["MaxPool2DWithIndicesBackward0"] == "max_pool2d_with_indices"
     assert labels["AvgPool2DBackward0"] == "avg_pool2d"
+
+
+class Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.act(self.linear(x)))
+
+
+class Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Inner()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.block(x))
+
+
+def test_scope_numbers_repeated_calls_nested():
+    t = gradtrace.trace(Twice(), torch.randn(2, 3))
+    ops = sorted((n for n in t.nodes if n.kind == "op"), key=lambda n: n.forward_step)
+    scopes = [(n.label, n.module, n.scope) for n in ops if n.module]
+    assert scopes == [
+        ("t", "block.linear", "block.linear"), ("addmm", "block.linear", "block.linear"),
+        ("tanh", "block.act", "block.act"), ("tanh", "block.act", "block.act#2"),
+        ("t", "block.linear", "block#2.linear"), ("addmm", "block.linear", "block#2.linear"),
+        ("tanh", "block.act", "block#2.act"), ("tanh", "block.act", "block#2.act#2"),
+    ]
+    last = [n for n in ops if n.module][-1]
+    assert t.graph.nodes[last.key]["scope"] == "block#2.act#2"
+
+
+def test_course_cnn_pool_twice_has_two_scopes():
+    from gradtrace.script import run_script
+
+    t = run_script(_script("course_cnn.py"), step=2)
+    pools = sorted((n for n in t.nodes if n.label == "max_pool2d_with_indices"), key=lambda n: n.forward_step)
+    assert [(n.module, n.scope) for n in pools] == [("pool", "pool"), ("pool", "pool#2")]
+    # Each scope's ops run forward only: no edge leaves a later scope for an earlier one of the same module.
+
+
+def _script(name: str) -> str:
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", name)
+
+
+def test_inputs_are_numbered_among_those_drawn():
+    """A transform module called on each sample before the model does not push the batch to `input 4`."""
+    from gradtrace.script import run_script
+
+    t = run_script(_script("course_cnn.py"), step=2)
+    inputs = sorted((n for n in t.nodes if n.kind == "input"), key=lambda n: n.key)
+    assert [n.label for n in inputs] == [f"input {i}" for i in range(len(inputs))]
+    conv = min((n for n in t.nodes if n.label == "convolution"), key=lambda n: n.forward_step)
+    (src,) = [e.src for e in t.edges if e.dst == conv.key and t.node(e.src).kind == "input"]
+    assert t.node(src).label == "input 0" and t.node(src).value.shape == (4, 1, 14, 14)
+
+
+def test_the_model_gets_bare_names_even_when_called_second():
+    from gradtrace.script import run_script
+
+    t = run_script(_script("course_cnn.py"), step=2)
+    params = sorted(n.label for n in t.nodes if n.kind == "param")
+    assert params == ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight", "fc1.bias", "fc1.weight"]
+    assert {n.module for n in t.nodes if n.label == "convolution"} == {"conv1", "conv2"}
+    assert t.modules["conv1"] == "Conv2d" and t.modules["Normalize"] == "Normalize" and "Net.conv1" not in t.modules
+
+
+def test_two_networks_in_one_graph_are_both_named_by_class():
+    from gradtrace.script import run_script
+
+    t = run_script(_script("two_nets.py"), step=2)
+    params = sorted(n.label for n in t.nodes if n.kind == "param")
+    assert params == ["Discriminator.main.0.bias", "Discriminator.main.0.weight",
+                      "Generator.main.0.bias", "Generator.main.0.weight"]
+    assert {n.module for n in t.nodes if n.label == "sigmoid"} == {"Discriminator.main.1"}
+    one = run_script(_script("two_nets.py"), step=1)
+    assert sorted(n.label for n in one.nodes if n.kind == "param") == ["main.0.bias", "main.0.weight"]
+
+
+def test_parameters_of_a_model_called_through_forward_are_named():
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.w
+
+    model = Scale()
+    x = torch.randn(4, 3)
+    with gradtrace.capture() as cap:
+        model.forward(x).sum().backward()  # no module hook runs
+    assert [n.label for n in cap.trace.nodes if n.kind == "param"] == ["w"]
+    layer = nn.Linear(3, 2)
+    with gradtrace.capture() as cap:
+        layer.forward(x).pow(2).sum().backward()
+    assert sorted(n.label for n in cap.trace.nodes if n.kind == "param") == ["bias", "weight"]

@@ -72,6 +72,7 @@ class Session:
         self._backward: BackwardRecorder | None = None
         self._leaf_stats: dict[NodeKey, int] = {}
         self._updates: dict[int, int] = {}  # id(variable) -> stats handle of w_after - w_before
+        self._sgd_updates: dict[int, int] = {}  # id(variable) -> stats handle of the update plain SGD meant
         self._before_step: dict[int, torch.Tensor] = {}
         self.optimizer: OptimizerStep | None = None
         self.optimizer_done = False
@@ -157,7 +158,7 @@ class Session:
         if id(t) in self._input_ids:
             return
         i = len(self.inputs)
-        label = self._input_names[i] if i < len(self._input_names) else f"input {i}"
+        label = self._input_names[i] if i < len(self._input_names) else ""  # "" : numbered when drawn
         self._input_ids[id(t)] = i
         with self.outside_mode():
             self.inputs.append(_Input(label, t, self.stats.add(t)))
@@ -220,7 +221,9 @@ class Session:
         with self.outside_mode():
             graph = self._walk = walk(root_nodes)
             self._recorded = True
-            names = names_from_frames()
+            found: list[nn.Module] = []
+            names = names_from_frames(modules=found)
+            self._name_unhooked_parameters(graph, found)
             for key, node in graph.nodes.items():
                 if key[1] == "AccumulateGrad":
                     self._leaf_stats[key] = self.stats.add(node.variable)
@@ -234,6 +237,21 @@ class Session:
                 self._backward.remove()
                 # Read every held value and gradient now, before anything (an optimizer step) changes them.
                 self.stats.settle()
+
+    def _name_unhooked_parameters(self, graph: GraphWalk, found: list[nn.Module]) -> None:
+        """Leaves that no known module names (its calls bypassed module hooks: ``net.forward(x)``)
+        are named by a module of the user's code that holds them as parameters."""
+        if not found:
+            return
+        named = self.modules.named_parameters()
+        loose = {id(n.variable) for k, n in graph.nodes.items() if k[1] == "AccumulateGrad" and id(n.variable) not in named}
+        for module in found:
+            if not loose:
+                return
+            owned = {id(p) for p in module.parameters()} & loose
+            if owned:
+                self.modules.add_found_root(module)
+                loose -= owned
 
     @property
     def backward_recorded(self) -> bool:
@@ -260,6 +278,9 @@ class Session:
                     before = self._before_step.pop(id(p), None)
                     if before is not None:
                         self._updates[id(p)] = self.stats.add(p.detach() - before)
+                        intended = sgd_update(opt, group, p, before)
+                        if intended is not None:
+                            self._sgd_updates[id(p)] = self.stats.add(intended)
         self._before_step.clear()
         groups = opt.param_groups
         lrs = {float(g["lr"]) for g in groups if "lr" in g and not isinstance(g["lr"], torch.Tensor)}
@@ -288,7 +309,7 @@ class Session:
 _LIBRARY_PREFIXES = ("torch", "gradtrace", "runpy", "click", "contextlib", "importlib")
 
 
-def names_from_frames(max_frames: int = 3) -> dict[int, str]:
+def names_from_frames(max_frames: int = 3, modules: list[nn.Module] | None = None) -> dict[int, str]:
     """id(tensor) -> the variable name it has in the user's code that called backward.
 
     Looks at the first few frames outside torch and gradtrace (locals, then
@@ -306,6 +327,8 @@ def names_from_frames(max_frames: int = 3) -> dict[int, str]:
                 for name, value in list(scope.items()):
                     if isinstance(value, torch.Tensor) and not name.startswith("_"):
                         names.setdefault(id(value), name)
+                    elif modules is not None and isinstance(value, nn.Module) and not any(m is value for m in modules):
+                        modules.append(value)  # (models the user's code holds, to name their parameters)
         frame = frame.f_back
     return names
 
@@ -324,3 +347,27 @@ def input_names(fn: Any, n: int) -> list[str]:
         else:
             break
     return names[:n] if len(names) >= n else []
+
+
+def sgd_update(opt: torch.optim.Optimizer, group: dict[str, Any], p: torch.Tensor, before: torch.Tensor) -> torch.Tensor | None:
+    """The change ``torch.optim.SGD`` meant to make to ``p`` (read after its step), or None.
+
+    ``-lr * d`` where ``d = grad + weight_decay * w_before``; with momentum ``d`` is
+    the new momentum buffer (``d + momentum * buf`` with Nesterov), ``+`` when
+    maximizing. The applied change ``w_after - w_before`` differs from it by
+    float32 rounding of ``w``; this is the one "Δw = −lr × grad" describes.
+    """
+    if type(opt) is not torch.optim.SGD or p.grad is None or p.grad.is_sparse:
+        return None
+    lr = group["lr"]
+    lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
+    d = p.grad.detach()
+    if group.get("weight_decay", 0):
+        d = d + group["weight_decay"] * before
+    momentum = group.get("momentum", 0)
+    if momentum:
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        if buf is None:
+            return None
+        d = d + momentum * buf if group.get("nesterov") else buf
+    return (d if group.get("maximize") else -d) * lr
