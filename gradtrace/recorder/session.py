@@ -352,22 +352,23 @@ def input_names(fn: Any, n: int) -> list[str]:
 def sgd_update(opt: torch.optim.Optimizer, group: dict[str, Any], p: torch.Tensor, before: torch.Tensor) -> torch.Tensor | None:
     """The change ``torch.optim.SGD`` meant to make to ``p`` (read after its step), or None.
 
-    ``-lr * d`` where ``d = grad + weight_decay * w_before``; with momentum ``d`` is
-    the new momentum buffer (``d + momentum * buf`` with Nesterov), ``+`` when
-    maximizing. The applied change ``w_after - w_before`` differs from it by
+    ``-lr * d`` where ``d = grad + weight_decay * w_before`` (``-grad`` when
+    maximizing); with momentum ``d`` is the new momentum buffer (``d + momentum * buf``
+    with Nesterov), as ``torch.optim.SGD`` computes them. The applied change ``w_after - w_before`` differs from it by
     float32 rounding of ``w``; this is the one "Δw = −lr × grad" describes.
     """
     if type(opt) is not torch.optim.SGD or p.grad is None or p.grad.is_sparse:
         return None
     lr = group["lr"]
     lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
-    d = p.grad.detach()
-    if group.get("weight_decay", 0):
-        d = d + group["weight_decay"] * before
+    d = -p.grad.detach() if group.get("maximize") else p.grad.detach()
+    decay = group.get("weight_decay", 0)
+    if isinstance(decay, torch.Tensor) or decay:
+        d = d + decay * before
     momentum = group.get("momentum", 0)
     if momentum:
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is None:
             return None
         d = d + momentum * buf if group.get("nesterov") else buf
-    return (d if group.get("maximize") else -d) * lr
+    return d * -lr
