@@ -295,10 +295,15 @@ class StatsBuffer:
                     a, b, s, nm = cpu_rows[i]
                     self._done[handles[i]] = self._finish_cpu_row(meta, m, i, a, b, s, nm * nm)
             return
-        lo, hi = torch.aminmax(m, dim=1)
-        mean = m.sum(dim=1) / n
-        var = (m - mean[:, None]).square_().mean(dim=1)
-        counts = torch.stack((torch.isnan(m).sum(dim=1), torch.isinf(m).sum(dim=1)), dim=1).to(m.dtype)
+        # Over the finite elements (TensorStats' rule for NaN and infinity), without reading anything back.
+        fin = torch.isfinite(m)
+        nan = torch.isnan(m).sum(dim=1)
+        count = fin.sum(dim=1)
+        lo = torch.where(fin, m, math.inf).amin(dim=1)
+        hi = torch.where(fin, m, -math.inf).amax(dim=1)
+        mean = torch.where(fin, m, 0.0).sum(dim=1) / count
+        var = torch.where(fin, m - mean[:, None], 0.0).square_().sum(dim=1) / count
+        counts = torch.stack((nan, n - count - nan), dim=1).to(m.dtype)
         rows = torch.cat((torch.stack((lo, hi, mean, var), dim=1), counts), dim=1).double()
         values = m.double() if n <= EXACT_VALUES_MAX else None
         self._device_rows.append((handles, [meta] * len(handles), rows, values))
@@ -312,6 +317,9 @@ class StatsBuffer:
         if not (math.isfinite(total) and math.isfinite(squares)):
             x = m if row is None else m[row]
             nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            if nan or inf:
+                return _finite_part(meta, x, nan, inf)
+            # (else finite elements whose float32 sums overflowed: described as they are)
         elif mn == mx:
             centred = 0.0  # every element equal (a zero bias, the gradient of a mean): no spread
         elif needs_centring(total, squares, n):
@@ -333,6 +341,13 @@ class StatsBuffer:
         var, mean = torch.var_mean(x, correction=0)  # one Welford pass on accelerators
         counts = torch.stack((torch.isnan(x).sum(), torch.isinf(x).sum())).to(mean.dtype)
         row = torch.cat((torch.stack((mn, mx, mean, var)), counts)).double()
+        # Non-finite elements (rare): the statistics of the finite ones instead, chosen on the device.
+        fin = torch.isfinite(x)
+        count = fin.sum()
+        f_mean = torch.where(fin, x, 0.0).sum() / count
+        finite_row = torch.stack((torch.where(fin, x, math.inf).amin(), torch.where(fin, x, -math.inf).amax(), f_mean,
+                                  torch.where(fin, x - f_mean, 0.0).square().sum() / count)).double()
+        row = torch.where(counts.sum() > 0, torch.cat((finite_row, row[4:])), row)
         self._device_rows.append(([handle], [meta], row[None], None))
 
     # -- the end -----------------------------------------------------------------------
@@ -355,9 +370,9 @@ class StatsBuffer:
                     vals = tuple(values[j : j + width]) if v is not None else None
                     j += width
                     i += 1
-                    n = meta.numel
-                    total, squares = mean * n, n * (var + mean * mean)
-                    self._done[h] = from_sums(meta, mn, mx, total, squares, var * n, int(nan), int(inf), vals)
+                    c = meta.numel - int(nan) - int(inf)  # the rows describe the finite elements
+                    total, squares = mean * c, c * (var + mean * mean)
+                    self._done[h] = from_sums(meta, mn, mx, total, squares, var * c, int(nan), int(inf), vals)
         self._device_rows.clear()
         for h, source, shape in self._same_as:
             s = self._done[source]
@@ -369,6 +384,17 @@ class StatsBuffer:
         if len(result) != len(self._done):
             raise RuntimeError("gradtrace internal error: a statistic was never finished")
         return result
+
+def _finite_part(meta: Meta, x: torch.Tensor, nan: int, inf: int) -> TensorStats:
+    """Statistics of the finite elements of ``x`` (a CPU tensor holding NaN or infinity), in double precision."""
+    finite = x[torch.isfinite(x)].double()
+    if finite.numel() == 0:
+        return from_sums(meta, 0.0, 0.0, 0.0, 0.0, None, nan, inf, None)
+    lo, hi = torch.aminmax(finite)
+    total = finite.sum().item()
+    centred = (finite - total / finite.numel()).square_().sum().item()
+    return from_sums(meta, lo.item(), hi.item(), total, torch.dot(finite, finite).item(), centred, nan, inf, None)
+
 
 def stats_of(tensor: torch.Tensor) -> TensorStats:
     """The TensorStats of one tensor, computed the same way capture computes them.
