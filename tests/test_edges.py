@@ -243,3 +243,23 @@ def test_edge_grads_round_trip_json():
     back = gradtrace.Trace.from_json(trace.to_json())
     assert [e.to_dict() for e in back.edges] == [e.to_dict() for e in trace.edges]
     assert any(e.grad is not None for e in back.edges)
+
+
+def test_every_new_field_round_trips_json():
+    """edge grad/uses, node source/args/scope, sgd_update, finite-part statistics: a captured trace survives JSON."""
+    from gradtrace.script import run_script
+
+    trace = run_script(os.path.join(ROOT, "tests", "scripts", "course_cnn.py"), step=2)
+    assert any(n.source for n in trace.nodes) and any(n.args for n in trace.nodes)
+    assert any("#2" in n.scope for n in trace.nodes) and any(n.sgd_update is not None for n in trace.nodes)
+    assert any(e.grad is not None for e in trace.edges)
+    back = gradtrace.Trace.from_json(trace.to_json())
+    assert [n.to_dict() for n in back.nodes] == [n.to_dict() for n in trace.nodes]
+    assert [e.to_dict() for e in back.edges] == [e.to_dict() for e in trace.edges]
+    assert back.to_json() == trace.to_json()
+    g, h = trace.graph, back.graph
+    for k in g.nodes:
+        for attr in ("source", "args", "scope"):
+            assert g.nodes[k][attr] == h.nodes[k][attr]
+    for u, v in g.edges:
+        assert g.edges[u, v]["uses"] == h.edges[u, v]["uses"]

@@ -10,6 +10,7 @@ of the calls is the order backprop visited the graph.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -81,6 +82,9 @@ class BackwardRecorder:
         self.edge_grads: dict[NodeKey, dict[tuple[NodeKey, int], int | None]] = {}
         self.handles: list[RemovableHandle] = []
         self._lock = threading.Lock()
+        # id(gradient a node sent) -> (weak reference, stats handle, version): a producer with one consumer
+        # usually receives that very tensor, whose statistics are then not computed twice.
+        self._sent: dict[int, tuple[weakref.ref[torch.Tensor], int, int]] = {}
         for key, node in graph.nodes.items():
             self.handles.append(node.register_prehook(self._hook_for(key)))
             slots = graph.slots.get(key)
@@ -97,7 +101,7 @@ class BackwardRecorder:
         def posthook(grad_inputs: tuple[torch.Tensor | None, ...], grad_outputs: Any) -> None:
             # grad_inputs is aligned with next_functions: one gradient per input edge of this node.
             with lock:
-                add = self.stats.add
+                add = self._add_sent
                 if plain:
                     self.edge_grads[key] = {e: None if grad_inputs[s[0]] is None else add(grad_inputs[s[0]])
                                             for e, s in groups.items()}
@@ -117,6 +121,14 @@ class BackwardRecorder:
 
         return posthook
 
+    def _add_sent(self, g: torch.Tensor) -> int:
+        handle = self.stats.add(g)
+        try:
+            self._sent[id(g)] = (weakref.ref(g), handle, g._version)
+        except (TypeError, RuntimeError):  # (a tensor without weak references or version counter)
+            pass
+        return handle
+
     def _hook_for(self, key: NodeKey) -> Any:
         lock = self._lock
 
@@ -125,7 +137,18 @@ class BackwardRecorder:
             # these hooks from two threads at once.
             with lock:
                 self.order.append(key)
-                self.grads[key] = [None if g is None else self.stats.add(g) for g in grad_outputs]
+                sent = self._sent
+                handles: list[int | None] = []
+                for g in grad_outputs:
+                    if g is None:
+                        handles.append(None)
+                        continue
+                    hit = sent.pop(id(g), None)
+                    if hit is not None and hit[0]() is g and hit[2] == g._version:
+                        handles.append(hit[1])  # the tensor its consumer sent, unchanged: the same statistics
+                    else:
+                        handles.append(self.stats.add(g))
+                self.grads[key] = handles
             return None
 
         return prehook
@@ -134,3 +157,4 @@ class BackwardRecorder:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        self._sent.clear()

@@ -411,7 +411,7 @@ def _source_text(where: tuple[Any, int] | None) -> str | None:
 ARG_VALUES_MAX = 6
 #: Longest args text; longer ones end in an ellipsis.
 ARGS_MAX_CHARS = 80
-_SCHEMAS: dict[int, tuple[tuple[str, bool, Any], ...]] = {}
+_SCHEMAS: dict[int, tuple[tuple[str, Any], ...]] = {}  # id(op) -> (argument name, default or _NO_DEFAULT)
 
 
 def describe_args(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
@@ -426,33 +426,36 @@ def describe_args(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | Non
     schema = _SCHEMAS.get(id(func))
     if schema is None:
         try:
-            schema = tuple((a.name, a.has_default_value(), a.default_value if a.has_default_value() else None)
-                           for a in func._schema.arguments)
+            schema = tuple((a.name, a.default_value if a.has_default_value() else _NO_DEFAULT) for a in func._schema.arguments)
         except (AttributeError, RuntimeError):
             return ""
         _SCHEMAS[id(func)] = schema
         _KEEP_ALIVE.append(func)
     parts = []
-    for i, (name, has_default, default) in enumerate(schema):
-        if i < len(args):
+    n = len(args)
+    for i, (name, default) in enumerate(schema):
+        if i < n:
             value = args[i]
         elif kwargs and name in kwargs:
             value = kwargs[name]
         else:
             continue
-        if value is None:
-            continue
-        if has_default and not isinstance(value, torch.Tensor):
-            try:
-                if value == default or (isinstance(value, (list, tuple)) and list(value) == list(default or ())):
-                    continue
-            except Exception:  # an argument that does not compare: show it
-                pass
-        text = _describe_value(value, origins)
-        if text is not None:
-            parts.append(f"{name}={text}")
+        t = type(value)
+        if t is int or t is bool:
+            if value != default or type(default) is not t:
+                parts.append(f"{name}={value}")
+        elif t is list and all(type(v) is int for v in value):
+            if default is _NO_DEFAULT or value != list(default or ()):
+                parts.append(f"{name}={value}")
+        elif value is not None and value is not default:
+            text = _describe_value(value, origins)
+            if text is not None and not (t is float and value == default):
+                parts.append(f"{name}={text}")
     out = ", ".join(parts)
-    return out if len(out) <= ARGS_MAX_CHARS else out[: ARGS_MAX_CHARS - 1] + "…"
+    return out if len(out) <= ARGS_MAX_CHARS else out[: ARGS_MAX_CHARS - 1] + "\u2026"
+
+
+_NO_DEFAULT = object()
 
 
 def _number(v: Any) -> str:
@@ -468,14 +471,13 @@ def _describe_value(value: Any, origins: dict[int, tuple[weakref.ref[torch.Tenso
         hit = origins.get(id(value))
         if value.requires_grad or (hit is not None and hit[0]() is value):
             return None  # drawn as an edge
-        if value.numel() <= ARG_VALUES_MAX and value.device.type == "cpu" and value.layout == torch.strided:
+        if value.numel() <= ARG_VALUES_MAX and value.is_cpu and not value.is_sparse:
             try:
-                values = value.detach().tolist()
-            except (RuntimeError, TypeError):
+                if value.dim() == 0:
+                    return _number(value.item())
+                return "[" + ", ".join(_number(v) for v in value.reshape(-1).tolist()) + "]"
+            except (RuntimeError, TypeError, ValueError):  # (a tensor subclass without data, say)
                 return f"tensor {tuple(value.shape)}"
-            if value.dim() == 0:
-                return _number(values)
-            return "[" + ", ".join(_number(v) for v in value.detach().reshape(-1).tolist()) + "]"
         return f"tensor {tuple(value.shape)}"
     if isinstance(value, (bool, int, float)):
         return _number(value)
