@@ -80,3 +80,14 @@ def test_args_show_indices_constants_and_plain_operands():
     assert ("slice", "start=1, end=9223372036854775807") in args or any(l == "slice" and "start=1" in a for l, a in args)
     assert any(l == "index" and a == "indices=[[0]]" for l, a in args), args
     assert dict(args)["add"] == ""  # two edges, nothing else
+
+
+def test_installed_model_libraries_count_as_the_users_code():
+    """A model from an installed package (site-packages, beside torch) is where its ops were written."""
+    from gradtrace.recorder import forward
+
+    site = os.path.dirname(os.path.dirname(torch.__file__))  # .../site-packages
+    code = compile("pass", os.path.join(site, "transformers", "models", "gpt2", "modeling_gpt2.py"), "exec")
+    assert not forward._is_library(code)
+    assert forward._is_library(compile("pass", torch.nn.functional.__file__, "exec"))
+    assert forward._is_library(compile("pass", os.__file__, "exec"))  # the standard library

@@ -346,18 +346,22 @@ class ForwardRecorder(TorchDispatchMode):
 
 # -- where an op came from ---------------------------------------------------------------
 
-def _library_dirs() -> tuple[str, ...]:
+def _dirs(paths: set[str]) -> tuple[str, ...]:
+    return tuple(sorted({os.path.join(q, "") for d in paths for q in (d, os.path.realpath(d))}))
+
+
+def _own_dirs() -> tuple[str, ...]:
     import gradtrace
 
-    dirs = {os.path.dirname(torch.__file__), os.path.dirname(gradtrace.__file__)}
-    for key in ("stdlib", "platstdlib"):
-        path = sysconfig.get_paths().get(key)
-        if path:
-            dirs.add(path)
-    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs) + tuple(os.path.join(d, "") for d in dirs)
+    return _dirs({os.path.dirname(torch.__file__), os.path.dirname(gradtrace.__file__)})
 
 
-_LIBRARY_DIRS = _library_dirs()
+def _stdlib_dirs() -> tuple[str, ...]:
+    return _dirs({p for p in (sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib")) if p})
+
+
+_OWN_DIRS = _own_dirs()
+_STDLIB_DIRS = _stdlib_dirs()
 _is_compiling = torch.compiler.is_compiling
 #: code object -> whether it belongs to torch, gradtrace or Python's standard library. Keyed by the code
 #: object itself (kept alive by the dict, as the functions that own them usually are anyway).
@@ -366,7 +370,10 @@ _IS_LIBRARY: dict[Any, bool] = {}
 
 def _is_library(code: Any) -> bool:
     name = code.co_filename
-    found = name.startswith("<frozen") or name.startswith(_LIBRARY_DIRS)
+    # (site-packages lives under the standard library's folder: installed packages other than torch, a
+    # model library such as transformers, are where the op was written, so they count as the user's.)
+    found = (name.startswith("<frozen") or name.startswith(_OWN_DIRS)
+             or (name.startswith(_STDLIB_DIRS) and "-packages" + os.sep not in name))
     _IS_LIBRARY[code] = found
     return found
 
