@@ -91,3 +91,13 @@ def test_installed_model_libraries_count_as_the_users_code():
     assert not forward._is_library(code)
     assert forward._is_library(compile("pass", torch.nn.functional.__file__, "exec"))
     assert forward._is_library(compile("pass", os.__file__, "exec"))  # the standard library
+
+
+def test_args_of_conv_and_losses_say_what_matters():
+    conv = torch.nn.Conv2d(1, 2, 3, stride=2)
+    t = gradtrace.trace(conv, torch.randn(1, 1, 7, 7), loss=lambda out: F.nll_loss(out.flatten(1)[:, :2].log_softmax(1),
+                                                                                  torch.tensor([1]), reduction="sum"))
+    args = {n.label: n.args for n in t.nodes if n.kind == "op"}
+    assert args["convolution"] == "stride=[2, 2]"
+    assert args["nll_loss"] == "target=[1], reduction=sum"  # the target is a plain operand here
+    assert args["log_softmax"] == "dim=1"

@@ -449,10 +449,11 @@ def describe_args(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | Non
             continue
         t = type(value)
         if t is int or t is bool:
-            if value != default or type(default) is not t:
-                parts.append(f"{name}={value}")
+            if (value != default or type(default) is not t) and _TRIVIAL.get(name, _NO_DEFAULT) != value:
+                parts.append(f"{name}={_REDUCTIONS[value]}" if name == "reduction" and value in _REDUCTIONS else f"{name}={value}")
         elif t is list and all(type(v) is int for v in value):
-            if default is _NO_DEFAULT or value != list(default or ()):
+            if (default is _NO_DEFAULT or value != list(default or ())) and not (
+                    name in _TRIVIAL_EACH and all(v == _TRIVIAL_EACH[name] for v in value)):
                 parts.append(f"{name}={value}")
         elif value is not None and value is not default:
             text = _describe_value(value, origins)
@@ -463,6 +464,11 @@ def describe_args(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | Non
 
 
 _NO_DEFAULT = object()
+# Arguments some ops take without a schema default whose usual value tells a reader nothing
+# (convolution's transposed=False, groups=1, dilation=[1, 1]; nll_loss's ignore_index=-100).
+_TRIVIAL: dict[str, Any] = {"transposed": False, "half_to_float": False, "groups": 1, "ignore_index": -100}
+_TRIVIAL_EACH: dict[str, int] = {"dilation": 1, "output_padding": 0, "padding": 0}
+_REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}  # (torch's Reduction enum, as the ops receive it)
 
 
 def _number(v: Any) -> str:
