@@ -38,7 +38,8 @@
   // -- the graph -------------------------------------------------------------------
   var edgeLayer = el("g", { "class": "edges" }, svg);
   var nodeLayer = el("g", { "class": "nodes" }, svg);
-  data.nodes.forEach(function (n) { byKey[n.key] = { n: n }; });
+  data.nodes.forEach(function (n) { byKey[n.key] = { n: n, out: 0 }; });
+  data.edges.forEach(function (e) { byKey[e.src].out += 1; });
   data.edges.forEach(function (e) {
     var a = byKey[e.src].n, b = byKey[e.dst].n;
     var x1 = a.x + data.w / 2, y1 = a.y + data.h, x2 = b.x + data.w / 2, y2 = b.y;
@@ -55,13 +56,14 @@
     el("rect", { "class": "body", width: data.w, height: data.h, rx: n.kind === "op" ? 8 : 1 }, g);
     el("rect", { "class": "header", width: data.w, height: 17, rx: n.kind === "op" ? 8 : 1, fill: n.color }, g);
     var title = el("text", { "class": "title", x: 6, y: 13, fill: n.ink }, g);
-    title.textContent = n.label.length > 30 ? n.label.slice(0, 29) + "…" : n.label;
+    var name = n.label + (n.args ? " " + n.args : "");
+    title.textContent = name.length > 30 ? name.slice(0, 29) + "…" : name;
     var step = el("text", { x: data.w - 6, y: 13, "text-anchor": "end", fill: n.ink }, g);
     step.textContent = n.bwd === null ? "" : "#" + n.bwd;
     el("text", { x: 6, y: 32 }, g).textContent = clip(n.shapeText);
     el("text", { x: 6, y: 48 }, g).textContent = clip(n.kind === "input" ? n.valueText : "grad " + n.gradText);
     var tip = el("title", {}, g);
-    tip.textContent = n.label + (n.module ? " — " + n.module : "");
+    tip.textContent = name + (n.scope ? " — " + n.scope : "") + (n.source ? "\n" + n.source : "");
     g.addEventListener("click", function (ev) { ev.stopPropagation(); select(n.key); });
     g.addEventListener("keydown", function (ev) { if (ev.key === "Enter") select(n.key); });
     byKey[n.key].g = g;
@@ -88,8 +90,11 @@
     var n = byKey[key].n;
     html("h2", n.label, panel);
     var info = html("table", null, panel);
-    [["kind", n.kind], ["grad_fn", n.grad_fn || "-"], ["module", n.module || "(top level)"],
-     ["forward step", n.fwd === null ? "-" : n.fwd], ["backward step", n.bwd === null ? "-" : n.bwd]].forEach(function (r) {
+    var facts = [["kind", n.kind], ["grad_fn", n.grad_fn || "-"], ["module", n.scope || n.module || "(top level)"]];
+    if (n.args) facts.push(["args", n.args]);
+    facts.push(["source", n.source || "-"]);
+    facts.push(["forward step", n.fwd === null ? "-" : n.fwd], ["backward step", n.bwd === null ? "-" : n.bwd]);
+    facts.forEach(function (r) {
       var tr = html("tr", null, info);
       html("td", r[0], tr);
       html("td", String(r[1]), tr).setAttribute("data-field", r[0]);
@@ -97,10 +102,24 @@
     (n.findings || []).forEach(function (f) { html("p", "⚠ " + f, panel, "finding"); });
     n.values.forEach(function (s, i) { statsTable(n.values.length > 1 ? "value [" + i + "]" : "value", s, panel); });
     if (n.kind !== "input") n.grads.forEach(function (s, i) { statsTable(n.grads.length > 1 ? "gradient [" + i + "]" : "gradient", s, panel); });
+    // The chain rule at a node with several consumers: its gradient is the sum of what each sent back.
+    (n.sums || []).forEach(function (line) { html("p", line, panel, "sum"); });
+    if (n.sent && n.sent.length) {
+      html("h3", "sent back along each edge", panel);
+      var sent = html("table", null, panel);
+      sent.className = "sent";
+      n.sent.forEach(function (r) {
+        var tr = html("tr", null, sent);
+        html("td", "from " + byKey[r[0]].n.label, tr);
+        var td = html("td", r[1], tr);
+        td.setAttribute("data-dst", r[0]);
+      });
+    }
     if (n.update) {
-      statsTable("optimizer update Δw", n.update, panel);
+      statsTable(n.sgdUpdate ? "optimizer update Δw (applied)" : "optimizer update Δw", n.update, panel);
       html("p", "‖Δw‖/‖w‖ = " + fmt(n.ratio), panel);
     }
+    if (n.sgdUpdate) statsTable("−lr·grad (plain SGD's step)", n.sgdUpdate, panel);
   }
   function select(key) {
     if (state.selected && byKey[state.selected]) byKey[state.selected].g.classList.remove("selected");
@@ -130,12 +149,18 @@
       // The gradient reaching the current node came from the nodes that consumed its output.
       var flow = current !== null && v.e.src === current && stepIndex[v.e.dst] !== undefined && stepIndex[v.e.dst] < k - 1;
       v.g.classList.toggle("flow", flow);
-      v.label.textContent = flow ? "‖grad‖ " + fmt(byKey[current].n.gradNorm) : "";
+      v.label.textContent = flow ? flowText(v.e, byKey[current]) : "";
     });
     if (current !== null) {
       select(current);
       if (!inView(byKey[current].n)) center(byKey[current].n, false);  // follow backprop across the graph
     }
+  }
+  // What came back along an edge: the recorded per-edge gradient; else, with one consumer, the
+  // node's whole gradient; else only a share of it, and the label says so rather than claim the total.
+  function flowText(e, src) {
+    if (e.gradText) return "grad " + e.gradText;
+    return (src.out === 1 ? "‖grad‖ " : "part of ‖grad‖ ") + fmt(src.n.gradNorm);
   }
   function stop() { if (state.timer) { clearInterval(state.timer); state.timer = null; } document.getElementById("play").textContent = "▶ play"; }
   function play() {
