@@ -186,6 +186,26 @@ def test_live_capture_labels_the_examples_edges():
     assert "grad = -400 + -400 = -800" in to_text(t)
 
 
+def test_cli_edge_grads_flag(course, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import gradtrace.cli
+
+    *_, f = course
+    k = keys_of(f)
+    big = big_filled_trace()
+    script = tmp_path / "s.py"
+    script.write_text("")
+    for trace, flag, labelled in ((f, [], True), (f, ["--no-edge-grads"], False), (big, [], False), (big, ["--edge-grads"], True)):
+        monkeypatch.setattr(gradtrace.cli, "_run", lambda *a, t=trace: t)
+        out = tmp_path / "o.dot"
+        result = CliRunner().invoke(gradtrace.cli.main, ["render", str(script), "-o", str(out), *flag])
+        assert result.exit_code == 0, result.output
+        edges = dot_edges(out.read_text())
+        first = (k["y"], k["2y"]) if trace is f else next(iter(edges))
+        assert ('label="grad' in edges[first]) is labelled, (flag, trace is f)
+
+
 # -- the replay page ----------------------------------------------------------------------
 
 
