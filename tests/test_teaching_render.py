@@ -220,9 +220,10 @@ def test_replay_labels_each_edge_and_shows_source_and_sum(course, tmp_path):
         for _ in range(t.node(k["y"]).backward_step):
             page.click("#next")
         assert page.text_content("#panel h2") == "select"
-        flows = page.eval_on_selector_all("#graph .edge.flow", "els => els.map(e => [e.dataset.dst, e.textContent])")
+        flows = page.eval_on_selector_all("#graph .edge-label.flow", "els => els.map(e => [e.dataset.dst, e.textContent])")
         assert sorted(flows) == sorted([[k["2y"], "grad -400"], [k["2yy"], "grad -400"]]), "each edge its own share, not ‖grad‖ 800"
         assert page.text_content("#panel .sum") == "grad = -400 + -400 = -800"
+        assert "grad = -400 + -400 = -800" in page.text_content(f'#graph .node[data-key="{k["y"]}"]'), "the node says it too"
         assert page.text_content(f'#panel table.sent td[data-dst="{k["2y"]}"]') == "-400"
         assert page.text_content('#panel td[data-field="source"]') == "gradient_descent.py:17 in f"
         assert page.text_content('#panel td[data-field="args"]') == "dim=0, index=1"
@@ -241,7 +242,7 @@ def test_replay_without_edge_grads_does_not_claim_the_total(tmp_path):
         page.wait_for_selector("#graph .node")
         for _ in range(t.node(k["y"]).backward_step):
             page.click("#next")
-        texts = page.eval_on_selector_all("#graph .edge.flow", "els => els.map(e => e.textContent)")
+        texts = page.eval_on_selector_all("#graph .edge-label.flow", "els => els.map(e => e.textContent)")
         assert texts == ["part of ‖grad‖ 800"] * 2
 
 

@@ -38,6 +38,7 @@
   // -- the graph -------------------------------------------------------------------
   var edgeLayer = el("g", { "class": "edges" }, svg);
   var nodeLayer = el("g", { "class": "nodes" }, svg);
+  var labelLayer = el("g", { "class": "edge-labels" }, svg);  // above the nodes, so no node hides a label
   data.nodes.forEach(function (n) { byKey[n.key] = { n: n, out: 0 }; });
   data.edges.forEach(function (e) { byKey[e.src].out += 1; });
   data.edges.forEach(function (e) {
@@ -46,7 +47,11 @@
     var my = (y1 + y2) / 2;
     var g = el("g", { "class": "edge", "data-src": e.src, "data-dst": e.dst }, edgeLayer);
     el("path", { d: "M" + x1 + "," + y1 + " C" + x1 + "," + my + " " + x2 + "," + my + " " + x2 + "," + y2 }, g);
-    var t = el("text", { x: (x1 + x2) / 2 + 4, y: my }, g);
+    // The label sits near the consumer's end (t = 0.8 on the curve): what that consumer sent back,
+    // and several edges out of one node land near different consumers instead of on top of each other.
+    var u = 0.8, a0 = (1 - u) * (1 - u) * (1 - u), a1 = 3 * (1 - u) * (1 - u) * u, a2 = 3 * (1 - u) * u * u, a3 = u * u * u;
+    var t = el("text", { "class": "edge-label", "data-src": e.src, "data-dst": e.dst,
+      x: (a0 + a1) * x1 + (a2 + a3) * x2 + 5, y: a0 * y1 + (a1 + a2) * my + a3 * y2 }, labelLayer);
     t.textContent = "";
     edgeViews.push({ e: e, g: g, label: t });
   });
@@ -61,7 +66,9 @@
     var step = el("text", { x: data.w - 6, y: 13, "text-anchor": "end", fill: n.ink }, g);
     step.textContent = n.bwd === null ? "" : "#" + n.bwd;
     el("text", { x: 6, y: 32 }, g).textContent = clip(n.shapeText);
-    el("text", { x: 6, y: 48 }, g).textContent = clip(n.kind === "input" ? n.valueText : "grad " + n.gradText);
+    // A node with several consumers says how its gradient adds up, where that fits: grad = -400 + -400 = -800.
+    var sum = n.sums && n.sums.length === 1 && n.sums[0].length <= 40 ? n.sums[0] : null;
+    el("text", { x: 6, y: 48 }, g).textContent = clip(n.kind === "input" ? n.valueText : (sum || "grad " + n.gradText));
     var tip = el("title", {}, g);
     tip.textContent = name + (n.scope ? " — " + n.scope : "") + (n.source ? "\n" + n.source : "");
     g.addEventListener("click", function (ev) { ev.stopPropagation(); select(n.key); });
@@ -149,6 +156,7 @@
       // The gradient reaching the current node came from the nodes that consumed its output.
       var flow = current !== null && v.e.src === current && stepIndex[v.e.dst] !== undefined && stepIndex[v.e.dst] < k - 1;
       v.g.classList.toggle("flow", flow);
+      v.label.classList.toggle("flow", flow);
       v.label.textContent = flow ? flowText(v.e, byKey[current]) : "";
     });
     if (current !== null) {
