@@ -8,8 +8,8 @@ autograd node's backward by hand (tests/teaching.py), never from gradtrace.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-import sys
 
 import networkx as nx
 import pytest
@@ -127,11 +127,13 @@ def test_text_table_lists_each_edge_and_the_sums(course):
 
 
 def with_teaching_fields(f):
-    """The course trace with args, source and scope set by hand, as capture will set them."""
+    """The course trace with args and source set by hand on every node (as capture sets them, but fixed
+    here, so that the golden file does not follow capture's wording)."""
     k = keys_of(f)
     extra = {k["2y"]: {"args": "× 2", "source": "gradient_descent.py:18 in f"},
              k["y"]: {"args": "dim=0, index=1", "source": "gradient_descent.py:17 in f"}}
-    return dataclasses.replace(f, nodes=tuple(dataclasses.replace(n, **extra.get(n.key, {})) for n in f.nodes))
+    plain = {"args": "", "source": None}
+    return dataclasses.replace(f, nodes=tuple(dataclasses.replace(n, **extra.get(n.key, plain)) for n in f.nodes))
 
 
 def test_args_source_and_sgd_update_in_label_tooltip_and_table(course):
@@ -162,6 +164,8 @@ def test_finite_part_beside_nan_counts():
     assert fmt.summary(s) == "NaN×3 inf×1 · finite: 0.25 ± 0.5 [-0.5, 2]"
     lines = fmt.stats_lines(s)
     assert "NaN 3  inf 1" in lines and "finite: min -0.5  max 2" in lines
+    none_finite = TensorStats((4,), "float32", "cpu", 4, None, None, None, None, None, 1, 3)
+    assert fmt.summary(none_finite) == "NaN×1 inf×3 · no finite element"
     clean = dataclasses.replace(s, nan=0, inf=0)
     assert fmt.summary(clean) == "0.25 ± 0.5 [-0.5, 2]" and "min -0.5  max 2" in fmt.stats_lines(clean)
 
@@ -246,5 +250,18 @@ def test_replay_without_edge_grads_does_not_claim_the_total(tmp_path):
         assert texts == ["part of ‖grad‖ 800"] * 2
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_replay_panel_says_stats_are_over_the_finite_part(tmp_path):
+    x = torch.tensor([1.0, -1.0, 4.0], requires_grad=True)
+    t = gradtrace.trace(lambda v: v.log().sum(), x)
+    (log,) = t.find("log")
+    assert math.isnan(torch.tensor([1.0, -1.0, 4.0]).log()[1].item()) and t.node(log).value.nan == 1
+    path = t.render(tmp_path / "nan.html")
+    with chromium_page() as page:
+        page.goto(path.as_uri())
+        page.wait_for_selector("#graph .node")
+        page.click(f'#graph .node[data-key="{log}"]')
+        assert page.locator("#panel .finite-note").count() >= 1
+        page.click(f'#graph .node[data-key="{t.loss}"]')
+        assert page.locator("#panel .finite-note").count() == 1, "the sum's value is NaN too; its gradient is finite"

@@ -97,7 +97,7 @@ def summary(s: TensorStats | None) -> str:
         body = f"{num(s.mean, 3)} ± {num(s.std, 3)} [{num(s.min, 3)}, {num(s.max, 3)}]"
         if bad:
             # With NaN/inf present the statistics describe the finite elements (the counts stand apart).
-            return f"{bad} · finite: {body}"
+            return f"{bad} · no finite element" if s.mean is None else f"{bad} · finite: {body}"
     return f"{bad} {body}" if bad else body
 
 

@@ -43,7 +43,7 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
     rows = [header]
     for key in order + rest:
         n = trace.node(key)
-        label = n.label + (f" {n.args}" if n.args else "") + (" (loss)" if key == trace.loss else "")
+        label = n.label + (" (loss)" if key == trace.loss else "") + (f" {n.args}" if n.args else "")
         row = [str(n.backward_step) if n.backward_step is not None else "-", _clip(label, 40),
                _clip(scope_title(n.scope or n.module), 32), fmt.shape(n.value) if n.value is not None else "-"]
         if options.show_values:

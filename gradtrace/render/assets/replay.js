@@ -84,6 +84,8 @@
     var rows = [["shape", "(" + s.shape.join(", ") + (s.shape.length === 1 ? "," : "") + ")"], ["dtype", s.dtype], ["device", s.device],
       ["numel", s.numel], ["min", s.min], ["max", s.max], ["mean", s.mean], ["std", s.std], ["norm", s.norm], ["NaN", s.nan], ["inf", s.inf]];
     if (s.values) rows.push(["values", s.values.map(fmt).join(", ")]);
+    // With NaN/inf present, the statistics describe the finite elements; the counts stand apart.
+    if (s.nan > 0 || s.inf > 0) html("p", "min, max, mean, std and norm are over the finite elements", parent, "finite-note");
     rows.forEach(function (r) {
       var tr = html("tr", null, table);
       html("td", r[0], tr);
