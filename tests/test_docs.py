@@ -97,6 +97,9 @@ def test_api_reference_names_every_object_with_its_signature(site):
     assert not re.search(r":(func|class|meth|attr):", api), "Sphinx roles become links or code"
     assert '<a href="#gradtrace.trace"><code>gradtrace.trace</code></a>' in api
     assert "&gt;&gt;&gt;" in api and "<blockquote" not in api, "doctest examples are code blocks, not nested quotes"
+    options = api[api.index('id="gradtrace.RenderOptions"'):api.index('id="diagnosis"')]
+    assert "edge_grads: bool | None = None" in re.sub(r"<[^>]+>", "", options), "a dataclass shows its fields and defaults"
+    assert "<li><code>edge_grads</code>:" in options, "the fields' descriptions are a list, not one run-on paragraph"
 
 
 def pages_and_diagrams() -> list[tuple[str, list[str]]]:

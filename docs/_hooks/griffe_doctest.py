@@ -40,9 +40,37 @@ def doctest_as_code(text: str) -> str:
     return "\n".join(out)
 
 
+_FIELD = re.compile(r"^(\w+(?: / \w+)*): (.*)$")
+
+
+def fields_as_list(text: str, names: set[str]) -> str:
+    """Lines ``rankdir: the direction ...`` (a class describing its fields, continuation lines
+    indented) as a Markdown list, when every name before the colon is one of the class's ``names``;
+    Markdown would run them together into one paragraph."""
+    out: list[str] = []
+    in_list = False
+    for line in text.splitlines():
+        m = _FIELD.match(line)
+        if m and all(n in names for n in m[1].split(" / ")):
+            if not in_list and out and out[-1].strip():
+                out.append("")
+            in_list = True
+            out.append("- " + " / ".join(f"`{n}`" for n in m[1].split(" / ")) + ": " + m[2])
+        elif in_list and line.startswith("    ") and line.strip():
+            out.append("  " + line.strip())
+        else:
+            in_list = False
+            out.append(line)
+    return "\n".join(out)
+
+
 class DoctestAsCode(griffe.Extension):
-    """Fence the doctest examples of every docstring griffe loads."""
+    """Fence the doctest examples of every docstring griffe loads; list a class's described fields."""
 
     def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
-        if obj.docstring is not None and ">>>" in obj.docstring.value:
+        if obj.docstring is None:
+            return
+        if ">>>" in obj.docstring.value:
             obj.docstring.value = doctest_as_code(obj.docstring.value)
+        if obj.is_class:
+            obj.docstring.value = fields_as_list(obj.docstring.value, set(obj.members))
