@@ -78,7 +78,8 @@ def test_svg_labels_each_edge_and_the_sum(course):
     assert "grad = [600, 0] + [0, -800] = [600, -800]" in node_line(source, k["point"])
     assert "grad sent back: -400" in edges[k["y"], k["2y"]], "the edge's tooltip says it too"
     tip = node_line(source, k["y"])
-    assert "gradient sent back along each edge:" in tip and "to mul: -400" in tip
+    two_y = f.node(k["2y"]).backward_step
+    assert "gradient sent back along each edge:" in tip and f"to mul #{two_y}: -400" in tip
 
 
 def test_edge_grads_switch(course):

@@ -46,6 +46,12 @@ def _item_module(trace: Trace, view: View, item: str) -> str:
     return trace.graph.nodes[item]["scope"]
 
 
+def _named(trace: Trace, key: str) -> str:
+    """A node as the diagram names it: label and backprop step (two ``mul`` nodes differ by their #n)."""
+    n = trace.node(key)
+    return n.label + (f" #{n.backward_step}" if n.backward_step is not None else "")
+
+
 def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
     """Build the diagram of ``trace``.
 
@@ -112,7 +118,7 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
             if any(s is not None and not s.finite for s in n.values + n.grads):
                 attrs.update(color=ALARM, penwidth="2.5")
             sums = grad_sum_lines(trace, item)
-            sent = [f"to {trace.node(dst).label}: {edge_grad_text(grad, uses)}"
+            sent = [f"to {_named(trace, dst)}: {edge_grad_text(grad, uses)}"
                     for dst, _, grad, uses in sent_back(trace, item) if grad is not None]
             label = node_label(n, options, item == trace.loss, mine, sums)
             tip = node_tooltip(n, sums, sent) + "".join(escape_tooltip(f"\n⚠ {f.kind}: {f.message}") for f in mine)

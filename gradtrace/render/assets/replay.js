@@ -119,7 +119,8 @@
       sent.className = "sent";
       n.sent.forEach(function (r) {
         var tr = html("tr", null, sent);
-        html("td", "from " + byKey[r[0]].n.label, tr);
+        var from = byKey[r[0]].n;
+        html("td", "from " + from.label + (from.bwd === null ? "" : " #" + from.bwd), tr);
         var td = html("td", r[1], tr);
         td.setAttribute("data-dst", r[0]);
       });
