@@ -82,6 +82,52 @@ def test_svg_labels_each_edge_and_the_sum(course):
     assert "gradient sent back along each edge:" in tip and f"to mul #{two_y}: -400" in tip
 
 
+def test_big_tensor_sums_show_norms_from_torch():
+    """A (2, 4) tensor read by relu and tanh: edges carry ‖grad‖, the node sums norms; all from torch."""
+    from .teaching import edge_oracle, stats_of
+
+    def model(x):
+        h = x * 3
+        return h.relu().sum() + h.tanh().sum()
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, requires_grad=True)
+    t = gradtrace.trace(model, x)
+    x2 = x.detach().clone().requires_grad_()
+    h = x2 * 3
+    h.retain_grad()
+    loss = h.relu().sum() + h.tanh().sum()
+    oracle = {(type(a_fn).__name__, type(b_fn).__name__): v for (a, b), v in edge_oracle(loss).items()
+              for a_fn in [_fn_by_id(loss, a)] for b_fn in [_fn_by_id(loss, b)]}
+    loss.backward()
+    names = {n.key: n.grad_fn for n in t.nodes}
+    edges = tuple(dataclasses.replace(e, grad=stats_of(oracle[names[e.src], names[e.dst]][0]))
+                  if (names[e.src], names[e.dst]) in oracle and names[e.src] == "MulBackward0" else e for e in t.edges)
+    t = dataclasses.replace(t, edges=edges) if all(e.grad is None for e in t.edges) else t
+    (mul,) = t.find("mul")
+    relu, tanh = oracle["MulBackward0", "ReluBackward0"][0], oracle["MulBackward0", "TanhBackward0"][0]
+    assert torch.allclose(relu + tanh, h.grad)
+    want = f"grad = Σ 2 edges (‖grad‖ {fmt.num(relu.norm().item(), 3)}, {fmt.num(tanh.norm().item(), 3)}) → ‖grad‖ {fmt.num(h.grad.norm().item(), 3)}"
+    source = t.to_dot().source
+    assert want in node_line(source, mul)
+    (relu_key,) = t.find("relu")
+    assert f'label="‖grad‖ {fmt.num(relu.norm().item(), 3)}"' in dot_edges(source)[mul, relu_key]
+
+
+def _fn_by_id(root, ident):
+    """The autograd node with this id in root's graph."""
+    stack, seen = [root.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        if id(fn) == ident:
+            return fn
+        seen.add(id(fn))
+        stack += [n for n, _ in fn.next_functions]
+    raise KeyError(ident)
+
+
 def test_edge_grads_switch(course):
     *_, f = course
     k = keys_of(f)

@@ -15,7 +15,7 @@ import graphviz
 from ..collapse import View, choose_view
 from ..diagnose import Finding
 from . import fmt
-from .flow import edge_grad_text, grad_sum_lines, scope_module, scope_title, sent_back, show_edge_grads
+from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_module, scope_title, sent_back, show_edge_grads
 from .labels import block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, node_label, node_tooltip
 from .options import RenderOptions
 from .style import ALARM, FINDING, THEME_COLORS
@@ -167,7 +167,8 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         if shape_text and (src in view.blocks or dst in view.blocks):
             attrs["label"] = shape_text  # between collapsed modules the tensor's shape is the interface
         elif sent and label_edges:
-            attrs.update(label=escape_tooltip(f"grad {sent}"), labeltooltip=escape_tooltip(tip))
+            edge = graph_edges[src, dst]
+            attrs.update(label=escape_tooltip(edge_grad_label(edge["grad"], edge["uses"])), labeltooltip=escape_tooltip(tip))
         g.edge(name(src), name(dst), **attrs)
     g.node("legend", legend(theme, findings), shape="plain", tooltip="legend")
     return g

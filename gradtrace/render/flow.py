@@ -17,7 +17,7 @@ from . import fmt
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["EDGE_GRADS_MAX_ITEMS", "edge_grad_text", "grad_sum_lines", "scope_module", "scope_title", "sent_back", "show_edge_grads"]
+__all__ = ["EDGE_GRADS_MAX_ITEMS", "edge_grad_label", "edge_grad_text", "grad_sum_lines", "scope_module", "scope_title", "sent_back", "show_edge_grads"]
 
 #: With ``RenderOptions.edge_grads=None`` (the default), diagrams with at most this many
 #: items label their edges with the gradient sent back along them; bigger ones only in tooltips.
@@ -55,7 +55,7 @@ def _value_text(s: TensorStats) -> str:
     if s.values is not None and s.numel <= _EXACT_MAX:
         return fmt.summary(s)
     bad = " ".join(p for p in (f"NaN×{s.nan}" if s.nan else "", f"inf×{s.inf}" if s.inf else "") if p)
-    return (bad + " " if bad else "") + f"‖g‖ {fmt.num(s.norm, 3)}"
+    return (bad + " " if bad else "") + f"‖grad‖ {fmt.num(s.norm, 3)}"
 
 
 def edge_grad_text(grad: TensorStats | None, uses: int = 1) -> str:
@@ -74,6 +74,12 @@ def edge_grad_text(grad: TensorStats | None, uses: int = 1) -> str:
     return _value_text(grad) + (f" ×{uses} (summed)" if uses > 1 else "")
 
 
+def edge_grad_label(grad: TensorStats | None, uses: int = 1) -> str:
+    """An edge's label: ``grad -400``, ``grad 600 ×2 (summed)``, or ``‖grad‖ 0.0851`` for a big tensor."""
+    text = edge_grad_text(grad, uses)
+    return text if not text or "‖grad‖" in text else f"grad {text}"
+
+
 def sent_back(trace: Trace, key: str) -> list[tuple[str, int, TensorStats | None, int]]:
     """The out-edges of ``key`` as (consumer key, output index, gradient sent back, uses), consumers in forward order."""
     g = trace.graph
@@ -86,7 +92,7 @@ def grad_sum_lines(trace: Trace, key: str) -> list[str]:
     """At a node with several consumers, its gradient as the sum of what each sent back.
 
     ``grad = -400 + -400 = -800`` when the terms are small enough to show
-    exactly, else their norms: ``grad = Σ 3 edges (‖g‖ 1.2, 0.5, 0.1) -> ‖g‖ 1.4``.
+    exactly, else their norms: ``grad = Σ 3 edges (‖grad‖ 1.2, 0.5, 0.1) → ‖grad‖ 1.4``.
     One line per output that has at least two consumers with a recorded gradient.
     """
     node = trace.node(key)
@@ -106,6 +112,6 @@ def grad_sum_lines(trace: Trace, key: str) -> list[str]:
             lines.append(f"{prefix} = " + " + ".join(shown) + f" = {fmt.summary(total)}")
         else:
             norms = [fmt.num(s.norm, 3) for s, _ in terms[:_TERMS_MAX]] + (["…"] if len(terms) > _TERMS_MAX else [])
-            result = f"‖g‖ {fmt.num(total.norm, 3)}" if total is not None else "-"
-            lines.append(f"{prefix} = Σ {len(terms)} edges (‖g‖ {', '.join(norms)}) → {result}")
+            result = f"‖grad‖ {fmt.num(total.norm, 3)}" if total is not None else "-"
+            lines.append(f"{prefix} = Σ {len(terms)} edges (‖grad‖ {', '.join(norms)}) → {result}")
     return lines

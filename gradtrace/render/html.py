@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..records import TensorStats
 from . import fmt
-from .flow import edge_grad_text, grad_sum_lines, scope_title, sent_back
+from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_title, sent_back
 from .labels import caption
 from .layout import NODE_H, NODE_W, layered_layout
 from .options import RenderOptions
@@ -86,8 +86,8 @@ def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
         })
     return {
         "nodes": nodes,
-        # gradText: what dst's backward sent back along the edge ("" where not recorded).
-        "edges": [{"src": e.src, "dst": e.dst, "gradText": edge_grad_text(e.grad, e.uses)} for e in trace.edges],
+        # gradLabel: what dst's backward sent back along the edge ("" where not recorded).
+        "edges": [{"src": e.src, "dst": e.dst, "gradLabel": edge_grad_label(e.grad, e.uses)} for e in trace.edges],
         "backward": trace.backward_order(),
         "loss": trace.loss,
         "caption": caption(trace),

@@ -170,7 +170,7 @@
   // What came back along an edge: the recorded per-edge gradient; else, with one consumer, the
   // node's whole gradient; else only a share of it, and the label says so rather than claim the total.
   function flowText(e, src) {
-    if (e.gradText) return "grad " + e.gradText;
+    if (e.gradLabel) return e.gradLabel;
     return (src.out === 1 ? "‖grad‖ " : "part of ‖grad‖ ") + fmt(src.n.gradNorm);
   }
   function stop() { if (state.timer) { clearInterval(state.timer); state.timer = null; } document.getElementById("play").textContent = "▶ play"; }
