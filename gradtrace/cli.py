@@ -73,9 +73,11 @@ def main() -> None:
               help="Without --depth, collapse modules until the diagram has at most this many nodes (nothing is dropped: nodes are grouped).")
 @click.option("--module", "module", default=None, metavar="PATH", help="Draw only this module (e.g. encoder.layer.3), with its inputs and outputs as boundary nodes.")
 @click.option("--no-fold", is_flag=True, help="Do not fold runs of identical sibling modules (a transformer's layers) into one ×K node.")
+@click.option("--edge-grads/--no-edge-grads", "edge_grads", default=None,
+              help="Label each edge with the gradient sent back along it. Default: only on small diagrams (tooltips always say it).")
 def render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
            rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
-           module: str | None, no_fold: bool) -> None:
+           module: str | None, no_fold: bool, edge_grads: bool | None) -> None:
     """Run SCRIPT as `python SCRIPT SCRIPT_ARGS` would and draw its training step.
 
     The script is unmodified: gradtrace records the forward that leads to its
@@ -104,7 +106,8 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     fmt = fmt or "svg"
     try:
         options = RenderOptions(rankdir=rankdir, show_values=not no_values, show_grads=not no_grads, theme=theme, timeout=timeout,
-                                depth=depth, max_nodes=max_nodes, module=module, fold=not no_fold)
+                                depth=depth, max_nodes=max_nodes, module=module, fold=not no_fold,
+                                edge_grads=edge_grads)
     except GradtraceError as e:
         raise click.UsageError(str(e)) from None
     trace = _run(script, script_args, step, run_to_end)
