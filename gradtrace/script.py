@@ -146,8 +146,10 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
     children = proc.children
     del proc
     trace = session.build_trace() if session.backward_recorded else None
-    if isinstance(ended, GradtraceError) and _raised_by_gradtrace(ended):
-        raise ended  # gradtrace refused the step (a CaptureError in a hook): its own message, not a script error
+    if isinstance(ended, Exception) and _raised_by_gradtrace(ended):
+        # Raised by gradtrace's own code in a hook, not by the script: a GradtraceError is a refusal with its
+        # own message; anything else is a bug in gradtrace and must not pass for the script's error.
+        raise ended
     if isinstance(ended, SystemExit):
         status, message = exit_status(ended.code)
         if status != 0:
@@ -165,6 +167,15 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
 
 
 def _raised_by_gradtrace(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is gradtrace's own code.
+
+    An error in the user's ops or backward surfaces in torch's frames
+    (``OpOverload.__call__``, the autograd engine) even when gradtrace's hooks
+    are on the stack, so the innermost frame tells gradtrace's own failures
+    apart. Running out of memory is never counted as gradtrace's bug.
+    """
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return False
     frames = [f for f, _ in traceback.walk_tb(exc.__traceback__)]
     return bool(frames) and frames[-1].f_code.co_filename.startswith(_PACKAGE_DIR)
 

@@ -171,6 +171,24 @@ def test_internal_error_is_not_the_scripts(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "internal error" not in result.output
 
 
+def test_a_bug_in_gradtraces_hooks_during_the_script_is_an_internal_error(tmp_path, monkeypatch):
+    from gradtrace.recorder import session
+
+    # Break gradtrace's own optimizer hook from inside: it then fails in session.py's frame, mid-script.
+    monkeypatch.setattr(session, "_OPTIMIZER_SETTINGS", None)
+    result = CliRunner().invoke(main, ["render", str(SCRIPTS / "course_loop.py"), "-o", str(tmp_path / "o.json")])
+    assert result.exit_code == INTERNAL_ERROR, result.output
+    assert "gradtrace internal error" in result.stderr
+    assert "session.py" in result.stderr and "TypeError" in result.stderr  # gradtrace's own frames are shown
+
+
+def test_the_users_error_inside_a_recorded_op_stays_the_users(tmp_path):
+    result = CliRunner().invoke(main, ["render", str(SCRIPTS / "shape_mismatch.py"), "-o", str(tmp_path / "o.json")])
+    assert result.exit_code == 1 and "internal error" not in result.stderr
+    assert 'shape_mismatch.py", line 7, in <module>' in result.stderr and "RuntimeError" in result.stderr
+    assert os.path.dirname(gradtrace.__file__) not in result.stderr
+
+
 def test_render_help_lists_exit_codes():
     help_text = invoke("render", "--help").output
     assert "Exit status:" in help_text
