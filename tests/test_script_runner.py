@@ -195,6 +195,9 @@ def test_render_help_lists_exit_codes():
     for line in ("0    the file was written", "N    the script's own non-zero status", "1    gradtrace could not",
                  "2    usage error", "70   internal error"):
         assert line in help_text, line
+    docs = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    for code in ("0", "N", "1", "2", "70"):
+        assert f"\n| {code} | " in docs, f"docs/cli.md lists exit status {code}"
 
 
 def test_missing_dot_is_reported_before_the_script_runs(tmp_path, monkeypatch):
