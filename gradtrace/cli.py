@@ -105,8 +105,8 @@ class _Command(click.Group):
         try:
             return self.main(*args, **kwargs)
         except SystemExit as e:
-            if "gradtrace.script_process" in sys.modules:
-                from .script_process import finish
+            if "gradtrace._script_process" in sys.modules:
+                from ._script_process import finish
 
                 finish(e.code)  # does not return if a stopped script's threads would hang the exit
             raise

@@ -8,7 +8,7 @@ the script is stopped by an exception it cannot catch by accident (it is no
 ``Exception``), unless ``run_to_end`` is set.
 
 What the run leaves behind is what Python would leave (see
-:mod:`gradtrace.script_process`): process-wide settings gradtrace's own code
+:mod:`gradtrace._script_process`): process-wide settings gradtrace's own code
 depends on (argv, ``sys.path[0]``, cwd, stdout/stderr, warnings filters,
 signal handlers) are put back; the script's ``atexit`` handlers run when the
 process exits, as they would after the script.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import script_process
+from . import _script_process
 from .errors import GradtraceError, ScriptError
 from .steptrace import Trace
 
@@ -130,7 +130,7 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
     session.on_optimizer_done = stop
     session.on_backward_after_recorded = stop
     ended: BaseException | None = None
-    with script_process.ScriptProcess(path, args, session) as proc:
+    with _script_process.ScriptProcess(path, args, session) as proc:
         try:
             with session:
                 try:
@@ -145,18 +145,21 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
                 proc.keep()
     children = proc.children
     del proc
-    trace = session.build_trace() if session.backward_recorded else None
     if isinstance(ended, Exception) and _raised_by_gradtrace(ended):
         # Raised by gradtrace's own code in a hook, not by the script: a GradtraceError is a refusal with its
         # own message; anything else is a bug in gradtrace and must not pass for the script's error.
         raise ended
+    trace = session.build_trace() if session.backward_recorded else None
     if isinstance(ended, SystemExit):
         status, message = exit_status(ended.code)
         if status != 0:
-            if trace is None:
-                where = " before its first backward()" if session.backward_calls == 0 else f" after {_calls(session.backward_calls)}; --step {step} asked for call {step}"
-            else:
+            calls = session.backward_calls
+            if trace is not None:
                 where = f" after the traced step (backward() call {step})"
+            elif calls == 0:
+                where = " before its first backward()"
+            else:
+                where = f" after {_calls(calls)}; --step {step} asked for call {step}"
             report = (message + "\n" if message is not None else "") + f"gradtrace: {path.name} exited with status {status}{where}\n"
             raise ScriptFailed(ended, report, trace, status)
     elif ended is not None:
