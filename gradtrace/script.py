@@ -109,7 +109,11 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
     objects until its end: the command line sets it so the process shuts
     down like ``python SCRIPT`` (collecting a stopped script's objects early,
     in an arbitrary order, makes persistent DataLoader workers stall 5 s
-    each). A library caller running many scripts leaves it off.
+    each). A library caller running many scripts leaves it off. Either way
+    the non-daemon threads a script leaves running are the caller's process's
+    to wait for at exit, as Python would; only the ``gradtrace`` command
+    stops waiting for those of a script it stopped (see
+    :func:`gradtrace._script_process.finish`).
 
     >>> t = run_script("examples/gradient_descent.py")         # doctest: +SKIP
     """

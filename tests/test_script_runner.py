@@ -241,6 +241,7 @@ def test_persistent_dataloader_workers_shut_down_like_a_plain_run(tmp_path):
     # Before the fix each of the 2 workers stalled 5 s (10 s more than the plain run); the bound is generous
     # for a loaded 2-core machine.
     assert traced_s < plain_s + 4.0, (traced_s, plain_s)
+    assert proc.stderr.splitlines() == [f"gradtrace: wrote {tmp_path / 'd.json'} (6 nodes, step 1)"], proc.stderr
 
 
 def test_training_in_child_processes_is_named_and_left_alone(tmp_path):
@@ -271,10 +272,10 @@ def test_process_state_is_put_back_for_gradtraces_own_code(tmp_path):
         import os, signal, sys, warnings
         import torch  # its import-time warnings filters are in place before the script runs, as under gradtrace
         from gradtrace.script import run_script
-        before = (os.getcwd(), sys.stdout, sys.stderr, list(warnings.filters), signal.getsignal(signal.SIGTERM), sys.argv[:], sys.path[0])
+        before = (os.getcwd(), sys.stdout, sys.stderr, list(warnings.filters), signal.getsignal(signal.SIGTERM), sys.argv[:], sys.path[0], sys.modules["__main__"])
         t = run_script({str(SCRIPTS / 'process_state.py')!r}, step=1)
-        after = (os.getcwd(), sys.stdout, sys.stderr, list(warnings.filters), signal.getsignal(signal.SIGTERM), sys.argv[:], sys.path[0])
-        for name, b, a in zip(["cwd", "stdout", "stderr", "warnings", "SIGTERM", "argv", "path0"], before, after):
+        after = (os.getcwd(), sys.stdout, sys.stderr, list(warnings.filters), signal.getsignal(signal.SIGTERM), sys.argv[:], sys.path[0], sys.modules["__main__"])
+        for name, b, a in zip(["cwd", "stdout", "stderr", "warnings", "SIGTERM", "argv", "path0", "main"], before, after):
             print(name, "same" if a == b else f"changed: {{b!r}} -> {{a!r}}")
         warnings.warn("gradtrace's own warning, not an error")
         print("steps", t.node(t.loss).label)
@@ -283,7 +284,7 @@ def test_process_state_is_put_back_for_gradtraces_own_code(tmp_path):
     proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120, cwd=work, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "FROM THE SCRIPT" in proc.stdout  # the script's own stdout replacement did its work
-    for name in ("cwd", "stdout", "stderr", "warnings", "SIGTERM", "argv", "path0"):
+    for name in ("cwd", "stdout", "stderr", "warnings", "SIGTERM", "argv", "path0", "main"):
         assert f"{name} same" in proc.stdout, proc.stdout
     assert "steps sum" in proc.stdout
     assert marker.read_text() == "atexit ran\n", "the script's atexit handler runs when the process exits"
