@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import _script_process
-from .errors import GradtraceError, ScriptError
+from .errors import ScriptError
 from .steptrace import Trace
 
 __all__ = ["ScriptFailed", "exit_status", "run_script"]

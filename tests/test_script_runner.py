@@ -124,7 +124,9 @@ def test_the_scripts_exit_status_passes_through(tmp_path, when, code, status, me
     # The file exists exactly when the step was recorded; a failing exit after it is reported after writing it.
     assert out.exists() == (when == "after")
     if when == "after":
-        assert gradtrace.Trace.from_json(out.read_text()).node(gradtrace.Trace.from_json(out.read_text()).loss).label == "sum"
+        t = gradtrace.Trace.from_json(out.read_text())
+        (leaf,) = [n for n in t.nodes if n.kind == "leaf"]
+        assert t.node(t.loss).label == "sum" and same(leaf.grad, stats_of(torch.full((2,), 2.0)))
 
 
 def test_exit_status_of_a_later_step(tmp_path):
