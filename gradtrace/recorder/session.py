@@ -78,6 +78,7 @@ class Session:
         self.optimizer_done = False
         self._stack = ExitStack()
         self._gc_was_enabled: bool | None = None
+        self._gc_functions: tuple[Callable[[], None], Callable[[], None], Callable[[], bool]] | None = None
         self._original_backward: Callable[..., Any] | None = None
         self.on_optimizer_done: Callable[[], None] | None = None
         self.on_backward_after_recorded: Callable[[], None] | None = None
@@ -122,12 +123,21 @@ class Session:
     def _pause_gc(self) -> None:
         # Recording allocates many small objects; Python's cyclic collector would then run full
         # collections over the whole heap (torch's included) mid-step, at a cost that grows with
-        # the model. It is paused from the start of the recorded step until the session ends.
+        # the model. It is paused while the step is recorded and resumed as soon as the backward
+        # is recorded (or the session ends). The user's own gc.enable()/gc.disable()/gc.isenabled()
+        # meanwhile act on the state to resume to, so a script that turns the collector off keeps it off.
         if self._gc_was_enabled is None:
             self._gc_was_enabled = gc.isenabled()
             gc.disable()
+            self._gc_functions = (gc.enable, gc.disable, gc.isenabled)
+            gc.enable = lambda: setattr(self, "_gc_was_enabled", True)  # type: ignore[assignment]
+            gc.disable = lambda: setattr(self, "_gc_was_enabled", False)  # type: ignore[assignment]
+            gc.isenabled = lambda: bool(self._gc_was_enabled)  # type: ignore[assignment]
 
     def _resume_gc(self) -> None:
+        if self._gc_functions is not None:
+            gc.enable, gc.disable, gc.isenabled = self._gc_functions  # type: ignore[assignment]
+            self._gc_functions = None
         if self._gc_was_enabled:
             gc.enable()
         self._gc_was_enabled = None
@@ -195,7 +205,12 @@ class Session:
         if bound.get("inputs") is not None:
             self.notes.append("backward(inputs=...): gradients were computed only toward the given tensors; "
                               "nodes outside their paths show no gradient")
-        return self.record_backward(roots, lambda: original(tensors, *args, **kwargs))
+        try:
+            return self.record_backward(roots, lambda: original(tensors, *args, **kwargs))
+        finally:
+            # The recording is over: the rest of the user's run (the optimizer step, a script run on
+            # with --run-to-end, a long capture block) has the collector as the user had it.
+            self._resume_gc()
 
     def outside_mode(self) -> Any:
         """A context in which gradtrace's own tensor work does not pass through its recorder.
