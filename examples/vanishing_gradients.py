@@ -5,8 +5,8 @@
     gradtrace check examples/vanishing_gradients.py -- --net sigmoid
 
 The colours show it: in the sigmoid net, each layer multiplies the gradient
-by at most 0.25 (the sigmoid's largest slope), so it fades from yellow near the
-loss to dark purple near the input. The residual net passes it through.
+by at most 0.25 (the sigmoid's largest slope), so it fades from green near the
+loss (magnitudes around 0.1 to 10) to dark purple near the input (below 1e-6). The residual net passes it through.
 
     python examples/vanishing_gradients.py [--net sigmoid|residual] [--depth N] [--steps N]
 """

@@ -1,13 +1,17 @@
 """The ``gradtrace`` command: thin click wrappers around the library.
 
-The library's own errors become ``click.ClickException`` (exit 1); click
-handles usage errors (exit 2). A script that raises gets its own traceback,
-without gradtrace's frames, and exit 1.
+Exit codes mean one thing each: 0 the file was written; the script's own
+non-zero status, passed through, when the script exits with one; 1 gradtrace
+could not produce the file, or the script raised; 2 a usage error; 70
+(EX_SOFTWARE) an internal error, a bug in gradtrace. A script that raises gets
+its own traceback, without gradtrace's frames.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +20,16 @@ import click
 from . import __version__
 from .errors import GradtraceError
 from .render.options import RANKDIRS, THEMES, RenderOptions
-from .render.output import FORMATS, format_for
+from .render.output import FORMATS, GRAPHVIZ_FORMATS, format_for
 
 __all__ = ["main"]
 
 _EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json": ".json", "text": ".txt", "html": ".html"}
+
+#: Exit status of a crash inside gradtrace itself (sysexits.h's EX_SOFTWARE): never a script's or a finding's.
+INTERNAL_ERROR = 70
+# ctx.meta key: the script's failure after its traced step, reported once the command has written its output.
+_LATE_FAILURE = "gradtrace.script_failed_after_step"
 
 
 def _script_options(f: Any) -> Any:
@@ -31,20 +40,79 @@ def _script_options(f: Any) -> Any:
     return f
 
 
-def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool) -> Any:
+def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool, *, fmt: str | None = None) -> Any:
+    """Run the script and return its trace, or end the command with the script's own status.
+
+    ``fmt``: the output format; one that needs Graphviz is checked for before
+    the script runs, not after a long training script has run.
+    """
     from .script import ScriptFailed, run_script
 
+    if fmt in GRAPHVIZ_FORMATS and shutil.which("dot") is None:
+        from .render.execute import INSTALL_HINT
+
+        raise click.ClickException(f"the Graphviz `dot` program is needed for {fmt} output but was not found on PATH "
+                                   f"(checked before running {Path(script).name}); {INSTALL_HINT}")
     try:
-        return run_script(script, script_args, step=step, run_to_end=run_to_end)
+        return run_script(script, script_args, step=step, run_to_end=run_to_end, keep_alive=True)
     except ScriptFailed as e:
-        sys.stdout.flush()
-        click.echo(e.report, err=True, nl=False)
-        raise SystemExit(1) from None
+        if e.trace is None:
+            sys.stdout.flush()  # the script's own output first, as it came
+            click.echo(e.report, err=True, nl=False)
+            raise SystemExit(e.status) from None
+        # The step was recorded before the script failed: the command writes it, then the failure is reported.
+        click.get_current_context().meta[_LATE_FAILURE] = e
+        return e.trace
     except GradtraceError as e:
         raise click.ClickException(str(e)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _report_late_failure(ctx: click.Context) -> int:
+    """Print the script's failure after its traced step, if any; return its exit status (0 if none)."""
+    failure = ctx.meta.pop(_LATE_FAILURE, None)
+    if failure is None:
+        return 0
+    sys.stdout.flush()
+    click.echo(failure.report, err=True, nl=False)
+    return int(failure.status)
+
+
+class _Command(click.Group):
+    """The ``gradtrace`` group: turns every outcome into its one exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            result = super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
+            _report_late_failure(ctx)
+            raise
+        except GradtraceError as e:  # one a command did not map itself: still gradtrace's own, clear error
+            _report_late_failure(ctx)
+            raise click.ClickException(str(e)) from None
+        except Exception:
+            _report_late_failure(ctx)
+            sys.stdout.flush()
+            click.echo("gradtrace internal error: this is a bug in gradtrace, not in your script; please report it "
+                       "with this traceback:\n" + traceback.format_exc(), err=True, nl=False)
+            raise SystemExit(INTERNAL_ERROR) from None
+        status = _report_late_failure(ctx)
+        if status:
+            raise SystemExit(status)
+        return result
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The process's own entry (the console script, python -m gradtrace); CliRunner calls main() instead.
+        try:
+            return self.main(*args, **kwargs)
+        except SystemExit as e:
+            if "gradtrace._script_process" in sys.modules:
+                from ._script_process import finish
+
+                finish(e.code)  # does not return if a stopped script's threads would hang the exit
+            raise
+
+
+@click.group(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="gradtrace")
 def main() -> None:
     """See one PyTorch training step: every autograd node with its value, its gradient, and backprop's order.
@@ -73,9 +141,11 @@ def main() -> None:
               help="Without --depth, collapse modules until the diagram has at most this many nodes (nothing is dropped: nodes are grouped).")
 @click.option("--module", "module", default=None, metavar="PATH", help="Draw only this module (e.g. encoder.layer.3), with its inputs and outputs as boundary nodes.")
 @click.option("--no-fold", is_flag=True, help="Do not fold runs of identical sibling modules (a transformer's layers) into one ×K node.")
+@click.option("--edge-grads/--no-edge-grads", "edge_grads", default=None,
+              help="Label each edge with the gradient sent back along it. Default: only on small diagrams (tooltips always say it).")
 def render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
            rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
-           module: str | None, no_fold: bool) -> None:
+           module: str | None, no_fold: bool, edge_grads: bool | None) -> None:
     """Run SCRIPT as `python SCRIPT SCRIPT_ARGS` would and draw its training step.
 
     The script is unmodified: gradtrace records the forward that leads to its
@@ -92,6 +162,16 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         gradtrace render train.py -o step.svg -- --lr 0.1 --epochs 5
         gradtrace render train.py --depth 1                # one node per top-level block
         gradtrace render train.py --module encoder.layer.3
+
+    \b
+    Exit status:
+        0    the file was written (the script stopped after the step, or ran to its end)
+        N    the script's own non-zero status (sys.exit(N)), passed through; the file
+             is written first when the step was recorded before the exit
+        1    gradtrace could not produce the file, or the script raised (its
+             traceback is printed; the file is written first when the step was recorded)
+        2    usage error (a bad option, a missing script)
+        70   internal error: a bug in gradtrace (its traceback is printed)
     """
     if output is not None:
         try:
@@ -104,10 +184,11 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     fmt = fmt or "svg"
     try:
         options = RenderOptions(rankdir=rankdir, show_values=not no_values, show_grads=not no_grads, theme=theme, timeout=timeout,
-                                depth=depth, max_nodes=max_nodes, module=module, fold=not no_fold)
+                                depth=depth, max_nodes=max_nodes, module=module, fold=not no_fold,
+                                edge_grads=edge_grads)
     except GradtraceError as e:
         raise click.UsageError(str(e)) from None
-    trace = _run(script, script_args, step, run_to_end)
+    trace = _run(script, script_args, step, run_to_end, fmt=fmt)
     try:
         if output is None and fmt == "text":
             from .render.text import to_text

@@ -9,6 +9,7 @@ dropped, only grouped. No torch here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -119,14 +120,16 @@ def build_view(trace: Trace, depth: int | None = None, fold: bool = True, module
         path = None
         if depth is not None and k not in boundary:
             # With a focus, depth counts the levels below the focused module, which itself stays open.
-            path = _prefix(n.module, depth + (len(module.split(".")) if module is not None else 0))
+            # By scope, not module: a module called twice (the course Net's pool) is two blocks,
+            # pool and pool#2, else one block would both feed and read conv2: a cycle on the page.
+            path = _prefix(n.scope or n.module, depth + (len(module.split(".")) if module is not None else 0))
         if path is None:
             owner[k] = k
             continue
         bkey = f"module:{path}"
         blk = blocks.get(bkey)
         if blk is None:
-            blk = blocks[bkey] = Block(bkey, [path], trace.modules.get(path, ""), [], None)
+            blk = blocks[bkey] = Block(bkey, [path], trace.modules.get(re.sub(r"#\d+(?=\.|$)", "", path), ""), [], None)
         blk.members.append(k)
         owner[k] = bkey
     for blk in blocks.values():

@@ -44,10 +44,12 @@ def _float_from_json(x: Any) -> float | None:
 class TensorStats:
     """Summary statistics of one tensor (a forward value or a gradient).
 
-    ``min``, ``max``, ``mean``, ``std`` and ``norm`` are over all elements, so a
-    single NaN makes ``mean`` NaN; ``nan`` and ``inf`` count the offending
-    elements. They are ``None`` for empty tensors and for dtypes that have no
-    order (complex: then they describe the magnitudes). ``values`` holds every
+    ``min``, ``max``, ``mean``, ``std`` and ``norm`` are over the finite
+    elements: ``nan`` and ``inf`` count the others, so a tensor with one NaN
+    among a million reads "NaN: 1" beside the statistics of the rest rather
+    than "NaN ± NaN" (``mean`` divides by ``numel − nan − inf``). They are
+    ``None`` for empty tensors and when no element is finite. Complex tensors
+    are described by their magnitudes. ``values`` holds every
     element exactly (flattened, row-major) when the tensor has at most
     ``EXACT_VALUES_MAX`` elements, else ``None``.
 

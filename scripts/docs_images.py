@@ -20,9 +20,9 @@ IMAGES = ROOT / "docs" / "images"
 DIAGRAMS: list[tuple[str, str, list[str], dict]] = [
     ("gradient_descent.svg", "gradient_descent.py", [], {}),
     ("training_loop.svg", "training_loop.py", ["--epochs", "1"], {}),
-    ("sgd_full.svg", "sgd_minibatch.py", ["--mode", "full"], {"rankdir": "LR"}),
-    ("sgd_single.svg", "sgd_minibatch.py", ["--mode", "sgd"], {"rankdir": "LR"}),
-    ("sgd_minibatch.svg", "sgd_minibatch.py", ["--mode", "minibatch"], {"rankdir": "LR"}),
+    ("sgd_full.svg", "sgd_minibatch.py", ["--mode", "full"], {}),  # top to bottom: about 800 pt wide, legible inline
+    ("sgd_single.svg", "sgd_minibatch.py", ["--mode", "sgd"], {}),
+    ("sgd_minibatch.svg", "sgd_minibatch.py", ["--mode", "minibatch"], {}),
     ("vanishing_sigmoid.svg", "vanishing_gradients.py", ["--net", "sigmoid", "--depth", "6"], {"show_values": False}),
     ("vanishing_residual.svg", "vanishing_gradients.py", ["--net", "residual", "--depth", "6"], {"show_values": False}),
     ("nan_hunt.svg", "nan_hunt.py", [], {}),

@@ -226,8 +226,10 @@ def test_text_table():
     from gradtrace.render.text import to_text
 
     lines = to_text(t).splitlines()
-    assert re.split(r"\s{2,}", lines[0]) == ["step", "node", "module", "shape", "value", "grad"]
+    header = re.split(r"\s{2,}", lines[0])
+    assert header[:6] == ["step", "node", "module", "shape", "value", "grad"] and header[6:] in ([], ["source"])
     assert lines[1].startswith("1 ") and "nll_loss (loss)" in lines[1]
     steps = [ln.split()[0] for ln in lines[1:]]
     assert steps[: len(t.backward_order())] == [str(i) for i in range(1, len(t.backward_order()) + 1)]
-    assert lines[-1].startswith("-") and " x " in lines[-1]
+    rows = lines[: 1 + len(t.nodes)]  # the table; what each edge carried follows it once capture records that
+    assert rows[-1].startswith("-") and " x " in rows[-1]

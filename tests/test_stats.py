@@ -65,13 +65,15 @@ def test_nan_and_inf_counts(size, accelerator_path):
     h = buf.add(t)
     s = buf.materialize()[h]
     assert (s.nan, s.inf) == (1, 2)
-    assert math.isnan(s.mean) and math.isnan(s.norm) and not s.finite
+    finite = t[3:].double()  # the numbers describe the finite elements (tests/test_nonfinite.py has more)
+    assert math.isclose(s.mean, finite.mean().item(), rel_tol=1e-5, abs_tol=1e-6) and not s.finite
     u = torch.randn(size)
     u[3] = float("inf")
     buf = StatsBuffer(accelerator_path=accelerator_path)
     h = buf.add(u)
     s = buf.materialize()[h]
-    assert (s.nan, s.inf) == (0, 1) and s.max == math.inf and s.norm == math.inf and math.isnan(s.std)
+    finite = torch.cat((u[:3], u[4:])).double()
+    assert (s.nan, s.inf) == (0, 1) and s.max == finite.max().item() and math.isclose(s.norm, finite.norm().item(), rel_tol=1e-5)
 
 
 def test_empty_tensor():

@@ -17,23 +17,52 @@ from ..errors import CaptureError
 from ..records import TraceEdge, TraceNode
 from ..steptrace import Trace
 
+from .forward import rename_path
+
 if TYPE_CHECKING:
     from .backward import NodeKey
     from .session import Session
 
 __all__ = ["assemble", "op_label"]
 
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# Word boundaries of a CamelCase name: lower->Upper, and an acronym's end (``DWith`` -> ``D_With``).
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+@functools.lru_cache(maxsize=1)
+def _aten_names() -> dict[str, str]:
+    """ATen op names keyed by their letters and digits alone, lower case (``maxpool2dwithindices``).
+
+    torch names an op's autograd node by CamelCasing the op's name (``max_pool2d_with_indices`` ->
+    ``MaxPool2DWithIndicesBackward0``), which loses where the words of ``2d``, ``log1p`` or
+    ``smooth_l1_loss`` break; the op's own name is the one to show. Leading underscores (private
+    ATen variants, ``_log_softmax``) are dropped; the public spelling wins a tie.
+    """
+    import torch
+
+    names: dict[str, str] = {}
+    for full in torch._C._dispatch_get_all_op_names():
+        if not full.startswith("aten::"):
+            continue
+        name = full[6:].split(".")[0].lstrip("_")
+        key = name.replace("_", "").lower()
+        if key not in names or len(name) < len(names[key]):
+            names[key] = name
+    return names
 
 
 @functools.lru_cache(maxsize=4096)
 def op_label(grad_fn_name: str) -> str:
-    """The name a person reads for an autograd node: ``AddmmBackward0`` -> ``addmm``.
+    """The name a person reads for an autograd node: the ATen op behind it, ``AddmmBackward0`` -> ``addmm``.
 
-    >>> op_label("NativeLayerNormBackward0"), op_label("CopySlices")
-    ('native_layer_norm', 'copy_slices')
+    >>> op_label("MaxPool2DWithIndicesBackward0"), op_label("NativeLayerNormBackward0"), op_label("CopySlices")
+    ('max_pool2d_with_indices', 'native_layer_norm', 'copy_slices')
     """
     base = re.sub(r"Backward\d*$", "", grad_fn_name) or grad_fn_name
+    aten = _aten_names().get(base.lower())
+    if aten is not None:
+        return aten
+    # Not an ATen op (a custom autograd.Function, CopySlices): split the CamelCase, keeping ``2D`` whole.
     return _CAMEL.sub("_", base).lower()
 
 
@@ -51,6 +80,10 @@ def assemble(session: Session) -> Trace:
         )
     param_names = session.modules.named_parameters()
     fwd = session.recorder.nodes
+    # Roots named in the order they were first called are renamed now that the step says which is the model.
+    prefixes = session.modules.final_prefixes({id(n.variable) for k, n in graph.nodes.items() if k[1] == "AccumulateGrad"})
+    if prefixes:
+        param_names = {pid: rename_path(name, prefixes) for pid, name in param_names.items()}
 
     ops = sorted((k for k in graph.nodes if k[1] != "AccumulateGrad"), key=lambda k: k[0])
     leaves = [k for k in graph.nodes if k[1] == "AccumulateGrad"]
@@ -75,9 +108,11 @@ def assemble(session: Session) -> Trace:
         n_out = max(len(grads), (max(rec.stats) + 1) if rec and rec.stats else 0, 1)
         grad_stats = stats_list(grads, len(grads)) + (None,) * (n_out - len(grads))
         nodes.append(TraceNode(
-            key=keys[k], kind="op", label=op_label(type(node).__name__), module=rec.module if rec else "",
+            key=keys[k], kind="op", label=op_label(type(node).__name__), module=rename_path(rec.module, prefixes) if rec else "",
             grad_fn=type(node).__name__, values=stats_list(rec.stats if rec else {}, n_out), grads=grad_stats,
             forward_step=i + 1, backward_step=backward_step.get(k),
+            source=rec.source if rec else None, args=rec.args if rec else "",
+            scope=rename_path(rec.scope, prefixes) if rec else "",
         ))
     unnamed = 0
     for k in params + others:
@@ -93,7 +128,7 @@ def assemble(session: Session) -> Trace:
             kind, label, module = "param", name, name.rpartition(".")[0]
         else:
             inp = session._input_ids.get(id(var))
-            if inp is not None:
+            if inp is not None and session.inputs[inp].label:
                 label = session.inputs[inp].label
             elif id(var) in session._leaf_names:
                 label = session._leaf_names[id(var)]
@@ -105,14 +140,19 @@ def assemble(session: Session) -> Trace:
             grads=stats_list(bwd.grads.get(k, []), 1) if k in bwd.grads else (None,),
             backward_step=backward_step.get(k), update=update_stats,
             update_ratio=None if ratio is None or math.isnan(ratio) else ratio,
+            sgd_update=None if id(var) not in session._sgd_updates else stats[session._sgd_updates[id(var)]],
         ))
     edges: list[TraceEdge] = []
     seen: set[tuple[str, str, int]] = set()
+    uses: dict[tuple[NodeKey, NodeKey, int], int] = {}
+    for src, dst, out in graph.edges:
+        uses[(src, dst, out)] = uses.get((src, dst, out), 0) + 1
     for src, dst, out in graph.edges:
         e = (keys[src], keys[dst], out)
         if e not in seen:
             seen.add(e)
-            edges.append(TraceEdge(*e))
+            sent = bwd.edge_grads.get(dst, {}).get((src, out))
+            edges.append(TraceEdge(*e, grad=None if sent is None else stats[sent], uses=uses[(src, dst, out)]))
     used_inputs: dict[int, str] = {}
     for k in ops:
         rec = fwd.get(k)
@@ -126,9 +166,12 @@ def assemble(session: Session) -> Trace:
                 edges.append(TraceEdge(*e))
     for idx, key in sorted(used_inputs.items(), key=lambda kv: kv[1]):
         inp = session.inputs[idx]
-        nodes.append(TraceNode(key=key, kind="input", label=inp.label, values=(stats[inp.stats],)))
+        # Unnamed inputs are numbered among those drawn, not among every tensor a module call was handed.
+        label = inp.label or f"input {key[len('input'):]}"
+        nodes.append(TraceNode(key=key, kind="input", label=label, values=(stats[inp.stats],)))
 
-    modules = {path: cls for path, cls in session.modules.classes.items() if path}
+    modules = {rename_path(path, prefixes): cls for path, cls in session.modules.classes.items()}
+    modules = {path: cls for path, cls in modules.items() if path}
     if len(graph.roots) > 1:
         session.notes.append(f"backward() started from {len(graph.roots)} tensors at once; the first is marked as the loss")
     return Trace(nodes=tuple(nodes), edges=tuple(edges), loss=keys[graph.roots[0]], modules=modules, optimizer=session.optimizer,

@@ -10,6 +10,7 @@ of the calls is the order backprop visited the graph.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -32,6 +33,9 @@ class GraphWalk:
     nodes: dict[NodeKey, Any] = field(default_factory=dict)  # key -> autograd node, in visit order
     edges: list[tuple[NodeKey, NodeKey, int]] = field(default_factory=list)  # (producer, consumer, output_nr)
     roots: list[NodeKey] = field(default_factory=list)
+    #: consumer -> its inputs as ``next_functions`` lists them: (producer, output_nr, slot), slot being
+    #: the position in ``next_functions`` (and in the consumer's ``grad_inputs``); empty slots left out.
+    slots: dict[NodeKey, list[tuple[NodeKey, int, int]]] = field(default_factory=dict)
 
 
 def walk(root_nodes: Iterable[Any]) -> GraphWalk:
@@ -52,11 +56,13 @@ def walk(root_nodes: Iterable[Any]) -> GraphWalk:
     while queue:
         node = queue.popleft()
         consumer = node_id(node)
-        for child, output_nr in node.next_functions:
+        slots = g.slots[consumer] = []
+        for slot, (child, output_nr) in enumerate(node.next_functions):
             if child is None:
                 continue
             key = node_id(child)
             g.edges.append((key, consumer, output_nr))
+            slots.append((key, output_nr, slot))
             if key not in g.nodes:
                 g.nodes[key] = child
                 queue.append(child)
@@ -64,40 +70,129 @@ def walk(root_nodes: Iterable[Any]) -> GraphWalk:
 
 
 class BackwardRecorder:
-    """Pre-hooks on every node of a walk: gradient statistics and visit order."""
+    """Hooks on every node of a walk: gradient statistics, visit order, and the gradient each
+    node sent back along each of its input edges (``edge_grads``)."""
 
     def __init__(self, graph: GraphWalk, stats: StatsBuffer) -> None:
         self.stats = stats
         self.order: list[NodeKey] = []
         self.grads: dict[NodeKey, list[int | None]] = {}
+        #: consumer -> (producer, output_nr) -> stats handle of the gradient sent along that edge (summed
+        #: over the slots it fills, as in ``x * x``), None where the backward sent none.
+        self.edge_grads: dict[NodeKey, dict[tuple[NodeKey, int], int | None]] = {}
         self.handles: list[RemovableHandle] = []
         self._lock = threading.Lock()
-        self._deferred: set[NodeKey] = set()  # AccumulateGrad nodes whose gradient is read after they ran
+        # id(gradient a node sent) -> (weak reference, stats handle, version): a producer with one consumer
+        # usually receives that very tensor, whose statistics are then not computed twice.
+        self._sent: dict[int, tuple[weakref.ref[torch.Tensor], int, int]] = {}
+        # A leaf's AccumulateGrad takes its incoming gradient over as .grad without a copy only if nobody
+        # else holds it; holding it (for the leaf's statistics or for the edge that sent it) would cost a
+        # copy per parameter, a launch and the memory, and one op more than torch runs. Where .grad will
+        # be that tensor's values, it is read from .grad after AccumulateGrad ran instead.
         self._variables = {k: n.variable for k, n in graph.nodes.items() if k[1] == "AccumulateGrad"}
+        fan_in: dict[NodeKey, int] = {}
+        for consumer_slots in graph.slots.values():
+            for producer, _, _ in consumer_slots:
+                fan_in[producer] = fan_in.get(producer, 0) + 1
+        # Leaves fed by one slot of one consumer: the gradient sent along that edge is what the leaf gets.
+        self._lone_leaves = {k for k in self._variables if fan_in.get(k) == 1}
+        # leaf -> (consumer, edge, weak reference, version) of the gradient sent to it, not held.
+        self._waiting: dict[NodeKey, tuple[NodeKey, tuple[NodeKey, int], weakref.ref[torch.Tensor], int]] = {}
+        # leaf whose gradient is read from .grad once it ran -> the waiting edge that takes the same handle.
+        self._deferred: dict[NodeKey, tuple[NodeKey, tuple[NodeKey, int]] | None] = {}
         for key, node in graph.nodes.items():
             self.handles.append(node.register_prehook(self._hook_for(key)))
-            if key[1] == "AccumulateGrad":
+            slots = graph.slots.get(key)
+            if slots:
+                self.handles.append(node.register_hook(self._post_hook_for(key, slots)))
+            if key in self._variables:
                 self.handles.append(node.register_hook(self._leaf_hook_for(key, node)))
+
+    def _takes_over(self, key: NodeKey) -> bool:
+        """Whether the leaf's .grad will hold exactly the gradient it receives (no .grad yet to add to,
+        no hook of the user's between the two)."""
+        v = self._variables.get(key)
+        return (v is not None and v.grad is None and not v._backward_hooks
+                and not getattr(v, "_post_accumulate_grad_hooks", None))
+
+    def _post_hook_for(self, key: NodeKey, slots: list[tuple[NodeKey, int, int]]) -> Any:
+        lock = self._lock
+        groups: dict[tuple[NodeKey, int], list[int]] = {}
+        for producer, output_nr, slot in slots:
+            groups.setdefault((producer, output_nr), []).append(slot)
+        plain = all(len(s) == 1 for s in groups.values())
+
+        def posthook(grad_inputs: tuple[torch.Tensor | None, ...], grad_outputs: Any) -> None:
+            # grad_inputs is aligned with next_functions: one gradient per input edge of this node.
+            with lock:
+                add = self._add_sent
+                sent: dict[tuple[NodeKey, int], int | None] = {}
+                self.edge_grads[key] = sent
+                for e, s in groups.items():
+                    if plain:
+                        g = grad_inputs[s[0]]
+                        if g is not None and e[0] in self._lone_leaves and self._takes_over(e[0]):
+                            sent[e] = None  # (filled with the leaf's handle when it ran: see _leaf_received)
+                            self._waiting[e[0]] = (key, e, weakref.ref(g), g._version)
+                        else:
+                            sent[e] = None if g is None else add(g)
+                        continue
+                    parts = [grad_inputs[i] for i in s if grad_inputs[i] is not None]
+                    if not parts:
+                        sent[e] = None
+                        continue
+                    total = parts[0]
+                    for p in parts[1:]:
+                        total = total + p  # one tensor fed several inputs: the chain rule sums them
+                    sent[e] = add(total)
+            return None
+
+        return posthook
+
+    def _add_sent(self, g: torch.Tensor) -> int:
+        handle = self.stats.add(g)
+        try:
+            self._sent[id(g)] = (weakref.ref(g), handle, g._version)
+        except (TypeError, RuntimeError):  # (a tensor without weak references or version counter)
+            pass
+        return handle
 
     def _hook_for(self, key: NodeKey) -> Any:
         lock = self._lock
 
-        leaf = key[1] == "AccumulateGrad"
-        variable = self._variables.get(key)
+        leaf = key in self._variables
 
         def prehook(grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
             # The engine runs each device's nodes on its own thread: a graph on two devices calls
             # these hooks from two threads at once.
             with lock:
                 self.order.append(key)
-                if leaf and variable is not None and variable.grad is None:
-                    # AccumulateGrad takes the incoming gradient as .grad without a copy only if nobody
-                    # else holds it; holding it here would cost a copy (a launch and the memory) per
-                    # parameter. The post-hook reads the same values from .grad instead.
+                waiting = self._waiting.pop(key, None) if leaf else None
+                edge = None
+                if waiting is not None and grad_outputs and grad_outputs[0] is not None \
+                        and waiting[2]() is grad_outputs[0] and waiting[3] == grad_outputs[0]._version:
+                    edge = waiting[:2]  # the leaf receives the very tensor its one edge sent
+                if leaf and self._takes_over(key) and grad_outputs and grad_outputs[0] is not None:
+                    # The post-hook reads the same values from .grad (see __init__).
                     self.grads[key] = [None]
-                    self._deferred.add(key)
+                    self._deferred[key] = edge
+                    if waiting is not None and edge is None:
+                        self._resolve_edge(waiting, None)
                     return None
-                self.grads[key] = [None if g is None else self.stats.add(g) for g in grad_outputs]
+                sent = self._sent
+                handles: list[int | None] = []
+                for g in grad_outputs:
+                    if g is None:
+                        handles.append(None)
+                        continue
+                    hit = sent.pop(id(g), None)
+                    if hit is not None and hit[0]() is g and hit[2] == g._version:
+                        handles.append(hit[1])  # the tensor its consumer sent, unchanged: the same statistics
+                    else:
+                        handles.append(self.stats.add(g))
+                self.grads[key] = handles
+                if waiting is not None:
+                    self._resolve_edge(waiting, handles[0] if edge is not None else None)
             return None
 
         return prehook
@@ -108,15 +203,34 @@ class BackwardRecorder:
         def posthook(grad_inputs: Any, grad_outputs: Any) -> None:
             with lock:
                 if key in self._deferred:
-                    self._deferred.discard(key)
+                    edge = self._deferred.pop(key)
                     g = node.variable.grad
                     if g is not None:
                         self.grads[key] = [self.stats.add(g)]
+                        if edge is not None:
+                            self.edge_grads[edge[0]][edge[1]] = self.grads[key][0]
             return None
 
         return posthook
+
+    def _resolve_edge(self, waiting: tuple[NodeKey, tuple[NodeKey, int], weakref.ref[torch.Tensor], int],
+                      handle: int | None) -> None:
+        """The statistics of a gradient sent to a leaf and not held: ``handle`` when the leaf's are
+        those, else read now if the tensor is still there unchanged."""
+        consumer, e, ref, version = waiting
+        if handle is None:
+            g = ref()
+            if g is not None and g._version == version:
+                handle = self.stats.add(g)
+        self.edge_grads[consumer][e] = handle
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        self._sent.clear()
+        with self._lock:
+            # Gradients sent to leaves that never ran (torch.autograd.grad returns them instead).
+            for waiting in self._waiting.values():
+                self._resolve_edge(waiting, None)
+            self._waiting.clear()

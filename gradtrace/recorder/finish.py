@@ -36,32 +36,33 @@ def python_stats(m: Meta, values: list[float]) -> TensorStats:
     n = len(values)
     nan = sum(1 for v in values if math.isnan(v))
     inf = sum(1 for v in values if math.isinf(v))
-    if nan:
-        mn = mx = mean = std = norm = math.nan
-    else:
-        mn, mx = min(values), max(values)
-        if inf:
-            # var and std of a tensor holding an infinity are undefined, as torch.var_mean says.
-            mean, std, norm = sum(values) / n, math.nan, math.inf
-        else:
-            mean = math.fsum(values) / n
-            std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
-            norm = math.sqrt(math.fsum(v * v for v in values))
-    return TensorStats(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, tuple(values) if m.keep_values else None)
+    finite = [v for v in values if math.isfinite(v)] if nan or inf else values
+    kept = tuple(values) if m.keep_values else None
+    if not finite:
+        return TensorStats(m.shape, m.dtype, m.device, n, None, None, None, None, None, nan, inf, kept)
+    # (Over the finite elements alone when there are NaNs or infinities: see TensorStats.)
+    mn, mx = min(finite), max(finite)
+    mean = math.fsum(finite) / len(finite)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / len(finite))
+    norm = math.sqrt(math.fsum(v * v for v in finite))
+    return TensorStats(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, kept)
 
 
 def from_sums(m: Meta, mn: float, mx: float, total: float, squares: float, centred: float | None, nan: int, inf: int,
               values: tuple[float, ...] | None) -> TensorStats:
-    """A TensorStats from min, max, Σx, Σx² (and Σ(x−mean)² when known) of ``m.numel`` elements."""
+    """A TensorStats from min, max, Σx, Σx² (and Σ(x−mean)² when known) of ``m.numel`` elements.
+
+    When ``nan`` or ``inf`` is not zero, the numbers are those of the ``numel − nan − inf``
+    finite elements (as TensorStats documents), and are all None when there are none.
+    """
     n = m.numel
-    mean = total / n
-    if nan:
-        mn = mx = mean = std = norm = math.nan
-    elif inf:
-        std, norm = math.nan, math.inf
-    else:
-        var = centred / n if centred is not None else squares / n - mean * mean
-        std, norm = math.sqrt(max(var, 0.0)), math.sqrt(squares)
+    count = n - nan - inf
+    if count <= 0:
+        return TensorStats._of(m.shape, m.dtype, m.device, n, None, None, None, None, None, nan, inf,
+                               values if m.keep_values else None)
+    mean = total / count
+    var = centred / count if centred is not None else squares / count - mean * mean
+    std, norm = math.sqrt(max(var, 0.0)), math.sqrt(squares)
     return TensorStats._of(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, values if m.keep_values else None)
 
 

@@ -72,11 +72,13 @@ class Session:
         self._backward: BackwardRecorder | None = None
         self._leaf_stats: dict[NodeKey, int] = {}
         self._updates: dict[int, int] = {}  # id(variable) -> stats handle of w_after - w_before
+        self._sgd_updates: dict[int, int] = {}  # id(variable) -> stats handle of the update plain SGD meant
         self._before_step: dict[int, torch.Tensor] = {}
         self.optimizer: OptimizerStep | None = None
         self.optimizer_done = False
         self._stack = ExitStack()
         self._gc_was_enabled: bool | None = None
+        self._gc_functions: tuple[Callable[[], None], Callable[[], None], Callable[[], bool]] | None = None
         self._original_backward: Callable[..., Any] | None = None
         self.on_optimizer_done: Callable[[], None] | None = None
         self.on_backward_after_recorded: Callable[[], None] | None = None
@@ -121,12 +123,21 @@ class Session:
     def _pause_gc(self) -> None:
         # Recording allocates many small objects; Python's cyclic collector would then run full
         # collections over the whole heap (torch's included) mid-step, at a cost that grows with
-        # the model. It is paused from the start of the recorded step until the session ends.
+        # the model. It is paused while the step is recorded and resumed as soon as the backward
+        # is recorded (or the session ends). The user's own gc.enable()/gc.disable()/gc.isenabled()
+        # meanwhile act on the state to resume to, so a script that turns the collector off keeps it off.
         if self._gc_was_enabled is None:
             self._gc_was_enabled = gc.isenabled()
             gc.disable()
+            self._gc_functions = (gc.enable, gc.disable, gc.isenabled)
+            gc.enable = lambda: setattr(self, "_gc_was_enabled", True)  # type: ignore[assignment]
+            gc.disable = lambda: setattr(self, "_gc_was_enabled", False)  # type: ignore[assignment]
+            gc.isenabled = lambda: bool(self._gc_was_enabled)  # type: ignore[assignment]
 
     def _resume_gc(self) -> None:
+        if self._gc_functions is not None:
+            gc.enable, gc.disable, gc.isenabled = self._gc_functions  # type: ignore[assignment]
+            self._gc_functions = None
         if self._gc_was_enabled:
             gc.enable()
         self._gc_was_enabled = None
@@ -157,7 +168,7 @@ class Session:
         if id(t) in self._input_ids:
             return
         i = len(self.inputs)
-        label = self._input_names[i] if i < len(self._input_names) else f"input {i}"
+        label = self._input_names[i] if i < len(self._input_names) else ""  # "" : numbered when drawn
         self._input_ids[id(t)] = i
         with self.outside_mode():
             self.inputs.append(_Input(label, t, self.stats.add(t)))
@@ -194,7 +205,12 @@ class Session:
         if bound.get("inputs") is not None:
             self.notes.append("backward(inputs=...): gradients were computed only toward the given tensors; "
                               "nodes outside their paths show no gradient")
-        return self.record_backward(roots, lambda: original(tensors, *args, **kwargs))
+        try:
+            return self.record_backward(roots, lambda: original(tensors, *args, **kwargs))
+        finally:
+            # The recording is over: the rest of the user's run (the optimizer step, a script run on
+            # with --run-to-end, a long capture block) has the collector as the user had it.
+            self._resume_gc()
 
     def outside_mode(self) -> Any:
         """A context in which gradtrace's own tensor work does not pass through its recorder.
@@ -220,7 +236,9 @@ class Session:
         with self.outside_mode():
             graph = self._walk = walk(root_nodes)
             self._recorded = True
-            names = names_from_frames()
+            found: list[nn.Module] = []
+            names = names_from_frames(modules=found)
+            self._name_unhooked_parameters(graph, found)
             for key, node in graph.nodes.items():
                 if key[1] == "AccumulateGrad":
                     self._leaf_stats[key] = self.stats.add(node.variable)
@@ -234,6 +252,21 @@ class Session:
                 self._backward.remove()
                 # Read every held value and gradient now, before anything (an optimizer step) changes them.
                 self.stats.settle()
+
+    def _name_unhooked_parameters(self, graph: GraphWalk, found: list[nn.Module]) -> None:
+        """Leaves that no known module names (its calls bypassed module hooks: ``net.forward(x)``)
+        are named by a module of the user's code that holds them as parameters."""
+        if not found:
+            return
+        named = self.modules.named_parameters()
+        loose = {id(n.variable) for k, n in graph.nodes.items() if k[1] == "AccumulateGrad" and id(n.variable) not in named}
+        for module in found:
+            if not loose:
+                return
+            owned = {id(p) for p in module.parameters()} & loose
+            if owned:
+                self.modules.add_found_root(module)
+                loose -= owned
 
     @property
     def backward_recorded(self) -> bool:
@@ -260,6 +293,9 @@ class Session:
                     before = self._before_step.pop(id(p), None)
                     if before is not None:
                         self._updates[id(p)] = self.stats.add(p.detach() - before)
+                        intended = sgd_update(opt, group, p, before)
+                        if intended is not None:
+                            self._sgd_updates[id(p)] = self.stats.add(intended)
         self._before_step.clear()
         groups = opt.param_groups
         lrs = {float(g["lr"]) for g in groups if "lr" in g and not isinstance(g["lr"], torch.Tensor)}
@@ -288,7 +324,7 @@ class Session:
 _LIBRARY_PREFIXES = ("torch", "gradtrace", "runpy", "click", "contextlib", "importlib")
 
 
-def names_from_frames(max_frames: int = 3) -> dict[int, str]:
+def names_from_frames(max_frames: int = 3, modules: list[nn.Module] | None = None) -> dict[int, str]:
     """id(tensor) -> the variable name it has in the user's code that called backward.
 
     Looks at the first few frames outside torch and gradtrace (locals, then
@@ -306,6 +342,8 @@ def names_from_frames(max_frames: int = 3) -> dict[int, str]:
                 for name, value in list(scope.items()):
                     if isinstance(value, torch.Tensor) and not name.startswith("_"):
                         names.setdefault(id(value), name)
+                    elif modules is not None and isinstance(value, nn.Module) and not any(m is value for m in modules):
+                        modules.append(value)  # (models the user's code holds, to name their parameters)
         frame = frame.f_back
     return names
 
@@ -324,3 +362,28 @@ def input_names(fn: Any, n: int) -> list[str]:
         else:
             break
     return names[:n] if len(names) >= n else []
+
+
+def sgd_update(opt: torch.optim.Optimizer, group: dict[str, Any], p: torch.Tensor, before: torch.Tensor) -> torch.Tensor | None:
+    """The change ``torch.optim.SGD`` meant to make to ``p`` (read after its step), or None.
+
+    ``-lr * d`` where ``d = grad + weight_decay * w_before`` (``-grad`` when
+    maximizing); with momentum ``d`` is the new momentum buffer (``d + momentum * buf``
+    with Nesterov), as ``torch.optim.SGD`` computes them. The applied change ``w_after - w_before`` differs from it by
+    float32 rounding of ``w``; this is the one "Δw = −lr × grad" describes.
+    """
+    if type(opt) is not torch.optim.SGD or p.grad is None or p.grad.is_sparse:
+        return None
+    lr = group["lr"]
+    lr = float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
+    d = -p.grad.detach() if group.get("maximize") else p.grad.detach()
+    decay = group.get("weight_decay", 0)
+    if isinstance(decay, torch.Tensor) or decay:
+        d = d + decay * before
+    momentum = group.get("momentum", 0)
+    if momentum:
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        if buf is None:
+            return None
+        d = d + momentum * buf if group.get("nesterov") else buf
+    return d * -lr

@@ -353,6 +353,9 @@ class StatsBuffer:
         if not (math.isfinite(total) and math.isfinite(squares)):
             x = m if row is None else m[row]
             nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            if nan or inf:
+                return _finite_part(meta, x, nan, inf)
+            # (else finite elements whose float32 sums overflowed: described as they are)
         elif mn == mx:
             centred = 0.0  # every element equal (a zero bias, the gradient of a mean): no spread
         elif needs_centring(total, squares, n):
@@ -385,6 +388,17 @@ class StatsBuffer:
         if len(result) != len(self._done):
             raise RuntimeError("gradtrace internal error: a statistic was never finished")
         return result
+
+def _finite_part(meta: Meta, x: torch.Tensor, nan: int, inf: int) -> TensorStats:
+    """Statistics of the finite elements of ``x`` (a CPU tensor holding NaN or infinity), in double precision."""
+    finite = x[torch.isfinite(x)].double()
+    if finite.numel() == 0:
+        return from_sums(meta, 0.0, 0.0, 0.0, 0.0, None, nan, inf, None)
+    lo, hi = torch.aminmax(finite)
+    total = finite.sum().item()
+    centred = (finite - total / finite.numel()).square_().sum().item()
+    return from_sums(meta, lo.item(), hi.item(), total, torch.dot(finite, finite).item(), centred, nan, inf, None)
+
 
 def stats_of(tensor: torch.Tensor) -> TensorStats:
     """The TensorStats of one tensor, computed the same way capture computes them.

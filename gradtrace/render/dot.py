@@ -15,6 +15,7 @@ import graphviz
 from ..collapse import View, choose_view
 from ..diagnose import Finding
 from . import fmt
+from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_module, scope_title, sent_back, show_edge_grads
 from .labels import block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, node_label, node_tooltip
 from .options import RenderOptions
 from .style import ALARM, FINDING, THEME_COLORS
@@ -37,12 +38,18 @@ _KIND_STYLE = {
 
 
 def _item_module(trace: Trace, view: View, item: str) -> str:
-    """The module cluster an item is drawn in."""
+    """The module cluster an item is drawn in: its scope, so each call of a module reused gets its own."""
     if item in view.blocks:
         return view.blocks[item].paths[0].rpartition(".")[0]
     if item in view.boundary:
         return ""
-    return trace.node(item).module
+    return trace.graph.nodes[item]["scope"]
+
+
+def _named(trace: Trace, key: str) -> str:
+    """A node as the diagram names it: label and backprop step (two ``mul`` nodes differ by their #n)."""
+    n = trace.node(key)
+    return n.label + (f" #{n.backward_step}" if n.backward_step is not None else "")
 
 
 def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
@@ -110,8 +117,11 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
                 attrs.update(peripheries="2", penwidth="1.5")
             if any(s is not None and not s.finite for s in n.values + n.grads):
                 attrs.update(color=ALARM, penwidth="2.5")
-            label = node_label(n, options, item == trace.loss, mine)
-            tip = node_tooltip(n) + "".join(escape_tooltip(f"\n⚠ {f.kind}: {f.message}") for f in mine)
+            sums = grad_sum_lines(trace, item)
+            sent = [f"to {_named(trace, dst)}: {edge_grad_text(grad, uses)}"
+                    for dst, _, grad, uses in sent_back(trace, item) if grad is not None]
+            label = node_label(n, options, item == trace.loss, mine, sums)
+            tip = node_tooltip(n, sums, sent) + "".join(escape_tooltip(f"\n⚠ {f.kind}: {f.message}") for f in mine)
         if any(f.alarm for f in mine):
             attrs.update(color=ALARM, penwidth="4")
         elif mine:
@@ -119,11 +129,12 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         graph.node(item.replace(":", "_") if item in view.blocks else item, label, tooltip=tip, **attrs)
 
     def emit_cluster(parent: graphviz.Digraph, path: str) -> None:
-        cls = trace.modules.get(path, "")
-        label = f"<<B>{h(path)}</B>" + (f" <I>{h(cls)}</I>" if cls else "") + ">"
+        cls = trace.modules.get(scope_module(path), "")
+        title = scope_title(path)  # a module called again reads "pool (call 2)"
+        label = f"<<B>{h(title)}</B>" + (f" <I>{h(cls)}</I>" if cls else "") + ">"
         with parent.subgraph(name=f"cluster_{cluster_ids[path]}") as sub:
             sub.attr(label=label, labeljust="l", style="rounded,filled", color=theme["cluster"], fillcolor=theme["cluster_bg"],
-                     fontcolor=theme["text"], tooltip=escape_tooltip(f"{path} ({cls})" if cls else path))
+                     fontcolor=theme["text"], tooltip=escape_tooltip(f"{title} ({cls})" if cls else title))
             for item in by_module.get(path, []):
                 emit_item(sub, item)
             for child in children.get(path, []):
@@ -140,12 +151,24 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
     def label_of(item: str) -> str:
         return view.blocks[item].path if item in view.blocks else trace.node(item).label
 
+    label_edges = options.show_grads and show_edge_grads(options.edge_grads, len(view))
+    graph_edges = trace.graph.edges
     for src, dst, shape in view.edges:
         shape_text = fmt.shape_of(shape) if shape is not None else ""
         tip = f"{label_of(src)} → {label_of(dst)}" + (f" {shape_text}" if shape_text else "")
+        # Between two drawn nodes, the gradient dst's backward sent back to src (a node's own
+        # gradient is the sum of these over its consumers: the chain rule, edge by edge).
+        sent = ""
+        if src not in view.blocks and dst not in view.blocks and (src, dst) in graph_edges:
+            sent = edge_grad_text(graph_edges[src, dst]["grad"], graph_edges[src, dst]["uses"])
+        if sent:
+            tip += f"\ngrad sent back: {sent}"
         attrs = {"tooltip": escape_tooltip(tip)}
         if shape_text and (src in view.blocks or dst in view.blocks):
             attrs["label"] = shape_text  # between collapsed modules the tensor's shape is the interface
+        elif sent and label_edges:
+            edge = graph_edges[src, dst]
+            attrs.update(label=escape_tooltip(edge_grad_label(edge["grad"], edge["uses"])), labeltooltip=escape_tooltip(tip))
         g.edge(name(src), name(dst), **attrs)
     g.node("legend", legend(theme, findings), shape="plain", tooltip="legend")
     return g

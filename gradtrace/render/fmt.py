@@ -95,6 +95,9 @@ def summary(s: TensorStats | None) -> str:
         body = shown[0] if s.numel == 1 and not s.shape else "[" + ", ".join(shown) + more + "]"
     else:
         body = f"{num(s.mean, 3)} ± {num(s.std, 3)} [{num(s.min, 3)}, {num(s.max, 3)}]"
+        if bad:
+            # With NaN/inf present the statistics describe the finite elements (the counts stand apart).
+            return f"{bad} · no finite element" if s.mean is None else f"{bad} · finite: {body}"
     return f"{bad} {body}" if bad else body
 
 
@@ -102,11 +105,12 @@ def stats_lines(s: TensorStats | None) -> list[str]:
     """Every statistic, one per line, for tooltips and panels."""
     if s is None:
         return ["not recorded"]
+    over = "" if s.finite else "finite: "  # with NaN/inf present the statistics describe the finite elements
     lines = [
         f"shape {shape(s)} {s.dtype} on {s.device}, {s.numel} elements",
-        f"min {num(s.min, 6)}  max {num(s.max, 6)}",
-        f"mean {num(s.mean, 6)}  std {num(s.std, 6)}  norm {num(s.norm, 6)}",
         f"NaN {s.nan}  inf {s.inf}",
+        f"{over}min {num(s.min, 6)}  max {num(s.max, 6)}",
+        f"{over}mean {num(s.mean, 6)}  std {num(s.std, 6)}  norm {num(s.norm, 6)}",
     ]
     if s.values is not None and s.values:
         lines.append("values " + ", ".join(exact(v, s.dtype) for v in s.values))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..records import TensorStats
 from . import fmt
+from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_title, sent_back
 from .labels import caption
 from .layout import NODE_H, NODE_W, layered_layout
 from .options import RenderOptions
@@ -79,10 +80,14 @@ def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
             "gradNorm": _num(n.grad.norm) if n.grad is not None else None,
             "values": [_stats(s) for s in n.values], "grads": [_stats(s) for s in n.grads],
             "update": _stats(n.update), "ratio": _num(n.update_ratio), "findings": findings.get(key, []),
+            "args": n.args, "scope": scope_title(n.scope) if n.scope else n.module, "source": n.source,
+            "sgdUpdate": _stats(n.sgd_update), "sums": grad_sum_lines(trace, key),
+            "sent": [[dst, edge_grad_text(grad, uses)] for dst, _, grad, uses in sent_back(trace, key) if grad is not None],
         })
     return {
         "nodes": nodes,
-        "edges": [{"src": e.src, "dst": e.dst} for e in trace.edges],
+        # gradLabel: what dst's backward sent back along the edge ("" where not recorded).
+        "edges": [{"src": e.src, "dst": e.dst, "gradLabel": edge_grad_label(e.grad, e.uses)} for e in trace.edges],
         "backward": trace.backward_order(),
         "loss": trace.loss,
         "caption": caption(trace),

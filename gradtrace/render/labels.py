@@ -14,6 +14,7 @@ from ..collapse import Block, fmt_norms
 from ..diagnose import Finding
 from ..records import TraceNode
 from . import fmt
+from .flow import scope_title
 from .options import RenderOptions
 from .style import ALARM, BANDS, FINDING, NO_GRAD, ZERO_GRAD, band_for, text_color
 
@@ -52,12 +53,20 @@ _BADGES = {
 }
 
 
-def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Sequence[Finding] = ()) -> str:
-    """One node: header (label, backprop step) coloured by gradient magnitude, shape, value, gradient, update."""
+def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Sequence[Finding] = (),
+               sums: Sequence[str] = ()) -> str:
+    """One node: header (label, args, backprop step) coloured by gradient magnitude, shape, value, gradient, update.
+
+    ``sums`` are lines saying how the gradient adds up over the node's consumers
+    (:func:`~gradtrace.render.flow.grad_sum_lines`), shown under the gradient.
+    """
     color, _ = band_for(n.grad)
     if any(s is not None and not s.finite for s in n.values + n.grads):
         color = ALARM
-    rows = [_header(color, f"<B>{h(n.label)}{' · loss' if is_loss else ''}</B>", n.backward_step)]
+    title = f"<B>{h(n.label)}{' · loss' if is_loss else ''}</B>"
+    if n.args:  # the op's constants, in plain type beside its bold name
+        title = f"<B>{h(n.label)}</B> {h(n.args)}" + ("<B> · loss</B>" if is_loss else "")
+    rows = [_header(color, title, n.backward_step)]
     first = n.value
     if first is not None:
         shapes = fmt.shape(first) if len(n.values) <= 1 else " ".join(fmt.shape(s) for s in n.values if s is not None)
@@ -67,8 +76,11 @@ def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Se
         lines += _outputs_lines("value", n.values)
     if options.show_grads and n.kind != "input":
         lines += _outputs_lines("grad", n.grads)
+        lines += list(sums)
     if n.update is not None:
-        lines.append(f"Δw {fmt.summary(n.update)}")
+        lines.append(f"Δw applied {fmt.summary(n.update)}" if n.sgd_update is not None else f"Δw {fmt.summary(n.update)}")
+        if n.sgd_update is not None:
+            lines.append(f"−lr·grad {fmt.summary(n.sgd_update)}")
         if n.update_ratio is not None:
             lines.append(f"‖Δw‖/‖w‖ {fmt.num(n.update_ratio, 3)}")
     rows += [_row(line) for line in lines]
@@ -76,12 +88,18 @@ def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Se
     return _table(rows)
 
 
-def node_tooltip(n: TraceNode) -> str:
-    """Everything known about a node, one fact per line (hover text in the SVG)."""
-    lines = [f"{n.label} ({n.kind})"]
+def node_tooltip(n: TraceNode, sums: Sequence[str] = (), sent: Sequence[str] = ()) -> str:
+    """Everything known about a node, one fact per line (hover text in the SVG).
+
+    ``sums``: how its gradient adds up over its consumers; ``sent``: one line
+    per consumer, the gradient sent back along that edge.
+    """
+    lines = [f"{n.label}{' ' + n.args if n.args else ''} ({n.kind})"]
+    if n.source:
+        lines.append(f"source {n.source}")
     if n.grad_fn:
         lines.append(f"grad_fn {n.grad_fn}")
-    lines.append(f"module {n.module or '(top level)'}")
+    lines.append(f"module {scope_title(n.scope) if n.scope else (n.module or '(top level)')}")
     lines.append(f"forward step {n.forward_step if n.forward_step is not None else '-'}, backward step {n.backward_step if n.backward_step is not None else '-'}")
     for i, s in enumerate(n.values):
         lines.append(f"value{'' if len(n.values) == 1 else f'[{i}]'}:")
@@ -90,11 +108,18 @@ def node_tooltip(n: TraceNode) -> str:
         for i, s in enumerate(n.grads):
             lines.append(f"grad{'' if len(n.grads) == 1 else f'[{i}]'}:")
             lines += ["  " + x for x in fmt.stats_lines(s)]
+        lines += list(sums)
+        if sent:
+            lines.append("gradient sent back along each edge:")
+            lines += ["  " + x for x in sent]
     if n.update is not None:
-        lines.append("update Δw:")
+        lines.append("update Δw (applied):")
         lines += ["  " + x for x in fmt.stats_lines(n.update)]
         if n.update_ratio is not None:
             lines.append(f"  ‖Δw‖/‖w‖ {fmt.num(n.update_ratio, 6)}")
+    if n.sgd_update is not None:
+        lines.append("−lr·grad (plain SGD's step):")
+        lines += ["  " + x for x in fmt.stats_lines(n.sgd_update)]
     return escape_tooltip("\n".join(lines))
 
 
@@ -174,7 +199,7 @@ def block_label(trace: Trace, b: Block, options: RenderOptions, findings: list[F
     color, _ = band_for(grad)
     if any(f.alarm for f in findings):
         color = ALARM  # (a -inf attention mask inside is no alarm: only diagnose()'s origins are)
-    title = f"<B>{h(b.path)}</B>" + (f" <I>{h(b.cls)}</I>" if b.cls else "") + (f" <B>×{b.repeat}</B>" if b.repeat > 1 else "")
+    title = f"<B>{h(scope_title(b.path))}</B>" + (f" <I>{h(b.cls)}</I>" if b.cls else "") + (f" <B>×{b.repeat}</B>" if b.repeat > 1 else "")
     rows = [_header(color, title, block_first_step(trace, b))]
     ops = sum(1 for k in b.members if trace.node(k).kind == "op")
     params = sum(1 for k in b.members if trace.node(k).kind == "param")
@@ -194,7 +219,7 @@ def block_label(trace: Trace, b: Block, options: RenderOptions, findings: list[F
 
 
 def block_tooltip(trace: Trace, b: Block, findings: list[Finding]) -> str:
-    lines = [f"{b.path} ({b.cls or 'module'})" + (f" ×{b.repeat}: " + ", ".join(b.paths) if b.repeat > 1 else ""),
+    lines = [f"{scope_title(b.path)} ({b.cls or 'module'})" + (f" ×{b.repeat}: " + ", ".join(b.paths) if b.repeat > 1 else ""),
              f"{len(b.members)} nodes collapsed; output from {trace.node(b.output).label if b.output else '-'}"]
     if b.repeat > 1:
         lines.append("gradient norm at each block's output, input side first: " + fmt_norms(b.block_grad_norms, limit=1000))

@@ -32,6 +32,8 @@ class RenderOptions:
     fold: draw consecutive identical sibling modules (a transformer's layers) as one ×K node.
     module: draw only this module (a path like ``encoder.layer.3``), with what feeds it and
         what reads it as boundary nodes.
+    edge_grads: label each edge with the gradient its consumer sent back along it (``None``:
+        only on small diagrams; every edge's tooltip says it regardless).
     """
 
     rankdir: str = "TB"
@@ -44,6 +46,7 @@ class RenderOptions:
     max_nodes: int | None = 250
     fold: bool = True
     module: str | None = None
+    edge_grads: bool | None = None
 
     def __post_init__(self) -> None:
         if self.rankdir not in RANKDIRS:
@@ -53,6 +56,8 @@ class RenderOptions:
         for name in ("show_values", "show_grads", "show_findings", "fold"):
             if not isinstance(getattr(self, name), bool):
                 raise RenderError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.edge_grads is not None and not isinstance(self.edge_grads, bool):
+            raise RenderError(f"edge_grads must be True, False or None (only small diagrams), got {self.edge_grads!r}")
         if self.depth is not None and (not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 0):
             raise RenderError(f"depth must be a non-negative integer or None, got {self.depth!r}")
         if self.max_nodes is not None and (not isinstance(self.max_nodes, int) or isinstance(self.max_nodes, bool) or self.max_nodes < 1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import fmt
+from .flow import edge_grad_text, grad_sum_lines, scope_title, sent_back
 from .options import RenderOptions
 
 if TYPE_CHECKING:
@@ -18,7 +19,11 @@ def _clip(text: str, width: int) -> str:
 
 
 def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
-    """Rows of step, label, module, shape, value and gradient; nodes backprop did not visit come last.
+    """Rows of step, label, module, shape, value, gradient (and source line); nodes backprop did not visit come last.
+
+    With gradients shown, a second section lists what each consumer sent back
+    along each edge, and how the gradient of a node with several consumers
+    adds up (``grad = -400 + -400 = -800``).
 
     >>> print(to_text(t))                           # doctest: +SKIP
     step  node      module  shape    value            grad
@@ -32,19 +37,26 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
         header.append("value")
     if options.show_grads:
         header.append("grad")
+    with_source = any(n.source for n in trace.nodes)
+    if with_source:
+        header.append("source")
     rows = [header]
     for key in order + rest:
         n = trace.node(key)
-        label = n.label + (" (loss)" if key == trace.loss else "")
-        row = [str(n.backward_step) if n.backward_step is not None else "-", _clip(label, 40), _clip(n.module, 32),
-               fmt.shape(n.value) if n.value is not None else "-"]
+        label = n.label + (" (loss)" if key == trace.loss else "") + (f" {n.args}" if n.args else "")
+        row = [str(n.backward_step) if n.backward_step is not None else "-", _clip(label, 40),
+               _clip(scope_title(n.scope or n.module), 32), fmt.shape(n.value) if n.value is not None else "-"]
         if options.show_values:
             row.append(fmt.summary(n.value))
         if options.show_grads:
             row.append(fmt.summary(n.grad) if n.kind != "input" else "-")
+        if with_source:
+            row.append(n.source or "-")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    if options.show_grads:
+        lines += _edges_section(trace, order + rest)
     if trace.optimizer is not None:
         o = trace.optimizer
         settings = "".join(f" {k}={v}" for k, v in o.hyperparameters)
@@ -53,6 +65,25 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
             n = trace.node(key)
             if n.update is not None:
                 ratio = "" if n.update_ratio is None else f"  ‖Δw‖/‖w‖ {fmt.num(n.update_ratio, 3)}"
-                lines.append(f"  Δ {n.label}: {fmt.summary(n.update)}{ratio}")
+                sgd = "" if n.sgd_update is None else f"; −lr·grad {fmt.summary(n.sgd_update)}"
+                applied = "applied " if n.sgd_update is not None else ""
+                lines.append(f"  Δ {n.label}: {applied}{fmt.summary(n.update)}{sgd}{ratio}")
     lines += [f"note: {n}" for n in trace.notes]
     return "\n".join(lines) + "\n"
+
+
+def _edges_section(trace: Trace, keys: list[str]) -> list[str]:
+    """What each consumer sent back along each edge, producers in table order; sums at fan-out nodes."""
+    lines: list[str] = []
+    for key in keys:
+        n = trace.node(key)
+        sent = [(dst, edge_grad_text(grad, uses)) for dst, _, grad, uses in sent_back(trace, key) if grad is not None]
+        if not sent:
+            continue
+        step = f"#{n.backward_step} " if n.backward_step is not None else ""
+        for dst, text in sent:
+            d = trace.node(dst)
+            dstep = f"#{d.backward_step} " if d.backward_step is not None else ""
+            lines.append(f"  {step}{n.label} ← {dstep}{d.label}: {text}")
+        lines += [f"    {n.label}: {line}" for line in grad_sum_lines(trace, key)]
+    return ["gradient sent back along each edge (producer ← consumer):", *lines] if lines else []

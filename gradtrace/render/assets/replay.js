@@ -38,14 +38,20 @@
   // -- the graph -------------------------------------------------------------------
   var edgeLayer = el("g", { "class": "edges" }, svg);
   var nodeLayer = el("g", { "class": "nodes" }, svg);
-  data.nodes.forEach(function (n) { byKey[n.key] = { n: n }; });
+  var labelLayer = el("g", { "class": "edge-labels" }, svg);  // above the nodes, so no node hides a label
+  data.nodes.forEach(function (n) { byKey[n.key] = { n: n, out: 0 }; });
+  data.edges.forEach(function (e) { byKey[e.src].out += 1; });
   data.edges.forEach(function (e) {
     var a = byKey[e.src].n, b = byKey[e.dst].n;
     var x1 = a.x + data.w / 2, y1 = a.y + data.h, x2 = b.x + data.w / 2, y2 = b.y;
     var my = (y1 + y2) / 2;
     var g = el("g", { "class": "edge", "data-src": e.src, "data-dst": e.dst }, edgeLayer);
     el("path", { d: "M" + x1 + "," + y1 + " C" + x1 + "," + my + " " + x2 + "," + my + " " + x2 + "," + y2 }, g);
-    var t = el("text", { x: (x1 + x2) / 2 + 4, y: my }, g);
+    // The label sits near the consumer's end (t = 0.8 on the curve): what that consumer sent back,
+    // and several edges out of one node land near different consumers instead of on top of each other.
+    var u = 0.8, a0 = (1 - u) * (1 - u) * (1 - u), a1 = 3 * (1 - u) * (1 - u) * u, a2 = 3 * (1 - u) * u * u, a3 = u * u * u;
+    var t = el("text", { "class": "edge-label", "data-src": e.src, "data-dst": e.dst,
+      x: (a0 + a1) * x1 + (a2 + a3) * x2 + 5, y: a0 * y1 + (a1 + a2) * my + a3 * y2 }, labelLayer);
     t.textContent = "";
     edgeViews.push({ e: e, g: g, label: t });
   });
@@ -55,13 +61,16 @@
     el("rect", { "class": "body", width: data.w, height: data.h, rx: n.kind === "op" ? 8 : 1 }, g);
     el("rect", { "class": "header", width: data.w, height: 17, rx: n.kind === "op" ? 8 : 1, fill: n.color }, g);
     var title = el("text", { "class": "title", x: 6, y: 13, fill: n.ink }, g);
-    title.textContent = n.label.length > 30 ? n.label.slice(0, 29) + "…" : n.label;
+    var name = n.label + (n.args ? " " + n.args : "");
+    title.textContent = name.length > 30 ? name.slice(0, 29) + "…" : name;
     var step = el("text", { x: data.w - 6, y: 13, "text-anchor": "end", fill: n.ink }, g);
     step.textContent = n.bwd === null ? "" : "#" + n.bwd;
     el("text", { x: 6, y: 32 }, g).textContent = clip(n.shapeText);
-    el("text", { x: 6, y: 48 }, g).textContent = clip(n.kind === "input" ? n.valueText : "grad " + n.gradText);
+    // A node with several consumers says how its gradient adds up, where that fits: grad = -400 + -400 = -800.
+    var sum = n.sums && n.sums.length === 1 && n.sums[0].length <= 40 ? n.sums[0] : null;
+    el("text", { x: 6, y: 48 }, g).textContent = clip(n.kind === "input" ? n.valueText : (sum || "grad " + n.gradText));
     var tip = el("title", {}, g);
-    tip.textContent = n.label + (n.module ? " — " + n.module : "");
+    tip.textContent = name + (n.scope ? " — " + n.scope : "") + (n.source ? "\n" + n.source : "");
     g.addEventListener("click", function (ev) { ev.stopPropagation(); select(n.key); });
     g.addEventListener("keydown", function (ev) { if (ev.key === "Enter") select(n.key); });
     byKey[n.key].g = g;
@@ -75,6 +84,8 @@
     var rows = [["shape", "(" + s.shape.join(", ") + (s.shape.length === 1 ? "," : "") + ")"], ["dtype", s.dtype], ["device", s.device],
       ["numel", s.numel], ["min", s.min], ["max", s.max], ["mean", s.mean], ["std", s.std], ["norm", s.norm], ["NaN", s.nan], ["inf", s.inf]];
     if (s.values) rows.push(["values", s.values.map(fmt).join(", ")]);
+    // With NaN/inf present, the statistics describe the finite elements; the counts stand apart.
+    if (s.nan > 0 || s.inf > 0) html("p", "min, max, mean, std and norm are over the finite elements", parent, "finite-note");
     rows.forEach(function (r) {
       var tr = html("tr", null, table);
       html("td", r[0], tr);
@@ -88,8 +99,11 @@
     var n = byKey[key].n;
     html("h2", n.label, panel);
     var info = html("table", null, panel);
-    [["kind", n.kind], ["grad_fn", n.grad_fn || "-"], ["module", n.module || "(top level)"],
-     ["forward step", n.fwd === null ? "-" : n.fwd], ["backward step", n.bwd === null ? "-" : n.bwd]].forEach(function (r) {
+    var facts = [["kind", n.kind], ["grad_fn", n.grad_fn || "-"], ["module", n.scope || n.module || "(top level)"]];
+    if (n.args) facts.push(["args", n.args]);
+    facts.push(["source", n.source || "-"]);
+    facts.push(["forward step", n.fwd === null ? "-" : n.fwd], ["backward step", n.bwd === null ? "-" : n.bwd]);
+    facts.forEach(function (r) {
       var tr = html("tr", null, info);
       html("td", r[0], tr);
       html("td", String(r[1]), tr).setAttribute("data-field", r[0]);
@@ -97,10 +111,25 @@
     (n.findings || []).forEach(function (f) { html("p", "⚠ " + f, panel, "finding"); });
     n.values.forEach(function (s, i) { statsTable(n.values.length > 1 ? "value [" + i + "]" : "value", s, panel); });
     if (n.kind !== "input") n.grads.forEach(function (s, i) { statsTable(n.grads.length > 1 ? "gradient [" + i + "]" : "gradient", s, panel); });
+    // The chain rule at a node with several consumers: its gradient is the sum of what each sent back.
+    (n.sums || []).forEach(function (line) { html("p", line, panel, "sum"); });
+    if (n.sent && n.sent.length) {
+      html("h3", "sent back along each edge", panel);
+      var sent = html("table", null, panel);
+      sent.className = "sent";
+      n.sent.forEach(function (r) {
+        var tr = html("tr", null, sent);
+        var from = byKey[r[0]].n;
+        html("td", "from " + from.label + (from.bwd === null ? "" : " #" + from.bwd), tr);
+        var td = html("td", r[1], tr);
+        td.setAttribute("data-dst", r[0]);
+      });
+    }
     if (n.update) {
-      statsTable("optimizer update Δw", n.update, panel);
+      statsTable(n.sgdUpdate ? "optimizer update Δw (applied)" : "optimizer update Δw", n.update, panel);
       html("p", "‖Δw‖/‖w‖ = " + fmt(n.ratio), panel);
     }
+    if (n.sgdUpdate) statsTable("−lr·grad (plain SGD's step)", n.sgdUpdate, panel);
   }
   function select(key) {
     if (state.selected && byKey[state.selected]) byKey[state.selected].g.classList.remove("selected");
@@ -130,12 +159,19 @@
       // The gradient reaching the current node came from the nodes that consumed its output.
       var flow = current !== null && v.e.src === current && stepIndex[v.e.dst] !== undefined && stepIndex[v.e.dst] < k - 1;
       v.g.classList.toggle("flow", flow);
-      v.label.textContent = flow ? "‖grad‖ " + fmt(byKey[current].n.gradNorm) : "";
+      v.label.classList.toggle("flow", flow);
+      v.label.textContent = flow ? flowText(v.e, byKey[current]) : "";
     });
     if (current !== null) {
       select(current);
       if (!inView(byKey[current].n)) center(byKey[current].n, false);  // follow backprop across the graph
     }
+  }
+  // What came back along an edge: the recorded per-edge gradient; else, with one consumer, the
+  // node's whole gradient; else only a share of it, and the label says so rather than claim the total.
+  function flowText(e, src) {
+    if (e.gradLabel) return e.gradLabel;
+    return (src.out === 1 ? "‖grad‖ " : "part of ‖grad‖ ") + fmt(src.n.gradNorm);
   }
   function stop() { if (state.timer) { clearInterval(state.timer); state.timer = null; } document.getElementById("play").textContent = "▶ play"; }
   function play() {

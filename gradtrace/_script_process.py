@@ -1,0 +1,201 @@
+"""The process around a user's script: set up as ``python SCRIPT`` would, put back after, and ended like Python.
+
+A script changes process-wide state as it runs: it may ``chdir``, replace
+``sys.stdout``, tighten ``warnings`` filters, install signal handlers, start
+threads and child processes, register ``atexit`` handlers. gradtrace's own
+code runs on after the script (it writes the diagram), so
+:class:`ScriptProcess` puts back what that code depends on (argv,
+``sys.path[0]``, cwd, stdout/stderr, warnings filters, signal handlers: an
+``-o step.svg`` is written where the user ran gradtrace, and Ctrl-C while
+rendering is not handled by the stopped script's handler). The script's
+``atexit`` handlers stay registered and run when the process exits, as they
+would after ``python SCRIPT``.
+
+When gradtrace stops a script after the traced step, the code at the
+script's end never runs, and that code may be what stops its non-daemon
+threads. Python waits for such threads at exit, so the process would hang
+after writing its file. :func:`finish` is the chosen way out: it gives
+those threads a short grace, then ends the process as Python would without
+waiting for them (``atexit`` handlers, the script's objects released,
+streams flushed), as if they had been daemon threads.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import multiprocessing.process
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["GRACE_S", "ScriptProcess", "finish"]
+
+#: Seconds a stopped script's non-daemon threads get to end by themselves before the process exits without them.
+GRACE_S = 1.0
+
+# What stopped scripts left, kept until the process exits (see run_script's keep_alive).
+_KEPT: list[Any] = []
+# Non-daemon threads started by a script that gradtrace stopped early.
+_STOPPED_THREADS: list[threading.Thread] = []
+# Sessions whose hooks a forked child must drop (a DataLoader worker, a Hogwild trainer).
+_ACTIVE: list[Any] = []
+
+
+def _drop_hooks_in_child() -> None:
+    # A child forked while a script runs inherits the session's hooks and its patched backward(); it
+    # is not the process being traced, so it runs as it would without gradtrace.
+    sessions = list(_ACTIVE)
+    _ACTIVE.clear()
+    for session in sessions:
+        try:
+            session.close()
+        except BaseException:  # the child must go on whatever state the fork caught the hooks in
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_hooks_in_child)
+
+
+def _is_dataloader_worker(proc: multiprocessing.process.BaseProcess) -> bool:
+    target = getattr(proc, "_target", None)
+    return getattr(target, "__module__", "") == "torch.utils.data._utils.worker"
+
+
+class ScriptProcess:
+    """Sets the process up for ``path`` with ``args`` and, on exit, puts back what gradtrace relies on.
+
+    ``kept`` is what the script left (its globals, or the exception that
+    ended it with the frames it holds); ``stopped`` says gradtrace stopped
+    it; ``children`` counts the processes it started (DataLoader workers
+    excepted).
+    """
+
+    def __init__(self, path: Path, args: Sequence[str], session: Any) -> None:
+        self.path = path
+        self.args = list(args)
+        self.session = session
+        self.kept: Any = None
+        self.stopped = False
+        self.children = 0
+        self._restore: list[Callable[[], None]] = []
+        self._threads_before: set[threading.Thread] = set()
+
+    def __enter__(self) -> ScriptProcess:
+        self._save_attr(sys, "argv")
+        sys.argv = [str(self.path), *self.args]
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if sys.path:
+            saved0 = sys.path[0]
+            sys.path[0] = folder
+            self._restore.append(lambda: sys.path.__setitem__(0, saved0) if sys.path else sys.path.insert(0, saved0))
+        else:
+            sys.path.insert(0, folder)
+        cwd = os.getcwd()
+        self._restore.append(lambda: os.chdir(cwd) if os.getcwd() != cwd else None)
+        self._save_stream("stdout")
+        self._save_stream("stderr")
+        caught = warnings.catch_warnings()
+        caught.__enter__()
+        self._restore.append(lambda: caught.__exit__(None, None, None))
+        self._save_signals()
+        start = multiprocessing.process.BaseProcess.start
+
+        def counting_start(proc: multiprocessing.process.BaseProcess) -> None:
+            if not _is_dataloader_worker(proc):
+                self.children += 1
+            start(proc)
+
+        multiprocessing.process.BaseProcess.start = counting_start  # type: ignore[method-assign]
+        self._restore.append(lambda: setattr(multiprocessing.process.BaseProcess, "start", start))
+        _ACTIVE.append(self.session)
+        self._restore.append(lambda: _ACTIVE.remove(self.session) if self.session in _ACTIVE else None)
+        self._threads_before = set(threading.enumerate())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for restore in reversed(self._restore):
+            try:
+                restore()
+            except Exception:  # put back all the rest; an unrestorable cwd (deleted) is no reason to stop
+                pass
+        self._restore.clear()
+
+    def keep(self) -> None:
+        """Keep what the script left alive until the process exits; note its threads if it was stopped."""
+        _KEPT.append(self.kept)
+        if self.stopped:
+            _STOPPED_THREADS.extend(t for t in threading.enumerate() if t not in self._threads_before and not t.daemon)
+
+    def _save_attr(self, owner: Any, name: str) -> None:
+        value = getattr(owner, name)
+        self._restore.append(lambda: setattr(owner, name, value))
+
+    def _save_stream(self, name: str) -> None:
+        original = getattr(sys, name)
+
+        def restore() -> None:
+            current = getattr(sys, name)
+            if current is not original:
+                try:  # the script's replacement (a tee, a logger) may still buffer its output
+                    current.flush()
+                except Exception:
+                    pass
+                setattr(sys, name, original)
+
+        self._restore.append(restore)
+
+    def _save_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # handlers can be set from the main thread only: the script could not have changed them
+        saved = {s: signal.getsignal(s) for s in signal.valid_signals()}
+
+        def restore() -> None:
+            for s, handler in saved.items():
+                if handler is not None and signal.getsignal(s) is not handler:
+                    try:
+                        signal.signal(s, handler)
+                    except (OSError, ValueError):
+                        pass
+
+        self._restore.append(restore)
+
+
+def finish(code: Any) -> None:
+    """End the process with ``code`` without hanging on a stopped script's non-daemon threads.
+
+    Returns (and Python's own shutdown follows) unless such threads are
+    still alive after :data:`GRACE_S`; then runs the ``atexit`` handlers,
+    releases the script's objects, flushes the streams and exits at once.
+    """
+    lingering = [t for t in _STOPPED_THREADS if t.is_alive() and not t.daemon]
+    deadline = time.monotonic() + GRACE_S
+    for t in lingering:
+        t.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t for t in lingering if t.is_alive()]
+    if not lingering:
+        return
+    names = ", ".join(repr(t.name) for t in lingering)
+    print(f"gradtrace: not waiting for the script's thread{'s' if len(lingering) > 1 else ''} {names}: the script was "
+          "stopped after the traced step, before the code that would end them", file=sys.stderr)
+    from .script import exit_status
+
+    status, message = exit_status(code)
+    if message is not None:
+        print(message, file=sys.stderr)
+    atexit._run_exitfuncs()  # type: ignore[attr-defined]  # what Python runs at exit, before tearing objects down
+    _KEPT.clear()
+    gc.collect()  # the script's objects go now, as at interpreter exit: open files are flushed and closed
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    os._exit(status & 0xFF)
