@@ -244,15 +244,15 @@ def test_packed_accelerator_path_matches_torch_tensor_by_tensor():
         x = t.double()
         assert s.shape == tuple(t.shape) and s.numel == t.numel(), name
         assert (s.nan, s.inf) == (int(x.isnan().sum()), int(x.isinf().sum())), name
-        if s.nan:
-            assert math.isnan(s.mean) and math.isnan(s.min), name
+        if s.nan or s.inf:
+            # The statistics of the finite elements (TensorStats' rule), as torch computes them on those.
+            f = x[x.isfinite()]
+            assert s.min == f.min().item() and s.max == f.max().item(), name
+            want = {"mean": f.mean().item(), "std": f.std(correction=0).item(), "norm": f.norm().item()}
+            for k in ("mean", "std", "norm"):
+                assert math.isclose(getattr(s, k), want[k], rel_tol=2e-6, abs_tol=1e-6), (name, k, getattr(s, k), want[k])
             continue
         assert s.min == x.min().item() and s.max == x.max().item(), name
-        if s.inf:
-            mean = x.mean().item()
-            assert s.mean == mean or (math.isnan(s.mean) and math.isnan(mean)), (name, s.mean, mean)
-            assert math.isnan(s.std) and s.norm == math.inf, name
-            continue
         want = expected(t)
         for f in ("mean", "std", "norm"):
             assert math.isclose(getattr(s, f), want[f], rel_tol=2e-6, abs_tol=1e-6), (name, f, getattr(s, f), want[f])
@@ -382,3 +382,61 @@ def test_small_tensors_wait_for_more_of_their_kind(monkeypatch):
         assert out[h].min == want["min"] and out[h].max == want["max"]
         assert math.isclose(out[h].mean, want["mean"], rel_tol=2e-6, abs_tol=1e-6)
         assert math.isclose(out[h].std, want["std"], rel_tol=2e-6, abs_tol=1e-6)
+
+
+def test_edges_into_parameters_carry_their_gradient_without_a_copy():
+    """The gradient a node sends along its edge into a parameter is recorded on the edge, and holding it
+    for that must not make AccumulateGrad copy it either (the edge takes the statistics read from .grad)."""
+    import gradtrace
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    x = torch.randn(32, 8)
+    arrived: dict[str, int] = {}
+    for name, p in net.named_parameters():
+        p.register_hook(lambda g, name=name: arrived.__setitem__(name, g.data_ptr()))
+    with gradtrace.capture(net) as cap:
+        net(x).pow(2).mean().backward()
+    t = cap.trace
+    for name, p in net.named_parameters():
+        assert p.grad.data_ptr() == arrived[name], f"{name}: its gradient was copied"
+        (node,) = [n for n in t.nodes if n.kind == "param" and n.label == name]
+        (edge,) = [e for e in t.edges if e.src == node.key]
+        want = expected(p.grad)
+        assert edge.grad is not None, f"{name}: the gradient sent to it is missing"
+        assert edge.grad.min == want["min"] and edge.grad.max == want["max"], name
+        assert math.isclose(edge.grad.norm, want["norm"], rel_tol=2e-6), name
+
+
+@pytest.mark.parametrize("values", [[1e154, 2e154, -3e154], [1.5e308, 1.5e308, -1e308], [1e-200, 2e-200, -5e-201],
+                                    [1e20, -3e20, 2e20, 1e19]])
+@pytest.mark.parametrize("n", [40, 5000, 200_000])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_packed_path_huge_and_tiny_values(monkeypatch, values, n, dtype):
+    """Rows of huge or tiny values (squares out of the dtype's range), beside a NaN and an infinity: the
+    accelerator path's finite-part statistics are those torch computes in double precision, scaled."""
+    monkeypatch.setattr(stats_module, "STAGE_MAX_DEFAULT", 100_000)  # 200,000 elements: reduced alone
+    v = torch.tensor((values * n)[:n], dtype=torch.float64)
+    if dtype == torch.float32 and v.abs().max() > 1e38:
+        return
+    x = v.to(dtype)
+    x[7] = math.nan
+    x[n // 2] = -math.inf
+    buf = StatsBuffer(accelerator_path=True)
+    h = buf.add(x)
+    s = buf.materialize()[h]
+    f = x.double()[x.isfinite()]
+    assert (s.nan, s.inf) == (1, 1)
+    assert s.min == f.min().item() and s.max == f.max().item()
+    scale = f.abs().max().item()
+    if scale == 0.0:  # (float32 flushed the tiny values to zero)
+        assert s.mean == 0.0 and s.std == 0.0 and s.norm == 0.0
+        return
+    y = f / scale  # torch in double precision, on values scaled into range
+    mean, std, sq = y.mean().item() * scale, y.std(correction=0).item() * scale, y.square().sum().item()
+    norm = math.inf if math.isinf(sq * scale * scale) else math.sqrt(sq) * scale
+    # float32 is reduced in float32: its sums are good to its precision, relative to the largest value.
+    close = {"rel_tol": 1e-9 if dtype == torch.float64 else 1e-5, "abs_tol": 0.0 if dtype == torch.float64 else 1e-6 * scale}
+    assert math.isclose(s.mean, mean, **close), (s.mean, mean)
+    assert math.isclose(s.std, std, **close), (s.std, std)
+    assert s.norm == norm if math.isinf(norm) else math.isclose(s.norm, norm, **close), (s.norm, norm)

@@ -109,11 +109,11 @@ class BackwardRecorder:
                 self.handles.append(node.register_hook(self._leaf_hook_for(key, node)))
 
     def _takes_over(self, key: NodeKey) -> bool:
-        """Whether the leaf's .grad will hold exactly the gradient it receives (no .grad yet to add to,
-        no hook of the user's between the two)."""
+        """Whether the leaf's .grad will hold exactly the gradient it receives: no .grad yet to add to,
+        and no post-accumulate-grad hook of the user's that may change .grad before it is read. (A
+        tensor hook may replace the gradient: the leaf's pre-hook, after it, sees whether it did.)"""
         v = self._variables.get(key)
-        return (v is not None and v.grad is None and not v._backward_hooks
-                and not getattr(v, "_post_accumulate_grad_hooks", None))
+        return v is not None and v.grad is None and not getattr(v, "_post_accumulate_grad_hooks", None)
 
     def _post_hook_for(self, key: NodeKey, slots: list[tuple[NodeKey, int, int]]) -> Any:
         lock = self._lock

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..records import TensorStats
 
-__all__ = ["Meta", "empty_stats", "from_sums", "needs_centring", "python_stats"]
+__all__ = ["Meta", "empty_stats", "finished", "from_sums", "needs_centring", "python_stats"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,11 @@ def from_sums(m: Meta, mn: float, mx: float, total: float, squares: float, centr
     var = centred / count if centred is not None else squares / count - mean * mean
     std, norm = math.sqrt(max(var, 0.0)), math.sqrt(squares)
     return TensorStats._of(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, values if m.keep_values else None)
+
+
+def finished(m: Meta, mn: float, mx: float, mean: float, std: float, norm: float, nan: int, inf: int) -> TensorStats:
+    """A TensorStats whose numbers are already computed (over the finite elements), without values."""
+    return TensorStats._of(m.shape, m.dtype, m.device, m.numel, mn, mx, mean, std, norm, nan, inf, None)
 
 
 def needs_centring(total: float, squares: float, n: int) -> bool:

@@ -9,11 +9,16 @@ tensors or more. So held tensors are reduced together, whatever their shapes:
   a matrix of rows of a fixed width. A tensor takes whole rows; its last row is
   padded. Widths come in a few classes (:data:`ROW_WIDTHS`) so that a bias of
   768 elements does not pad to 65,536.
-- **One reduction per statistic per matrix**, along the rows: ``aminmax``, a
-  one-pass ``var_mean`` (Welford: the spread is centred, never Σx²/n − mean²),
-  and the NaN and infinity counts. Padding must not change a row's statistics:
-  the pads are zeros while counting and summing, a value of their own row while
-  taking the min and max, and the row's mean while taking the variance.
+- **One reduction per statistic per matrix**, along the rows, over the
+  finite elements (TensorStats' rule): the NaN count, the finite elements'
+  count, min and max, mean and centred variance. Pads are NaN, so they are
+  left out with the non-finite elements in the same passes (the host takes
+  the pads back out of the NaN count); the passes mask them to neutral values
+  (the row's first finite element for the min and max, 0 for the sum, the
+  row's mean for the spread), a fixed number of launches whatever the data.
+  Each row is first divided by a power of two near its largest magnitude
+  (exact), so squares never leave
+  the dtype's range (huge or tiny values); the host scales back.
 - **The host combines the rows** of each tensor (Chan's formula, in double
   precision) after the one device→host copy per device at the end of the
   trace: no synchronisation before then, and no per-tensor kernel.
@@ -26,11 +31,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
 from ..records import EXACT_VALUES_MAX, TensorStats
-from .finish import Meta, from_sums, python_stats
+from .finish import Meta, finished, from_sums, python_stats
 
 __all__ = ["ROW_WIDTHS", "PackedRows", "padded_size", "row_width"]
 
@@ -38,6 +44,9 @@ __all__ = ["ROW_WIDTHS", "PackedRows", "padded_size", "row_width"]
 #: largest width. The smallest is EXACT_VALUES_MAX, so the rows of small tensors are their exact values.
 ROW_WIDTHS = (EXACT_VALUES_MAX, 256, 4096, 1 << 16)
 _WIDE = (torch.float32, torch.float64)
+_COLUMNS = 7  # per row, see _row_stats
+#: A tensor reduced alone is read in slabs of at most this many elements (the masked passes' temporaries).
+SLAB_ELEMENTS = 1 << 24
 
 
 def row_width(n: int) -> int:
@@ -70,6 +79,58 @@ def _flat(x: torch.Tensor, copy: bool = True) -> torch.Tensor:
     return x.as_strided((n,), (1,), x.storage_offset())
 
 
+def _slabs(x: torch.Tensor, bound: int) -> Iterator[torch.Tensor]:
+    """``x`` as views whose first dimension are rows, each view at most ``bound`` elements (or one row
+    of ``x``'s last dimension, if that alone is larger), together every element once."""
+    if x.dim() <= 1:
+        x = x.view(-1) if x.dim() == 0 else x
+        n, w = x.shape[0], ROW_WIDTHS[-1]
+        full = n // w
+        step = max(1, bound // w)
+        for i in range(0, full, step):
+            yield x[i * w : min(full, i + step) * w].view(-1, w)
+        if n % w:
+            yield x[full * w :].unsqueeze(0)
+        return
+    per = x[0].numel()
+    if per > bound:
+        for i in range(x.shape[0]):
+            yield from _slabs(x[i], bound)
+        return
+    step = max(1, bound // max(per, 1))
+    for i in range(0, x.shape[0], step):
+        yield x[i : i + step]
+
+
+def _row_stats(m: torch.Tensor) -> torch.Tensor:
+    """Per row of ``m`` (its first dimension; the others are reduced), over the row's finite elements:
+    min, max, mean and variance (over the row's width) of the row divided by its scale, NaN count
+    (pads included), finite count, scale. See the module's docstring.
+
+    The masked passes make copies as large as ``m``: a packed buffer is bounded, but a tensor reduced
+    alone costs its size in temporaries.
+    """
+    rows = m.shape[0]
+
+    def matrix(t: torch.Tensor) -> torch.Tensor:  # (t is a fresh contiguous tensor: a view)
+        return t if t.dim() == 2 else t.view(rows, -1)
+
+    nan = matrix(torch.isnan(m)).sum(dim=1, dtype=m.dtype)
+    x = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+    fin = matrix(x == m)  # finite: what nan_to_num left as it was
+    x = matrix(x)  # (contiguous from here on, whatever m's strides)
+    count = fin.sum(dim=1, dtype=m.dtype)
+    # Neutral for min and max: the row's first finite element (0 in a row that has none: ignored).
+    first = x.gather(1, fin.view(torch.uint8).argmax(dim=1, keepdim=True))
+    lo, hi = torch.aminmax(torch.where(fin, x, first), dim=1)
+    # A power of two (dividing by it is exact) at most the largest magnitude, max(-lo, hi); 1/2 for zeros.
+    scale = torch.exp2(torch.frexp(torch.maximum(-lo, hi))[1].to(m.dtype) - 1)
+    y = x.div_(scale[:, None])  # (non-finite elements and pads are 0 here)
+    mean = y.sum(dim=1) / count
+    var = torch.var(torch.where(fin, y, mean[:, None], out=y), dim=1, correction=0)
+    return torch.stack((lo, hi, mean, var, nan, count, scale), dim=1).double()
+
+
 @dataclass
 class _Block:
     """Row statistics on the device, waiting for the copy to the host."""
@@ -78,8 +139,9 @@ class _Block:
     rows_per: list[int]  # rows per tensor
     tails: list[int]  # valid elements in each tensor's last row (the others are full)
     width: int  # elements per row (pads included)
-    rows: torch.Tensor  # [rows, 6] float64: min, max, mean, variance over the width, NaN count, inf count
+    rows: torch.Tensor  # [rows, 7] float64, see _row_stats: min, max, scaled mean and variance, NaN count, finite count, scale
     values: torch.Tensor | None = None  # [tensors, width] float64 exact values (small tensors)
+    row_widths: list[int] | None = None  # a tensor reduced alone: the elements of each of its rows (no pads)
 
 
 @dataclass
@@ -95,8 +157,7 @@ class PackedRows:
     """
 
     _blocks: list[_Block] = field(default_factory=list)
-    _zeros: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict)
-    _aranges: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = field(default_factory=dict)
+    _pads: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -111,17 +172,19 @@ class PackedRows:
                 self._reduce_rows(width, by_width[width])
 
     def reduce_one(self, handle: int, meta: Meta, x: torch.Tensor) -> None:
-        """A tensor too large to pack: reduced alone, read where it lies (one row as wide as the tensor)."""
+        """A tensor too large to pack: reduced alone, read where it lies, slab by slab (each slab's
+        masked temporaries are at most :data:`SLAB_ELEMENTS`, however large the tensor)."""
         with torch.no_grad():
             x = _flat(x, copy=False)  # (an expand may be huge: reduced where it lies, through its strides)
-            if x.dtype not in _WIDE:
-                x = x.float()
-            lo, hi = torch.aminmax(x)
-            var, mean = torch.var_mean(x, correction=0)
-            # Counts in double precision: a float32 sum stops counting exactly at 2**24.
-            counts = torch.stack((torch.isnan(x).sum(), torch.isinf(x).sum())).double()
-            row = torch.cat((torch.stack((lo, hi, mean, var)).double(), counts))[None]
-        self._blocks.append(_Block([(handle, meta)], [1], [meta.numel], meta.numel, row))
+            parts: list[torch.Tensor] = []
+            widths: list[int] = []
+            for slab in _slabs(x, SLAB_ELEMENTS):
+                if slab.dtype not in _WIDE:
+                    slab = slab.float()
+                parts.append(_row_stats(slab))
+                widths.extend([slab[0].numel()] * slab.shape[0])
+            rows = torch.cat(parts) if len(parts) > 1 else parts[0]
+        self._blocks.append(_Block([(handle, meta)], [len(widths)], [0], 0, rows, None, widths))
 
     def _reduce_rows(self, width: int, group: list[tuple[int, Meta, torch.Tensor]]) -> None:
         first = group[0][2]
@@ -129,60 +192,32 @@ class PackedRows:
         pieces: list[torch.Tensor] = []
         rows_per: list[int] = []
         tails: list[int] = []
-        row_n: list[int] = []
-        padded = False
+        n_rows = 0
         for _, meta, x in group:
             n = meta.numel
             r = -(-n // width)
             pieces.append(_flat(x))
             tail = n - (r - 1) * width
             if tail != width:
-                pieces.append(self._zeros_for(device, dtype)[: width - tail])
-                padded = True
+                pieces.append(self._pads_for(device, dtype)[: width - tail])
             rows_per.append(r)
             tails.append(tail)
-            row_n.extend([width] * (r - 1))
-            row_n.append(tail)
+            n_rows += r
         # One copy into a private buffer (CUDA's cat copies many inputs per launch); a lone tensor
         # that fills its rows is read where it lies.
         m = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        m = m.view(len(row_n), width)
+        m = m.view(n_rows, width)
         if m.dtype not in _WIDE:
             m = m.float()  # bfloat16 and float16 are reduced in float32
         values = m.double() if width <= EXACT_VALUES_MAX else None
-        # Pads are zeros here: neutral for the counts and the sums.
-        nan = torch.isnan(m).sum(dim=1, dtype=m.dtype)
-        inf = torch.isinf(m).sum(dim=1, dtype=m.dtype)
-        if not padded:
-            lo, hi = torch.aminmax(m, dim=1)
-            var, mean = torch.var_mean(m, dim=1, correction=0)
-        else:
-            valid = torch.tensor(row_n, dtype=m.dtype)
-            if device.type == "cuda":
-                valid = valid.pin_memory().to(device, non_blocking=True)  # no host synchronisation
-            else:
-                valid = valid.to(device)
-            mask = self._arange_for(device, m.dtype, width) < valid[:, None]
-            mean = m.sum(dim=1) / valid
-            keep = m[:, :1].clone()
-            torch.where(mask, m, keep, out=m)  # pads = their row's first value: neutral for min and max
-            lo, hi = torch.aminmax(m, dim=1)
-            torch.where(mask, m, mean[:, None], out=m)  # pads = their row's mean: add nothing to the spread
-            var = torch.var(m, dim=1, correction=0)
-        rows = torch.stack((lo, hi, mean, var, nan, inf), dim=1).double()
+        rows = _row_stats(m)
         self._blocks.append(_Block([(h, meta) for h, meta, _ in group], rows_per, tails, width, rows, values))
 
-    def _zeros_for(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        z = self._zeros.get((device, dtype))
+    def _pads_for(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        z = self._pads.get((device, dtype))
         if z is None:
-            z = self._zeros[(device, dtype)] = torch.zeros(ROW_WIDTHS[-1], dtype=dtype, device=device)
+            z = self._pads[(device, dtype)] = torch.full((ROW_WIDTHS[-1],), math.nan, dtype=dtype, device=device)
         return z
-
-    def _arange_for(self, device: torch.device, dtype: torch.dtype, width: int) -> torch.Tensor:
-        a = self._aranges.get((device, dtype, width))
-        if a is None:
-            a = self._aranges[(device, dtype, width)] = torch.arange(width, dtype=dtype, device=device)
-        return a
 
     # -- the end -----------------------------------------------------------------------
 
@@ -192,58 +227,70 @@ class PackedRows:
         for b in self._blocks:
             by_device.setdefault(b.rows.device, []).append(b)
         self._blocks = []
-        self._zeros.clear()
-        self._aranges.clear()
+        self._pads.clear()
         for blocks in by_device.values():
             parts = [b.rows.reshape(-1) for b in blocks] + [b.values.reshape(-1) for b in blocks if b.values is not None]
             host = torch.cat(parts).cpu() if len(parts) > 1 else parts[0].cpu()
             n_rows = sum(b.rows.shape[0] for b in blocks)
-            rows, rest = host[: n_rows * 6].view(n_rows, 6), host[n_rows * 6 :]
+            rows, rest = host[: n_rows * _COLUMNS].view(n_rows, _COLUMNS), host[n_rows * _COLUMNS :]
             _combine(blocks, rows, rest, done)
 
 
 def _combine(blocks: list[_Block], rows: torch.Tensor, values: torch.Tensor, done: list[TensorStats | None]) -> None:
-    """Per tensor, from its rows: min and max of the rows, Chan's parallel formula for mean and spread."""
+    """Per tensor, from its rows: min and max of the rows, Chan's parallel formula for mean and spread,
+    over the finite elements, in units of the tensor's largest row scale (then scaled back)."""
     # Per tensor (not per row: a step has tens of thousands of rows), then spread to the rows.
     rows_per: list[int] = []
-    tails: list[int] = []
-    widths: list[int] = []
+    widths: list[torch.Tensor] = []
     for b in blocks:
         rows_per.extend(b.rows_per)
-        tails.extend(b.tails)
-        widths.extend([b.width] * len(b.rows_per))
+        if b.row_widths is not None:
+            widths.append(torch.tensor(b.row_widths, dtype=torch.float64))
+        else:
+            widths.append(torch.full((b.rows.shape[0],), float(b.width), dtype=torch.float64))
     count = len(rows_per)
     per_tensor = torch.tensor(rows_per)
     seg = torch.repeat_interleave(torch.arange(count), per_tensor)
-    width = torch.tensor(widths, dtype=torch.float64)[seg]
-    rn = width.clone()
-    rn[per_tensor.cumsum(0) - 1] = torch.tensor(tails, dtype=torch.float64)
-    lo_r, hi_r, mean_r, var_r, nan_r, inf_r = rows.unbind(1)
+    width = torch.cat(widths)
+    lo_r, hi_r, mean_r, var_r, nan_r, fin_r, scale_r = rows.unbind(1)
+    some = fin_r > 0  # rows with no finite element add nothing (their mean and variance are NaN)
     z = torch.zeros(count, dtype=torch.float64)
-    n = z.clone().index_add_(0, seg, rn)
+    scale = z.clone().scatter_reduce_(0, seg, scale_r, "amax", include_self=False)
+    ratio = scale_r / scale[seg]  # a row's scale in units of its tensor's (powers of two: exact)
+    mean_r = torch.where(some, mean_r * ratio, 0.0)
+    # A row's variance is over its width (pads and non-finite elements at the row's mean add nothing):
+    # times the width, it is the row's Σ(y − mean_r)².
+    m2_r = torch.where(some, var_r * width * ratio * ratio, 0.0)
+    n = z.clone().index_add_(0, seg, fin_r)
     lo = torch.full((count,), math.inf, dtype=torch.float64).scatter_reduce_(0, seg, lo_r, "amin", include_self=False)
     hi = torch.full((count,), -math.inf, dtype=torch.float64).scatter_reduce_(0, seg, hi_r, "amax", include_self=False)
-    mean = z.clone().index_add_(0, seg, rn * mean_r) / n
-    # A padded row's variance is over its width (pads at the row's mean add nothing): times the width,
-    # it is the row's Σ(x − mean_r)².
-    m2 = z.clone().index_add_(0, seg, var_r * width + rn * (mean_r - mean[seg]).square())
+    mean = z.clone().index_add_(0, seg, fin_r * mean_r) / n
+    m2 = z.clone().index_add_(0, seg, m2_r + fin_r * (mean_r - mean[seg]).square())
     nan = z.clone().index_add_(0, seg, nan_r)
-    inf = z.clone().index_add_(0, seg, inf_r)
-    table = torch.stack((lo, hi, mean, m2, nan, inf), dim=1).tolist()
+    table = torch.stack((lo, hi, mean, m2, nan, n, scale), dim=1).tolist()
     i = 0
     value_rows = values.view(-1, EXACT_VALUES_MAX).tolist() if values.numel() else []
     v = 0
     for b in blocks:
-        for handle, meta in b.metas:
-            mn, mx, mu, sq, nan_i, inf_i = table[i]
+        for (handle, meta), rows_of in zip(b.metas, b.rows_per):
+            mn, mx, mu, sq, nan_i, fin_i, s = table[i]
             i += 1
             if b.values is not None:
                 done[handle] = python_stats(meta, value_rows[v][: meta.numel])
                 v += 1
                 continue
-            nan_c, inf_c = int(nan_i), int(inf_i)
-            if inf_c and not nan_c:
-                # Welford's mean of a row holding an infinity is NaN; torch's mean is the infinity's sign.
-                mu = math.nan if (mn == -math.inf and mx == math.inf) else (mx if mx == math.inf else mn)
-            k = meta.numel
-            done[handle] = from_sums(meta, mn, mx, mu * k, sq + k * mu * mu, sq, nan_c, inf_c, None)
+            # The pads (NaN) are counted among the NaNs of the rows.
+            pads = 0 if b.row_widths is not None else rows_of * b.width - meta.numel
+            nan_c, fin_c = int(nan_i) - pads, int(fin_i)
+            inf_c = meta.numel - nan_c - fin_c
+            if not fin_c:
+                done[handle] = from_sums(meta, 0.0, 0.0, 0.0, 0.0, None, nan_c, inf_c, None)
+                continue
+            mean = mu * s
+            if mn == mx:
+                sq, mean, mu = 0.0, mn, mn / s  # every finite element equal: no spread, the mean is that element
+            squares = sq + fin_c * mu * mu  # Σy², y = x / s
+            norm = math.inf if math.isinf(squares * s * s) else math.sqrt(squares) * s
+            if fin_c == 1:
+                norm = abs(mn)  # torch's norm of one element is its magnitude
+            done[handle] = finished(meta, mn, mx, mean, math.sqrt(max(sq / fin_c, 0.0)) * s, norm, nan_c, inf_c)
