@@ -11,7 +11,21 @@ from dataclasses import dataclass
 
 from ..records import TensorStats
 
-__all__ = ["Meta", "empty_stats", "from_sums", "needs_centring", "python_stats"]
+__all__ = ["Meta", "empty_stats", "from_sums", "needs_centring", "needs_scaling", "python_stats", "scaled_stats"]
+
+#: Magnitudes past which Σx² of double-precision values over- or underflows: such values are scaled
+#: by a power of two first (exact), so a mean or std of a few huge or subnormal values is still right.
+_HUGE, _TINY = 1e150, 1e-150
+
+
+def needs_scaling(largest: float, huge: float = _HUGE, tiny: float = _TINY) -> bool:
+    """Whether squares of values of magnitude up to ``largest`` leave the range of the arithmetic
+    (``huge`` and ``tiny`` bound it: the defaults are double precision's)."""
+    return largest > huge or 0.0 < largest < tiny
+
+
+def _power_of_two(largest: float) -> float:
+    return math.ldexp(1.0, math.frexp(largest)[1] - 1)  # at most largest: never overflows
 
 
 @dataclass(frozen=True)
@@ -44,9 +58,22 @@ def python_stats(m: Meta, values: list[float]) -> TensorStats:
             # var and std of a tensor holding an infinity are undefined, as torch.var_mean says.
             mean, std, norm = sum(values) / n, math.nan, math.inf
         else:
-            mean = math.fsum(values) / n
-            std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
-            norm = math.sqrt(math.fsum(v * v for v in values))
+            largest = max(-mn, mx)
+            # Σx² as torch sums it in double precision: past ~1e154 it overflows, and torch's
+            # norm is then infinite; a Python fsum would raise instead.
+            squares = sum(v * v for v in values)
+            if needs_scaling(largest):
+                # Mean and std of values whose squares (or sums) leave the double range: scaled by a
+                # power of two, exactly, and scaled back (to inf only if the result itself is too large).
+                s = _power_of_two(largest)
+                scaled = [v / s for v in values]
+                mu = math.fsum(scaled) / n
+                mean, std = mu * s, math.sqrt(math.fsum((v - mu) * (v - mu) for v in scaled) / n) * s
+                norm = math.inf if math.isinf(squares) else math.sqrt(math.fsum(v * v for v in scaled)) * s
+            else:
+                mean = math.fsum(values) / n
+                std = math.sqrt(math.fsum((v - mean) * (v - mean) for v in values) / n)
+                norm = math.sqrt(math.fsum(v * v for v in values))
     return TensorStats(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, tuple(values) if m.keep_values else None)
 
 
@@ -63,6 +90,11 @@ def from_sums(m: Meta, mn: float, mx: float, total: float, squares: float, centr
         var = centred / n if centred is not None else squares / n - mean * mean
         std, norm = math.sqrt(max(var, 0.0)), math.sqrt(squares)
     return TensorStats._of(m.shape, m.dtype, m.device, n, mn, mx, mean, std, norm, nan, inf, values if m.keep_values else None)
+
+
+def scaled_stats(m: Meta, mn: float, mx: float, mean: float, std: float, norm: float) -> TensorStats:
+    """A TensorStats whose moments were computed on scaled values (no NaN, no infinity in the tensor)."""
+    return TensorStats._of(m.shape, m.dtype, m.device, m.numel, mn, mx, mean, std, norm, 0, 0, None)
 
 
 def needs_centring(total: float, squares: float, n: int) -> bool:

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from ..records import EXACT_VALUES_MAX, TensorStats
-from .finish import Meta, empty_stats, from_sums, needs_centring, python_stats
+from .finish import Meta, empty_stats, from_sums, needs_centring, needs_scaling, python_stats, scaled_stats
 
 __all__ = ["STAGE_ELEMENTS", "StatsBuffer", "stats_of"]
 
@@ -69,6 +69,8 @@ _FLOATS = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16
 _WIDE = frozenset({torch.float32, torch.float64})  # reduced without a conversion
 _DTYPE_NAMES = {d: _dtype_name(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64)}
 _DEVICE_NAMES: dict[torch.device, str] = {}
+#: Per dtype a reduction runs in: magnitudes past which its Σx² leaves its range (then the careful path).
+_RANGE = {torch.float32: (1e18, 1e-18), torch.float64: (1e150, 1e-150)}
 
 
 def _device_name(device: torch.device) -> str:
@@ -283,7 +285,10 @@ class StatsBuffer:
             var = squares / n - mean * mean
             # Rows the formula does not serve (rare): a NaN or an infinity, or a spread the
             # subtraction above would cancel. They take the careful path, one by one.
+            huge, tiny = _RANGE[m.dtype]
+            largest = torch.maximum(lo.abs(), hi.abs())
             careful = ~(total.isfinite() & squares.isfinite()) | ((var <= 1e-3 * mean * mean) & (lo != hi))
+            careful |= (largest > huge) | ((largest < tiny) & (largest > 0))  # squares out of range
             std = torch.where(lo == hi, 0.0, var.clamp(min=0.0).sqrt())
             rows = torch.stack((lo, hi, mean, std, norm), dim=1).tolist()
             shape_, name_, device_, make = meta.shape, meta.dtype, meta.device, TensorStats._of
@@ -309,15 +314,35 @@ class StatsBuffer:
         n = meta.numel
         nan = inf = 0
         centred = None
+        huge, tiny = _RANGE.get(m.dtype, _RANGE[torch.float64])
         if not (math.isfinite(total) and math.isfinite(squares)):
             x = m if row is None else m[row]
             nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            if not nan and not inf:
+                return self._scaled_row(meta, x, mn, mx)  # finite values whose sums overflowed
+        elif needs_scaling(max(-mn, mx), huge, tiny):
+            return self._scaled_row(meta, m if row is None else m[row], mn, mx)
         elif mn == mx:
             centred = 0.0  # every element equal (a zero bias, the gradient of a mean): no spread
         elif needs_centring(total, squares, n):
             x = m if row is None else m[row]
             centred = (x.double() - total / n).square_().sum().item()
         return from_sums(meta, mn, mx, total, squares, centred, nan, inf, None)
+
+    @staticmethod
+    def _scaled_row(meta: Meta, x: torch.Tensor, mn: float, mx: float) -> TensorStats:
+        """Statistics of finite values whose squares or sums leave the range of the arithmetic
+        (|x| beyond ~1e154 in double precision, ~1e19 in single, or tiny): mean and std from the
+        values scaled by a power of two (exact), in double precision; the norm is torch's
+        double-precision one (infinite exactly when torch.linalg.vector_norm says so)."""
+        x = x.double()
+        s = math.ldexp(1.0, math.frexp(max(-mn, mx))[1] - 1)
+        y = x / s
+        var, mean = torch.var_mean(y, correction=0)
+        norm = torch.linalg.vector_norm(x).item()
+        if math.isfinite(norm):
+            norm = torch.linalg.vector_norm(y).item() * s  # no underflow of tiny squares
+        return scaled_stats(meta, mn, mx, mean.item() * s, math.sqrt(var.item()) * s, norm)
 
     def _cpu_large(self, meta: Meta, x: torch.Tensor) -> TensorStats:
         lo, hi = torch.aminmax(x)
