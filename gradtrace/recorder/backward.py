@@ -72,8 +72,31 @@ class BackwardRecorder:
         self.grads: dict[NodeKey, list[int | None]] = {}
         self.handles: list[RemovableHandle] = []
         self._lock = threading.Lock()
+        #: Keep every gradient a leaf receives (a leaf reached twice, by a nested backward, shows their sum).
+        self.keep_leaf_grads = False
+        self._leaf_grads: dict[NodeKey, list[torch.Tensor]] = {}
+        self._running: dict[int, NodeKey] = {}  # thread -> the node whose pre-hook ran last there
         for key, node in graph.nodes.items():
             self.handles.append(node.register_prehook(self._hook_for(key)))
+
+    def add(self, key: NodeKey, node: Any) -> None:
+        """Hook a node found after the walk (in a backward run from inside this one)."""
+        self.handles.append(node.register_prehook(self._hook_for(key)))
+
+    def running(self) -> NodeKey | None:
+        """The node the engine is running on this thread (the last whose pre-hook ran here)."""
+        return self._running.get(threading.get_ident())
+
+    def sum_repeated(self, stats: StatsBuffer) -> None:
+        """Leaves that received gradients more than once: their statistics become the sum, added in
+        the order AccumulateGrad added them."""
+        for key, grads in self._leaf_grads.items():
+            if len(grads) > 1:
+                total = grads[0].clone()
+                for g in grads[1:]:
+                    total += g
+                self.grads[key] = [stats.add(total)]
+        self._leaf_grads.clear()
 
     def _hook_for(self, key: NodeKey) -> Any:
         lock = self._lock
@@ -82,8 +105,14 @@ class BackwardRecorder:
             # The engine runs each device's nodes on its own thread: a graph on two devices calls
             # these hooks from two threads at once.
             with lock:
-                self.order.append(key)
+                self._running[threading.get_ident()] = key
+                if key in self.grads and key[1] != "AccumulateGrad":
+                    return None  # (a node runs once; a leaf may be reached again by a nested backward)
+                if key not in self.grads:
+                    self.order.append(key)
                 self.grads[key] = [None if g is None else self.stats.add(g) for g in grad_outputs]
+                if self.keep_leaf_grads and key[1] == "AccumulateGrad" and grad_outputs and grad_outputs[0] is not None:
+                    self._leaf_grads.setdefault(key, []).append(grad_outputs[0])
             return None
 
         return prehook

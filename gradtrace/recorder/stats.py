@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CaptureError
 from ..records import EXACT_VALUES_MAX, TensorStats
 from .finish import Meta, empty_stats, from_sums, needs_centring, needs_scaling, python_stats, scaled_stats
 
@@ -69,6 +70,8 @@ _FLOATS = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16
 _WIDE = frozenset({torch.float32, torch.float64})  # reduced without a conversion
 _DTYPE_NAMES = {d: _dtype_name(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64)}
 _DEVICE_NAMES: dict[torch.device, str] = {}
+_META = ("gradtrace needs real values: a tensor on the 'meta' device has a shape but no data; "
+         "run the step on a real device (e.g. model.to_empty(device='cpu') and initialise the parameters)")
 #: Per dtype a reduction runs in: magnitudes past which its Σx² leaves its range (then the careful path).
 _RANGE = {torch.float32: (1e18, 1e-18), torch.float64: (1e150, 1e-150)}
 
@@ -200,6 +203,8 @@ class StatsBuffer:
         return False
 
     def _add_other(self, handle: int, tensor: torch.Tensor, n: int) -> None:
+        if tensor.is_meta:
+            raise CaptureError(_META)
         x = tensor.detach()
         dtype_name = _DTYPE_NAMES.get(x.dtype) or _dtype_name(x.dtype)
         keep_values = not x.is_complex()
@@ -247,6 +252,8 @@ class StatsBuffer:
             groups.setdefault((t.shape, t.dtype, t.device, entry[3]), []).append(entry)
         with torch.no_grad():
             for (shape, dtype, device, label), group in groups.items():
+                if device.type == "meta":
+                    raise CaptureError(_META)
                 self._reduce_group(shape, dtype, device, label, group)
 
     def discard_held(self) -> None:
