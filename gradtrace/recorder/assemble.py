@@ -37,6 +37,31 @@ def op_label(grad_fn_name: str) -> str:
     return _CAMEL.sub("_", base).lower()
 
 
+def _forward_owners(graph: Any, fwd: dict[NodeKey, Any], stats: list[Any]) -> dict[NodeKey, Any]:
+    """Walk key -> its forward record. Nodes made on several threads can share an identity; the
+    record (made on the recording thread) goes to the one whose outputs have its shapes, and to
+    none where that leaves a doubt: no value rather than another node's."""
+    owner = {k: rec for k, rec in fwd.items() if k in graph.nodes}
+    for base, keys in graph.collided.items():
+        owner.pop(base, None)
+        rec = fwd.get(base)
+        if rec is None:
+            continue
+        shapes = {nr: stats[h].shape for nr, h in rec.stats.items()}
+
+        def fits(node: Any) -> bool:
+            try:
+                meta = node._input_metadata
+                return all(nr < len(meta) and tuple(meta[nr].shape) == shape for nr, shape in shapes.items())
+            except (AttributeError, RuntimeError):
+                return False
+
+        matches = [k for k in keys if fits(graph.nodes[k])]
+        if len(matches) == 1:
+            owner[matches[0]] = rec
+    return owner
+
+
 def assemble(session: Session) -> Trace:
     """The Trace of what ``session`` recorded."""
     if session._walk is None or session._backward is None:
@@ -67,10 +92,11 @@ def assemble(session: Session) -> Trace:
             return tuple(stats[handles[i]] if i in handles else None for i in range(n))
         return tuple(None if h is None else stats[h] for h in handles)
 
+    owner = _forward_owners(graph, fwd, stats)
     nodes: list[TraceNode] = []
     for i, k in enumerate(ops):
         node = graph.nodes[k]
-        rec = fwd.get(k)
+        rec = owner.get(k)
         grads = bwd.grads.get(k, [])
         n_out = max(len(grads), (max(rec.stats) + 1) if rec and rec.stats else 0, 1)
         grad_stats = stats_list(grads, len(grads)) + (None,) * (n_out - len(grads))
@@ -115,7 +141,7 @@ def assemble(session: Session) -> Trace:
             edges.append(TraceEdge(*e))
     used_inputs: dict[int, str] = {}
     for k in ops:
-        rec = fwd.get(k)
+        rec = owner.get(k)
         if rec is None:
             continue
         for idx in sorted(rec.inputs):
@@ -128,6 +154,13 @@ def assemble(session: Session) -> Trace:
         inp = session.inputs[idx]
         nodes.append(TraceNode(key=key, kind="input", label=inp.label, values=(stats[inp.stats],)))
 
+    unrecorded = sum(1 for k in ops if k not in owner)
+    if unrecorded:
+        session.notes.append(
+            f"{unrecorded} op(s) have no forward value: they were made where gradtrace's recorder did not run "
+            "(before the capture began, or on another thread than the one that entered it: torch's dispatch "
+            "modes are per thread)"
+        )
     modules = {path: cls for path, cls in session.modules.classes.items() if path}
     if len(graph.roots) > 1:
         session.notes.append(f"backward() started from {len(graph.roots)} tensors at once; the first is marked as the loss")

@@ -32,6 +32,9 @@ class GraphWalk:
     nodes: dict[NodeKey, Any] = field(default_factory=dict)  # key -> autograd node, in visit order
     edges: list[tuple[NodeKey, NodeKey, int]] = field(default_factory=list)  # (producer, consumer, output_nr)
     roots: list[NodeKey] = field(default_factory=list)
+    #: node_id -> every key given to distinct nodes sharing it (made on different threads: sequence
+    #: numbers count per thread), only where there are several.
+    collided: dict[NodeKey, list[NodeKey]] = field(default_factory=dict)
 
 
 def walk(root_nodes: Iterable[Any]) -> GraphWalk:
@@ -43,22 +46,40 @@ def walk(root_nodes: Iterable[Any]) -> GraphWalk:
     """
     g = GraphWalk()
     queue: deque[Any] = deque()
-    for node in root_nodes:
+    # Nodes are told apart by the Python object: g.nodes holds each one, so its wrapper (and id) lives
+    # as long as the walk. node_id alone is not enough across threads (each counts its own sequence).
+    keys: dict[int, NodeKey] = {}
+
+    def key_of(node: Any) -> tuple[NodeKey, bool]:
+        key = keys.get(id(node))
+        if key is not None:
+            return key, False
         key = node_id(node)
-        if key not in g.nodes:
-            g.nodes[key] = node
+        if key in g.nodes and key[1] == "AccumulateGrad":
+            keys[id(node)] = key  # (a leaf's accumulator: the variable is the identity)
+            return key, False
+        if key in g.nodes:  # another node with the same identity: made on another thread
+            same = g.collided.setdefault(key, [key])
+            key = (key[0], f"{key[1]}#{len(same) + 1}")
+            same.append(key)
+        keys[id(node)] = key
+        g.nodes[key] = node
+        return key, True
+
+    for node in root_nodes:
+        key, new = key_of(node)
+        if new:
             g.roots.append(key)
             queue.append(node)
     while queue:
         node = queue.popleft()
-        consumer = node_id(node)
+        consumer = keys[id(node)]
         for child, output_nr in node.next_functions:
             if child is None:
                 continue
-            key = node_id(child)
+            key, new = key_of(child)
             g.edges.append((key, consumer, output_nr))
-            if key not in g.nodes:
-                g.nodes[key] = child
+            if new:
                 queue.append(child)
     return g
 
