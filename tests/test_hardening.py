@@ -362,3 +362,46 @@ def test_meta_device_is_refused_clearly():
         with gradtrace.capture(lin):
             lin(torch.randn(2, 3, device="meta")).sum().backward()
     assert_untouched(before, lin)
+
+
+WRITES_TORCH_MAY_NOT_COUNT = {
+    ".data.mul_": lambda h: h.data.mul_(2),
+    ".data[:] =": lambda h: h.data.__setitem__(slice(None), h.data * 2),
+    ".data.copy_": lambda h: h.data.copy_(h.detach() * 2),
+    "detach().mul_ under no_grad": lambda h: _under_no_grad(lambda: h.detach().mul_(2)),
+    "out= into .data": lambda h: torch.mul(h.data, 2, out=h.data),
+}
+
+
+def _under_no_grad(fn):
+    with torch.no_grad():
+        fn()
+
+
+@pytest.mark.parametrize("n", [3, 1000, 100_000])
+@pytest.mark.parametrize("write", list(WRITES_TORCH_MAY_NOT_COUNT))
+def test_values_read_after_writes_the_version_counter_misses(write, n):
+    """``.data`` writes share the memory but not the version counter: a value shown after one is the new one."""
+    torch.manual_seed(0)
+    base = torch.randn(n)
+    do = WRITES_TORCH_MAY_NOT_COUNT[write]
+
+    def fn(v):
+        h = v * 1
+        do(h)
+        return h.t().sum() + h.view(-1)[: n // 2 + 1].sum()
+
+    xp = base.clone().requires_grad_()
+    hp = xp * 1
+    made = hp.detach().clone()
+    do(hp)
+    ops, _ = autograd_walk(hp.t().sum() + hp.view(-1)[: n // 2 + 1].sum())
+    x = base.clone().requires_grad_()
+    t = gradtrace.trace(fn, x)
+    assert sum(n_.kind == "op" for n_ in t.nodes) == len(ops)
+    (mul,) = t.find("mul")
+    assert same(t.node(mul).value, stats_of(made)), "the value the op made, before the write"
+    (tk,) = t.find("t")
+    assert same(t.node(tk).value, stats_of(hp.detach().t())), "read after the write: the new values"
+    (sl,) = t.find("slice")
+    assert same(t.node(sl).value, stats_of(hp.detach().view(-1)[: n // 2 + 1]))

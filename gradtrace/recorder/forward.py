@@ -203,8 +203,8 @@ class ForwardRecorder(TorchDispatchMode):
         kind = _KINDS.get(id(func))
         if kind is None:
             kind = _op_kind(func)
-        if kind & _WRITES and self.stats.held_elements and self.stats.holds_any(_written(func, args, kwargs)):
-            self.stats.settle()  # held values must be read before this op changes them
+        if kind & _WRITES and self.stats.watching:
+            self.stats.before_write(_written(func, args, kwargs))  # read held values before this op changes them
         out = func(*args, **kwargs) if kwargs else func(*args)
         if self.recording and not kind & _SKIPPED:
             consumed: frozenset[int] = frozenset()

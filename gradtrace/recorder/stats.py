@@ -136,6 +136,7 @@ class StatsBuffer:
         self._storages_known = 0
         # Memory already described: (data_ptr, _layout, dtype, version) -> (handle, weakref to the tensor that had it).
         self._blocks: dict[tuple[Any, ...], tuple[int, weakref.ref[torch.Tensor]]] = {}
+        self._block_storages: dict[int, list[tuple[Any, ...]]] = {}  # storage address -> its keys in _blocks
         self._same_as: list[tuple[int, int, tuple[int, ...]]] = []  # (handle, handle with the same elements, shape)
         # Accelerator results waiting for the one copy to the host: (handles, metas, rows [k, 6], values [k, n] or None).
         self._device_rows: list[tuple[list[int], list[Meta], torch.Tensor, torch.Tensor | None]] = []
@@ -163,6 +164,28 @@ class StatsBuffer:
             return any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in storages for t in tensors)
         except (RuntimeError, NotImplementedError, TypeError):
             return True
+
+    def before_write(self, tensors: list[Any]) -> None:
+        """An op is about to write into ``tensors``: read every held tensor that shares their memory,
+        and forget what is known of that memory. (The version counter cannot be trusted for this: a
+        write through ``.data`` shares the memory but not the counter.)"""
+        if self._held and self.holds_any(tensors):
+            self.settle()
+        if self._block_storages:
+            for t in tensors:
+                try:
+                    keys = self._block_storages.pop(t.untyped_storage().data_ptr(), ())
+                except (AttributeError, RuntimeError, NotImplementedError):
+                    self._blocks.clear()
+                    self._block_storages.clear()
+                    return
+                for key in keys:
+                    self._blocks.pop(key, None)
+
+    @property
+    def watching(self) -> bool:
+        """Whether a write may concern what this buffer holds or remembers (see :meth:`before_write`)."""
+        return bool(self._held_elements or self._block_storages)
 
     def add(self, tensor: torch.Tensor) -> int:
         """Start the statistics of ``tensor``; return a handle for :meth:`materialize`."""
@@ -200,6 +223,10 @@ class StatsBuffer:
             self._same_as.append((handle, seen[0], tuple(tensor.shape)))
             return True
         self._blocks[key] = (handle, weakref.ref(tensor))
+        try:
+            self._block_storages.setdefault(tensor.untyped_storage().data_ptr(), []).append(key)
+        except (RuntimeError, NotImplementedError):
+            del self._blocks[key]  # no plain storage to watch for writes: never reuse it
         return False
 
     def _add_other(self, handle: int, tensor: torch.Tensor, n: int) -> None:
@@ -397,6 +424,7 @@ class StatsBuffer:
                 self._done[h] = TensorStats._of(shape, s.dtype, s.device, s.numel, s.min, s.max, s.mean, s.std, s.norm, s.nan, s.inf, None)
         self._same_as.clear()
         self._blocks.clear()
+        self._block_storages.clear()
         result = [s for s in self._done if s is not None]
         if len(result) != len(self._done):
             raise RuntimeError("gradtrace internal error: a statistic was never finished")
