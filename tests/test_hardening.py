@@ -405,3 +405,76 @@ def test_values_read_after_writes_the_version_counter_misses(write, n):
     assert same(t.node(tk).value, stats_of(hp.detach().t())), "read after the write: the new values"
     (sl,) = t.find("slice")
     assert same(t.node(sl).value, stats_of(hp.detach().view(-1)[: n // 2 + 1]))
+
+
+class TwoOutputs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a):
+        return a * 2, a * 3
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        return 2 * g1 + 3 * g2
+
+
+class DirtyThenMore(torch.autograd.Function):
+    """Marks its input dirty, and runs another op after the write (the write is not the last op)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        a.mul_(2)
+        ctx.mark_dirty(a)
+        ctx.scale = float(a.detach().abs().sum() * 0 + 2)
+        return a
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.scale
+
+
+class ReturnsInputAndNew(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        out = a + b
+        return b, out, a.sum()
+
+    @staticmethod
+    def backward(ctx, gb, gout, gs):
+        return gout + gs, gb + gout
+
+
+class SquaredNorm(torch.autograd.Function):
+    """Its output is the loss: no op runs after it."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return (a * a).sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return 2 * a * g
+
+
+CUSTOM = {
+    "the loss itself": lambda v: SquaredNorm.apply(v * 1),
+    "two outputs": lambda v: sum(o.sum() * (i + 1) for i, o in enumerate(TwoOutputs.apply(v * 1))),
+    "mark_dirty, then another op": lambda v: DirtyThenMore.apply(v * 1).pow(2).sum(),
+    "an input handed back": lambda v: sum(o.sum() * (i + 1) for i, o in enumerate(ReturnsInputAndNew.apply(v * 1, v.exp()))),
+}
+
+
+@pytest.mark.parametrize("name", list(CUSTOM))
+def test_custom_function_outputs_have_forward_values(name):
+    from .oracle import assert_ops_match, reference_step
+
+    fn = CUSTOM[name]
+    torch.manual_seed(0)
+    base = torch.randn(4, 3)
+    ref = reference_step(fn, (base.clone().requires_grad_(),), lambda out: out)
+    t = gradtrace.trace(fn, base.clone().requires_grad_())
+    # (the input a Function marks dirty is changed in place: the oracle cannot observe its maker)
+    ops = assert_ops_match(t, ref, unobservable=1 if "dirty" in name else 0)
+    missing = [(n.grad_fn, i) for n in ops for i, v in enumerate(n.values) if v is None]
+    assert missing == [], f"outputs without a forward value: {missing}"
