@@ -74,6 +74,16 @@ def assemble(session: Session) -> Trace:
             f"{session.stats.changed_after_add} tensor(s) were written in place by code gradtrace does not see "
             "(a hook, another thread) after they were recorded: their statistics show the value after the write"
         )
+    if session.stats.sparse:
+        session.notes.append(
+            f"{session.stats.sparse} sparse tensor(s): their statistics describe the stored values only "
+            "(min, max, mean, std, norm and counts over the stored entries; implicit zeros are not counted)"
+        )
+    if session.stats.unreadable:
+        session.notes.append(
+            f"{session.stats.unreadable} tensor(s) (nested, or wrapped by a torch.func transform such as vmap or grad) "
+            "have no statistics: their elements are not plain memory gradtrace can read"
+        )
     param_names = session.modules.named_parameters()
     fwd = session.recorder.nodes
 

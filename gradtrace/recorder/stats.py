@@ -101,6 +101,16 @@ def _layout(x: torch.Tensor) -> tuple[tuple[int, int], ...]:
     return tuple((st, sz) for st, sz in runs)
 
 
+_STRIDED = torch.strided
+_COMPRESSED = frozenset({torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc})
+
+
+def _is_wrapped(t: torch.Tensor) -> bool:
+    """A tensor wrapped by a torch.func transform (vmap, grad) or a nested tensor: its elements are not
+    plain memory this code can reduce."""
+    return t.is_nested or (torch._C._are_functorch_transforms_active() and torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
 def _version(t: torch.Tensor) -> int:
     try:
         return t._version
@@ -142,6 +152,9 @@ class StatsBuffer:
         self._device_rows: list[tuple[list[int], list[Meta], torch.Tensor, torch.Tensor | None]] = []
         #: Tensors whose version counter moved between add() and their reduction (written in place meanwhile).
         self.changed_after_add = 0
+        #: Sparse tensors added (described by their stored values), and tensors whose elements could not be read.
+        self.sparse = 0
+        self.unreadable = 0
 
     def __len__(self) -> int:
         return len(self._done)
@@ -192,6 +205,9 @@ class StatsBuffer:
         # Hot path: it runs for every value and gradient of the step; a small float tensor is only held.
         handle = len(self._done)
         self._done.append(None)
+        if tensor.layout is not _STRIDED or _is_wrapped(tensor):
+            self._add_unusual(handle, tensor)
+            return handle
         n = tensor.numel()
         if tensor.dtype in _FLOATS and n:
             if n > SAME_CHECK_MIN and self._seen_before(handle, tensor, n):
@@ -228,6 +244,34 @@ class StatsBuffer:
         except (RuntimeError, NotImplementedError):
             del self._blocks[key]  # no plain storage to watch for writes: never reuse it
         return False
+
+    def _add_unusual(self, handle: int, tensor: torch.Tensor) -> None:
+        """A sparse tensor (described by its stored values, counted in :attr:`sparse`), or one whose
+        elements cannot be read here: nested, or wrapped by a ``torch.func`` transform (an empty
+        statistic, counted in :attr:`unreadable`)."""
+        x = tensor.detach()
+        layout = x.layout
+        if layout is torch.sparse_coo or layout in _COMPRESSED:
+            try:
+                values = x.coalesce().values() if layout is torch.sparse_coo else x.values()
+            except (RuntimeError, NotImplementedError):
+                values = None
+            if values is not None:
+                self.sparse += 1
+                dtype_name = _DTYPE_NAMES.get(x.dtype) or _dtype_name(x.dtype)
+                meta = Meta(tuple(x.shape), dtype_name, _device_name(x.device), values.numel(), False)
+                inner = StatsBuffer(accelerator_path=self._accelerator_path)
+                inner.add(values.reshape(-1))
+                s = inner.materialize()[0]
+                self._done[handle] = TensorStats._of(meta.shape, meta.dtype, meta.device, meta.numel, s.min, s.max,
+                                                     s.mean, s.std, s.norm, s.nan, s.inf, None)
+                return
+        self.unreadable += 1
+        try:
+            shape = tuple(x.shape)
+        except (RuntimeError, NotImplementedError):  # a nested tensor has no single shape
+            shape = ()
+        self._done[handle] = empty_stats(Meta(shape, _dtype_name(x.dtype), _device_name(x.device), 0, False))
 
     def _add_other(self, handle: int, tensor: torch.Tensor, n: int) -> None:
         if tensor.is_meta:
