@@ -109,7 +109,7 @@ def _floats(dtype: torch.dtype):
     return st.one_of(finite, special)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.sampled_from(_DTYPES + [torch.int64, torch.int32, torch.bool]), st.data())
 def test_any_dtype_and_magnitude(dtype, data):
     n = data.draw(st.sampled_from([1, 2, 5, 16, 17, 100, 3000]))

@@ -68,8 +68,12 @@ def python_stats(m: Meta, values: list[float]) -> TensorStats:
                 s = _power_of_two(largest)
                 scaled = [v / s for v in values]
                 mu = math.fsum(scaled) / n
-                mean, std = mu * s, math.sqrt(math.fsum((v - mu) * (v - mu) for v in scaled) / n) * s
-                norm = math.inf if math.isinf(squares) else math.sqrt(math.fsum(v * v for v in scaled)) * s
+                mean = mn if mn == mx else mu * s
+                std = 0.0 if mn == mx else math.sqrt(math.fsum((v - mu) * (v - mu) for v in scaled) / n) * s
+                if n == 1:
+                    norm = abs(values[0])  # torch's norm of one element is its magnitude, never inf
+                else:
+                    norm = math.inf if math.isinf(squares) else math.sqrt(math.fsum(v * v for v in scaled)) * s
             else:
                 mean = math.fsum(values) / n
                 std = math.sqrt(math.fsum((v - mean) * (v - mean) for v in values) / n)

@@ -420,6 +420,8 @@ class StatsBuffer:
         norm = torch.linalg.vector_norm(x).item()
         if math.isfinite(norm):
             norm = torch.linalg.vector_norm(y).item() * s  # no underflow of tiny squares
+        if mn == mx:  # every element equal: no spread, and the mean is that element
+            return scaled_stats(meta, mn, mx, mn, 0.0, norm)
         return scaled_stats(meta, mn, mx, mean.item() * s, math.sqrt(var.item()) * s, norm)
 
     def _cpu_large(self, meta: Meta, x: torch.Tensor) -> TensorStats:
