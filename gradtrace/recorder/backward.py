@@ -131,7 +131,12 @@ class BackwardRecorder:
                     return None  # (a node runs once; a leaf may be reached again by a nested backward)
                 if key not in self.grads:
                     self.order.append(key)
-                self.grads[key] = [None if g is None else self.stats.add(g) for g in grad_outputs]
+                if key[1] == "AccumulateGrad":
+                    # Reduced at once, not held: AccumulateGrad takes this tensor over as .grad only if
+                    # nobody else holds it (else it copies it: other ops than the user's run would run).
+                    self.grads[key] = [None if g is None else self.stats.add_now(g) for g in grad_outputs]
+                else:
+                    self.grads[key] = [None if g is None else self.stats.add(g) for g in grad_outputs]
                 if self.keep_leaf_grads and key[1] == "AccumulateGrad" and grad_outputs and grad_outputs[0] is not None:
                     self._leaf_grads.setdefault(key, []).append(grad_outputs[0])
             return None

@@ -31,7 +31,7 @@ from .assemble import assemble
 from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
 from .forward import ForwardRecorder, ModuleTracker, node_id
 from .intercept import claim, inside_autograd, install
-from .stats import StatsBuffer
+from .stats import StatsBuffer, invisible
 
 __all__ = ["Session", "input_names", "names_from_frames"]
 
@@ -311,7 +311,8 @@ class Session:
             finally:
                 self._in_backward = False
                 self._backward.remove()
-                self._backward.sum_repeated(self.stats)
+                with invisible():
+                    self._backward.sum_repeated(self.stats)
                 # Read every held value and gradient now, before anything (an optimizer step) changes them.
                 self.stats.settle()
 
@@ -377,7 +378,7 @@ class Session:
         if self._walk is None or self.optimizer_done or self._before_step:
             return
         leaves = {id(n.variable) for k, n in self._walk.nodes.items() if k[1] == "AccumulateGrad"}
-        with torch.no_grad(), self.outside_mode():
+        with torch.no_grad(), invisible():
             for group in opt.param_groups:
                 for p in group["params"]:
                     if id(p) in leaves:
@@ -386,7 +387,7 @@ class Session:
     def _optimizer_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._walk is None or self.optimizer_done or not self._before_step:
             return
-        with torch.no_grad(), self.outside_mode():
+        with torch.no_grad(), invisible():
             for group in opt.param_groups:
                 for p in group["params"]:
                     before = self._before_step.pop(id(p), None)

@@ -38,9 +38,10 @@ the passes over their elements, so:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -48,7 +49,7 @@ from ..errors import CaptureError
 from ..records import EXACT_VALUES_MAX, TensorStats
 from .finish import Meta, empty_stats, from_sums, needs_centring, needs_scaling, python_stats, scaled_stats
 
-__all__ = ["STAGE_ELEMENTS", "StatsBuffer", "stats_of"]
+__all__ = ["STAGE_ELEMENTS", "StatsBuffer", "invisible", "stats_of"]
 
 #: Tensors up to this many elements are held and reduced in groups (per device type); larger ones at once.
 STAGE_MAX = {"cpu": 1 << 16}
@@ -109,6 +110,20 @@ def _is_wrapped(t: torch.Tensor) -> bool:
     """A tensor wrapped by a torch.func transform (vmap, grad) or a nested tensor: its elements are not
     plain memory this code can reduce."""
     return t.is_nested or (torch._C._are_functorch_transforms_active() and torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+@contextlib.contextmanager
+def invisible() -> Iterator[None]:
+    """gradtrace's own tensor work, hidden from every dispatch mode and __torch_function__ handler
+    (a user's FlopCounterMode, a profiler's, a mode of their own): they see the user's ops only."""
+    n = torch._C._len_torch_dispatch_stack()
+    modes = [torch._C._pop_torch_dispatch_stack(None) for _ in range(n)]
+    try:
+        with torch._C.DisableTorchFunction():
+            yield
+    finally:
+        for mode in reversed(modes):
+            torch._C._push_on_torch_dispatch_stack(mode)
 
 
 def _version(t: torch.Tensor) -> int:
@@ -206,7 +221,8 @@ class StatsBuffer:
         handle = len(self._done)
         self._done.append(None)
         if tensor.layout is not _STRIDED or _is_wrapped(tensor):
-            self._add_unusual(handle, tensor)
+            with invisible():
+                self._add_unusual(handle, tensor)
             return handle
         n = tensor.numel()
         if tensor.dtype in _FLOATS and n:
@@ -215,7 +231,22 @@ class StatsBuffer:
             if n <= self._hold_max(tensor):
                 self._hold(handle, tensor, n, None)
                 return handle
-        self._add_other(handle, tensor, n)
+        with invisible():
+            self._add_other(handle, tensor, n)
+        return handle
+
+    def add_now(self, tensor: torch.Tensor) -> int:
+        """Like :meth:`add`, but reduced at once: no reference to ``tensor`` is kept. For a gradient
+        about to reach a leaf, which AccumulateGrad takes over as ``.grad`` only if nobody else holds it."""
+        handle = len(self._done)
+        self._done.append(None)
+        with invisible():
+            if tensor.layout is not _STRIDED or _is_wrapped(tensor):
+                self._add_unusual(handle, tensor)
+            else:
+                n = tensor.numel()
+                if not (tensor.dtype in _FLOATS and n > SAME_CHECK_MIN and self._seen_before(handle, tensor, n)):
+                    self._add_other(handle, tensor, n)
         return handle
 
     def _hold_max(self, tensor: torch.Tensor) -> int:
@@ -315,6 +346,10 @@ class StatsBuffer:
         """Reduce every held tensor now; call it before any of them may be changed in place."""
         if not self._held:
             return
+        with invisible():
+            self._settle()
+
+    def _settle(self) -> None:
         held, self._held, self._held_elements = self._held, [], 0
         self._held_storages, self._storages_known = set(), 0
         groups: dict[tuple[Any, ...], list[_Held]] = {}
@@ -444,6 +479,10 @@ class StatsBuffer:
 
     def materialize(self) -> list[TensorStats]:
         """Finish every statistic: one copy to the host per device. Returns one TensorStats per handle."""
+        with invisible():
+            return self._materialize()
+
+    def _materialize(self) -> list[TensorStats]:
         self.settle()
         by_device: dict[torch.device, list[tuple[list[int], list[Meta], torch.Tensor, torch.Tensor | None]]] = {}
         for entry in self._device_rows:
