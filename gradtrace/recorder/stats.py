@@ -245,7 +245,9 @@ class StatsBuffer:
                 self._add_unusual(handle, tensor)
             else:
                 n = tensor.numel()
-                if not (tensor.dtype in _FLOATS and n > SAME_CHECK_MIN and self._seen_before(handle, tensor, n)):
+                if tensor.dtype in _FLOATS and n and n <= self._hold_max(tensor):
+                    self._hold(handle, tensor.detach().clone(), n, None)  # a private copy, reduced with the rest
+                elif not (tensor.dtype in _FLOATS and n > SAME_CHECK_MIN and self._seen_before(handle, tensor, n)):
                     self._add_other(handle, tensor, n)
         return handle
 
