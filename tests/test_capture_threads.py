@@ -151,3 +151,32 @@ def test_a_wrapper_installed_over_ours_is_left_to_its_owner():
         assert cap.trace.node(cap.trace.loss).label == "sum"
     finally:
         torch.autograd.backward = original
+
+
+def test_capture_entered_here_step_run_in_a_worker_thread():
+    """The training loop runs in a worker thread, the capture in the main one: values and gradients are
+    torch's, and nothing stays on the worker's dispatch stack."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    v = torch.randn(5, 3)
+    ref = reference_step(model, (v,), lambda out: out.pow(2).mean())
+    model.zero_grad()
+    done, stacks, errors = threading.Event(), [], []
+
+    def loop() -> None:
+        try:
+            model(v).pow(2).mean().backward()
+            stacks.append(torch._C._len_torch_dispatch_stack())
+        except BaseException as e:
+            errors.append(e)
+
+    with gradtrace.capture(model) as cap:
+        th = threading.Thread(target=loop)
+        th.start()
+        th.join()
+    assert errors == [] and stacks == [0], "the recorder left the worker's dispatch stack at its backward()"
+    assert_ops_match(cap.trace, ref)
+    for name, g in ref.param_grads.items():
+        (k,) = cap.trace.find(name)
+        assert same(cap.trace.node(k).grad, stats_of(g)), name
+    assert not any("no forward value" in n for n in cap.trace.notes)

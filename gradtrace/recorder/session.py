@@ -13,6 +13,7 @@ import contextlib
 import gc
 import inspect
 import sys
+import threading
 import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ class Session:
         self._in_backward = False  # the recorded backward is running
         self.keep_grads = False  # trace(): .grad of every leaf is left as it was (the Trace has the gradients)
         self._nested_grads: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self._thread = threading.get_ident()
+        self._followed: set[int] = set()  # other threads the recorder was pushed on (see _follow_thread)
         self.on_optimizer_done: Callable[[], None] | None = None
         self.on_backward_after_recorded: Callable[[], None] | None = None
         self._leaf_names: dict[int, str] = {}
@@ -101,6 +104,7 @@ class Session:
         try:
             stack.callback(claim())  # first in, last out
             stack.callback(setattr, self, "_closed", True)
+            stack.callback(self._leave_threads)
             stack.callback(self._release_tensors)
             stack.callback(self._resume_gc)
             if self.recorder.recording:
@@ -179,6 +183,8 @@ class Session:
             self.recorder.origins[id(t)] = (weakref.ref(t), frozenset((i,)))
 
     def _on_root_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.recorder.recording and not self._closed and threading.get_ident() != self._thread:
+            self._follow_thread()
         if self.recorder.recording:
             # Only data from outside: a tensor computed in this step (the model's output fed to a loss) is no input.
             self.add_inputs(a for a in torch.utils._pytree.tree_leaves(list(args)) if not isinstance(a, torch.Tensor) or a.grad_fn is None)
@@ -214,9 +220,36 @@ class Session:
             return original(outputs, *args, **kwargs)
         return self._user_step("grad", original, outputs, args, kwargs)
 
+    def _follow_thread(self) -> None:
+        """The model runs on a thread other than the one that entered the capture (a training loop in a
+        worker thread). Dispatch modes are per thread, so the recorder is pushed on this thread too, from
+        the model's first call until this thread's next backward() (see :meth:`_leave_thread`)."""
+        ident = threading.get_ident()
+        if ident in self._followed:
+            return
+        torch._C._push_on_torch_dispatch_stack(self.recorder)
+        self._followed.add(ident)
+
+    def _leave_thread(self) -> None:
+        """Take the recorder off this thread's dispatch stack, if :meth:`_follow_thread` put it there."""
+        ident = threading.get_ident()
+        if ident in self._followed and _get_current_dispatch_mode() is self.recorder:
+            torch._C._pop_torch_dispatch_stack(None)
+            self._followed.discard(ident)
+
+    def _leave_threads(self) -> None:
+        self._leave_thread()
+        if self._followed:
+            # Still pushed on a thread that has not reached its backward(): it cannot be taken off from
+            # here; it records nothing more and lets every op through.
+            self.recorder.recording = False
+            self.notes.append("the capture ended while the model was still running on another thread")
+
     def _user_step(self, kind: str, original: Callable[..., Any], tensors: Any, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> Any:
         """One backward step of the user's: counted, and recorded when it is the asked-for one."""
+        if self._followed:
+            self._leave_thread()  # the forward on this thread is over
         self.backward_calls += 1
         if self._recorded:
             if self.on_backward_after_recorded is not None:
