@@ -121,3 +121,23 @@ def test_vmap_of_grad_inside_a_step():
     assert abs(cap.trace.node(cap.trace.loss).value.values[0] - loss.item()) <= 1e-6 * abs(loss.item())
     t = gradtrace.trace(lambda v: step(lin, v), xs)
     assert t.node(t.loss).value is not None
+
+
+def test_nested_tensor_step_is_traced_with_a_note():
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    plain = copy.deepcopy(lin)
+
+    def step(model, a, b):
+        nt = torch.nested.nested_tensor([a, b], layout=torch.jagged)
+        return torch.cat([o.sum().reshape(1) * (i + 1) for i, o in enumerate(model(nt).unbind())]).sum()
+
+    a, b = torch.randn(2, 3), torch.randn(4, 3)
+    loss = step(plain, a, b)
+    loss.backward()
+    t = gradtrace.trace(lambda x, y: step(lin, x, y), a, b)
+    for name, p in plain.named_parameters():
+        (k,) = t.find(name)
+        assert same(t.node(k).grad, stats_of(p.grad)), name
+    assert t.node(t.loss).value.values == (loss.item(),)
+    assert any("nested" in n and "no statistics" in n for n in t.notes)

@@ -167,9 +167,9 @@ def assemble(session: Session) -> Trace:
     unrecorded = sum(1 for k in ops if k not in owner)
     if unrecorded:
         session.notes.append(
-            f"{unrecorded} op(s) have no forward value: they were made where gradtrace's recorder did not run "
-            "(before the capture began, or on another thread than the one that entered it: torch's dispatch "
-            "modes are per thread)"
+            f"{unrecorded} op(s) have no forward value: gradtrace's recorder did not see them made (before the "
+            "capture began, on another thread than the one running the model: torch's dispatch modes are per "
+            "thread, or inside a tensor subclass such as a nested tensor)"
         )
     modules = {path: cls for path, cls in session.modules.classes.items() if path}
     if len(graph.roots) > 1:
