@@ -20,10 +20,11 @@ import threading
 from typing import Any, Callable
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..errors import CaptureError
 
-__all__ = ["claim", "inside_autograd", "install"]
+__all__ = ["ThreadFollower", "claim", "inside_autograd", "install"]
 
 _lock = threading.Lock()
 _active: list[str] = []  # the thread name of the session that is open, if any
@@ -67,3 +68,35 @@ def install(owner: Any, name: str, replacement: Callable[..., Any]) -> Callable[
             setattr(owner, name, original)
 
     return restore
+
+
+class ThreadFollower:
+    """Puts a dispatch mode on the threads where the model runs, besides the one that entered it.
+
+    Dispatch modes are per thread: a capture entered on one thread sees nothing of a training loop
+    run on another. The session calls :meth:`follow` when a model's outermost call starts on another
+    thread, and :meth:`leave` on that thread's next ``backward()`` (the forward is over), so the mode
+    is on that thread's stack for exactly the forward of each step.
+    """
+
+    def __init__(self, mode: Any) -> None:
+        self.mode = mode
+        self.home = threading.get_ident()
+        self.followed: set[int] = set()  # threads the mode was pushed on and not yet taken off
+
+    def away(self) -> bool:
+        """Whether this thread is another than the one that entered the capture."""
+        return threading.get_ident() != self.home
+
+    def follow(self) -> None:
+        ident = threading.get_ident()
+        if ident not in self.followed:
+            torch._C._push_on_torch_dispatch_stack(self.mode)
+            self.followed.add(ident)
+
+    def leave(self) -> None:
+        """Take the mode off this thread's dispatch stack, if :meth:`follow` put it there."""
+        ident = threading.get_ident()
+        if ident in self.followed and _get_current_dispatch_mode() is self.mode:
+            torch._C._pop_torch_dispatch_stack(None)
+            self.followed.discard(ident)

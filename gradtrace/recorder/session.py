@@ -13,7 +13,6 @@ import contextlib
 import gc
 import inspect
 import sys
-import threading
 import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from ..steptrace import Trace
 from .assemble import assemble
 from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
 from .forward import ForwardRecorder, ModuleTracker, node_id
-from .intercept import claim, inside_autograd, install
+from .intercept import ThreadFollower, claim, inside_autograd, install
+from .nested import record_nested
 from .stats import StatsBuffer, invisible
 
 __all__ = ["Session", "input_names", "names_from_frames"]
@@ -90,8 +90,7 @@ class Session:
         self._in_backward = False  # the recorded backward is running
         self.keep_grads = False  # trace(): .grad of every leaf is left as it was (the Trace has the gradients)
         self._nested_grads: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        self._thread = threading.get_ident()
-        self._followed: set[int] = set()  # other threads the recorder was pushed on (see _follow_thread)
+        self._threads = ThreadFollower(self.recorder)
         self.on_optimizer_done: Callable[[], None] | None = None
         self.on_backward_after_recorded: Callable[[], None] | None = None
         self._leaf_names: dict[int, str] = {}
@@ -183,8 +182,8 @@ class Session:
             self.recorder.origins[id(t)] = (weakref.ref(t), frozenset((i,)))
 
     def _on_root_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if self.recorder.recording and not self._closed and threading.get_ident() != self._thread:
-            self._follow_thread()
+        if self.recorder.recording and not self._closed and self._threads.away():
+            self._threads.follow()
         if self.recorder.recording:
             # Only data from outside: a tensor computed in this step (the model's output fed to a loss) is no input.
             self.add_inputs(a for a in torch.utils._pytree.tree_leaves(list(args)) if not isinstance(a, torch.Tensor) or a.grad_fn is None)
@@ -220,26 +219,9 @@ class Session:
             return original(outputs, *args, **kwargs)
         return self._user_step("grad", original, outputs, args, kwargs)
 
-    def _follow_thread(self) -> None:
-        """The model runs on a thread other than the one that entered the capture (a training loop in a
-        worker thread). Dispatch modes are per thread, so the recorder is pushed on this thread too, from
-        the model's first call until this thread's next backward() (see :meth:`_leave_thread`)."""
-        ident = threading.get_ident()
-        if ident in self._followed:
-            return
-        torch._C._push_on_torch_dispatch_stack(self.recorder)
-        self._followed.add(ident)
-
-    def _leave_thread(self) -> None:
-        """Take the recorder off this thread's dispatch stack, if :meth:`_follow_thread` put it there."""
-        ident = threading.get_ident()
-        if ident in self._followed and _get_current_dispatch_mode() is self.recorder:
-            torch._C._pop_torch_dispatch_stack(None)
-            self._followed.discard(ident)
-
     def _leave_threads(self) -> None:
-        self._leave_thread()
-        if self._followed:
+        self._threads.leave()
+        if self._threads.followed:
             # Still pushed on a thread that has not reached its backward(): it cannot be taken off from
             # here; it records nothing more and lets every op through.
             self.recorder.recording = False
@@ -248,8 +230,8 @@ class Session:
     def _user_step(self, kind: str, original: Callable[..., Any], tensors: Any, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> Any:
         """One backward step of the user's: counted, and recorded when it is the asked-for one."""
-        if self._followed:
-            self._leave_thread()  # the forward on this thread is over
+        if self._threads.followed:
+            self._threads.leave()  # the forward on this thread is over
         self.backward_calls += 1
         if self._recorded:
             if self.on_backward_after_recorded is not None:
@@ -350,50 +332,12 @@ class Session:
                 self.stats.settle()
 
     def _record_nested(self, tensors: Any) -> None:
-        """A backward run from inside the recorded one: a reentrant ``torch.utils.checkpoint`` block
-        recomputing its forward. Its leaves (the block's parameters) join the trace, feeding the node
-        that is running it, with their gradients; its inner ops are not drawn, and a note says so."""
-        graph, bwd = self._walk, self._backward
-        if graph is None or bwd is None:
+        """A backward run from inside the recorded one (a reentrant checkpoint's): see :mod:`.nested`."""
+        if self._walk is None or self._backward is None:
             return
-        roots = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
-        nodes = [t.grad_fn for t in roots if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-        if not nodes:
-            return
-        consumer = bwd.running()
-        with self.outside_mode():
-            nested = walk(nodes)
-            # The block's own inputs come in as detached copies (leaves sharing storage with what the
-            # checkpoint saved): they stand for the checkpoint's inputs, which the graph already has.
-            saved: set[int] = set()
-            ctx = graph.nodes.get(consumer) if consumer is not None else None
-            try:
-                saved = {t.untyped_storage().data_ptr() for t in getattr(ctx, "saved_tensors", ()) if isinstance(t, torch.Tensor)}
-            except RuntimeError:
-                pass
-            names = self.modules.named_parameters()
-            hidden = 0
-            for key, node in nested.nodes.items():
-                if key[1] != "AccumulateGrad":
-                    hidden += 1
-                    continue
-                var = node.variable
-                if id(var) not in names and var.untyped_storage().data_ptr() in saved:
-                    continue
-                if key not in graph.nodes:
-                    graph.nodes[key] = node
-                    self._leaf_stats[key] = self.stats.add(var)
-                    bwd.add(key, node)
-                    if self.keep_grads:
-                        self._nested_grads.append((var, var.grad))
-                        var.grad = None
-                if consumer is not None:
-                    graph.edges.append((key, consumer, 0))
-        label = type(ctx).__name__ if ctx is not None else "a node"
-        note = (f"{label} ran a backward of its own (torch.utils.checkpoint with use_reentrant=True recomputes its "
-                f"block during backward): the block's {hidden} op(s) are not drawn; its parameters are, feeding "
-                f"that node, with their gradients")
-        self.notes.append(note)
+        note = record_nested(self, tensors)
+        if note is not None:
+            self.notes.append(note)
 
     def restore_nested_grads(self) -> None:
         """Put back the ``.grad`` of leaves met only in a nested backward (``keep_grads``)."""
