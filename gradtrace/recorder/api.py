@@ -114,6 +114,7 @@ def _backward_keeping_grads(session: Session, root: torch.Tensor) -> None:
     assert session._walk is not None
     leaves = [n.variable for k, n in session._walk.nodes.items() if k[1] == "AccumulateGrad"]
     saved = [v.grad for v in leaves]
+    session.keep_grads = True  # and leaves found only during the backward (a reentrant checkpoint's)
     try:
         for v in leaves:
             v.grad = None
@@ -121,6 +122,7 @@ def _backward_keeping_grads(session: Session, root: torch.Tensor) -> None:
     finally:
         for v, g in zip(leaves, saved):
             v.grad = g
+        session.restore_nested_grads()
 
 
 class Capture:

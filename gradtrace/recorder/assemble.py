@@ -66,6 +66,31 @@ def op_label(grad_fn_name: str) -> str:
     return _CAMEL.sub("_", base).lower()
 
 
+def _forward_owners(graph: Any, fwd: dict[NodeKey, Any], stats: list[Any]) -> dict[NodeKey, Any]:
+    """Walk key -> its forward record. Nodes made on several threads can share an identity; the
+    record (made on the recording thread) goes to the one whose outputs have its shapes, and to
+    none where that leaves a doubt: no value rather than another node's."""
+    owner = {k: rec for k, rec in fwd.items() if k in graph.nodes}
+    for base, keys in graph.collided.items():
+        owner.pop(base, None)
+        rec = fwd.get(base)
+        if rec is None:
+            continue
+        shapes = {nr: stats[h].shape for nr, h in rec.stats.items()}
+
+        def fits(node: Any) -> bool:
+            try:
+                meta = node._input_metadata
+                return all(nr < len(meta) and tuple(meta[nr].shape) == shape for nr, shape in shapes.items())
+            except (AttributeError, RuntimeError):
+                return False
+
+        matches = [k for k in keys if fits(graph.nodes[k])]
+        if len(matches) == 1:
+            owner[matches[0]] = rec
+    return owner
+
+
 def assemble(session: Session) -> Trace:
     """The Trace of what ``session`` recorded."""
     if session._walk is None or session._backward is None:
@@ -77,6 +102,16 @@ def assemble(session: Session) -> Trace:
         session.notes.append(
             f"{session.stats.changed_after_add} tensor(s) were written in place by code gradtrace does not see "
             "(a hook, another thread) after they were recorded: their statistics show the value after the write"
+        )
+    if session.stats.sparse:
+        session.notes.append(
+            f"{session.stats.sparse} sparse tensor(s): their statistics describe the stored values only "
+            "(min, max, mean, std, norm and counts over the stored entries; implicit zeros are not counted)"
+        )
+    if session.stats.unreadable:
+        session.notes.append(
+            f"{session.stats.unreadable} tensor(s) (nested, or wrapped by a torch.func transform such as vmap or grad) "
+            "have no statistics: their elements are not plain memory gradtrace can read"
         )
     param_names = session.modules.named_parameters()
     fwd = session.recorder.nodes
@@ -100,10 +135,11 @@ def assemble(session: Session) -> Trace:
             return tuple(stats[handles[i]] if i in handles else None for i in range(n))
         return tuple(None if h is None else stats[h] for h in handles)
 
+    owner = _forward_owners(graph, fwd, stats)
     nodes: list[TraceNode] = []
     for i, k in enumerate(ops):
         node = graph.nodes[k]
-        rec = fwd.get(k)
+        rec = owner.get(k)
         grads = bwd.grads.get(k, [])
         n_out = max(len(grads), (max(rec.stats) + 1) if rec and rec.stats else 0, 1)
         grad_stats = stats_list(grads, len(grads)) + (None,) * (n_out - len(grads))
@@ -155,7 +191,7 @@ def assemble(session: Session) -> Trace:
             edges.append(TraceEdge(*e, grad=None if sent is None else stats[sent], uses=uses[(src, dst, out)]))
     used_inputs: dict[int, str] = {}
     for k in ops:
-        rec = fwd.get(k)
+        rec = owner.get(k)
         if rec is None:
             continue
         for idx in sorted(rec.inputs):
@@ -170,6 +206,13 @@ def assemble(session: Session) -> Trace:
         label = inp.label or f"input {key[len('input'):]}"
         nodes.append(TraceNode(key=key, kind="input", label=label, values=(stats[inp.stats],)))
 
+    unrecorded = sum(1 for k in ops if k not in owner)
+    if unrecorded:
+        session.notes.append(
+            f"{unrecorded} op(s) have no forward value: gradtrace's recorder did not see them made (before the "
+            "capture began, on another thread than the one running the model: torch's dispatch modes are per "
+            "thread, or inside a tensor subclass such as a nested tensor)"
+        )
     modules = {rename_path(path, prefixes): cls for path, cls in session.modules.classes.items()}
     modules = {path: cls for path, cls in modules.items() if path}
     if len(graph.roots) > 1:

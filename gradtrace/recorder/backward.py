@@ -36,6 +36,9 @@ class GraphWalk:
     #: consumer -> its inputs as ``next_functions`` lists them: (producer, output_nr, slot), slot being
     #: the position in ``next_functions`` (and in the consumer's ``grad_inputs``); empty slots left out.
     slots: dict[NodeKey, list[tuple[NodeKey, int, int]]] = field(default_factory=dict)
+    #: node_id -> every key given to distinct nodes sharing it (made on different threads: sequence
+    #: numbers count per thread), only where there are several.
+    collided: dict[NodeKey, list[NodeKey]] = field(default_factory=dict)
 
 
 def walk(root_nodes: Iterable[Any]) -> GraphWalk:
@@ -47,24 +50,42 @@ def walk(root_nodes: Iterable[Any]) -> GraphWalk:
     """
     g = GraphWalk()
     queue: deque[Any] = deque()
-    for node in root_nodes:
+    # Nodes are told apart by the Python object: g.nodes holds each one, so its wrapper (and id) lives
+    # as long as the walk. node_id alone is not enough across threads (each counts its own sequence).
+    keys: dict[int, NodeKey] = {}
+
+    def key_of(node: Any) -> tuple[NodeKey, bool]:
+        key = keys.get(id(node))
+        if key is not None:
+            return key, False
         key = node_id(node)
-        if key not in g.nodes:
-            g.nodes[key] = node
+        if key in g.nodes and key[1] == "AccumulateGrad":
+            keys[id(node)] = key  # (a leaf's accumulator: the variable is the identity)
+            return key, False
+        if key in g.nodes:  # another node with the same identity: made on another thread
+            same = g.collided.setdefault(key, [key])
+            key = (key[0], f"{key[1]}#{len(same) + 1}")
+            same.append(key)
+        keys[id(node)] = key
+        g.nodes[key] = node
+        return key, True
+
+    for node in root_nodes:
+        key, new = key_of(node)
+        if new:
             g.roots.append(key)
             queue.append(node)
     while queue:
         node = queue.popleft()
-        consumer = node_id(node)
+        consumer = keys[id(node)]
         slots = g.slots[consumer] = []
         for slot, (child, output_nr) in enumerate(node.next_functions):
             if child is None:
                 continue
-            key = node_id(child)
+            key, new = key_of(child)
             g.edges.append((key, consumer, output_nr))
             slots.append((key, output_nr, slot))
-            if key not in g.nodes:
-                g.nodes[key] = child
+            if new:
                 queue.append(child)
     return g
 
@@ -100,6 +121,10 @@ class BackwardRecorder:
         self._waiting: dict[NodeKey, tuple[NodeKey, tuple[NodeKey, int], weakref.ref[torch.Tensor], int]] = {}
         # leaf whose gradient is read from .grad once it ran -> the waiting edge that takes the same handle.
         self._deferred: dict[NodeKey, tuple[NodeKey, tuple[NodeKey, int]] | None] = {}
+        #: Keep every gradient a leaf receives (a leaf reached twice, by a nested backward, shows their sum).
+        self.keep_leaf_grads = False
+        self._leaf_grads: dict[NodeKey, list[torch.Tensor]] = {}
+        self._running: dict[int, NodeKey] = {}  # thread -> the node whose pre-hook ran last there
         for key, node in graph.nodes.items():
             self.handles.append(node.register_prehook(self._hook_for(key)))
             slots = graph.slots.get(key)
@@ -157,22 +182,47 @@ class BackwardRecorder:
             pass
         return handle
 
+    def add(self, key: NodeKey, node: Any) -> None:
+        """Hook a node found after the walk (in a backward run from inside this one)."""
+        self.handles.append(node.register_prehook(self._hook_for(key)))
+
+    def running(self) -> NodeKey | None:
+        """The node the engine is running on this thread (the last whose pre-hook ran here)."""
+        return self._running.get(threading.get_ident())
+
+    def sum_repeated(self, stats: StatsBuffer) -> None:
+        """Leaves that received gradients more than once: their statistics become the sum, added in
+        the order AccumulateGrad added them."""
+        for key, grads in self._leaf_grads.items():
+            if len(grads) > 1:
+                total = grads[0].clone()
+                for g in grads[1:]:
+                    total += g
+                self.grads[key] = [stats.add(total)]
+        self._leaf_grads.clear()
+
     def _hook_for(self, key: NodeKey) -> Any:
         lock = self._lock
 
-        leaf = key in self._variables
+        leaf = key[1] == "AccumulateGrad"  # (also one hooked after the walk: see add())
 
         def prehook(grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
             # The engine runs each device's nodes on its own thread: a graph on two devices calls
             # these hooks from two threads at once.
             with lock:
-                self.order.append(key)
+                self._running[threading.get_ident()] = key
+                if key in self.grads and not leaf:
+                    return None  # (a node runs once; a leaf may be reached again by a nested backward)
+                if key not in self.grads:
+                    self.order.append(key)
+                if leaf and self.keep_leaf_grads and grad_outputs and grad_outputs[0] is not None:
+                    self._leaf_grads.setdefault(key, []).append(grad_outputs[0])
                 waiting = self._waiting.pop(key, None) if leaf else None
                 edge = None
                 if waiting is not None and grad_outputs and grad_outputs[0] is not None \
                         and waiting[2]() is grad_outputs[0] and waiting[3] == grad_outputs[0]._version:
                     edge = waiting[:2]  # the leaf receives the very tensor its one edge sent
-                if leaf and self._takes_over(key) and grad_outputs and grad_outputs[0] is not None:
+                if key in self._variables and self._takes_over(key) and grad_outputs and grad_outputs[0] is not None:
                     # The post-hook reads the same values from .grad (see __init__).
                     self.grads[key] = [None]
                     self._deferred[key] = edge
@@ -188,6 +238,10 @@ class BackwardRecorder:
                     hit = sent.pop(id(g), None)
                     if hit is not None and hit[0]() is g and hit[2] == g._version:
                         handles.append(hit[1])  # the tensor its consumer sent, unchanged: the same statistics
+                    elif leaf:
+                        # Reduced at once, not held: AccumulateGrad takes this tensor over as .grad only if
+                        # nobody else holds it (else it copies it: other ops than the user's would run).
+                        handles.append(self.stats.add_now(g))
                     else:
                         handles.append(self.stats.add(g))
                 self.grads[key] = handles

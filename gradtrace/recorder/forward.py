@@ -18,6 +18,7 @@ import os
 import sys
 import sysconfig
 import weakref
+from collections import deque
 from typing import Any, Callable
 
 import torch
@@ -238,6 +239,7 @@ def _written(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) ->
 
 
 _WRITES, _SKIPPED = 1, 2
+_UNGRADED_MAX = 64
 _KINDS: dict[int, int] = {}
 _WRITTEN: dict[int, tuple[tuple[int, str], ...]] = {}
 _KEEP_ALIVE: list[Any] = []
@@ -258,6 +260,10 @@ class ForwardRecorder(TorchDispatchMode):
         self.recording = True
         self._order = 0
         self._pending: tuple[Any, ...] | None = None  # (out, module, consumed, writes, scope, where, func, args, kwargs)
+        #: Outputs made with grad mode off (inside a custom autograd.Function's forward, above all) that
+        #: had no grad_fn yet: the Function gives them one when it returns, so they are looked at again
+        #: at the first op after it, whichever op made them. (Few, and only until grad mode is back on.)
+        self._ungraded: deque[tuple[torch.Tensor, str, int]] = deque(maxlen=_UNGRADED_MAX)
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -273,8 +279,8 @@ class ForwardRecorder(TorchDispatchMode):
         kind = _KINDS.get(id(func))
         if kind is None:
             kind = _op_kind(func)
-        if kind & _WRITES and self.stats.held_elements and self.stats.holds_any(_written(func, args, kwargs)):
-            self.stats.settle()  # held values must be read before this op changes them
+        if kind & _WRITES and self.stats.watching:
+            self.stats.before_write(_written(func, args, kwargs))  # read held values before this op changes them
         out = func(*args, **kwargs) if kwargs else func(*args)
         if self.recording and not kind & _SKIPPED:
             consumed: frozenset[int] = frozenset()
@@ -299,6 +305,8 @@ class ForwardRecorder(TorchDispatchMode):
     def flush(self) -> None:
         """Resolve the last op's outputs to their autograd nodes (their grad_fn is set by now)."""
         if self._pending is None:
+            if self._ungraded and torch.is_grad_enabled():
+                self._resolve_ungraded()  # (a Function's outputs, at the end of the forward)
             return
         out, module, consumed, writes, scope, where, func, args, kwargs = self._pending
         self._pending = None
@@ -315,13 +323,21 @@ class ForwardRecorder(TorchDispatchMode):
                     if base is not None and base.requires_grad and base.grad_fn is not None:
                         tensors.append(base)
         nodes = self.nodes
+        if self._ungraded and torch.is_grad_enabled():
+            self._resolve_ungraded()
         for t in tensors:
             gf = t.grad_fn
             if gf is None:
                 if consumed:
                     # Computed from an input without grad (a reshape of x, say): it stands for that input.
                     self.origins[id(t)] = (weakref.ref(t), consumed)
+                if not torch.is_grad_enabled():
+                    self._ungraded.append((t, module, self._order))
                 continue
+            if writes and not torch.is_grad_enabled():
+                # Written in place with grad mode off: inside a Function that marks it dirty, it takes
+                # the Function's node when the Function returns.
+                self._ungraded.append((t, module, self._order))
             key = node_id(gf)
             rec = nodes.get(key)
             if rec is None:
@@ -337,9 +353,26 @@ class ForwardRecorder(TorchDispatchMode):
             if nr not in rec.stats:
                 rec.stats[nr] = self.stats.add(t)
 
+    def _resolve_ungraded(self) -> None:
+        """Outputs made with grad mode off that have a grad_fn now: a custom Function's outputs."""
+        ungraded, self._ungraded = self._ungraded, deque(maxlen=_UNGRADED_MAX)
+        for t, module, _ in ungraded:
+            gf = t.grad_fn
+            if gf is None:
+                continue
+            key = node_id(gf)
+            rec = self.nodes.get(key)
+            if rec is None:
+                # (the order of the op being resolved now: the Function's node is made as it returns)
+                rec = self.nodes[key] = NodeForward(self._order, module)
+            nr = t.output_nr
+            if nr not in rec.stats:
+                rec.stats[nr] = self.stats.add(t)
+
     def reset(self) -> None:
         """Forget the forward recorded so far (a new training step begins)."""
         self._pending = None
+        self._ungraded.clear()
         self.nodes.clear()
         self.modules.reset_calls()
 

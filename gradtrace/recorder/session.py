@@ -29,10 +29,17 @@ from ..records import OptimizerStep
 from ..steptrace import Trace
 from .assemble import assemble
 from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
-from .forward import ForwardRecorder, ModuleTracker
-from .stats import StatsBuffer
+from .forward import ForwardRecorder, ModuleTracker, node_id
+from .intercept import ThreadFollower, claim, inside_autograd, install
+from .nested import record_nested
+from .stats import StatsBuffer, invisible
 
 __all__ = ["Session", "input_names", "names_from_frames"]
+
+META_MESSAGE = (
+    "gradtrace needs real values, and the step ran on the 'meta' device, whose tensors have shapes but no data: "
+    "move the model and inputs to a real device (e.g. model.to_empty(device='cpu') and initialise the parameters)"
+)
 
 _OPTIMIZER_SETTINGS = ("momentum", "dampening", "nesterov", "betas", "eps", "weight_decay", "alpha", "rho")
 
@@ -80,6 +87,12 @@ class Session:
         self._gc_was_enabled: bool | None = None
         self._gc_functions: tuple[Callable[[], None], Callable[[], None], Callable[[], bool]] | None = None
         self._original_backward: Callable[..., Any] | None = None
+        self._original_grad: Callable[..., Any] | None = None
+        self._closed = False
+        self._in_backward = False  # the recorded backward is running
+        self.keep_grads = False  # trace(): .grad of every leaf is left as it was (the Trace has the gradients)
+        self._nested_grads: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self._threads = ThreadFollower(self.recorder)
         self.on_optimizer_done: Callable[[], None] | None = None
         self.on_backward_after_recorded: Callable[[], None] | None = None
         self._leaf_names: dict[int, str] = {}
@@ -90,6 +103,9 @@ class Session:
     def __enter__(self) -> Session:
         stack = self._stack
         try:
+            stack.callback(claim())  # first in, last out
+            stack.callback(setattr, self, "_closed", True)
+            stack.callback(self._leave_threads)
             stack.callback(self._release_tensors)
             stack.callback(self._resume_gc)
             if self.recorder.recording:
@@ -98,11 +114,12 @@ class Session:
             stack.enter_context(module_hooks.register_module_forward_hook(self.modules.post_hook, always_call=True))
             stack.enter_context(optimizer_hooks.register_optimizer_step_pre_hook(self._optimizer_pre))
             stack.enter_context(optimizer_hooks.register_optimizer_step_post_hook(self._optimizer_post))
-            if self.intercept_backward:
-                original = torch.autograd.backward
-                self._original_backward = original
-                torch.autograd.backward = self._patched_backward  # type: ignore[assignment]
-                stack.callback(setattr, torch.autograd, "backward", original)
+            # Always installed: besides the user's own steps (intercept_backward), a backward run from
+            # inside the recorded one (a reentrant checkpoint's) must be seen.
+            self._original_backward = torch.autograd.backward
+            self._original_grad = torch.autograd.grad
+            stack.callback(install(torch.autograd, "backward", self._patched_backward))
+            stack.callback(install(torch.autograd, "grad", self._patched_grad))
             stack.enter_context(self.recorder)
         except BaseException:
             stack.close()
@@ -176,6 +193,8 @@ class Session:
             self.recorder.origins[id(t)] = (weakref.ref(t), frozenset((i,)))
 
     def _on_root_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.recorder.recording and not self._closed and self._threads.away():
+            self._threads.follow()
         if self.recorder.recording:
             # Only data from outside: a tensor computed in this step (the model's output fed to a loss) is no input.
             self.add_inputs(a for a in torch.utils._pytree.tree_leaves(list(args)) if not isinstance(a, torch.Tensor) or a.grad_fn is None)
@@ -183,8 +202,47 @@ class Session:
     # -- backward -----------------------------------------------------------------
 
     def _patched_backward(self, tensors: Any, *args: Any, **kwargs: Any) -> Any:
-        assert self._original_backward is not None
         original = self._original_backward
+        if original is None:
+            raise CaptureError("gradtrace internal error: torch.autograd.backward patched without its original")
+        if self._closed or inside_autograd():
+            if self._in_backward and not self._closed:
+                self._record_nested(tensors)
+            return original(tensors, *args, **kwargs)
+        if not self.intercept_backward:
+            return original(tensors, *args, **kwargs)
+        return self._user_step("backward", original, tensors, args, kwargs)
+
+    def _patched_grad(self, outputs: Any, *args: Any, **kwargs: Any) -> Any:
+        original = self._original_grad
+        if original is None:
+            raise CaptureError("gradtrace internal error: torch.autograd.grad patched without its original")
+        if self._closed or not self.intercept_backward or inside_autograd():
+            return original(outputs, *args, **kwargs)
+        bound = inspect.signature(original).bind_partial(outputs, *args, **kwargs).arguments
+        if bound.get("create_graph") or bound.get("is_grads_batched"):
+            # A gradient that feeds the loss (a gradient penalty) or a batch of them: part of the step's
+            # forward, not a step of its own.
+            note = ("torch.autograd.grad(create_graph=True) ran inside the step: it is part of the forward "
+                    "(its result feeds what follows), not counted as a backward step")
+            if self.recorder.recording and note not in self.notes:
+                self.notes.append(note)
+            return original(outputs, *args, **kwargs)
+        return self._user_step("grad", original, outputs, args, kwargs)
+
+    def _leave_threads(self) -> None:
+        self._threads.leave()
+        if self._threads.followed:
+            # Still pushed on a thread that has not reached its backward(): it cannot be taken off from
+            # here; it records nothing more and lets every op through.
+            self.recorder.recording = False
+            self.notes.append("the capture ended while the model was still running on another thread")
+
+    def _user_step(self, kind: str, original: Callable[..., Any], tensors: Any, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+        """One backward step of the user's: counted, and recorded when it is the asked-for one."""
+        if self._threads.followed:
+            self._threads.leave()  # the forward on this thread is over
         self.backward_calls += 1
         if self._recorded:
             if self.on_backward_after_recorded is not None:
@@ -199,18 +257,47 @@ class Session:
             return original(tensors, *args, **kwargs)
         roots = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
         bound = inspect.signature(original).bind_partial(tensors, *args, **kwargs).arguments
-        if bound.get("create_graph"):
+        if kind == "grad":
+            self.notes.append("this step is a torch.autograd.grad() call: gradients were computed toward its inputs "
+                              "only and no .grad was filled; nodes outside their paths show no gradient")
+        elif bound.get("create_graph"):
             self.notes.append("backward(create_graph=True): the first-order graph is drawn; the graph of the "
                               "gradient computation itself (for higher-order derivatives) is not")
-        if bound.get("inputs") is not None:
+        if kind == "backward" and bound.get("inputs") is not None:
             self.notes.append("backward(inputs=...): gradients were computed only toward the given tensors; "
                               "nodes outside their paths show no gradient")
         try:
+            if kind == "grad":
+                return self.record_backward(roots, lambda: self._grad_step(original, tensors, bound.get("inputs"), args, kwargs))
             return self.record_backward(roots, lambda: original(tensors, *args, **kwargs))
         finally:
             # The recording is over: the rest of the user's run (the optimizer step, a script run on
             # with --run-to-end, a long capture block) has the collector as the user had it.
             self._resume_gc()
+
+    def _grad_step(self, original: Callable[..., Any], outputs: Any, inputs: Any, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+        """Run the asked-for ``torch.autograd.grad``. The engine hands its results back without running
+        the inputs' own nodes (a leaf's AccumulateGrad), so their gradients are taken from the results."""
+        result = original(outputs, *args, **kwargs)
+        bwd = self._backward
+        if bwd is None or isinstance(inputs, dict) or isinstance(result, dict):
+            return result
+        targets = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs or ())
+        with self.outside_mode():
+            for t, g in zip(targets, result):
+                if not isinstance(t, torch.Tensor) or not isinstance(g, torch.Tensor):
+                    continue
+                edge = torch.autograd.graph.get_gradient_edge(t)
+                key = node_id(edge.node)
+                if self._walk is None or key not in self._walk.nodes:
+                    continue
+                grads = bwd.grads.setdefault(key, [])
+                if key not in bwd.order:
+                    bwd.order.append(key)
+                grads.extend([None] * (edge.output_nr + 1 - len(grads)))
+                grads[edge.output_nr] = self.stats.add(g)
+        return result
 
     def outside_mode(self) -> Any:
         """A context in which gradtrace's own tensor work does not pass through its recorder.
@@ -232,6 +319,8 @@ class Session:
         for r in roots:
             if not isinstance(r, torch.Tensor) or not r.requires_grad:
                 raise CaptureError("backward() was called on a tensor that does not require grad: nothing to trace")
+            if r.is_meta:
+                raise CaptureError(META_MESSAGE)
             root_nodes.append(torch.autograd.graph.get_gradient_edge(r).node)
         with self.outside_mode():
             graph = self._walk = walk(root_nodes)
@@ -245,11 +334,18 @@ class Session:
                     if id(node.variable) in names:
                         self._leaf_names[id(node.variable)] = names[id(node.variable)]
             self._backward = BackwardRecorder(graph, self.stats)
+            # A reentrant checkpoint runs a second backward inside this one, which reaches some leaves
+            # again: keep each gradient they receive, to show their sum as .grad gets it.
+            self._backward.keep_leaf_grads = any(type(n).__name__ == "CheckpointFunctionBackward" for n in graph.nodes.values())
+            self._in_backward = True
             try:
                 # The backward's own ops are not part of the forward: the mode is off meanwhile.
                 return run()
             finally:
+                self._in_backward = False
                 self._backward.remove()
+                with invisible():
+                    self._backward.sum_repeated(self.stats)
                 # Read every held value and gradient now, before anything (an optimizer step) changes them.
                 self.stats.settle()
 
@@ -268,6 +364,20 @@ class Session:
                 self.modules.add_found_root(module)
                 loose -= owned
 
+    def _record_nested(self, tensors: Any) -> None:
+        """A backward run from inside the recorded one (a reentrant checkpoint's): see :mod:`.nested`."""
+        if self._walk is None or self._backward is None:
+            return
+        note = record_nested(self, tensors)
+        if note is not None:
+            self.notes.append(note)
+
+    def restore_nested_grads(self) -> None:
+        """Put back the ``.grad`` of leaves met only in a nested backward (``keep_grads``)."""
+        for var, grad in reversed(self._nested_grads):
+            var.grad = grad
+        self._nested_grads.clear()
+
     @property
     def backward_recorded(self) -> bool:
         return self._recorded
@@ -278,7 +388,7 @@ class Session:
         if self._walk is None or self.optimizer_done or self._before_step:
             return
         leaves = {id(n.variable) for k, n in self._walk.nodes.items() if k[1] == "AccumulateGrad"}
-        with torch.no_grad(), self.outside_mode():
+        with torch.no_grad(), invisible():
             for group in opt.param_groups:
                 for p in group["params"]:
                     if id(p) in leaves:
@@ -287,7 +397,7 @@ class Session:
     def _optimizer_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._walk is None or self.optimizer_done or not self._before_step:
             return
-        with torch.no_grad(), self.outside_mode():
+        with torch.no_grad(), invisible():
             for group in opt.param_groups:
                 for p in group["params"]:
                     before = self._before_step.pop(id(p), None)

@@ -40,17 +40,19 @@ the passes over their elements, so:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
+from ..errors import CaptureError
 from ..records import EXACT_VALUES_MAX, TensorStats
-from .finish import Meta, empty_stats, from_sums, needs_centring, python_stats
+from .finish import Meta, empty_stats, finished, from_sums, needs_centring, needs_scaling, python_stats
 from .packed import ROW_WIDTHS, PackedRows, padded_size
 
-__all__ = ["STAGE_ELEMENTS", "StatsBuffer", "stats_of"]
+__all__ = ["STAGE_ELEMENTS", "StatsBuffer", "invisible", "stats_of"]
 
 #: Tensors up to this many elements are held and reduced in groups (per device type); larger ones at once.
 STAGE_MAX = {"cpu": 1 << 16}
@@ -80,6 +82,10 @@ _FLOATS = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16
 _WIDE = frozenset({torch.float32, torch.float64})  # reduced without a conversion
 _DTYPE_NAMES = {d: _dtype_name(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64)}
 _DEVICE_NAMES: dict[torch.device, str] = {}
+_META = ("gradtrace needs real values: a tensor on the 'meta' device has a shape but no data; "
+         "run the step on a real device (e.g. model.to_empty(device='cpu') and initialise the parameters)")
+#: Per dtype a reduction runs in: magnitudes past which its Σx² leaves its range (then the careful path).
+_RANGE = {torch.float32: (1e18, 1e-18), torch.float64: (1e150, 1e-150)}
 
 
 def _device_name(device: torch.device) -> str:
@@ -105,6 +111,30 @@ def _layout(x: torch.Tensor) -> tuple[tuple[int, int], ...]:
         else:
             runs.append([stride, size])
     return tuple((st, sz) for st, sz in runs)
+
+
+_STRIDED = torch.strided
+_COMPRESSED = frozenset({torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc})
+
+
+def _is_wrapped(t: torch.Tensor) -> bool:
+    """A tensor wrapped by a torch.func transform (vmap, grad) or a nested tensor: its elements are not
+    plain memory this code can reduce."""
+    return t.is_nested or (torch._C._are_functorch_transforms_active() and torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+@contextlib.contextmanager
+def invisible() -> Iterator[None]:
+    """gradtrace's own tensor work, hidden from every dispatch mode and __torch_function__ handler
+    (a user's FlopCounterMode, a profiler's, a mode of their own): they see the user's ops only."""
+    n = torch._C._len_torch_dispatch_stack()
+    modes = [torch._C._pop_torch_dispatch_stack(None) for _ in range(n)]
+    try:
+        with torch._C.DisableTorchFunction():
+            yield
+    finally:
+        for mode in reversed(modes):
+            torch._C._push_on_torch_dispatch_stack(mode)
 
 
 def _version(t: torch.Tensor) -> int:
@@ -144,11 +174,15 @@ class StatsBuffer:
         self._storages_known = 0
         # Memory already described: (data_ptr, _layout, dtype, version) -> (handle, weakref to the tensor that had it).
         self._blocks: dict[tuple[Any, ...], tuple[int, weakref.ref[torch.Tensor]]] = {}
+        self._block_storages: dict[int, list[tuple[Any, ...]]] = {}  # storage address -> its keys in _blocks
         self._same_as: list[tuple[int, int, tuple[int, ...]]] = []  # (handle, handle with the same elements, shape)
         # Accelerator results waiting for the one copy to the host.
         self._packed = PackedRows()
         #: Tensors whose version counter moved between add() and their reduction (written in place meanwhile).
         self.changed_after_add = 0
+        #: Sparse tensors added (described by their stored values), and tensors whose elements could not be read.
+        self.sparse = 0
+        self.unreadable = 0
 
     def __len__(self) -> int:
         return len(self._done)
@@ -172,11 +206,37 @@ class StatsBuffer:
         except (RuntimeError, NotImplementedError, TypeError):
             return True
 
+    def before_write(self, tensors: list[Any]) -> None:
+        """An op is about to write into ``tensors``: read every held tensor that shares their memory,
+        and forget what is known of that memory. (The version counter cannot be trusted for this: a
+        write through ``.data`` shares the memory but not the counter.)"""
+        if self._held and self.holds_any(tensors):
+            self.settle()
+        if self._block_storages:
+            for t in tensors:
+                try:
+                    keys = self._block_storages.pop(t.untyped_storage().data_ptr(), ())
+                except (AttributeError, RuntimeError, NotImplementedError):
+                    self._blocks.clear()
+                    self._block_storages.clear()
+                    return
+                for key in keys:
+                    self._blocks.pop(key, None)
+
+    @property
+    def watching(self) -> bool:
+        """Whether a write may concern what this buffer holds or remembers (see :meth:`before_write`)."""
+        return bool(self._held_elements or self._block_storages)
+
     def add(self, tensor: torch.Tensor) -> int:
         """Start the statistics of ``tensor``; return a handle for :meth:`materialize`."""
         # Hot path: it runs for every value and gradient of the step; a small float tensor is only held.
         handle = len(self._done)
         self._done.append(None)
+        if tensor.layout is not _STRIDED or _is_wrapped(tensor):
+            with invisible():
+                self._add_unusual(handle, tensor)
+            return handle
         n = tensor.numel()
         if tensor.dtype in _FLOATS and n:
             if n > SAME_CHECK_MIN and self._seen_before(handle, tensor, n):
@@ -184,7 +244,24 @@ class StatsBuffer:
             if n <= self._hold_max(tensor):
                 self._hold(handle, tensor, n, None)
                 return handle
-        self._add_other(handle, tensor, n)
+        with invisible():
+            self._add_other(handle, tensor, n)
+        return handle
+
+    def add_now(self, tensor: torch.Tensor) -> int:
+        """Like :meth:`add`, but reduced at once: no reference to ``tensor`` is kept. For a gradient
+        about to reach a leaf, which AccumulateGrad takes over as ``.grad`` only if nobody else holds it."""
+        handle = len(self._done)
+        self._done.append(None)
+        with invisible():
+            if tensor.layout is not _STRIDED or _is_wrapped(tensor):
+                self._add_unusual(handle, tensor)
+            else:
+                n = tensor.numel()
+                if tensor.dtype in _FLOATS and n and n <= self._hold_max(tensor):
+                    self._hold(handle, tensor.detach().clone(), n, None)  # a private copy, reduced with the rest
+                elif not (tensor.dtype in _FLOATS and n > SAME_CHECK_MIN and self._seen_before(handle, tensor, n)):
+                    self._add_other(handle, tensor, n)
         return handle
 
     def _hold_max(self, tensor: torch.Tensor) -> int:
@@ -229,9 +306,43 @@ class StatsBuffer:
             self._same_as.append((handle, seen[0], tuple(tensor.shape)))
             return True
         self._blocks[key] = (handle, weakref.ref(tensor))
+        try:
+            self._block_storages.setdefault(tensor.untyped_storage().data_ptr(), []).append(key)
+        except (RuntimeError, NotImplementedError):
+            del self._blocks[key]  # no plain storage to watch for writes: never reuse it
         return False
 
+    def _add_unusual(self, handle: int, tensor: torch.Tensor) -> None:
+        """A sparse tensor (described by its stored values, counted in :attr:`sparse`), or one whose
+        elements cannot be read here: nested, or wrapped by a ``torch.func`` transform (an empty
+        statistic, counted in :attr:`unreadable`)."""
+        x = tensor.detach()
+        layout = x.layout
+        if layout is torch.sparse_coo or layout in _COMPRESSED:
+            try:
+                values = x.coalesce().values() if layout is torch.sparse_coo else x.values()
+            except (RuntimeError, NotImplementedError):
+                values = None
+            if values is not None:
+                self.sparse += 1
+                dtype_name = _DTYPE_NAMES.get(x.dtype) or _dtype_name(x.dtype)
+                meta = Meta(tuple(x.shape), dtype_name, _device_name(x.device), values.numel(), False)
+                inner = StatsBuffer(accelerator_path=self._accelerator_path)
+                inner.add(values.reshape(-1))
+                s = inner.materialize()[0]
+                self._done[handle] = TensorStats._of(meta.shape, meta.dtype, meta.device, meta.numel, s.min, s.max,
+                                                     s.mean, s.std, s.norm, s.nan, s.inf, None)
+                return
+        self.unreadable += 1
+        try:
+            shape = tuple(x.shape)
+        except (RuntimeError, NotImplementedError):  # a nested tensor has no single shape
+            shape = ()
+        self._done[handle] = empty_stats(Meta(shape, _dtype_name(x.dtype), _device_name(x.device), 0, False))
+
     def _add_other(self, handle: int, tensor: torch.Tensor, n: int) -> None:
+        if tensor.is_meta:
+            raise CaptureError(_META)
         x = tensor.detach()
         dtype_name = _DTYPE_NAMES.get(x.dtype) or _dtype_name(x.dtype)
         keep_values = not x.is_complex()
@@ -271,6 +382,10 @@ class StatsBuffer:
         """Reduce every held tensor now; call it before any of them may be changed in place."""
         if not self._held:
             return
+        with invisible():
+            self._settle()
+
+    def _settle(self) -> None:
         held, self._held, self._held_elements, self._packed_elements = self._held, [], 0, 0
         self._small_elements = 0
         self._held_storages, self._storages_known = set(), 0
@@ -282,6 +397,8 @@ class StatsBuffer:
                 groups.setdefault((t.shape, t.dtype, t.device, label), []).append(entry)
                 continue
             # An accelerator: every shape of one device and dtype together, a few launches in all.
+            if t.is_meta:
+                raise CaptureError(_META)
             if version != -1 and t._version != version:
                 self.changed_after_add += 1
             keep_values = label is None or not label.startswith("!")
@@ -290,6 +407,8 @@ class StatsBuffer:
             packs.setdefault((t.device, t.dtype), []).append((handle, meta, t))
         with torch.no_grad():
             for (shape, dtype, device, label), group in groups.items():
+                if device.type == "meta":
+                    raise CaptureError(_META)
                 self._reduce_group(shape, dtype, device, label, group)
         for entries in packs.values():
             self._packed.reduce(entries)
@@ -331,7 +450,10 @@ class StatsBuffer:
             var = squares / n - mean * mean
             # Rows the formula does not serve (rare): a NaN or an infinity, or a spread the
             # subtraction above would cancel. They take the careful path, one by one.
+            huge, tiny = _RANGE[m.dtype]
+            largest = torch.maximum(lo.abs(), hi.abs())
             careful = ~(total.isfinite() & squares.isfinite()) | ((var <= 1e-3 * mean * mean) & (lo != hi))
+            careful |= (largest > huge) | ((largest < tiny) & (largest > 0))  # squares out of range
             std = torch.where(lo == hi, 0.0, var.clamp(min=0.0).sqrt())
             rows = torch.stack((lo, hi, mean, std, norm), dim=1).tolist()
             shape_, name_, device_, make = meta.shape, meta.dtype, meta.device, TensorStats._of
@@ -350,18 +472,38 @@ class StatsBuffer:
         n = meta.numel
         nan = inf = 0
         centred = None
+        huge, tiny = _RANGE.get(m.dtype, _RANGE[torch.float64])
         if not (math.isfinite(total) and math.isfinite(squares)):
             x = m if row is None else m[row]
             nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
             if nan or inf:
                 return _finite_part(meta, x, nan, inf)
-            # (else finite elements whose float32 sums overflowed: described as they are)
+            return self._scaled_row(meta, x, mn, mx)  # finite values whose sums overflowed
+        elif needs_scaling(max(-mn, mx), huge, tiny):
+            return self._scaled_row(meta, m if row is None else m[row], mn, mx)
         elif mn == mx:
             centred = 0.0  # every element equal (a zero bias, the gradient of a mean): no spread
         elif needs_centring(total, squares, n):
             x = m if row is None else m[row]
             centred = (x.double() - total / n).square_().sum().item()
         return from_sums(meta, mn, mx, total, squares, centred, nan, inf, None)
+
+    @staticmethod
+    def _scaled_row(meta: Meta, x: torch.Tensor, mn: float, mx: float) -> TensorStats:
+        """Statistics of finite values whose squares or sums leave the range of the arithmetic
+        (|x| beyond ~1e154 in double precision, ~1e19 in single, or tiny): mean and std from the
+        values scaled by a power of two (exact), in double precision; the norm is torch's
+        double-precision one (infinite exactly when torch.linalg.vector_norm says so)."""
+        x = x.double()
+        s = math.ldexp(1.0, math.frexp(max(-mn, mx))[1] - 1)
+        y = x / s
+        var, mean = torch.var_mean(y, correction=0)
+        norm = torch.linalg.vector_norm(x).item()
+        if math.isfinite(norm):
+            norm = torch.linalg.vector_norm(y).item() * s  # no underflow of tiny squares
+        if mn == mx:  # every element equal: no spread, and the mean is that element
+            return finished(meta, mn, mx, mn, 0.0, norm)
+        return finished(meta, mn, mx, mean.item() * s, math.sqrt(var.item()) * s, norm)
 
     def _cpu_large(self, meta: Meta, x: torch.Tensor) -> TensorStats:
         lo, hi = torch.aminmax(x)
@@ -376,6 +518,10 @@ class StatsBuffer:
 
     def materialize(self) -> list[TensorStats]:
         """Finish every statistic: one copy to the host per device. Returns one TensorStats per handle."""
+        with invisible():
+            return self._materialize()
+
+    def _materialize(self) -> list[TensorStats]:
         self.settle()
         self._packed.finish(self._done)
         for h, source, shape in self._same_as:
@@ -384,6 +530,7 @@ class StatsBuffer:
                 self._done[h] = TensorStats._of(shape, s.dtype, s.device, s.numel, s.min, s.max, s.mean, s.std, s.norm, s.nan, s.inf, None)
         self._same_as.clear()
         self._blocks.clear()
+        self._block_storages.clear()
         result = [s for s in self._done if s is not None]
         if len(result) != len(self._done):
             raise RuntimeError("gradtrace internal error: a statistic was never finished")
@@ -394,10 +541,13 @@ def _finite_part(meta: Meta, x: torch.Tensor, nan: int, inf: int) -> TensorStats
     finite = x[torch.isfinite(x)].double()
     if finite.numel() == 0:
         return from_sums(meta, 0.0, 0.0, 0.0, 0.0, None, nan, inf, None)
-    lo, hi = torch.aminmax(finite)
+    lo, hi = (v.item() for v in torch.aminmax(finite))
+    if needs_scaling(max(-lo, hi)):  # (huge or tiny finite values beside the others: their squares leave the range)
+        s = StatsBuffer._scaled_row(meta, finite, lo, hi)
+        return finished(meta, lo, hi, s.mean, s.std, s.norm, nan, inf)
     total = finite.sum().item()
-    centred = (finite - total / finite.numel()).square_().sum().item()
-    return from_sums(meta, lo.item(), hi.item(), total, torch.dot(finite, finite).item(), centred, nan, inf, None)
+    centred = 0.0 if lo == hi else (finite - total / finite.numel()).square_().sum().item()
+    return from_sums(meta, lo, hi, total, torch.dot(finite, finite).item(), centred, nan, inf, None)
 
 
 def stats_of(tensor: torch.Tensor) -> TensorStats:
