@@ -440,3 +440,33 @@ def test_packed_path_huge_and_tiny_values(monkeypatch, values, n, dtype):
     assert math.isclose(s.mean, mean, **close), (s.mean, mean)
     assert math.isclose(s.std, std, **close), (s.std, std)
     assert s.norm == norm if math.isinf(norm) else math.isclose(s.norm, norm, **close), (s.norm, norm)
+
+
+def test_a_gradient_added_into_an_existing_grad_is_not_copied(monkeypatch):
+    """With a .grad already there, AccumulateGrad adds into it and never takes the incoming gradient
+    over: that gradient is held like any other, not copied at once (a launch per tensor on a GPU)."""
+    import gradtrace
+
+    copied = []
+    original = StatsBuffer.add_now
+    monkeypatch.setattr(StatsBuffer, "add_now", lambda self, t: copied.append(t.shape) or original(self, t))
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 4))
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = w
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return ((x @ self.w).tanh() @ self.w).sum()  # w feeds two nodes: the engine sums its gradients
+
+    m, x = Tied(), torch.randn(3, 4)
+    m(x).backward()
+    (incoming,) = torch.autograd.grad(m(x), w)  # torch's gradient of this step, .grad untouched
+    with gradtrace.capture(m) as cap:
+        m(x).backward()
+    assert not copied
+    (leaf,) = [n for n in cap.trace.nodes if n.kind == "param"]
+    want = expected(incoming)
+    assert leaf.grad.min == want["min"] and leaf.grad.max == want["max"]

@@ -121,6 +121,7 @@ class BackwardRecorder:
         self._waiting: dict[NodeKey, tuple[NodeKey, tuple[NodeKey, int], weakref.ref[torch.Tensor], int]] = {}
         # leaf whose gradient is read from .grad once it ran -> the waiting edge that takes the same handle.
         self._deferred: dict[NodeKey, tuple[NodeKey, tuple[NodeKey, int]] | None] = {}
+        self._late_variables: dict[NodeKey, Any] = {}  # leaves hooked after the walk (see add())
         #: Keep every gradient a leaf receives (a leaf reached twice, by a nested backward, shows their sum).
         self.keep_leaf_grads = False
         self._leaf_grads: dict[NodeKey, list[torch.Tensor]] = {}
@@ -140,6 +141,14 @@ class BackwardRecorder:
         v = self._variables.get(key)
         return v is not None and v.grad is None and not getattr(v, "_post_accumulate_grad_hooks", None)
 
+    def _may_take_over(self, key: NodeKey) -> bool:
+        """Whether the leaf has no .grad yet (then AccumulateGrad may take its gradient over; with one,
+        it adds the gradient into it, and holding the gradient costs nothing)."""
+        v = self._variables.get(key)
+        if v is None:
+            v = self._late_variables.get(key)
+        return v is None or v.grad is None
+
     def _post_hook_for(self, key: NodeKey, slots: list[tuple[NodeKey, int, int]]) -> Any:
         lock = self._lock
         groups: dict[tuple[NodeKey, int], list[int]] = {}
@@ -157,7 +166,7 @@ class BackwardRecorder:
                     if plain:
                         g = grad_inputs[s[0]]
                         if g is not None and e[0] in self._lone_leaves and self._takes_over(e[0]):
-                            sent[e] = None  # (filled with the leaf's handle when it ran: see _leaf_received)
+                            sent[e] = None  # (the leaf's handle once it ran: see _hook_for and _leaf_hook_for)
                             self._waiting[e[0]] = (key, e, weakref.ref(g), g._version)
                         else:
                             sent[e] = None if g is None else add(g)
@@ -184,6 +193,8 @@ class BackwardRecorder:
 
     def add(self, key: NodeKey, node: Any) -> None:
         """Hook a node found after the walk (in a backward run from inside this one)."""
+        if key[1] == "AccumulateGrad":
+            self._late_variables[key] = node.variable
         self.handles.append(node.register_prehook(self._hook_for(key)))
 
     def running(self) -> NodeKey | None:
@@ -238,7 +249,7 @@ class BackwardRecorder:
                     hit = sent.pop(id(g), None)
                     if hit is not None and hit[0]() is g and hit[2] == g._version:
                         handles.append(hit[1])  # the tensor its consumer sent, unchanged: the same statistics
-                    elif leaf:
+                    elif leaf and self._may_take_over(key):
                         # Reduced at once, not held: AccumulateGrad takes this tensor over as .grad only if
                         # nobody else holds it (else it copies it: other ops than the user's would run).
                         handles.append(self.stats.add_now(g))
