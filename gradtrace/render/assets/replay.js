@@ -94,7 +94,7 @@
       html("td", r[0], tr);
       html("td", String(r[1]), tr).setAttribute("data-field", r[0]);
     });
-    (n.findings || []).forEach(function (f) { html("p", "⚠ " + f, panel, "finding"); });
+    (n.findings || []).forEach(function (f) { html("p", (f.indexOf("note ") === 0 ? "ⓘ " : "⚠ ") + f, panel, "finding"); });
     n.values.forEach(function (s, i) { statsTable(n.values.length > 1 ? "value [" + i + "]" : "value", s, panel); });
     if (n.kind !== "input") n.grads.forEach(function (s, i) { statsTable(n.grads.length > 1 ? "gradient [" + i + "]" : "gradient", s, panel); });
     if (n.update) {
