@@ -1,0 +1,78 @@
+"""What the gradient shown is: notes for when the optimizer did not use the gradients drawn.
+
+The diagram shows the gradient each parameter received from the recorded
+``backward()``. The optimizer may have used something else: a sum over several
+micro-steps (gradient accumulation), the same gradient clipped or scaled
+(``clip_grad_norm_``, a ``GradScaler``), the average over ranks (DDP's
+all-reduce), or one of several evaluations of a closure (``LBFGS.step(closure)``).
+:class:`GradNotes` watches for each and says so in a trace note. The session
+calls it from the hooks it already owns; it installs nothing itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["GradNotes"]
+
+#: Relative change of the total gradient norm between backward() and step() that counts as "changed".
+_CHANGED = 1e-5
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> float:
+    """One host sync for all of them: the norm of the concatenation."""
+    if not tensors:
+        return 0.0
+    with torch.no_grad():
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])))
+
+
+class GradNotes:
+    """Collects the notes; ``notes`` is appended to the session's own."""
+
+    def __init__(self, model: Any) -> None:
+        self.notes: list[str] = []
+        self._leaves: list[torch.Tensor] = []
+        self._norm_after_backward: float | None = None
+        self._in_step: str | None = None
+        self._checked_step = False
+        ddp = getattr(getattr(torch.nn, "parallel", None), "DistributedDataParallel", None)
+        if ddp is not None and isinstance(model, ddp):
+            self.notes.append("the model is wrapped in DistributedDataParallel: the gradients drawn are this rank's, before the "
+                              "all-reduce; the optimizer used their average over all ranks")
+
+    def step_started(self, opt: torch.optim.Optimizer) -> None:
+        """Optimizer pre-hook: remember that a step is running, and compare its .grad with the recorded gradient."""
+        self._in_step = type(opt).__name__
+        if self._norm_after_backward is None or self._checked_step:
+            return
+        self._checked_step = True
+        leaves = [p for p in self._leaves if p.grad is not None]
+        now = _total_norm([p.grad for p in leaves])  # type: ignore[misc]
+        before = self._norm_after_backward
+        if abs(now - before) > _CHANGED * max(before, 1e-30):
+            ratio = now / before if before else float("inf")
+            what = ("clipped (clip_grad_norm_) or scaled down" if ratio < 1 else "scaled up or added to")
+            self.notes.append(f"the gradients changed between backward() and {type(opt).__name__}.step(): total ‖grad‖ {before:.4g} → "
+                              f"{now:.4g} (×{ratio:.3g}), {what}; the diagram shows them before that change")
+
+    def step_finished(self) -> None:
+        self._in_step = None
+
+    def backward_starting(self, leaves: list[torch.Tensor]) -> None:
+        """Before the recorded backward: is a gradient already waiting (accumulation), are we inside step(closure)?"""
+        self._leaves = [t for t in leaves if t.requires_grad]
+        waiting = [t.grad for t in self._leaves if t.grad is not None]
+        if waiting and _total_norm(waiting) > 0:
+            self.notes.append(f"{len(waiting)} parameter(s) already held a gradient before the recorded backward() "
+                              "(gradient accumulation): the diagram shows this micro-step's gradient; the optimizer "
+                              "uses the sum over the accumulation cycle")
+        if self._in_step is not None:
+            self.notes.append(f"backward() ran inside {self._in_step}.step(closure): the optimizer may evaluate the closure "
+                              "several times per step; the diagram shows the first evaluation")
+
+    def backward_finished(self) -> None:
+        # The .grad the optimizer would see if nothing touched it: accumulated value after this backward.
+        self._norm_after_backward = _total_norm([t.grad for t in self._leaves if t.grad is not None])  # type: ignore[misc]

@@ -1,0 +1,84 @@
+"""Notes that say when the gradients drawn are not the ones the optimizer used (recorder/gradnotes.py)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradtrace
+
+
+def _data():
+    torch.manual_seed(0)
+    return nn.Linear(4, 3), torch.randn(8, 4), torch.randint(0, 3, (8,))
+
+
+def test_clipping_between_backward_and_step():
+    net, x, y = _data()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with gradtrace.capture(net) as cap:
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        before = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in net.parameters()])))
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.01)
+        opt.step()
+    (note,) = [n for n in cap.trace.notes if "changed between backward() and SGD.step()" in n]
+    assert f"{before:.4g} → 0.01" in note and "clip" in note
+    assert "clip" in cap.trace.to_dot().source, "the diagram carries the note"
+
+
+def test_no_note_when_the_optimizer_uses_the_recorded_gradient():
+    net, x, y = _data()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    with gradtrace.capture(net) as cap:
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert cap.trace.notes == ()
+
+
+def test_gradient_accumulation():
+    net, x, y = _data()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with gradtrace.capture(net, step=2) as cap:
+        opt.zero_grad()
+        for half in (x[:4], x[4:]):
+            F.cross_entropy(net(half), y[:4]).backward()
+        opt.step()
+    assert any("gradient accumulation" in n for n in cap.trace.notes), cap.trace.notes
+
+
+def test_backward_inside_lbfgs_closure():
+    net, x, y = _data()
+    opt = torch.optim.LBFGS(net.parameters(), max_iter=3)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+
+    with gradtrace.capture(net) as cap:
+        opt.step(closure)
+    assert any("inside LBFGS.step(closure)" in n for n in cap.trace.notes), cap.trace.notes
+
+
+def test_distributed_data_parallel_gradients_are_before_the_all_reduce():
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        net, x, y = _data()
+        ddp = nn.parallel.DistributedDataParallel(net)
+        with gradtrace.capture(ddp) as cap:
+            F.cross_entropy(ddp(x), y).backward()
+        assert any("DistributedDataParallel" in n and "all-reduce" in n for n in cap.trace.notes), cap.trace.notes
+    finally:
+        dist.destroy_process_group()
