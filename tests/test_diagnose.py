@@ -74,14 +74,16 @@ def test_nan_in_the_input_batch_is_an_alarm_naming_the_input():
     assert alarms[0].numbers["nan"] == int(torch.isnan(x).sum())
 
 
-def test_inf_in_the_targets_is_an_alarm_at_the_loss():
+def test_inf_in_the_targets_is_an_alarm_at_the_loss_naming_them():
     net, x, y = Healthy(), torch.randn(16, 8), torch.randn(16, 3)
     y[2, 1] = float("inf")
     t = gradtrace.trace(net, x, loss=lambda out: F.mse_loss(out, y))
     alarms = [f for f in t.diagnose() if f.alarm]
     assert alarms, "a non-finite loss is never 'no findings'"
     assert t.node(alarms[0].node).label == "mse_loss"
-    assert "target" in alarms[0].message and "target" in alarms[0].hint
+    assert "'y' [16, 3], which holds 1 inf" in alarms[0].message, "the target is named"
+    assert "target" in alarms[0].hint
+    assert any("'y'" in note for note in t.notes)
 
 
 def test_nan_made_from_infinities_says_so():
@@ -306,7 +308,16 @@ def test_check_exit_statuses(tmp_path):
     )
     proc = _check(str(data_nan))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "no alarms" not in proc.stdout
+    assert "no alarms" not in proc.stdout and "nan_data" in proc.stdout
+
+    target_inf = tmp_path / "target_inf.py"
+    target_inf.write_text(
+        "import torch\nnet = torch.nn.Linear(3, 2)\ntarget = torch.zeros(4, 2)\ntarget[0, 1] = float('inf')\n"
+        "loss = torch.nn.functional.mse_loss(net(torch.randn(4, 3)), target)\nloss.backward()\n"
+    )
+    proc = _check(str(target_inf))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "'target' [4, 2], which holds 1 inf" in proc.stdout
 
     lr_script = tmp_path / "big_lr.py"
     lr_script.write_text(

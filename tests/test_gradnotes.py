@@ -82,3 +82,23 @@ def test_distributed_data_parallel_gradients_are_before_the_all_reduce():
         assert any("DistributedDataParallel" in n and "all-reduce" in n for n in cap.trace.notes), cap.trace.notes
     finally:
         dist.destroy_process_group()
+
+
+def test_a_non_finite_buffer_is_named():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)).eval()
+    with torch.no_grad():
+        net[1].running_var[2] = float("nan")  # a corrupted checkpoint, say
+    x = torch.randn(8, 4)
+    assert not torch.isfinite(net(x)).all(), "torch: the buffer poisons the output"
+    t = gradtrace.trace(net, x)
+    assert any("buffer '1.running_var'" in n and "1 NaN" in n for n in t.notes), t.notes
+    alarms = [f for f in t.diagnose() if f.alarm]
+    assert alarms and "buffer '1.running_var'" in alarms[0].message
+    assert t.node(alarms[0].node).module == "1"
+
+
+def test_no_data_note_on_a_finite_step():
+    net, x, y = _data()
+    t = gradtrace.trace(net, x, loss=lambda out: F.cross_entropy(out, y))
+    assert not any(n.startswith("non-finite data") for n in t.notes)

@@ -11,7 +11,11 @@ from ..records import TraceNode
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["ALARM", "KINDS", "NOTE", "SEVERITIES", "SEVERITY", "WARNING", "Finding", "make", "where"]
+__all__ = ["ALARM", "KINDS", "NONFINITE_DATA_NOTE", "NOTE", "SEVERITIES", "SEVERITY", "WARNING", "Finding", "make", "where"]
+
+#: How a trace note about a non-finite tensor that is not drawn (a target, a buffer) begins:
+#: capture writes it (recorder/gradnotes.py), diagnose names that tensor in the alarm.
+NONFINITE_DATA_NOTE = "non-finite data: "
 
 ALARM, WARNING, NOTE = "alarm", "warning", "note"
 #: Most severe first. An alarm: the step's numbers are broken (NaN/inf). A warning: the

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..records import TensorStats
-from .finding import Finding, make, where
+from .finding import NONFINITE_DATA_NOTE, Finding, make, where
 from .thresholds import HUGE
 
 if TYPE_CHECKING:
@@ -20,6 +20,18 @@ _LOSS_HINT = ("a tensor this op read that is not drawn holds it — check the ta
 
 def _count(stats: tuple[TensorStats | None, ...], what: str) -> int:
     return sum(getattr(s, what) for s in stats if s is not None)
+
+
+def _hidden_data(trace: Trace, word: str) -> str:
+    """"'y' [8, 4], which holds 1 inf": the tensors not drawn that capture found non-finite (its trace notes)."""
+    found = []
+    for note in trace.notes:
+        if note.startswith(NONFINITE_DATA_NOTE) and " in the code" in note and " holds " in note:
+            name = note[len(NONFINITE_DATA_NOTE):note.index(" in the code")]
+            held = note[note.index(" holds ") + 7:].split(";")[0]
+            if word in held:
+                found.append(f"{name}, which holds {held}")
+    return " and ".join(found)
 
 
 def _magnitude(stats: tuple[TensorStats | None, ...]) -> float:
@@ -103,7 +115,11 @@ def forward_origins(trace: Trace, order: list[str]) -> list[Finding]:
             big = 0.0 if upstream else max((_magnitude(p.values) for p in preds), default=0.0)
             hint = _LOSS_HINT if key == trace.loss and not upstream and not big > HUGE else None
             message = f"{word} first appears in the forward output of {where(n)}: {count} element(s); {inputs}"
-            if key == trace.loss and not upstream and not big > HUGE:
+            hidden = _hidden_data(trace, word)
+            if hidden and not upstream and not big > HUGE:
+                message = message.replace("its inputs are finite", "its drawn inputs are finite") + f"; it read {hidden}"
+                hint = _LOSS_HINT
+            elif key == trace.loss and not upstream and not big > HUGE:
                 message += " (a target or other tensor the loss read, not drawn, may hold it)"
             found.append(make(trace, kind, key, message, numbers, hint=hint))
     if masks:

@@ -11,14 +11,37 @@ calls it from the hooks it already owns; it installs nothing itself.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
+
+from ..diagnose.finding import NONFINITE_DATA_NOTE
 
 __all__ = ["GradNotes"]
 
 #: Relative change of the total gradient norm between backward() and step() that counts as "changed".
 _CHANGED = 1e-5
+#: Tensors larger than this in the user's frames (a whole dataset held in a global) are not scanned for NaN.
+_SCAN_MAX = 1 << 24
+_LIBRARY_PREFIXES = ("torch", "gradtrace", "runpy", "click", "contextlib", "importlib")
+
+
+def _user_tensors(max_frames: int = 3) -> dict[str, torch.Tensor]:
+    """name -> tensor for the plain (no grad) floating tensors in the first few frames of user code."""
+    found: dict[str, torch.Tensor] = {}
+    frame = sys._getframe(1)
+    seen = 0
+    while frame is not None and seen < max_frames:
+        if frame.f_globals.get("__name__", "").split(".")[0] not in _LIBRARY_PREFIXES:
+            seen += 1
+            for scope in (frame.f_locals, frame.f_globals):
+                for name, value in list(scope.items()):
+                    if (isinstance(value, torch.Tensor) and not name.startswith("_") and not value.requires_grad
+                            and value.is_floating_point() and 0 < value.numel() <= _SCAN_MAX):
+                        found.setdefault(name, value)
+        frame = frame.f_back
+    return found
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> float:
@@ -34,6 +57,7 @@ class GradNotes:
 
     def __init__(self, model: Any) -> None:
         self.notes: list[str] = []
+        self._model = model
         self._leaves: list[torch.Tensor] = []
         self._norm_after_backward: float | None = None
         self._in_step: str | None = None
@@ -72,6 +96,28 @@ class GradNotes:
         if self._in_step is not None:
             self.notes.append(f"backward() ran inside {self._in_step}.step(closure): the optimizer may evaluate the closure "
                               "several times per step; the diagram shows the first evaluation")
+
+    def nonfinite_data(self, drawn: set[int]) -> None:
+        """Before the recorded backward: a target or buffer the step read that holds NaN or inf, named.
+
+        Inputs handed to the model are nodes of their own (diagnose names them); a target fed
+        to the loss, or a buffer, is not drawn, so it is named here, from the caller's frames
+        and the model's buffers (one host sync for all of them).
+        """
+        candidates = {f"'{k}'": t for k, t in _user_tensors().items() if id(t) not in drawn}
+        if isinstance(self._model, torch.nn.Module):
+            for name, b in self._model.named_buffers():
+                if b.is_floating_point() and 0 < b.numel() <= _SCAN_MAX and id(b) not in drawn:
+                    candidates[f"buffer '{name}'"] = b
+        if not candidates:
+            return
+        with torch.no_grad():
+            counts = torch.stack([torch.stack([t.isnan().sum(), t.isinf().sum()]) for t in candidates.values()]).tolist()
+        for (name, t), (nan, inf) in zip(candidates.items(), counts):
+            if nan or inf:
+                what = " and ".join(([f"{nan} NaN"] if nan else []) + ([f"{inf} inf"] if inf else []))
+                self.notes.append(f"{NONFINITE_DATA_NOTE}{name} {list(t.shape)} in the code that called backward() holds {what}; "
+                                  "it is not drawn (a target or buffer an op read), so the first op that reads it shows where it enters")
 
     def backward_finished(self) -> None:
         # The .grad the optimizer would see if nothing touched it: accumulated value after this backward.

@@ -230,6 +230,7 @@ class Session:
                         self._leaf_names[id(node.variable)] = names[id(node.variable)]
             self._backward = BackwardRecorder(graph, self.stats)
             self.grad_notes.backward_starting([n.variable for k, n in graph.nodes.items() if k[1] == "AccumulateGrad"])
+            self.grad_notes.nonfinite_data({id(i.tensor) for i in self.inputs})
             try:
                 # The backward's own ops are not part of the forward: the mode is off meanwhile.
                 result = run()
