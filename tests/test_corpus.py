@@ -41,7 +41,7 @@ def test_stochastic_depth_drop_is_exercised():
 def test_corpus_covers_the_issue_list():
     names = {c.name for c in CASES}
     healthy = {"gpt2", "bert", "t5", "llama", "vit", "resnet18-style", "resnet50-style", "efficientnet-style", "mobilenet-style",
-               "lstm-lm", "gru-lm", "transformer-lm", "causal-block", "dcgan", "tutorial-cnn-b1", "tutorial-cnn-b4", "tutorial-cnn-b64"}
+               "lstm-lm", "gru-lm", "transformer-lm", "causal-block", "dcgan", "siamese", "tutorial-cnn-b1", "tutorial-cnn-b4", "tutorial-cnn-b64"}
     faults = {"nan-input", "inf-target", "deep-sigmoid", "scaled-layer", "log-negative", "sqrt-at-zero", "dead-relu", "sgd-lr10",
               "zero-grad-param", "rnn-overflow"}
     assert healthy | faults <= names

@@ -60,6 +60,11 @@ ZERO_DERIVATIVE = frozenset({"RoundBackward0", "RoundBackward1", "FloorBackward0
 #: starts where the step overshoots the weight itself (SGD at lr 10 gives 10 and more).
 UPDATE_HIGH = 3.0
 
+#: (Weights that feed a BatchNorm/LayerNorm/GroupNorm through linear ops only are left out of
+#: this check: the normalisation makes them scale-invariant, so a step larger than the weight only
+#: grows its norm. A healthy ResNet-50 moves its stem convolution by 5–50× its norm in the first
+#: SGD step at lr 0.1, depending on image and batch size, and trains fine.)
+
 #: Parameters whose RMS is below this before the step are left out of the update-size
 #: check: a bias or LayerNorm shift initialised to zero has ‖w‖ ≈ 0 and any step is
 #: "infinitely" large next to it.

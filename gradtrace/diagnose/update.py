@@ -13,6 +13,36 @@ if TYPE_CHECKING:
 __all__ = ["update_sizes"]
 
 
+#: Ops a weight passes through on its way to a normalisation without mixing with another path.
+_LINEAR_PATH = frozenset({"t", "view", "reshape", "_unsafe_view", "permute", "transpose", "convolution", "addmm", "mm", "bmm",
+                          "matmul", "linear", "expand", "unsqueeze", "squeeze"})
+_NORMS = frozenset({"native_batch_norm", "batch_norm", "native_layer_norm", "layer_norm", "native_group_norm", "group_norm",
+                    "instance_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_functional", "cudnn_batch_norm",
+                    "miopen_batch_norm", "rms_norm", "_fused_rms_norm"})
+
+
+def _normalised(trace: Trace, key: str) -> bool:
+    """True when the parameter feeds a normalisation through linear ops only: its scale does not matter.
+
+    A conv or linear weight followed by BatchNorm/LayerNorm gives the same output at any scale, so
+    a step larger than the weight changes its norm, not what the model computes (the norm then
+    grows and the effective step shrinks by itself). Its update size is no sign of a bad rate.
+    """
+    g = trace.graph
+    todo, seen = list(g.successors(key)), set()
+    while todo:
+        k = todo.pop()
+        if k in seen:
+            continue
+        seen.add(k)
+        label = trace.node(k).label
+        if label in _NORMS:
+            return True
+        if label in _LINEAR_PATH and len(seen) < 8:
+            todo.extend(g.successors(k))
+    return False
+
+
 def update_sizes(trace: Trace, order: list[str]) -> list[Finding]:
     """Parameters the step moved by more than ``UPDATE_HIGH`` × their own norm, as one finding.
 
@@ -27,7 +57,7 @@ def update_sizes(trace: Trace, order: list[str]) -> list[Finding]:
             continue
         w_norm = u.norm / r
         w_rms = w_norm / max(u.numel, 1) ** 0.5
-        if r > UPDATE_HIGH and w_rms >= UPDATE_MIN_WEIGHT_RMS:
+        if r > UPDATE_HIGH and w_rms >= UPDATE_MIN_WEIGHT_RMS and not _normalised(trace, key):
             over.append((r, key))
     if not over:
         return []

@@ -105,10 +105,13 @@ def _resnet(layer_type: str) -> Callable[[int], gradtrace.Trace]:
         import transformers as tf
 
         torch.manual_seed(seed)
-        model = tf.ResNetForImageClassification(tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[2, 1],
-                                                                layer_type=layer_type, num_labels=5))
+        if layer_type == "basic":  # ResNet-18's layout: four stages of two basic blocks
+            config = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[2, 2, 2, 2], layer_type="basic", num_labels=5)
+        else:  # ResNet-50's layout: 3-4-6-3 bottleneck blocks
+            config = tf.ResNetConfig(embedding_size=8, hidden_sizes=[16, 16, 32, 32], depths=[3, 4, 6, 3], layer_type="bottleneck", num_labels=5)
+        model = tf.ResNetForImageClassification(config)
         model.train()
-        x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
+        x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 5, (4,))
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         return _step(model, lambda: model(pixel_values=x, labels=y).loss, opt)
 
@@ -301,6 +304,18 @@ def _course(seed: int) -> gradtrace.Trace:
     return cap.trace
 
 
+def _siamese(seed: int) -> gradtrace.Trace:
+    torch.manual_seed(seed)
+    enc = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 32))
+    a, b, same = torch.randn(8, 1, 14, 14), torch.randn(8, 1, 14, 14), torch.randint(0, 2, (8,)).float()
+
+    def contrastive() -> torch.Tensor:  # one encoder, two inputs: the shared weights get the sum of both paths
+        d = F.pairwise_distance(enc(a), enc(b))
+        return (same * d.pow(2) + (1 - same) * F.relu(1.0 - d).pow(2)).mean()
+
+    return _step(enc, contrastive, torch.optim.Adam(enc.parameters(), lr=1e-3))
+
+
 # -- planted faults ------------------------------------------------------------------------------
 
 
@@ -427,6 +442,7 @@ CASES: tuple[Case, ...] = (
     Case("transformer-lm", _transformer_lm),
     Case("causal-block", _causal_block),
     Case("dcgan", _dcgan),
+    Case("siamese", _siamese),
     Case("tutorial-cnn-b1", _tutorial_cnn(1)),
     Case("tutorial-cnn-b4", _tutorial_cnn(4)),
     Case("tutorial-cnn-b64", _tutorial_cnn(64)),
