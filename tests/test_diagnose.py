@@ -228,6 +228,43 @@ def test_attention_key_bias_is_a_note():
     assert faults(findings) == [], findings
 
 
+def test_softmax_over_thousands_of_positions_is_no_vanishing_layer():
+    class Pool(nn.Module):
+        """Attention pooling over 8,192 positions: each weight is about 1/8192, by design."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.score, self.out = nn.Linear(16, 1), nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = torch.softmax(self.score(x).squeeze(-1), dim=1)
+            return self.out((w.unsqueeze(-1) * x).sum(1))
+
+    torch.manual_seed(0)
+    t = gradtrace.trace(Pool(), torch.randn(2, 8192, 16), loss=lambda out: F.cross_entropy(out, torch.tensor([0, 2])))
+    softmax = t.node(t.find("softmax")[0])
+    assert softmax.value is not None and softmax.value.rms < 1e-3, "the softmax does divide its signal by thousands"
+    assert faults(t.diagnose()) == []
+
+
+def test_a_big_embedding_table_seen_through_two_tokens_is_no_vanishing():
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.l1, self.l2, self.out = nn.Embedding(400_000, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 5)
+
+        def forward(self, i: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.tanh(self.l2(torch.tanh(self.l1(self.emb(i))))))
+
+    torch.manual_seed(0)
+    lm, ids, y = LM(), torch.tensor([[7, 123456]]), torch.tensor([1, 3])
+    F.cross_entropy(lm(ids).view(-1, 5), y).backward()
+    rows = lm.emb.weight.grad.abs().sum(1).nonzero().flatten().tolist()  # type: ignore[union-attr]
+    assert rows == [7, 123456], "torch: only the two rows seen get a gradient"
+    t = gradtrace.trace(lm, ids, loss=lambda out: F.cross_entropy(out.view(-1, 5), y))
+    assert faults(t.diagnose()) == []
+
+
 # -- update size -----------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..records import TensorStats, TraceNode
 from .finding import Finding, make, where
-from .thresholds import CANCELLED, FAR, MIN_GROUP, RELU_LIKE, ZERO_DERIVATIVE
+from .thresholds import CANCELLED, FAR, MIN_GROUP, NORMALISING, RELU_LIKE, SCALING, SPARSE_GRAD, ZERO_DERIVATIVE
 
 if TYPE_CHECKING:
     from ..steptrace import Trace
@@ -122,9 +122,12 @@ def parameter_extremes(trace: Trace, explained: set[str], skip: bool) -> list[Fi
     # Like is compared with like: a weight's gradient scales with the activations it multiplies,
     # a bias's does not, so weights, biases and other parameters are judged in separate groups.
     groups: dict[str, list[TraceNode]] = {}
+    g = trace.graph
     for n in trace.nodes:
         r = _rms(n.grad)
         if n.kind == "param" and r and n.key not in explained:
+            if any(trace.node(c).label in SPARSE_GRAD for c in g.successors(n.key)):
+                continue  # an embedding table's RMS says how many of its rows the batch used, not how the gradient flows
             role = n.label.rpartition(".")[2]
             groups.setdefault(role if role in ("weight", "bias") else "other", []).append(n)
     found: list[Finding] = []
@@ -191,7 +194,12 @@ def layer_gains(trace: Trace, order: list[str]) -> list[Finding]:
     for key in order:
         n = trace.node(key)
         out_v, out_g = _rms(n.value), _rms(n.grad)
-        if n.kind != "op" or not out_v or not out_g or len(n.values) != 1:
+        if n.kind != "op" or not out_v or not out_g or len(n.values) != 1 or n.label in NORMALISING:
+            continue
+        # Only what scales the signal by a factor of its own: a layer with weights, or a product or
+        # quotient (by a constant, a gate). A softmax over 8,192 positions divides both ways by
+        # thousands by design; a reduction or a normalisation rescales by what it reads.
+        if n.label not in SCALING and not any(p in derived for p in g.predecessors(key)):
             continue
         for p in g.predecessors(key):
             if p in derived:

@@ -15,7 +15,7 @@ are not (they shrink as 1/N under a mean), so no threshold compares those.
 from __future__ import annotations
 
 __all__ = [
-    "CANCELLED", "FAR", "HUGE", "MIN_GROUP", "RELU_LIKE", "UPDATE_HIGH", "UPDATE_MIN_WEIGHT_RMS", "ZERO_DERIVATIVE",
+    "CANCELLED", "FAR", "HUGE", "NORMALISING", "SCALING", "SPARSE_GRAD", "MIN_GROUP", "RELU_LIKE", "UPDATE_HIGH", "UPDATE_MIN_WEIGHT_RMS", "ZERO_DERIVATIVE",
 ]
 
 #: Vanishing / exploding parameter gradients: a parameter's gradient RMS is below
@@ -26,6 +26,20 @@ __all__ = [
 #: rows of the tokens seen, are the lowest); a deep sigmoid MLP puts its first
 #: layers five or more orders below.
 FAR = 1e-3
+
+#: The layer-gain check (one op that multiplies, or divides, both its forward signal and its
+#: gradient by ``1/FAR`` or more: a layer scaled ×1e4) looks only at ops with weights of their own
+#: and at these products and quotients; never at ops that rescale by design what they read.
+SCALING = frozenset({"mul", "div"})
+NORMALISING = frozenset({"softmax", "_softmax", "log_softmax", "_log_softmax", "native_layer_norm", "native_batch_norm",
+                         "native_group_norm", "_native_batch_norm_legit_functional", "_native_batch_norm_legit", "rms_norm",
+                         "_fused_rms_norm", "sum", "mean", "linalg_vector_norm", "norm"})
+
+#: Ops that read a few rows of a parameter (an embedding table): the gradient touches only the
+#: rows of the tokens in the batch, so its RMS over the whole table falls as sqrt(rows used / vocabulary)
+#: — 1e-3 for two tokens of a 400,000-word vocabulary — however well the gradient flows. Such
+#: parameters are left out of the vanishing/exploding comparison.
+SPARSE_GRAD = frozenset({"embedding", "embedding_bag", "_embedding_bag", "_embedding_bag_forward_only"})
 
 #: A group needs this many parameters before a median means anything.
 MIN_GROUP = 3
