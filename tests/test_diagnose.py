@@ -265,6 +265,18 @@ def test_a_big_embedding_table_seen_through_two_tokens_is_no_vanishing():
     assert faults(t.diagnose()) == []
 
 
+def test_a_few_relu_units_all_negative_at_batch_1_are_not_dead():
+    torch.manual_seed(0)
+    squeeze = nn.Linear(16, 8)
+    with torch.no_grad():
+        squeeze.bias.fill_(-5.0)  # all 8 units negative for this one sample, as happens by chance
+    net = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), squeeze, nn.ReLU(), nn.Linear(8, 16))
+    x = torch.randn(1, 16)
+    assert (torch.relu(squeeze(torch.tanh(net[0](x)))) == 0).all(), "torch: the 8 units are all zero"
+    t = gradtrace.trace(net, x, loss=lambda out: out.pow(2).mean())
+    assert "dead" not in kinds(t.diagnose())
+
+
 # -- update size -----------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..records import TensorStats, TraceNode
 from .finding import Finding, make, where
-from .thresholds import CANCELLED, FAR, MIN_GROUP, NORMALISING, RELU_LIKE, SCALING, SPARSE_GRAD, ZERO_DERIVATIVE
+from .thresholds import CANCELLED, DEAD_MIN_ELEMENTS, FAR, MIN_GROUP, NORMALISING, RELU_LIKE, SCALING, SPARSE_GRAD, ZERO_DERIVATIVE
 
 if TYPE_CHECKING:
     from ..steptrace import Trace
@@ -114,7 +114,7 @@ def _cancelled(trace: Trace, params: list[tuple[TraceNode, float]]) -> Finding:
 
 def _dead(n: TraceNode) -> bool:
     v = n.value
-    return n.kind == "op" and n.label in RELU_LIKE and v is not None and v.numel > 0 and v.finite and v.max == 0 and v.min == 0
+    return n.kind == "op" and n.label in RELU_LIKE and v is not None and v.numel >= DEAD_MIN_ELEMENTS and v.finite and v.max == 0 and v.min == 0
 
 
 def parameter_extremes(trace: Trace, explained: set[str], skip: bool) -> list[Finding]:

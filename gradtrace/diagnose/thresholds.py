@@ -15,7 +15,7 @@ are not (they shrink as 1/N under a mean), so no threshold compares those.
 from __future__ import annotations
 
 __all__ = [
-    "CANCELLED", "FAR", "HUGE", "NORMALISING", "SCALING", "SPARSE_GRAD", "MIN_GROUP", "RELU_LIKE", "UPDATE_HIGH", "UPDATE_MIN_WEIGHT_RMS", "ZERO_DERIVATIVE",
+    "CANCELLED", "DEAD_MIN_ELEMENTS", "FAR", "HUGE", "NORMALISING", "SCALING", "SPARSE_GRAD", "MIN_GROUP", "RELU_LIKE", "UPDATE_HIGH", "UPDATE_MIN_WEIGHT_RMS", "ZERO_DERIVATIVE",
 ]
 
 #: Vanishing / exploding parameter gradients: a parameter's gradient RMS is below
@@ -58,6 +58,11 @@ CANCELLED = 1e-4
 
 #: ReLU-like ops: an output that is zero for the whole batch passes no gradient ("dead").
 RELU_LIKE = frozenset({"relu", "relu6", "hardtanh", "threshold", "leaky_relu"})
+
+#: A ReLU output must have at least this many elements to be called dead: with fewer, all of them
+#: negative happens by chance (the 8 squeeze units of a squeeze-excite block at batch 1 are all
+#: negative one time in 256); 16 elements all zero by chance is one in 65,536.
+DEAD_MIN_ELEMENTS = 16
 
 #: Autograd nodes whose derivative is zero everywhere: a gradient that reaches them
 #: stops there, and the parameters upstream learn nothing. A real bug (rounding or
