@@ -161,5 +161,5 @@ def backward_origins(trace: Trace, order: list[str]) -> list[Finding]:
                     continue  # another consumer passed it on: not born here
                 seen.add(key)
                 found.append(make(trace, kind, key, f"the backward of {where(n)} received a finite gradient and passed {word} to '{pn.label}'",
-                                  {"backward_step": float(n.backward_step or 0)}))
+                                  {"backward_step": float(n.backward_step or 0), "count": float(_count(pn.grads, what))}))
     return found
