@@ -102,3 +102,21 @@ def test_no_data_note_on_a_finite_step():
     net, x, y = _data()
     t = gradtrace.trace(net, x, loss=lambda out: F.cross_entropy(out, y))
     assert not any(n.startswith("non-finite data") for n in t.notes)
+
+
+def test_a_failing_check_is_a_note_not_a_broken_step(monkeypatch):
+    from gradtrace.recorder import gradnotes
+
+    def broken(tensors):
+        raise RuntimeError("no norm for you")
+
+    monkeypatch.setattr(gradnotes, "_total_norm", broken)
+    net, x, y = _data()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with gradtrace.capture(net) as cap:
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert [n for n in cap.trace.notes if "could not check" in n and "no norm for you" in n], cap.trace.notes
+    assert sum("could not check" in n for n in cap.trace.notes) == 1, "said once"
+    assert all(p.grad is not None for p in net.parameters()), "the step itself went through"
