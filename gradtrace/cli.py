@@ -204,15 +204,30 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
 
 
 
+#: ``gradtrace check`` exit statuses, one meaning each.
+EXIT_HEALTHY, EXIT_ALARM, EXIT_USAGE, EXIT_WARNING, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+
 @main.command()
 @_script_options
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON instead of a table.")
 def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -> None:
     """Run SCRIPT like `render` does and report where gradients vanish, explode or turn NaN.
 
-    Exit status: 0 when no NaN or inf was found, 1 when one was (so it can
-    gate CI), 2 for usage errors. Vanishing, exploding, dead units and
-    odd update sizes are reported but do not fail the check.
+    Each finding has a severity: an alarm (NaN or inf, named where it starts:
+    the data, a forward op, a backward op), a warning (vanishing, exploding,
+    dead units, a gradient stopped by an op, an update larger than the weight)
+    or a note (a fact that is no fault: a bias whose gradient is zero by the
+    model's structure, a -inf attention mask), each with its node, module,
+    numbers and what to try.
+
+    \b
+    Exit status:
+      0  healthy: no alarm and no warning (notes are allowed)
+      1  the step's numbers are broken: an alarm (NaN or inf)
+      2  usage error (bad option, missing script)
+      3  warnings only (vanishing, exploding, dead, zero gradient, update size)
+      4  gradtrace itself failed while diagnosing (a bug: please report it)
 
     \b
     Examples:
@@ -220,19 +235,41 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -
         gradtrace check train.py --step 10 --json
     """
     trace = _run(script, script_args, step, False)
-    findings = trace.diagnose()
+    try:
+        findings = trace.diagnose()
+    except Exception as e:  # a bug of ours must not read as "NaN found" (exit 1)
+        import traceback
+
+        click.echo("gradtrace check: internal error while diagnosing the step (a bug in gradtrace, please report it):", err=True)
+        click.echo("".join(traceback.format_exception(type(e), e, e.__traceback__)), err=True, nl=False)
+        raise SystemExit(EXIT_INTERNAL) from None
+    status = EXIT_ALARM if any(f.alarm for f in findings) else EXIT_WARNING if any(f.severity == "warning" for f in findings) else EXIT_HEALTHY
     if as_json:
         import json
 
-        rows = [dict(f.to_dict(), label=trace.node(f.node).label, module=trace.node(f.node).module) for f in findings]
-        click.echo(json.dumps({"step": step, "findings": rows}, indent=1))
-    elif not findings:
-        click.echo(f"gradtrace check: no findings in step {step} ({len(trace.nodes)} nodes)")
+        rows = [dict(f.to_dict(), label=trace.node(f.node).label) for f in findings]
+        click.echo(json.dumps({"step": step, "exit_status": status, "findings": rows, "notes": list(trace.notes)}, indent=1))
     else:
-        header = ("kind", "node", "module", "finding")
-        rows_t = [(f.kind, trace.node(f.node).label, trace.node(f.node).module or "-", f.message) for f in findings]
-        widths = [max(len(r[i]) for r in [header, *rows_t]) for i in range(3)]
-        for r in [header, *rows_t]:
-            click.echo("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
-    if any(f.alarm for f in findings):
-        raise SystemExit(1)
+        _echo_findings(trace, findings, step)
+    raise SystemExit(status)
+
+
+def _echo_findings(trace: Any, findings: list[Any], step: int) -> None:
+    faults = [f for f in findings if f.severity != "note"]
+    notes = [f for f in findings if f.severity == "note"]
+    if not faults:
+        click.echo(f"gradtrace check: no alarms or warnings in step {step} ({len(trace.nodes)} nodes)")
+    else:
+        header = ("severity", "kind", "node", "module", "finding")
+        rows = [(f.severity, f.kind, trace.node(f.node).label, f.module or "-", f.message) for f in faults]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        for f, r in zip([None, *faults], [header, *rows]):
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+            if f is not None and f.hint:
+                click.echo(" " * (sum(widths) + 8) + "try: " + f.hint)
+    if notes:
+        click.echo("notes (facts, not faults):")
+        for f in notes:
+            click.echo(f"  {f.kind} at '{trace.node(f.node).label}'" + (f" in {f.module}" if f.module else "") + f": {f.message}")
+    for note in trace.notes:
+        click.echo(f"note: {note}")

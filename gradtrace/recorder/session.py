@@ -30,6 +30,7 @@ from ..steptrace import Trace
 from .assemble import assemble
 from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
 from .forward import ForwardRecorder, ModuleTracker
+from .gradnotes import GradNotes
 from .stats import StatsBuffer
 
 __all__ = ["Session", "input_names", "names_from_frames"]
@@ -84,6 +85,7 @@ class Session:
         self.on_backward_after_recorded: Callable[[], None] | None = None
         self._leaf_names: dict[int, str] = {}
         self.notes: list[str] = []
+        self.grad_notes = GradNotes(model)  # what the gradient shown is (clipped, accumulated, closure, DDP)
 
     # -- installing and removing -------------------------------------------------
 
@@ -245,9 +247,13 @@ class Session:
                     if id(node.variable) in names:
                         self._leaf_names[id(node.variable)] = names[id(node.variable)]
             self._backward = BackwardRecorder(graph, self.stats)
+            self.grad_notes.backward_starting([n.variable for k, n in graph.nodes.items() if k[1] == "AccumulateGrad"])
+            self.grad_notes.nonfinite_data({id(i.tensor) for i in self.inputs})
             try:
                 # The backward's own ops are not part of the forward: the mode is off meanwhile.
-                return run()
+                result = run()
+                self.grad_notes.backward_finished()
+                return result
             finally:
                 self._backward.remove()
                 # Read every held value and gradient now, before anything (an optimizer step) changes them.
@@ -275,6 +281,9 @@ class Session:
     # -- optimizer step -----------------------------------------------------------
 
     def _optimizer_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self.optimizer_done:
+            with torch.no_grad(), self.outside_mode():
+                self.grad_notes.step_started(opt)
         if self._walk is None or self.optimizer_done or self._before_step:
             return
         leaves = {id(n.variable) for k, n in self._walk.nodes.items() if k[1] == "AccumulateGrad"}
@@ -285,6 +294,7 @@ class Session:
                         self._before_step[id(p)] = p.detach().clone()
 
     def _optimizer_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.grad_notes.step_finished()
         if self._walk is None or self.optimizer_done or not self._before_step:
             return
         with torch.no_grad(), self.outside_mode():

@@ -16,7 +16,7 @@ from ..collapse import View, choose_view
 from ..diagnose import Finding
 from . import fmt
 from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_module, scope_title, sent_back, show_edge_grads
-from .labels import block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, node_label, node_tooltip
+from .labels import block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, mark, node_label, node_tooltip
 from .options import RenderOptions
 from .style import ALARM, FINDING, THEME_COLORS
 
@@ -77,6 +77,8 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         edge_attr={"color": theme["edge"], "arrowsize": "0.6", "fontname": FONT, "fontsize": "9"},
     )
     findings = trace.diagnose() if options.show_findings else []
+    # Nodes whose infinities are an intended mask are drawn quietly (diagnose's masked_inf note).
+    quiet = {k for f in findings if f.kind == "masked_inf" for k in (f.node, *f.nodes)}
     by_item: dict[str, list[Finding]] = {}
     for f in findings:
         if f.node in view.owner:
@@ -115,16 +117,16 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
             attrs = dict(_KIND_STYLE[n.kind])
             if item == trace.loss:
                 attrs.update(peripheries="2", penwidth="1.5")
-            if any(s is not None and not s.finite for s in n.values + n.grads):
+            if any(s is not None and not s.finite for s in n.values + n.grads) and item not in quiet:
                 attrs.update(color=ALARM, penwidth="2.5")
             sums = grad_sum_lines(trace, item)
             sent = [f"to {_named(trace, dst)}: {edge_grad_text(grad, uses)}"
                     for dst, _, grad, uses in sent_back(trace, item) if grad is not None]
-            label = node_label(n, options, item == trace.loss, mine, sums)
-            tip = node_tooltip(n, sums, sent) + "".join(escape_tooltip(f"\n⚠ {f.kind}: {f.message}") for f in mine)
+            label = node_label(n, options, item == trace.loss, mine, sums, quiet=item in quiet)
+            tip = node_tooltip(n, sums, sent) + "".join(escape_tooltip(f"\n{mark(f)} {f.severity} {f.kind}: {f.message}") for f in mine)
         if any(f.alarm for f in mine):
             attrs.update(color=ALARM, penwidth="4")
-        elif mine:
+        elif any(f.severity == "warning" for f in mine):
             attrs.update(color=FINDING, penwidth="3")
         graph.node(item.replace(":", "_") if item in view.blocks else item, label, tooltip=tip, **attrs)
 

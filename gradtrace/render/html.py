@@ -24,7 +24,7 @@ from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_title, 
 from .labels import caption
 from .layout import NODE_H, NODE_W, layered_layout
 from .options import RenderOptions
-from .style import ALARM, band_for, text_color
+from .style import ALARM, MASKED_INF, band_for, text_color
 
 if TYPE_CHECKING:
     from ..steptrace import Trace
@@ -59,16 +59,21 @@ def _csp_hash(text: str) -> str:
 def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
     layout = layered_layout(trace)
     findings: dict[str, list[str]] = {}
+    quiet: set[str] = set()
     if options.show_findings:
         for f in trace.diagnose():
-            findings.setdefault(f.node, []).append(f"{f.kind}: {f.message}")
+            findings.setdefault(f.node, []).append(f"{f.severity} {f.kind}: {f.message}")
+            if f.kind == "masked_inf":
+                quiet.update((f.node, *f.nodes))  # an intended -inf mask: no alarm colour
     nodes = []
     for key in trace.forward_order():
         n = trace.node(key)
         color, _ = band_for(n.grad)
-        alarm = any(s is not None and not s.finite for s in n.values + n.grads)
+        alarm = any(s is not None and not s.finite for s in n.values + n.grads) and key not in quiet
         if alarm:
             color = ALARM
+        elif key in quiet:
+            color = MASKED_INF
         x, y = layout.positions[key]
         value = n.value
         nodes.append({
