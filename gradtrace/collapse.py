@@ -123,7 +123,7 @@ def build_view(trace: Trace, depth: int | None = None, fold: bool = True, module
         if path is None:
             owner[k] = k
             continue
-        bkey = f"module:{path}"
+        bkey = _block_key(trace, "module", path)
         blk = blocks.get(bkey)
         if blk is None:
             blk = blocks[bkey] = Block(bkey, [path], trace.modules.get(path, ""), [], None)
@@ -150,6 +150,15 @@ def build_view(trace: Trace, depth: int | None = None, fold: bool = True, module
         seen.add((a, b2))
         edges.append((a, b2, g.edges[e.src, e.dst].get("shape")))
     return View(items, blocks, owner, edges, boundary, depth)
+
+
+def _block_key(trace: Trace, kind: str, path: str) -> str:
+    """``module:PATH`` or ``fold:PATH``, primed until no node of the trace has that key (a trace file
+    may name a node ``module:fc1``: item keys must stay distinct)."""
+    key = f"{kind}:{path}"
+    while key in trace._by_key:
+        key += "'"
+    return key
 
 
 def _norm(s: TensorStats | None) -> float | None:
@@ -190,7 +199,7 @@ def _fold_runs(trace: Trace, order: list[str], blocks: dict[str, Block], owner: 
             if len(run) >= 2:
                 keys = [k for p in run for k in members[p]]
                 outputs = [_output_of(trace, members[p]) for p in run]
-                blk = Block(f"fold:{run[0]}", list(run), trace.modules.get(run[0], ""), keys, outputs[-1],
+                blk = Block(_block_key(trace, "fold", run[0]), list(run), trace.modules.get(run[0], ""), keys, outputs[-1],
                             [_norm(trace.node(o).grad) for o in outputs])
                 blocks[blk.key] = blk
                 for k in keys:

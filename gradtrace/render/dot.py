@@ -8,6 +8,8 @@ fixed order, so the same trace always gives the same DOT text, byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import TYPE_CHECKING
 
 import graphviz
@@ -15,6 +17,7 @@ import graphviz
 from ..collapse import View, choose_view
 from ..diagnose import Finding
 from . import fmt
+from .inert import dot_id, inert_trace, printable
 from .labels import block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, node_label, node_tooltip
 from .options import RenderOptions
 from .style import ALARM, FINDING, THEME_COLORS
@@ -36,6 +39,17 @@ _KIND_STYLE = {
 }
 
 
+_SAFE_BLOCK = re.compile(r"(module|fold):[A-Za-z0-9_.]+\Z")
+
+
+def _name(view: View, item: str) -> str:
+    """The DOT node name of a displayed item: a block keeps its readable ``module_encoder.layer``
+    when its path is plain, everything else is :func:`~.inert.dot_id`'s injective spelling."""
+    if item in view.blocks and _SAFE_BLOCK.match(item):
+        return item.replace(":", "_")
+    return dot_id(item)
+
+
 def _item_module(trace: Trace, view: View, item: str) -> str:
     """The module cluster an item is drawn in."""
     if item in view.blocks:
@@ -51,6 +65,11 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
     >>> to_dot(t, RenderOptions()).source.startswith("digraph")   # doctest: +SKIP
     True
     """
+    # Every string from the model or the trace file is made printable once, here; what DOT still
+    # treats specially is escaped where it is emitted (h() in labels, escape_tooltip(), _name()).
+    trace = inert_trace(trace)
+    if options.module is not None:
+        options = dataclasses.replace(options, module=printable(options.module))
     view = choose_view(trace, options.depth, options.max_nodes, options.fold, options.module)
     theme = THEME_COLORS[options.theme]
     note = view.note
@@ -83,6 +102,7 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         parts = path.split(".") if path else []
         for i in range(1, len(parts) + 1):
             paths.add(".".join(parts[:i]))
+    paths.discard("")  # "" is the top level, never a cluster (a path like "." or "a..b" from a file names it)
     children: dict[str, list[str]] = {}
     for path in sorted(paths):
         parent = path.rpartition(".")[0]
@@ -116,26 +136,35 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
             attrs.update(color=ALARM, penwidth="4")
         elif mine:
             attrs.update(color=FINDING, penwidth="3")
-        graph.node(item.replace(":", "_") if item in view.blocks else item, label, tooltip=tip, **attrs)
+        graph.node(_name(view, item), label, tooltip=graphviz.nohtml(tip), **attrs)  # escaped str + str is a plain str again
 
-    def emit_cluster(parent: graphviz.Digraph, path: str) -> None:
+    def cluster(path: str) -> graphviz.Digraph:
         cls = trace.modules.get(path, "")
         label = f"<<B>{h(path)}</B>" + (f" <I>{h(cls)}</I>" if cls else "") + ">"
-        with parent.subgraph(name=f"cluster_{cluster_ids[path]}") as sub:
-            sub.attr(label=label, labeljust="l", style="rounded,filled", color=theme["cluster"], fillcolor=theme["cluster_bg"],
-                     fontcolor=theme["text"], tooltip=escape_tooltip(f"{path} ({cls})" if cls else path))
-            for item in by_module.get(path, []):
-                emit_item(sub, item)
-            for child in children.get(path, []):
-                emit_cluster(sub, child)
+        sub = graphviz.Digraph(name=f"cluster_{cluster_ids[path]}")
+        sub.attr(label=label, labeljust="l", style="rounded,filled", color=theme["cluster"], fillcolor=theme["cluster_bg"],
+                 fontcolor=theme["text"], tooltip=escape_tooltip(f"{path} ({cls})" if cls else path))
+        for item in by_module.get(path, []):
+            emit_item(sub, item)
+        return sub
 
+    # Clusters nest as deep as module paths do (a trace file may nest thousands deep): built
+    # children first, without recursion, then each is added to its parent in sorted order.
+    preorder: list[str] = []
+    stack = list(reversed(children.get("", [])))
+    while stack:
+        path = stack.pop()
+        preorder.append(path)
+        stack.extend(reversed(children.get(path, [])))
+    built: dict[str, graphviz.Digraph] = {}
+    for path in reversed(preorder):
+        sub = built[path] = cluster(path)
+        for child in children.get(path, []):
+            sub.subgraph(built.pop(child))
     for item in by_module.get("", []):
         emit_item(g, item)
     for top in children.get("", []):
-        emit_cluster(g, top)
-
-    def name(item: str) -> str:
-        return item.replace(":", "_") if item in view.blocks else item
+        g.subgraph(built.pop(top))
 
     def label_of(item: str) -> str:
         return view.blocks[item].path if item in view.blocks else trace.node(item).label
@@ -145,7 +174,7 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         tip = f"{label_of(src)} → {label_of(dst)}" + (f" {shape_text}" if shape_text else "")
         attrs = {"tooltip": escape_tooltip(tip)}
         if shape_text and (src in view.blocks or dst in view.blocks):
-            attrs["label"] = shape_text  # between collapsed modules the tensor's shape is the interface
-        g.edge(name(src), name(dst), **attrs)
+            attrs["label"] = escape_tooltip(shape_text)  # between collapsed modules the tensor's shape is the interface
+        g.edge(_name(view, src), _name(view, dst), **attrs)
     g.node("legend", legend(theme, findings), shape="plain", tooltip="legend")
     return g

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..records import TensorStats
 from . import fmt
+from .inert import inert_trace, printable
 from .labels import caption
 from .layout import NODE_H, NODE_W, layered_layout
 from .options import RenderOptions
@@ -56,6 +57,7 @@ def _csp_hash(text: str) -> str:
 
 
 def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
+    trace = inert_trace(trace)  # printable names; keys stay as they are (JSON escapes what they hold)
     layout = layered_layout(trace)
     findings: dict[str, list[str]] = {}
     if options.show_findings:
@@ -91,8 +93,10 @@ def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
 
 
 def _script_json(obj: Any) -> str:
-    """JSON that is safe inside <script>: no '<', '>' or '&' survive as such."""
-    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """JSON that is safe inside <script>: no '<', '>' or '&' survive as such (so no ``</script>`` or
+    ``<!--``), and no character outside ASCII (a lone surrogate in a node key cannot be written as
+    UTF-8; ``\\u`` escapes carry it and U+2028/U+2029 alike)."""
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
@@ -106,8 +110,7 @@ def to_html(trace: Trace, options: RenderOptions | None = None) -> str:
     script, style = _asset("replay.js"), _asset("replay.css")
     csp = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
            "connect-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'")
-    loss = trace.node(trace.loss)
-    title = html.escape(f"gradtrace · {loss.label} · {len(trace.nodes)} nodes")
+    title = html.escape(f"gradtrace · {printable(trace.node(trace.loss).label)} · {len(trace.nodes)} nodes")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

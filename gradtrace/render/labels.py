@@ -8,6 +8,8 @@ through :func:`escape_tooltip` before it reaches a tooltip.
 from __future__ import annotations
 
 import html
+
+import graphviz
 from typing import TYPE_CHECKING, Sequence
 
 from ..collapse import Block, fmt_norms
@@ -26,13 +28,16 @@ MAX_LEGEND_FINDINGS = 8
 
 
 def h(text: str) -> str:
-    """Escape text for an HTML-like Graphviz label."""
-    return html.escape(text, quote=True)
+    """Escape text for an HTML-like Graphviz label; empty text becomes a no-break space, because
+    Graphviz rejects an empty ``<B></B>`` or ``<FONT></FONT>`` as a syntax error."""
+    return html.escape(text, quote=True) or "&#160;"
 
 
 def escape_tooltip(text: str) -> str:
-    """Escape text for a Graphviz escString attribute (tooltip): backslashes are escapes there."""
-    return text.replace("\\", "\\\\")
+    """Escape text for a Graphviz escString attribute (tooltip, plain label): backslashes are escapes
+    there, and a value that looks like ``<...>`` must stay a quoted string, never become an HTML label
+    (``graphviz.escape`` marks it so: a tooltip ``<x> [URL="javascript:..."] <y>`` stays one string)."""
+    return graphviz.escape(text)
 
 
 def _outputs_lines(prefix: str, items: tuple, limit: int = 3) -> list[str]:
