@@ -7,6 +7,8 @@ without gradtrace's frames, and exit 1.
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,18 @@ import click
 
 from . import __version__
 from .errors import GradtraceError
-from .render.options import RANKDIRS, THEMES, RenderOptions
+from .render.options import MAX_TIMEOUT, RANKDIRS, THEMES, RenderOptions
 from .render.output import FORMATS, format_for
 
 __all__ = ["main"]
 
 _EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json": ".json", "text": ".txt", "html": ".html"}
+
+
+def _check_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not (0 < value <= MAX_TIMEOUT or value == math.inf):  # (NaN fails both)
+        raise click.BadParameter(f"{value:g} is not in the range 0<x<={MAX_TIMEOUT:g} (seconds; inf for no limit)")
+    return value
 
 
 def _script_options(f: Any) -> Any:
@@ -58,7 +66,7 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": False})
 @_script_options
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
-              help="File to write. Default: SCRIPT's name with the format's suffix, in the working directory.")
+              help="File to write ('-': standard output). Default: SCRIPT's name with the format's suffix, in the working directory.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Output format. Default: from OUTPUT's suffix, else svg. 'text' without -o prints a table.")
 @click.option("--run-to-end", is_flag=True, help="Let the script run on after the traced step instead of stopping it.")
@@ -66,8 +74,8 @@ def main() -> None:
 @click.option("--no-values", is_flag=True, help="Leave forward values out of the nodes.")
 @click.option("--no-grads", is_flag=True, help="Leave gradients out of the nodes.")
 @click.option("--theme", type=click.Choice(THEMES), default="light", show_default=True, help="Colours for light or dark pages.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
-              help="Seconds Graphviz may spend on layout.")
+@click.option("--timeout", type=float, default=120.0, show_default=True, callback=_check_timeout,
+              help=f"Seconds Graphviz may spend on layout, up to {MAX_TIMEOUT:g}; inf for no limit.")
 @click.option("--depth", type=click.IntRange(min=0), default=None, help="Draw modules deeper than N levels as one node each.")
 @click.option("--max-nodes", type=click.IntRange(min=1), default=250, show_default=True,
               help="Without --depth, collapse modules until the diagram has at most this many nodes (nothing is dropped: nodes are grouped).")
@@ -93,9 +101,10 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         gradtrace render train.py --depth 1                # one node per top-level block
         gradtrace render train.py --module encoder.layer.3
     """
-    if output is not None:
+    to_stdout = output == "-"
+    if output is not None and not to_stdout:
         try:
-            fmt = format_for(Path(output), fmt)
+            fmt = format_for(Path(output), fmt, option="--format")
         except GradtraceError as e:
             raise click.UsageError(str(e)) from None
         out_dir = Path(output).parent
@@ -107,6 +116,9 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
                                 depth=depth, max_nodes=max_nodes, module=module, fold=not no_fold)
     except GradtraceError as e:
         raise click.UsageError(str(e)) from None
+    # Where the file goes is decided now, against the folder gradtrace was run from: the script may chdir.
+    shown = output if output is not None else Path(script).stem + _EXTENSIONS[fmt]
+    target = Path("-") if to_stdout else Path(os.path.abspath(shown))
     trace = _run(script, script_args, step, run_to_end)
     try:
         if output is None and fmt == "text":
@@ -114,13 +126,14 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
 
             click.echo(to_text(trace, options), nl=False)
             return
-        target = Path(output) if output is not None else Path(Path(script).stem + _EXTENSIONS[fmt])
-        trace.render(target, fmt, options)
+        from .render.output import write_counted
+
+        _, drawn = write_counted(trace, target, fmt, options)
     except GradtraceError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"gradtrace: wrote {target} ({sum(1 for _ in trace.nodes)} nodes, step {step})", err=True)
-
-
+    total = len(trace.nodes)
+    size = f"{total} nodes" if drawn == total else f"{total} nodes drawn as {drawn}"
+    click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({size}, step {step})", err=True)
 
 
 @main.command()

@@ -25,7 +25,7 @@ from .style import ALARM, FINDING, THEME_COLORS
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["to_dot"]
+__all__ = ["dot_and_view", "to_dot"]
 
 FONT = "Helvetica"
 LARGE = 150  # items above which layout trades polish for speed
@@ -65,6 +65,11 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
     >>> to_dot(t, RenderOptions()).source.startswith("digraph")   # doctest: +SKIP
     True
     """
+    return dot_and_view(trace, options)[0]
+
+
+def dot_and_view(trace: Trace, options: RenderOptions) -> tuple[graphviz.Digraph, View]:
+    """The diagram and the view it draws (``len(view)``: how many items the drawing shows)."""
     # Every string from the model or the trace file is made printable once, here; what DOT still
     # treats specially is escaped where it is emitted (h() in labels, escape_tooltip(), _name()).
     trace = inert_trace(trace)
@@ -177,4 +182,4 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
             attrs["label"] = escape_tooltip(shape_text)  # between collapsed modules the tensor's shape is the interface
         g.edge(_name(view, src), _name(view, dst), **attrs)
     g.node("legend", legend(theme, findings), shape="plain", tooltip="legend")
-    return g
+    return g, view
