@@ -27,7 +27,7 @@ _EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json
 
 def _check_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
     if not (0 < value <= MAX_TIMEOUT or value == math.inf):  # (NaN fails both)
-        raise click.BadParameter(f"{value:g} is not in the range 0<x<={MAX_TIMEOUT:g} (seconds; inf for no limit)")
+        raise click.BadParameter(f"{value:g} is not in the range 0<x<={MAX_TIMEOUT:.0f} (seconds; inf for no limit)")
     return value
 
 
@@ -75,7 +75,7 @@ def main() -> None:
 @click.option("--no-grads", is_flag=True, help="Leave gradients out of the nodes.")
 @click.option("--theme", type=click.Choice(THEMES), default="light", show_default=True, help="Colours for light or dark pages.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, callback=_check_timeout,
-              help=f"Seconds Graphviz may spend on layout, up to {MAX_TIMEOUT:g}; inf for no limit.")
+              help=f"Seconds Graphviz may spend on layout, up to {MAX_TIMEOUT:.0f}; inf for no limit.")
 @click.option("--depth", type=click.IntRange(min=0), default=None, help="Draw modules deeper than N levels as one node each.")
 @click.option("--max-nodes", type=click.IntRange(min=1), default=250, show_default=True,
               help="Without --depth, collapse modules until the diagram has at most this many nodes (nothing is dropped: nodes are grouped).")

@@ -67,7 +67,7 @@ class RenderOptions:
             object.__setattr__(self, "timeout", None)  # infinity reads as "no limit", which is None
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool)
                                              and 0 < self.timeout <= MAX_TIMEOUT):
-            raise RenderError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], or None (or inf) for no limit, "
+            raise RenderError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:.0f}], or None (or inf) for no limit, "
                               f"got {self.timeout!r}")
 
 
