@@ -134,6 +134,14 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     total = len(trace.nodes)
     size = f"{total} nodes" if drawn == total else f"{total} nodes drawn as {drawn}"
     click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({size}, step {step})", err=True)
+    if depth is not None:
+        from .collapse import max_module_depth
+
+        deepest = max_module_depth(trace)
+        if deepest <= depth:
+            why = "the trace has no modules" if deepest == 0 else f"its modules nest only {deepest} deep"
+            hint = "; leave --depth out and --max-nodes folds runs of ops" if deepest == 0 else ""
+            click.echo(f"gradtrace: --depth {depth} collapses nothing: {why}{hint}", err=True)
 
 
 @main.command()

@@ -53,7 +53,8 @@ def _name(view: View, item: str) -> str:
 def _item_module(trace: Trace, view: View, item: str) -> str:
     """The module cluster an item is drawn in."""
     if item in view.blocks:
-        return view.blocks[item].paths[0].rpartition(".")[0]
+        b = view.blocks[item]
+        return b.parent if b.parent is not None else b.paths[0].rpartition(".")[0]
     if item in view.boundary:
         return ""
     return trace.node(item).module
