@@ -177,3 +177,44 @@ def test_every_format_writes_valid_bytes(strings):
         data.decode("utf-8")
     back = Trace.from_json(to_bytes(t, "json", RenderOptions()))
     assert back.to_json() == t.to_json()
+
+
+HTML_CASES = [
+    [PAYLOADS[0], "</script><script>alert(1)</script>", "<!--", "\u2028x\u2029"],
+    ["<img src=x onerror=alert(2)>", '"><svg onload=alert(3)>', "\x1b[31m", "\ud800", "a\\"],
+    ["javascript:alert(4)", "<a href=javascript:alert(5)>x</a>", "<style>@import url(http://evil.example)</style>",
+     "<link rel=stylesheet href=http://evil.example/x.css>", "<iframe src=http://evil.example>", "]]>"],
+]
+
+
+def test_hostile_trace_page_is_inert_in_chromium(tmp_path):
+    from .browser import chromium_page
+
+    errors: list[str] = []
+    requests: list[str] = []
+    dialogs: list[str] = []
+    with chromium_page() as page:
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        for i, strings in enumerate(HTML_CASES):
+            t = hostile_trace(strings)
+            path = t.render(tmp_path / f"h{i}.html")
+            del errors[:], requests[:], dialogs[:]
+            page.goto(path.as_uri())
+            page.wait_for_selector("#graph .node")
+            assert page.locator("#graph .node").count() == len(t.nodes)
+            for n in page.query_selector_all("#graph .node"):  # every node's panel: every field shown
+                n.click()
+            page.fill("#search", strings[0][:3])
+            for button in ("#next", "#last", "#first"):
+                page.click(button)
+            page.wait_for_timeout(200)
+            assert dialogs == [] and errors == [], (dialogs, errors)
+            assert requests == [path.as_uri()], requests
+            counts = page.evaluate("""() => ({script: document.scripts.length, style: document.querySelectorAll('style').length,
+                img: document.querySelectorAll('img, image, iframe, link, object, embed, foreignObject, a[href]').length,
+                handlers: [...document.querySelectorAll('*')].filter(e => [...e.attributes].some(a => a.name.startsWith('on'))).length})""")
+            assert counts == {"script": 2, "style": 1, "img": 0, "handlers": 0}, counts
+            assert printable(t.nodes[2].label) in page.text_content("#app")
