@@ -39,7 +39,7 @@ _KIND_STYLE = {
 }
 
 
-_SAFE_BLOCK = re.compile(r"(module|fold):[A-Za-z0-9_.]+\Z")
+_SAFE_BLOCK = re.compile(r"(module|fold|run):[A-Za-z0-9_.]+\Z")
 
 
 def _name(view: View, item: str) -> str:

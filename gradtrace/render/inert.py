@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..records import OptimizerStep, TensorStats, TraceEdge, TraceNode
 
@@ -73,12 +73,50 @@ def _stats(s: TensorStats | None) -> TensorStats | None:
     return dataclasses.replace(s, dtype=printable(s.dtype), device=printable(s.device))
 
 
+def _value(v: Any) -> Any:
+    """Any field's value, its strings made printable (stats' dtype and device too, tuples item by item)."""
+    if isinstance(v, str):
+        return printable(v)
+    if isinstance(v, TensorStats):
+        return _stats(v)
+    if isinstance(v, tuple):
+        return tuple(_value(x) for x in v)
+    return v
+
+
+def _dirty(record: Any, fields: list[dataclasses.Field]) -> bool:
+    out: list[str] = []
+    for f in fields:
+        _texts(getattr(record, f.name), out)
+    return _UNSAFE.search("".join(out)) is not None
+
+
 def _node(n: TraceNode) -> TraceNode:
-    return dataclasses.replace(
-        n, label=printable(n.label), module=printable(n.module), grad_fn=_clean(n.grad_fn), source=_clean(n.source),
-        args=printable(n.args), scope=printable(n.scope), values=tuple(_stats(s) for s in n.values),
-        grads=tuple(_stats(s) for s in n.grads), update=_stats(n.update), sgd_update=_stats(n.sgd_update),
-    )
+    # Every field, not a list of names: a string field added to the records later is covered too.
+    if not _dirty(n, _NODE_FIELDS):
+        return n
+    return dataclasses.replace(n, **{f.name: _value(getattr(n, f.name)) for f in _NODE_FIELDS})
+
+
+def _edge(e: TraceEdge) -> TraceEdge:
+    if not _dirty(e, _EDGE_FIELDS):
+        return e
+    return dataclasses.replace(e, **{f.name: _value(getattr(e, f.name)) for f in _EDGE_FIELDS})
+
+
+#: The fields shown as text; keys name nodes and stay exact (DOT spells them with dot_id()).
+_NODE_FIELDS = [f for f in dataclasses.fields(TraceNode) if f.name != "key"]
+_EDGE_FIELDS = [f for f in dataclasses.fields(TraceEdge) if f.name not in ("src", "dst")]
+
+
+def _texts(v: Any, out: list[str]) -> None:
+    if isinstance(v, str):
+        out.append(v)
+    elif isinstance(v, TensorStats):
+        out += (v.dtype, v.device)
+    elif isinstance(v, tuple):
+        for x in v:
+            _texts(x, out)
 
 
 def _strings(trace: Trace) -> list[str]:
@@ -87,13 +125,11 @@ def _strings(trace: Trace) -> list[str]:
         out.append(trace.optimizer.name)
         out += [x for kv in trace.optimizer.hyperparameters for x in kv]
     for n in trace.nodes:
-        out += (n.label, n.module, n.grad_fn or "", n.source or "", n.args, n.scope)
-        for s in (*n.values, *n.grads, n.update, n.sgd_update):
-            if s is not None:
-                out += (s.dtype, s.device)
+        for f in _NODE_FIELDS:
+            _texts(getattr(n, f.name), out)
     for e in trace.edges:
-        if e.grad is not None:
-            out += (e.grad.dtype, e.grad.device)
+        for f in _EDGE_FIELDS:
+            _texts(getattr(e, f.name), out)
     return out
 
 
@@ -107,7 +143,7 @@ def inert_trace(trace: Trace) -> Trace:
     opt = trace.optimizer
     return TraceType(
         nodes=tuple(_node(n) for n in trace.nodes),
-        edges=tuple(TraceEdge(e.src, e.dst, e.output, _stats(e.grad), e.uses) for e in trace.edges),
+        edges=tuple(_edge(e) for e in trace.edges),
         loss=trace.loss,
         modules={printable(k): printable(v) for k, v in trace.modules.items()},
         optimizer=None if opt is None else OptimizerStep(
