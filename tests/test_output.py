@@ -204,3 +204,13 @@ def test_wrote_message_counts_trace_and_drawing(tmp_path):
     shown = int(re.search(r"drawn as (\d+)", result.stderr).group(1))
     loose = len([n for n in t.nodes if not n.module])
     assert shown == drawn + loose and shown < len(t.nodes)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_file_keeps_its_owner_when_root_rewrites_it(tmp_path, trace):
+    path = tmp_path / "theirs.json"
+    path.write_text("")
+    os.chown(path, 1234, 1234)
+    trace.render(path)
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid) == (1234, 1234) and path.read_text().startswith("{")

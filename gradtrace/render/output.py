@@ -139,6 +139,11 @@ def write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, mode)
+        if st is not None and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            try:  # the file keeps its owner too, where we may set it (as root)
+                os.chown(tmp, st.st_uid, st.st_gid)
+            except PermissionError:
+                pass
         os.replace(tmp, target)
     except OSError as e:
         raise RenderError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
