@@ -15,6 +15,7 @@ import hashlib
 import html
 import json
 import math
+import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -92,12 +93,15 @@ def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
     }
 
 
+_SCRIPT_UNSAFE = re.compile("[<>&\u2028\u2029\ud800-\udfff]")
+
+
 def _script_json(obj: Any) -> str:
-    """JSON that is safe inside <script>: no '<', '>' or '&' survive as such (so no ``</script>`` or
-    ``<!--``), and no character outside ASCII (a lone surrogate in a node key cannot be written as
-    UTF-8; ``\\u`` escapes carry it and U+2028/U+2029 alike)."""
-    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    """JSON that is safe inside <script>: no '<', '>' or '&' survive as such (so no ``</script>``
+    or ``<!--``), U+2028/U+2029 are escaped, and so is a lone surrogate (a node key from a trace
+    file may hold one; UTF-8 cannot, a ``\\u`` escape can)."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return _SCRIPT_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def to_html(trace: Trace, options: RenderOptions | None = None) -> str:
