@@ -218,3 +218,21 @@ def test_hostile_trace_page_is_inert_in_chromium(tmp_path):
                 handlers: [...document.querySelectorAll('*')].filter(e => [...e.attributes].some(a => a.name.startsWith('on'))).length})""")
             assert counts == {"script": 2, "style": 1, "img": 0, "handlers": 0}, counts
             assert printable(t.nodes[2].label) in page.text_content("#app")
+
+
+def test_only_gradtrace_built_labels_reach_dot_as_html():
+    """The class, not the cases: whatever attribute a later change adds, a ``<...>`` string is quoted
+    unless gradtrace built it as an HtmlLabel."""
+    from gradtrace.render.dot import _Digraph
+    from gradtrace.render.labels import HtmlLabel
+
+    g = _Digraph("t", graph_attr={"label": "<g>"}, node_attr={"URL": "<n>"}, edge_attr={"tooltip": "<e>"})
+    g.node("a", "<label>", tooltip="<tip>", xlabel=HtmlLabel("<<B>ok</B>>"))
+    g.edge("a", "b", label="<edge>", **{"headlabel": "<h>"})
+    g.attr("node", comment="<c>")
+    with g.subgraph(name="cluster_0") as sub:
+        sub.attr(label="<cluster>")
+    src = g.source
+    for text in ("<g>", "<n>", "<e>", "<label>", "<tip>", "<edge>", "<h>", "<c>", "<cluster>"):
+        assert f'"{text}"' in src, text
+    assert "xlabel=<<B>ok</B>>" in src

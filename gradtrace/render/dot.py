@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import graphviz
 
@@ -18,7 +18,7 @@ from ..collapse import View, choose_view
 from ..diagnose import Finding
 from . import fmt
 from .inert import dot_id, inert_trace, printable
-from .labels import block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, node_label, node_tooltip
+from .labels import HtmlLabel, block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, node_label, node_tooltip
 from .options import RenderOptions
 from .style import ALARM, FINDING, THEME_COLORS
 
@@ -37,6 +37,37 @@ _KIND_STYLE = {
     "block": {"shape": "box3d", "style": "filled", "fillcolor": "#efeaf7", "color": "#5b4a8a"},
     "boundary": {"shape": "box", "style": "dashed,filled", "fillcolor": "#ffffff", "color": "#9a9a9a"},
 }
+
+
+def _text(value: Any) -> Any:
+    """A value for DOT: gradtrace's own HTML labels stay HTML, every other string is quoted."""
+    return value if isinstance(value, HtmlLabel) or not isinstance(value, str) else graphviz.nohtml(value)
+
+
+def _texts(attrs: Any) -> Any:
+    if attrs is None:
+        return None
+    if isinstance(attrs, dict):
+        return {k: _text(v) for k, v in attrs.items()}  # a plain dict: graphviz sorts it, as before
+    items = attrs.items() if hasattr(attrs, "items") else attrs
+    return [(k, _text(v)) for k, v in items]
+
+
+def _attr_list(label: Any = None, kwargs: Any = None, attributes: Any = None) -> str:
+    return graphviz.quoting.attr_list(_text(label), kwargs=_texts(kwargs), attributes=_texts(attributes))
+
+
+def _a_list(label: Any = None, kwargs: Any = None, attributes: Any = None) -> str:
+    return graphviz.quoting.a_list(_text(label), kwargs=_texts(kwargs), attributes=_texts(attributes))
+
+
+class _Digraph(graphviz.Digraph):
+    """A Digraph that reads a value as Graphviz HTML only when gradtrace built it as such
+    (:class:`~.labels.HtmlLabel`). graphviz passes any ``<...>`` string through unquoted, so one
+    from a model or a trace file (a tooltip, a name) would otherwise become attributes of its own."""
+
+    _attr_list = staticmethod(_attr_list)
+    _a_list = staticmethod(_a_list)
 
 
 _SAFE_BLOCK = re.compile(r"(module|fold|run):[A-Za-z0-9_.]+\Z")
@@ -81,7 +112,7 @@ def dot_and_view(trace: Trace, options: RenderOptions) -> tuple[graphviz.Digraph
     note = view.note
     if options.module is not None:
         note = f"module {options.module} only; dashed nodes lie outside it" + (f"; {note}" if note else "")
-    g = graphviz.Digraph(
+    g = _Digraph(
         "gradtrace",
         graph_attr={
             "rankdir": options.rankdir, "bgcolor": theme["bg"], "fontname": FONT, "fontcolor": theme["text"],
@@ -146,8 +177,8 @@ def dot_and_view(trace: Trace, options: RenderOptions) -> tuple[graphviz.Digraph
 
     def cluster(path: str) -> graphviz.Digraph:
         cls = trace.modules.get(path, "")
-        label = f"<<B>{h(path)}</B>" + (f" <I>{h(cls)}</I>" if cls else "") + ">"
-        sub = graphviz.Digraph(name=f"cluster_{cluster_ids[path]}")
+        label = HtmlLabel(f"<<B>{h(path)}</B>" + (f" <I>{h(cls)}</I>" if cls else "") + ">")
+        sub = _Digraph(name=f"cluster_{cluster_ids[path]}")
         sub.attr(label=label, labeljust="l", style="rounded,filled", color=theme["cluster"], fillcolor=theme["cluster_bg"],
                  fontcolor=theme["text"], tooltip=escape_tooltip(f"{path} ({cls})" if cls else path))
         for item in by_module.get(path, []):

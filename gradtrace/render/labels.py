@@ -22,9 +22,17 @@ from .style import ALARM, BANDS, FINDING, NO_GRAD, ZERO_GRAD, band_for, text_col
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["block_label", "block_tooltip", "boundary_label", "caption", "escape_tooltip", "h", "legend", "node_label", "node_tooltip"]
+__all__ = ["HtmlLabel", "block_label", "block_tooltip", "boundary_label", "caption", "escape_tooltip", "h", "legend", "node_label", "node_tooltip"]
 
 MAX_LEGEND_FINDINGS = 8
+
+
+class HtmlLabel(str):
+    """A label gradtrace built as Graphviz HTML (``<<TABLE>…>``), user text escaped inside with
+    :func:`h`. Only these reach DOT as HTML: every other value is quoted as a string, whatever
+    it looks like (see ``dot._Digraph``)."""
+
+    __slots__ = ()
 
 
 def h(text: str) -> str:
@@ -103,7 +111,7 @@ def node_tooltip(n: TraceNode) -> str:
     return escape_tooltip("\n".join(lines))
 
 
-def legend(theme: dict[str, str], findings: list[Finding]) -> str:
+def legend(theme: dict[str, str], findings: list[Finding]) -> HtmlLabel:
     cells = []
     for b in BANDS:
         cells.append(f'<TD BGCOLOR="{b.color}"><FONT COLOR="{text_color(b.color)}" POINT-SIZE="9">{h(b.label)}</FONT></TD>')
@@ -115,7 +123,7 @@ def legend(theme: dict[str, str], findings: list[Finding]) -> str:
     for color, text in extra:
         cells.append(f'<TD BGCOLOR="{color}"><FONT COLOR="{text_color(color)}" POINT-SIZE="9">{h(text)}</FONT></TD>')
     n = len(cells)
-    return (
+    return HtmlLabel(
         f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3" COLOR="{theme["cluster"]}">'
         f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}">gradient magnitude (RMS, log scale) · #n = order in backprop</FONT></TD></TR>'
         f"<TR>{''.join(cells)}</TR>"
@@ -163,8 +171,8 @@ def _badges(findings: Sequence[Finding]) -> str:
     return "".join(out)
 
 
-def _table(rows: list[str]) -> str:
-    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>"
+def _table(rows: list[str]) -> HtmlLabel:
+    return HtmlLabel('<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>")
 
 
 def block_first_step(trace: Trace, b: Block) -> int | None:
