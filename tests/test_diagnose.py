@@ -404,12 +404,40 @@ def test_check_internal_error_is_not_exit_1(monkeypatch):
 
     monkeypatch.setattr(gradtrace.Trace, "diagnose", broken)
     result = CliRunner().invoke(main, ["check", str(SCRIPTS / "course_loop.py")])
-    assert result.exit_code == 4, result.output
+    assert result.exit_code == 70, result.output
     assert "internal error" in result.output and "ZeroDivisionError" in result.output
 
 
 def test_check_help_documents_exit_statuses():
     result = CliRunner().invoke(main, ["check", "--help"])
     assert result.exit_code == 0
-    for line in ("0  healthy", "1  the step's numbers are broken", "2  usage error", "3  warnings only", "4  gradtrace itself failed"):
+    for line in ("0  healthy", "1  the step's numbers are broken", "2  usage error", "3  warnings only", "5  there was no step to check",
+                 "70 internal error"):
         assert line in result.output
+
+
+def test_check_without_a_step_is_not_exit_1(tmp_path):
+    """A script that fails or ends before its step has nothing to check: exit 5, never "NaN found" (1)."""
+    raises = tmp_path / "raises.py"
+    raises.write_text("raise RuntimeError('data file missing')\n")
+    result = CliRunner().invoke(main, ["check", str(raises)])
+    assert result.exit_code == 5, result.output
+    assert "data file missing" in result.output
+    result = CliRunner().invoke(main, ["check", str(SCRIPTS / "no_backward.py")])
+    assert result.exit_code == 5, result.output
+    assert "backward() call" in result.output
+
+
+def test_check_output_cannot_drive_the_terminal(tmp_path):
+    """Module names come from user code: check prints them with escape sequences spelled out."""
+    script = tmp_path / "ansi.py"
+    script.write_text(
+        "import torch\nfrom torch import nn\n"
+        "net = nn.Sequential()\nnet.add_module('x\\x1b[2J\\x1b]0;owned\\x07', nn.Linear(3, 1))\n"
+        "with torch.no_grad():\n    net[0].weight[0, 0] = float('nan')\n"
+        "net(torch.randn(4, 3)).sum().backward()\n"
+    )
+    result = CliRunner().invoke(main, ["check", str(script)])
+    assert result.exit_code == 1, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "x\\x1b[2J" in result.output, result.output

@@ -8,6 +8,8 @@ through :func:`escape_tooltip` before it reaches a tooltip.
 from __future__ import annotations
 
 import html
+
+import graphviz
 from typing import TYPE_CHECKING, Sequence
 
 from ..collapse import Block, fmt_norms
@@ -21,19 +23,31 @@ from .style import ALARM, BANDS, MASKED_INF, NO_GRAD, SEVERITY_COLORS, ZERO_GRAD
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["block_label", "block_tooltip", "boundary_label", "caption", "escape_tooltip", "h", "legend", "mark", "node_label", "node_tooltip"]
+__all__ = ["HtmlLabel", "block_label", "block_tooltip", "boundary_label", "caption", "escape_tooltip", "h", "legend", "mark", "node_label",
+           "node_tooltip"]
 
 MAX_LEGEND_FINDINGS = 8
 
 
+class HtmlLabel(str):
+    """A label gradtrace built as Graphviz HTML (``<<TABLE>…>``), user text escaped inside with
+    :func:`h`. Only these reach DOT as HTML: every other value is quoted as a string, whatever
+    it looks like (see ``dot._Digraph``)."""
+
+    __slots__ = ()
+
+
 def h(text: str) -> str:
-    """Escape text for an HTML-like Graphviz label."""
-    return html.escape(text, quote=True)
+    """Escape text for an HTML-like Graphviz label; empty text becomes a no-break space, because
+    Graphviz rejects an empty ``<B></B>`` or ``<FONT></FONT>`` as a syntax error."""
+    return html.escape(text, quote=True) or "&#160;"
 
 
 def escape_tooltip(text: str) -> str:
-    """Escape text for a Graphviz escString attribute (tooltip): backslashes are escapes there."""
-    return text.replace("\\", "\\\\")
+    """Escape text for a Graphviz escString attribute (tooltip, plain label): backslashes are escapes
+    there, and a value that looks like ``<...>`` must stay a quoted string, never become an HTML label
+    (``graphviz.escape`` marks it so: a tooltip ``<x> [URL="javascript:..."] <y>`` stays one string)."""
+    return graphviz.escape(text)
 
 
 def _outputs_lines(prefix: str, items: tuple, limit: int = 3) -> list[str]:
@@ -130,7 +144,7 @@ def node_tooltip(n: TraceNode, sums: Sequence[str] = (), sent: Sequence[str] = (
     return escape_tooltip("\n".join(lines))
 
 
-def legend(theme: dict[str, str], findings: list[Finding]) -> str:
+def legend(theme: dict[str, str], findings: list[Finding]) -> HtmlLabel:
     cells = []
     for b in BANDS:
         cells.append(f'<TD BGCOLOR="{b.color}"><FONT COLOR="{text_color(b.color)}" POINT-SIZE="9">{h(b.label)}</FONT></TD>')
@@ -142,7 +156,7 @@ def legend(theme: dict[str, str], findings: list[Finding]) -> str:
     for color, text in extra:
         cells.append(f'<TD BGCOLOR="{color}"><FONT COLOR="{text_color(color)}" POINT-SIZE="9">{h(text)}</FONT></TD>')
     n = len(cells)
-    return (
+    return HtmlLabel(
         f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3" COLOR="{theme["cluster"]}">'
         f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}">gradient magnitude (RMS, log scale) · #n = order in backprop</FONT></TD></TR>'
         f"<TR>{''.join(cells)}</TR>"
@@ -190,8 +204,8 @@ def _badges(findings: Sequence[Finding]) -> str:
     return "".join(out)
 
 
-def _table(rows: list[str]) -> str:
-    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>"
+def _table(rows: list[str]) -> HtmlLabel:
+    return HtmlLabel('<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>")
 
 
 def block_first_step(trace: Trace, b: Block) -> int | None:
