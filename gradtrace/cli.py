@@ -9,6 +9,8 @@ its own traceback, without gradtrace's frames.
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import sys
 import traceback
@@ -19,7 +21,7 @@ import click
 
 from . import __version__
 from .errors import GradtraceError
-from .render.options import RANKDIRS, THEMES, RenderOptions
+from .render.options import MAX_TIMEOUT, RANKDIRS, THEMES, RenderOptions
 from .render.output import FORMATS, GRAPHVIZ_FORMATS, format_for
 
 __all__ = ["main"]
@@ -30,6 +32,12 @@ _EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json
 INTERNAL_ERROR = 70
 # ctx.meta key: the script's failure after its traced step, reported once the command has written its output.
 _LATE_FAILURE = "gradtrace.script_failed_after_step"
+
+
+def _check_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not (0 < value <= MAX_TIMEOUT or value == math.inf):  # (NaN fails both)
+        raise click.BadParameter(f"{value:g} is not in the range 0<x<={MAX_TIMEOUT:.0f} (seconds; inf for no limit)")
+    return value
 
 
 def _script_options(f: Any) -> Any:
@@ -126,7 +134,7 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": False})
 @_script_options
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
-              help="File to write. Default: SCRIPT's name with the format's suffix, in the working directory.")
+              help="File to write ('-': standard output). Default: SCRIPT's name with the format's suffix, in the working directory.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Output format. Default: from OUTPUT's suffix, else svg. 'text' without -o prints a table.")
 @click.option("--run-to-end", is_flag=True, help="Let the script run on after the traced step instead of stopping it.")
@@ -134,8 +142,8 @@ def main() -> None:
 @click.option("--no-values", is_flag=True, help="Leave forward values out of the nodes.")
 @click.option("--no-grads", is_flag=True, help="Leave gradients out of the nodes.")
 @click.option("--theme", type=click.Choice(THEMES), default="light", show_default=True, help="Colours for light or dark pages.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
-              help="Seconds Graphviz may spend on layout.")
+@click.option("--timeout", type=float, default=120.0, show_default=True, callback=_check_timeout,
+              help=f"Seconds Graphviz may spend on layout, up to {MAX_TIMEOUT:.0f}; inf for no limit.")
 @click.option("--depth", type=click.IntRange(min=0), default=None, help="Draw modules deeper than N levels as one node each.")
 @click.option("--max-nodes", type=click.IntRange(min=1), default=250, show_default=True,
               help="Without --depth, collapse modules until the diagram has at most this many nodes (nothing is dropped: nodes are grouped).")
@@ -173,9 +181,10 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         2    usage error (a bad option, a missing script)
         70   internal error: a bug in gradtrace (its traceback is printed)
     """
-    if output is not None:
+    to_stdout = output == "-"
+    if output is not None and not to_stdout:
         try:
-            fmt = format_for(Path(output), fmt)
+            fmt = format_for(Path(output), fmt, option="--format")
         except GradtraceError as e:
             raise click.UsageError(str(e)) from None
         out_dir = Path(output).parent
@@ -188,6 +197,9 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
                                 edge_grads=edge_grads)
     except GradtraceError as e:
         raise click.UsageError(str(e)) from None
+    # Where the file goes is decided now, against the folder gradtrace was run from: the script may chdir.
+    shown = output if output is not None else Path(script).stem + _EXTENSIONS[fmt]
+    target = Path("-") if to_stdout else Path(os.path.abspath(shown))
     trace = _run(script, script_args, step, run_to_end, fmt=fmt)
     try:
         if output is None and fmt == "text":
@@ -195,13 +207,26 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
 
             click.echo(to_text(trace, options), nl=False)
             return
-        target = Path(output) if output is not None else Path(Path(script).stem + _EXTENSIONS[fmt])
-        trace.render(target, fmt, options)
+        from .render.output import write_counted
+
+        _, drawn = write_counted(trace, target, fmt, options)
     except GradtraceError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"gradtrace: wrote {target} ({sum(1 for _ in trace.nodes)} nodes, step {step})", err=True)
+    total = len(trace.nodes)
+    size = f"{total} nodes" if drawn == total else f"{total} nodes drawn as {drawn}"
+    click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({size}, step {step})", err=True)
+    if depth is not None:
+        from .collapse import max_module_depth
+
+        deepest = max_module_depth(trace)
+        if deepest <= depth:
+            why = "the trace has no modules" if deepest == 0 else f"its modules nest only {deepest} deep"
+            hint = "; leave --depth out and --max-nodes folds runs of ops" if deepest == 0 else ""
+            click.echo(f"gradtrace: --depth {depth} collapses nothing: {why}{hint}", err=True)
 
 
+#: ``gradtrace check`` exit statuses, one meaning each (a bug in gradtrace is INTERNAL_ERROR, as for every command).
+EXIT_HEALTHY, EXIT_ALARM, EXIT_USAGE, EXIT_WARNING, EXIT_NO_STEP = 0, 1, 2, 3, 5
 
 
 @main.command()
@@ -210,29 +235,79 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
 def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -> None:
     """Run SCRIPT like `render` does and report where gradients vanish, explode or turn NaN.
 
-    Exit status: 0 when no NaN or inf was found, 1 when one was (so it can
-    gate CI), 2 for usage errors. Vanishing, exploding, dead units and
-    odd update sizes are reported but do not fail the check.
+    Each finding has a severity: an alarm (NaN or inf, named where it starts:
+    the data, a forward op, a backward op), a warning (vanishing, exploding,
+    dead units, a gradient stopped by an op, an update larger than the weight)
+    or a note (a fact that is no fault: a bias whose gradient is zero by the
+    model's structure, a -inf attention mask), each with its node, module,
+    numbers and what to try.
+
+    \b
+    Exit status:
+      0  healthy: no alarm and no warning (notes are allowed)
+      1  the step's numbers are broken: an alarm (NaN or inf)
+      2  usage error (bad option, missing script)
+      3  warnings only (vanishing, exploding, dead, zero gradient, update size)
+      5  there was no step to check: the script raised, exited or ended before
+         the asked-for backward() (its message or traceback is printed)
+      70 internal error: a bug in gradtrace (its traceback is printed)
 
     \b
     Examples:
         gradtrace check train.py
         gradtrace check train.py --step 10 --json
     """
-    trace = _run(script, script_args, step, False)
-    findings = trace.diagnose()
+    try:
+        trace = _run(script, script_args, step, False)
+    except click.ClickException as e:  # no step was traced: that is not "NaN found" (exit 1)
+        e.show()
+        raise SystemExit(EXIT_NO_STEP) from None
+    except SystemExit as e:  # the script ended with its own status before the step (its report is printed)
+        click.echo(f"gradtrace check: no step to check ({Path(script).name} exited with status {e.code})", err=True)
+        raise SystemExit(EXIT_NO_STEP) from None
+    findings = trace.diagnose()  # a bug in it is an internal error (exit 70), never "NaN found"
+    status = EXIT_ALARM if any(f.alarm for f in findings) else EXIT_WARNING if any(f.severity == "warning" for f in findings) else EXIT_HEALTHY
     if as_json:
         import json
 
-        rows = [dict(f.to_dict(), label=trace.node(f.node).label, module=trace.node(f.node).module) for f in findings]
-        click.echo(json.dumps({"step": step, "findings": rows}, indent=1))
-    elif not findings:
-        click.echo(f"gradtrace check: no findings in step {step} ({len(trace.nodes)} nodes)")
+        rows = [dict(f.to_dict(), label=trace.node(f.node).label) for f in findings]
+        click.echo(json.dumps({"step": step, "exit_status": status, "findings": rows, "notes": list(trace.notes)}, indent=1))
     else:
-        header = ("kind", "node", "module", "finding")
-        rows_t = [(f.kind, trace.node(f.node).label, trace.node(f.node).module or "-", f.message) for f in findings]
-        widths = [max(len(r[i]) for r in [header, *rows_t]) for i in range(3)]
-        for r in [header, *rows_t]:
-            click.echo("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
-    if any(f.alarm for f in findings):
-        raise SystemExit(1)
+        _echo_findings(trace, findings, step)
+    raise SystemExit(status)
+
+
+def _echo_findings(trace: Any, findings: list[Any], step: int) -> None:
+    from .render.inert import inert_trace
+
+    trace = inert_trace(trace)  # names from a model reach the terminal: no escape sequence may act there
+    findings = [_printable_finding(f) for f in findings]
+    faults = [f for f in findings if f.severity != "note"]
+    notes = [f for f in findings if f.severity == "note"]
+    if not faults:
+        click.echo(f"gradtrace check: no alarms or warnings in step {step} ({len(trace.nodes)} nodes)")
+    else:
+        header = ("severity", "kind", "node", "module", "finding")
+        rows = [(f.severity, f.kind, trace.node(f.node).label, f.module or "-", f.message) for f in faults]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        for f, r in zip([None, *faults], [header, *rows]):
+            click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+            if f is not None and f.hint:
+                click.echo(" " * (sum(widths) + 8) + "try: " + f.hint)
+    if notes:
+        click.echo("notes (facts, not faults):")
+        for f in notes:
+            click.echo(f"  {f.kind} at '{trace.node(f.node).label}'" + (f" in {f.module}" if f.module else "") + f": {f.message}")
+    for note in trace.notes:
+        click.echo(f"note: {note}")
+
+
+def _printable_finding(f: Any) -> Any:
+    """``f`` with its words made safe for a terminal (a message quotes labels and module paths)."""
+    import dataclasses
+
+    from .render.inert import printable
+
+    changes = {name: printable(getattr(f, name)) for name in ("message", "module", "hint")
+               if isinstance(getattr(f, name, None), str)}
+    return dataclasses.replace(f, **changes)

@@ -32,6 +32,7 @@ class Block:
     members: list[str]  # node keys inside, forward order
     output: str | None  # the member whose output leaves the block (the last one in forward order)
     block_grad_norms: list[float | None] = field(default_factory=list)  # per folded block, forward order
+    parent: str | None = None  # the module cluster it is drawn in; None: the one above its path
 
     @property
     def path(self) -> str:
@@ -126,7 +127,7 @@ def build_view(trace: Trace, depth: int | None = None, fold: bool = True, module
         if path is None:
             owner[k] = k
             continue
-        bkey = f"module:{path}"
+        bkey = _block_key(trace, "module", path)
         blk = blocks.get(bkey)
         if blk is None:
             blk = blocks[bkey] = Block(bkey, [path], trace.modules.get(re.sub(r"#\d+(?=\.|$)", "", path), ""), [], None)
@@ -153,6 +154,15 @@ def build_view(trace: Trace, depth: int | None = None, fold: bool = True, module
         seen.add((a, b2))
         edges.append((a, b2, g.edges[e.src, e.dst].get("shape")))
     return View(items, blocks, owner, edges, boundary, depth)
+
+
+def _block_key(trace: Trace, kind: str, path: str) -> str:
+    """``module:PATH`` or ``fold:PATH``, primed until no node of the trace has that key (a trace file
+    may name a node ``module:fc1``: item keys must stay distinct)."""
+    key = f"{kind}:{path}"
+    while key in trace._by_key:
+        key += "'"
+    return key
 
 
 def _norm(s: TensorStats | None) -> float | None:
@@ -193,7 +203,7 @@ def _fold_runs(trace: Trace, order: list[str], blocks: dict[str, Block], owner: 
             if len(run) >= 2:
                 keys = [k for p in run for k in members[p]]
                 outputs = [_output_of(trace, members[p]) for p in run]
-                blk = Block(f"fold:{run[0]}", list(run), trace.modules.get(run[0], ""), keys, outputs[-1],
+                blk = Block(_block_key(trace, "fold", run[0]), list(run), trace.modules.get(run[0], ""), keys, outputs[-1],
                             [_norm(trace.node(o).grad) for o in outputs])
                 blocks[blk.key] = blk
                 for k in keys:
@@ -217,7 +227,13 @@ def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bo
     if max_nodes is not None and (not isinstance(max_nodes, int) or isinstance(max_nodes, bool) or max_nodes < 1):
         raise RenderError(f"max_nodes must be a positive integer or None, got {max_nodes!r}")
     if depth is not None or max_nodes is None:
-        return build_view(trace, depth, fold, module)
+        view = build_view(trace, depth, fold, module)
+        deepest = max_module_depth(trace)
+        if depth is not None and deepest <= depth:
+            view.note = (f"depth={depth} collapses nothing: " + (
+                "the trace has no modules (a plain function or a flat script); without depth, max_nodes folds runs of ops instead"
+                if deepest == 0 else f"its modules nest only {deepest} level{'s' if deepest > 1 else ''} deep"))
+        return view
     full = build_view(trace, None, fold, module)
     if len(full) <= max_nodes:
         return full
@@ -228,9 +244,59 @@ def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bo
         if len(view) <= max_nodes:
             view.note = f"modules collapsed below depth {d} to fit max_nodes={max_nodes} ({len(full)} items in full)"
             return view
+    collapsed = "modules collapsed to depth 0 and " if deepest else ""
+    runs = fold_op_runs(trace, view, max_nodes)
+    if len(runs) <= max_nodes:
+        runs.note = (f"{collapsed}runs of top-level ops folded to fit max_nodes={max_nodes} ({len(full)} items in full; "
+                     + ("draw one module with module=..., or " if deepest else "") + "raise max_nodes to see every node)")
+        return runs
     view.note = (f"collapsed to depth 0 and still {len(view)} items > max_nodes={max_nodes}; "
                  f"nothing is dropped: raise max_nodes, or draw one module with module=...")
     return view
+
+
+def fold_op_runs(trace: Trace, view: View, max_nodes: int) -> View:
+    """``view`` with its loose top-level nodes grouped into consecutive runs (forward order) of
+    equal length, so that the drawing has at most ``max_nodes`` items where it can.
+
+    For a graph without modules (a hand-written function, a flat script) module collapse has
+    nothing to group; runs of consecutive nodes are the next best unit. Runs follow forward order,
+    so edges between them still point the way data flows.
+    """
+    loose = [i for i in view.items if i not in view.blocks and i not in view.boundary and not trace.node(i).module]
+    room = max_nodes - (len(view) - len(loose))
+    if room < 1 or len(loose) <= room:
+        return view
+    size = -(-len(loose) // room)  # ceil
+    owner = dict(view.owner)
+    blocks = dict(view.blocks)
+    step_of = {k: trace.node(k).forward_step for k in loose}
+    for start in range(0, len(loose), size):
+        run = loose[start : start + size]
+        first, last = trace.node(run[0]).label, trace.node(run[-1]).label
+        steps = [s for s in (step_of[k] for k in run) if s is not None]
+        span = f"steps {min(steps)}-{max(steps)}" if steps else f"nodes {start}-{start + len(run) - 1}"
+        blk = Block(_block_key(trace, "run", run[0]), [f"{span}: {first} … {last}"], "", list(run), None, parent="")
+        blk.output = _output_of(trace, blk.members)
+        blk.block_grad_norms = [_norm(trace.node(blk.output).grad)]
+        blocks[blk.key] = blk
+        for k in run:
+            owner[k] = blk.key
+    items: list[str] = []
+    seen_items: set[str] = set()
+    for i in view.items:
+        item = owner.get(i, i)
+        if item not in seen_items:
+            seen_items.add(item)
+            items.append(item)
+    seen: set[tuple[str, str]] = set()
+    edges: list[tuple[str, str, tuple[int, ...] | None]] = []
+    for a, b, shape in view.edges:
+        a, b = owner.get(a, a), owner.get(b, b)
+        if a != b and (a, b) not in seen:
+            seen.add((a, b))
+            edges.append((a, b, shape))
+    return View(items, blocks, owner, edges, view.boundary, view.depth)
 
 
 def fmt_norms(norms: list[float | None], limit: int = 12) -> str:

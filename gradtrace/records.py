@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 __all__ = ["NODE_KINDS", "OptimizerStep", "TensorStats", "TraceEdge", "TraceNode"]
 
@@ -30,14 +30,82 @@ def _float_to_json(x: float | None) -> float | str | None:
     return "inf" if x > 0 else "-inf"
 
 
-def _float_from_json(x: Any) -> float | None:
+class TraceFileError(ValueError):
+    """One field of a trace document is wrong; ``Trace.from_json`` turns it into a GradtraceError."""
+
+
+def _found(x: Any) -> str:
+    text = repr(x)
+    return f"{text[:60]}…" if len(text) > 60 else text + f" (a {_kind(x)})"
+
+
+def _kind(x: Any) -> str:
+    return {dict: "JSON object", list: "JSON array", str: "string", bool: "boolean", type(None): "null",
+            int: "integer", float: "number"}.get(type(x), type(x).__name__)
+
+
+def _bad(where: str, expected: str, x: Any) -> TraceFileError:
+    return TraceFileError(f"{where}: expected {expected}, found {_found(x)}")
+
+
+def _obj(x: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(x, dict):
+        raise _bad(where, "a JSON object", x)
+    return x
+
+
+def _list(x: Any, where: str) -> list[Any]:
+    if not isinstance(x, list):
+        raise _bad(where, "a JSON array", x)
+    return x
+
+
+def _field(d: Mapping[str, Any], name: str, where: str) -> Any:
+    if name not in d:
+        raise TraceFileError(f"{where}: the field {name!r} is missing")
+    return d[name]
+
+
+def _str(x: Any, where: str, *, optional: bool = False) -> Any:
+    if x is None and optional:
+        return None
+    if not isinstance(x, str):
+        raise _bad(where, "a string or null" if optional else "a string", x)
+    return x
+
+
+#: Counts, sizes and steps beyond this are not from a real tensor (2**62 elements is far past any memory).
+_INT_MAX = 2**62
+
+
+def _int(x: Any, where: str, *, minimum: int = 0, optional: bool = False) -> Any:
+    if x is None and optional:
+        return None
+    if not isinstance(x, int) or isinstance(x, bool) or not minimum <= x <= _INT_MAX:
+        what = f"an integer from {minimum} to 2**62" + (" or null" if optional else "")
+        raise _bad(where, what, x)
+    return x
+
+
+def _not_null(x: Any, where: str) -> Any:
+    if x is None:
+        raise _bad(where, "a number, 'nan', 'inf' or '-inf'", x)
+    return x
+
+
+def _float_from_json(x: Any, where: str = "number") -> float | None:
     if x is None:
         return None
     if isinstance(x, str):
         if x not in ("nan", "inf", "-inf"):
-            raise ValueError(f"bad number in trace JSON: {x!r} (expected a number, 'nan', 'inf' or '-inf')")
+            raise _bad(where, "a number, 'nan', 'inf', '-inf' or null", x)
         return float(x)
-    return float(x)
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        raise _bad(where, "a number, 'nan', 'inf', '-inf' or null", x)
+    try:
+        return float(x)
+    except OverflowError:
+        raise _bad(where, "a number within the range of a float", x) from None
 
 
 @dataclass(frozen=True)
@@ -110,21 +178,29 @@ class TensorStats:
         return obj
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TensorStats:
+    def from_dict(cls, d: Mapping[str, Any], where: str = "tensor statistics") -> TensorStats:
+        """Read what :meth:`to_dict` wrote; a wrong field raises ``TraceFileError`` naming it."""
+        d = _obj(d, where)
+        shape = _list(_field(d, "shape", where), f"{where} shape")
         values = d.get("values")
+        numel = _int(_field(d, "numel", where), f"{where} numel")
+        if values is not None and (not isinstance(values, list) or len(values) != numel):
+            raise _bad(f"{where} values", f"null or a list of numel={numel} numbers", values)
         return cls(
-            shape=tuple(int(n) for n in d["shape"]),
-            dtype=str(d["dtype"]),
-            device=str(d["device"]),
-            numel=int(d["numel"]),
-            min=_float_from_json(d["min"]),
-            max=_float_from_json(d["max"]),
-            mean=_float_from_json(d["mean"]),
-            std=_float_from_json(d["std"]),
-            norm=_float_from_json(d["norm"]),
-            nan=int(d["nan"]),
-            inf=int(d["inf"]),
-            values=None if values is None else tuple(_float_from_json(v) for v in values),  # type: ignore[misc]
+            shape=tuple(_int(n, f"{where} shape[{i}]") for i, n in enumerate(shape)),
+            dtype=_str(_field(d, "dtype", where), f"{where} dtype"),
+            device=_str(_field(d, "device", where), f"{where} device"),
+            numel=numel,
+            min=_float_from_json(_field(d, "min", where), f"{where} min"),
+            max=_float_from_json(_field(d, "max", where), f"{where} max"),
+            mean=_float_from_json(_field(d, "mean", where), f"{where} mean"),
+            std=_float_from_json(_field(d, "std", where), f"{where} std"),
+            norm=_float_from_json(_field(d, "norm", where), f"{where} norm"),
+            nan=_int(_field(d, "nan", where), f"{where} nan (a count)"),
+            inf=_int(_field(d, "inf", where), f"{where} inf (a count)"),
+            values=None if values is None else tuple(  # type: ignore[misc]
+                _float_from_json(_not_null(v, f"{where} values[{i}]"), f"{where} values[{i}]")
+                for i, v in enumerate(_list(values, f"{where} values"))),
         )
 
 
@@ -135,8 +211,12 @@ def _stats_tuple_to_json(items: tuple[TensorStats | None, ...]) -> list[dict[str
     return [None if s is None else s.to_dict() for s in items]
 
 
-def _stats_tuple_from_json(items: Iterable[Any]) -> tuple[TensorStats | None, ...]:
-    return tuple(None if s is None else TensorStats.from_dict(s) for s in items)
+def _stats_tuple_from_json(items: Any, where: str) -> tuple[TensorStats | None, ...]:
+    return tuple(None if s is None else TensorStats.from_dict(s, f"{where}[{i}]") for i, s in enumerate(_list(items, where)))
+
+
+def _stats_from_json(x: Any, where: str) -> TensorStats | None:
+    return None if x is None else TensorStats.from_dict(x, where)
 
 
 @dataclass(frozen=True)
@@ -210,24 +290,31 @@ class TraceNode:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TraceNode:
-        update = d.get("update")
+    def from_dict(cls, d: Mapping[str, Any], where: str = "node") -> TraceNode:
+        """Read what :meth:`to_dict` wrote; a wrong field raises ``TraceFileError`` naming it."""
+        d = _obj(d, where)
+        key = _str(_field(d, "key", where), f"{where} key")
+        where = f"{where} ({key!r})"
+        kind = _str(_field(d, "kind", where), f"{where} kind")
+        if kind not in NODE_KINDS:
+            raise _bad(f"{where} kind", f"one of {list(NODE_KINDS)}", kind)
+        module = _str(d.get("module", ""), f"{where} module")
         return cls(
-            key=str(d["key"]),
-            kind=str(d["kind"]),
-            label=str(d["label"]),
-            module=str(d.get("module", "")),
-            grad_fn=d.get("grad_fn"),
-            values=_stats_tuple_from_json(d.get("values", ())),
-            grads=_stats_tuple_from_json(d.get("grads", ())),
-            forward_step=d.get("forward_step"),
-            backward_step=d.get("backward_step"),
-            update=None if update is None else TensorStats.from_dict(update),
-            update_ratio=_float_from_json(d.get("update_ratio")),
-            source=None if d.get("source") is None else str(d["source"]),
-            args=str(d.get("args", "")),
-            scope=str(d.get("scope", d.get("module", ""))),
-            sgd_update=None if d.get("sgd_update") is None else TensorStats.from_dict(d["sgd_update"]),
+            key=key,
+            kind=kind,
+            label=_str(_field(d, "label", where), f"{where} label"),
+            module=module,
+            grad_fn=_str(d.get("grad_fn"), f"{where} grad_fn", optional=True),
+            values=_stats_tuple_from_json(d.get("values", []), f"{where} values"),
+            grads=_stats_tuple_from_json(d.get("grads", []), f"{where} grads"),
+            forward_step=_int(d.get("forward_step"), f"{where} forward_step", optional=True),
+            backward_step=_int(d.get("backward_step"), f"{where} backward_step", optional=True),
+            update=_stats_from_json(d.get("update"), f"{where} update"),
+            update_ratio=_float_from_json(d.get("update_ratio"), f"{where} update_ratio"),
+            source=_str(d.get("source"), f"{where} source", optional=True),
+            args=_str(d.get("args", ""), f"{where} args"),
+            scope=_str(d.get("scope", module), f"{where} scope"),
+            sgd_update=_stats_from_json(d.get("sgd_update"), f"{where} sgd_update"),
         )
 
 
@@ -251,10 +338,12 @@ class TraceEdge:
                 "grad": None if self.grad is None else self.grad.to_dict(), "uses": self.uses}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TraceEdge:
-        grad = d.get("grad")
-        return cls(src=str(d["src"]), dst=str(d["dst"]), output=int(d.get("output", 0)),
-                   grad=None if grad is None else TensorStats.from_dict(grad), uses=int(d.get("uses", 1)))
+    def from_dict(cls, d: Mapping[str, Any], where: str = "edge") -> TraceEdge:
+        """Read what :meth:`to_dict` wrote; a wrong field raises ``TraceFileError`` naming it."""
+        d = _obj(d, where)
+        return cls(src=_str(_field(d, "src", where), f"{where} src"), dst=_str(_field(d, "dst", where), f"{where} dst"),
+                   output=_int(d.get("output", 0), f"{where} output"), grad=_stats_from_json(d.get("grad"), f"{where} grad"),
+                   uses=_int(d.get("uses", 1), f"{where} uses", minimum=1))
 
 
 @dataclass(frozen=True)
@@ -269,9 +358,17 @@ class OptimizerStep:
         return {"name": self.name, "lr": _float_to_json(self.lr), "hyperparameters": [list(p) for p in self.hyperparameters]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> OptimizerStep:
+    def from_dict(cls, d: Mapping[str, Any], where: str = "optimizer") -> OptimizerStep:
+        """Read what :meth:`to_dict` wrote; a wrong field raises ``TraceFileError`` naming it."""
+        d = _obj(d, where)
+        pairs = []
+        for i, p in enumerate(_list(d.get("hyperparameters", []), f"{where} hyperparameters")):
+            here = f"{where} hyperparameters[{i}]"
+            if not (isinstance(p, list) and len(p) == 2):
+                raise _bad(here, "a [name, value] pair of strings", p)
+            pairs.append((_str(p[0], f"{here} name"), _str(p[1], f"{here} value")))
         return cls(
-            name=str(d["name"]),
-            lr=_float_from_json(d.get("lr")),
-            hyperparameters=tuple((str(k), str(v)) for k, v in d.get("hyperparameters", ())),
+            name=_str(_field(d, "name", where), f"{where} name"),
+            lr=_float_from_json(d.get("lr"), f"{where} lr"),
+            hyperparameters=tuple(pairs),
         )

@@ -175,26 +175,15 @@ class Trace:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Trace:
-        """Load a trace written by :meth:`to_json`."""
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            raise GradtraceError(f"not a gradtrace trace: the text is not JSON ({e})") from None
-        if not isinstance(d, dict) or d.get("format") != JSON_FORMAT:
-            raise GradtraceError(f"not a gradtrace trace: expected a JSON object with \"format\": \"{JSON_FORMAT}\"")
-        if d.get("version") != JSON_VERSION:
-            raise GradtraceError(f"trace JSON version {d.get('version')!r} is not supported (this gradtrace reads version {JSON_VERSION})")
-        try:
-            return cls(
-                nodes=tuple(TraceNode.from_dict(n) for n in d["nodes"]),
-                edges=tuple(TraceEdge.from_dict(e) for e in d["edges"]),
-                loss=str(d["loss"]),
-                modules={str(k): str(v) for k, v in d.get("modules", {}).items()},
-                optimizer=None if d.get("optimizer") is None else OptimizerStep.from_dict(d["optimizer"]),
-                notes=tuple(str(x) for x in d.get("notes", ())),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise GradtraceError(f"malformed gradtrace trace JSON: {e!r}") from None
+        """Load a trace written by :meth:`to_json`.
+
+        The text is untrusted input: anything that is not a well-formed trace (a wrong type, a
+        missing field, an edge to no node, a cycle, ...) raises :class:`GradtraceError` naming the
+        node or field, what was found and what was expected.
+        """
+        from .tracefile import read_trace
+
+        return read_trace(cls, text)
 
     def __repr__(self) -> str:
         counts: dict[str, int] = {}

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import gradtrace
 from gradtrace.collapse import build_view, choose_view
@@ -122,3 +123,62 @@ def test_48_layers_svg(tmp_path):
     t = gradtrace.trace(model, tok, loss=lambda out: F.cross_entropy(out.flatten(0, 1), tok.flatten()))
     out = t.render(tmp_path / "gpt48.svg", fold=False)
     assert out.stat().st_size > 10_000
+
+
+# -- graphs without modules, and scale ---------------------------------------------------------
+
+def _chain_trace(n: int):
+    """x -> mul -> mul -> ... (n ops), built from records: a flat graph with no modules at all."""
+    from gradtrace.records import TensorStats, TraceEdge, TraceNode
+
+    st = TensorStats((), "float32", "cpu", 1, 1.0, 1.0, 1.0, 0.0, 1.0, 0, 0, (1.0,))
+    nodes = [TraceNode(key="leaf0", kind="leaf", label="x", values=(st,), grads=(st,), backward_step=n)]
+    edges = []
+    for i in range(n):
+        nodes.append(TraceNode(key=f"op{i}", kind="op", label="mul", grad_fn="MulBackward0", values=(st,), grads=(st,),
+                               forward_step=i, backward_step=n - 1 - i))
+        edges.append(TraceEdge("leaf0" if i == 0 else f"op{i - 1}", f"op{i}"))
+    return gradtrace.Trace(tuple(nodes), tuple(edges), f"op{n - 1}")
+
+
+def test_module_less_graph_honours_max_nodes():
+    from gradtrace.collapse import choose_view
+
+    t = _chain_trace(3000)
+    view = choose_view(t, None, 250, True, None)
+    assert len(view) <= 250
+    assert "runs of top-level ops folded" in view.note and "raise max_nodes" in view.note
+    # nothing dropped: every node is shown by exactly one item, and runs follow the data flow
+    assert set(view.owner) == {n.key for n in t.nodes}
+    assert all(view.owner[k] in view.items for k in view.owner)
+    position = {item: i for i, item in enumerate(view.items)}
+    assert all(position[a] < position[b] for a, b, _ in view.edges)
+    assert len(view.edges) == len(view) - 1  # still one chain
+
+
+@pytest.mark.dot
+def test_module_less_graph_draws_within_budget(tmp_path):
+    out = _chain_trace(3000).render(tmp_path / "chain.svg", timeout=60)
+    assert out.read_bytes().count(b'class="node"') <= 251  # (+ the legend)
+
+
+def test_depth_on_a_flat_model_says_why():
+    t = gradtrace.trace(lambda x: (x * x).exp().sum(), torch.randn(3, requires_grad=True))
+    assert "depth=1 collapses nothing: the trace has no modules" in t.to_dot(depth=1).source
+    net = nn.Sequential(nn.Linear(2, 2), nn.Tanh())
+    t = gradtrace.trace(net, torch.randn(1, 2))
+    assert "its modules nest only 1 level deep" in t.to_dot(depth=1).source
+    assert "collapses nothing" not in t.to_dot(depth=0).source
+
+
+def test_text_table_is_linear():
+    """50k nodes: the table took minutes (a set rebuilt per node); now a couple of seconds."""
+    import time
+
+    from gradtrace.render.text import to_text
+
+    t = _chain_trace(50_000)
+    start = time.perf_counter()
+    out = to_text(t)
+    assert time.perf_counter() - start < 30
+    assert out.count("\n") == 50_002 and out.splitlines()[1].startswith("0 ")

@@ -163,7 +163,9 @@ def test_internal_error_is_not_the_scripts(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug inside gradtrace")
 
-    monkeypatch.setattr(gradtrace.Trace, "render", broken)
+    import gradtrace.render.output
+
+    monkeypatch.setattr(gradtrace.render.output, "write_counted", broken)  # what the render command writes with
     result = CliRunner().invoke(main, ["render", str(SCRIPTS / "two_backwards.py"), "-o", str(tmp_path / "o.json")])
     assert result.exit_code == INTERNAL_ERROR == 70
     assert "gradtrace internal error" in result.stderr

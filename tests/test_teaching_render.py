@@ -244,7 +244,7 @@ def test_cli_edge_grads_flag(course, tmp_path, monkeypatch):
     script = tmp_path / "s.py"
     script.write_text("")
     for trace, flag, labelled in ((f, [], True), (f, ["--no-edge-grads"], False), (big, [], False), (big, ["--edge-grads"], True)):
-        monkeypatch.setattr(gradtrace.cli, "_run", lambda *a, t=trace: t)
+        monkeypatch.setattr(gradtrace.cli, "_run", lambda *a, t=trace, **kw: t)
         out = tmp_path / "o.dot"
         result = CliRunner().invoke(gradtrace.cli.main, ["render", str(script), "-o", str(out), *flag])
         assert result.exit_code == 0, result.output

@@ -218,4 +218,4 @@ def assemble(session: Session) -> Trace:
     if len(graph.roots) > 1:
         session.notes.append(f"backward() started from {len(graph.roots)} tensors at once; the first is marked as the loss")
     return Trace(nodes=tuple(nodes), edges=tuple(edges), loss=keys[graph.roots[0]], modules=modules, optimizer=session.optimizer,
-                 notes=tuple(session.modules.notes + session.notes))
+                 notes=tuple(session.modules.notes + session.notes + session.grad_notes.notes))

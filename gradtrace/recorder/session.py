@@ -31,6 +31,7 @@ from .assemble import assemble
 from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
 from .forward import ForwardRecorder, ModuleTracker, node_id
 from .intercept import ThreadFollower, claim, inside_autograd, install
+from .gradnotes import GradNotes
 from .nested import record_nested
 from .stats import StatsBuffer, invisible
 
@@ -97,6 +98,7 @@ class Session:
         self.on_backward_after_recorded: Callable[[], None] | None = None
         self._leaf_names: dict[int, str] = {}
         self.notes: list[str] = []
+        self.grad_notes = GradNotes(model)  # what the gradient shown is (clipped, accumulated, closure, DDP)
 
     # -- installing and removing -------------------------------------------------
 
@@ -338,9 +340,15 @@ class Session:
             # again: keep each gradient they receive, to show their sum as .grad gets it.
             self._backward.keep_leaf_grads = any(type(n).__name__ == "CheckpointFunctionBackward" for n in graph.nodes.values())
             self._in_backward = True
+            with invisible():  # (the notes' own tensor work, hidden from the user's modes as the rest)
+                self.grad_notes.backward_starting([n.variable for k, n in graph.nodes.items() if k[1] == "AccumulateGrad"])
+                self.grad_notes.nonfinite_data({id(i.tensor) for i in self.inputs})
             try:
                 # The backward's own ops are not part of the forward: the mode is off meanwhile.
-                return run()
+                result = run()
+                with invisible():
+                    self.grad_notes.backward_finished()
+                return result
             finally:
                 self._in_backward = False
                 self._backward.remove()
@@ -385,6 +393,9 @@ class Session:
     # -- optimizer step -----------------------------------------------------------
 
     def _optimizer_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self.optimizer_done:
+            with torch.no_grad(), invisible():
+                self.grad_notes.step_started(opt)
         if self._walk is None or self.optimizer_done or self._before_step:
             return
         leaves = {id(n.variable) for k, n in self._walk.nodes.items() if k[1] == "AccumulateGrad"}
@@ -395,6 +406,8 @@ class Session:
                         self._before_step[id(p)] = p.detach().clone()
 
     def _optimizer_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        with invisible():
+            self.grad_notes.step_finished()
         if self._walk is None or self.optimizer_done or not self._before_step:
             return
         with torch.no_grad(), invisible():

@@ -8,7 +8,9 @@ fixed order, so the same trace always gives the same DOT text, byte for byte.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+import re
+from typing import TYPE_CHECKING, Any
 
 import graphviz
 
@@ -16,14 +18,16 @@ from ..collapse import View, choose_view
 from ..diagnose import Finding
 from . import fmt
 from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_module, scope_title, sent_back, show_edge_grads
-from .labels import block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, node_label, node_tooltip
+from .inert import dot_id, inert_trace, printable
+from .labels import (HtmlLabel, block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, mark, node_label,
+                     node_tooltip)
 from .options import RenderOptions
 from .style import ALARM, FINDING, THEME_COLORS
 
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["to_dot"]
+__all__ = ["dot_and_view", "to_dot"]
 
 FONT = "Helvetica"
 LARGE = 150  # items above which layout trades polish for speed
@@ -37,10 +41,53 @@ _KIND_STYLE = {
 }
 
 
+def _text(value: Any) -> Any:
+    """A value for DOT: gradtrace's own HTML labels stay HTML, every other string is quoted."""
+    return value if isinstance(value, HtmlLabel) or not isinstance(value, str) else graphviz.nohtml(value)
+
+
+def _texts(attrs: Any) -> Any:
+    if attrs is None:
+        return None
+    if isinstance(attrs, dict):
+        return {k: _text(v) for k, v in attrs.items()}  # a plain dict: graphviz sorts it, as before
+    items = attrs.items() if hasattr(attrs, "items") else attrs
+    return [(k, _text(v)) for k, v in items]
+
+
+def _attr_list(label: Any = None, kwargs: Any = None, attributes: Any = None) -> str:
+    return graphviz.quoting.attr_list(_text(label), kwargs=_texts(kwargs), attributes=_texts(attributes))
+
+
+def _a_list(label: Any = None, kwargs: Any = None, attributes: Any = None) -> str:
+    return graphviz.quoting.a_list(_text(label), kwargs=_texts(kwargs), attributes=_texts(attributes))
+
+
+class _Digraph(graphviz.Digraph):
+    """A Digraph that reads a value as Graphviz HTML only when gradtrace built it as such
+    (:class:`~.labels.HtmlLabel`). graphviz passes any ``<...>`` string through unquoted, so one
+    from a model or a trace file (a tooltip, a name) would otherwise become attributes of its own."""
+
+    _attr_list = staticmethod(_attr_list)
+    _a_list = staticmethod(_a_list)
+
+
+_SAFE_BLOCK = re.compile(r"(module|fold|run):[A-Za-z0-9_.]+\Z")
+
+
+def _name(view: View, item: str) -> str:
+    """The DOT node name of a displayed item: a block keeps its readable ``module_encoder.layer``
+    when its path is plain, everything else is :func:`~.inert.dot_id`'s injective spelling."""
+    if item in view.blocks and _SAFE_BLOCK.match(item):
+        return item.replace(":", "_")
+    return dot_id(item)
+
+
 def _item_module(trace: Trace, view: View, item: str) -> str:
     """The module cluster an item is drawn in: its scope, so each call of a module reused gets its own."""
     if item in view.blocks:
-        return view.blocks[item].paths[0].rpartition(".")[0]
+        b = view.blocks[item]
+        return b.parent if b.parent is not None else b.paths[0].rpartition(".")[0]
     if item in view.boundary:
         return ""
     return trace.graph.nodes[item]["scope"]
@@ -58,12 +105,22 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
     >>> to_dot(t, RenderOptions()).source.startswith("digraph")   # doctest: +SKIP
     True
     """
+    return dot_and_view(trace, options)[0]
+
+
+def dot_and_view(trace: Trace, options: RenderOptions) -> tuple[graphviz.Digraph, View]:
+    """The diagram and the view it draws (``len(view)``: how many items the drawing shows)."""
+    # Every string from the model or the trace file is made printable once, here; what DOT still
+    # treats specially is escaped where it is emitted (h() in labels, escape_tooltip(), _name()).
+    trace = inert_trace(trace)
+    if options.module is not None:
+        options = dataclasses.replace(options, module=printable(options.module))
     view = choose_view(trace, options.depth, options.max_nodes, options.fold, options.module)
     theme = THEME_COLORS[options.theme]
     note = view.note
     if options.module is not None:
         note = f"module {options.module} only; dashed nodes lie outside it" + (f"; {note}" if note else "")
-    g = graphviz.Digraph(
+    g = _Digraph(
         "gradtrace",
         graph_attr={
             "rankdir": options.rankdir, "bgcolor": theme["bg"], "fontname": FONT, "fontcolor": theme["text"],
@@ -77,6 +134,8 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         edge_attr={"color": theme["edge"], "arrowsize": "0.6", "fontname": FONT, "fontsize": "9"},
     )
     findings = trace.diagnose() if options.show_findings else []
+    # Nodes whose infinities are an intended mask are drawn quietly (diagnose's masked_inf note).
+    quiet = {k for f in findings if f.kind == "masked_inf" for k in (f.node, *f.nodes)}
     by_item: dict[str, list[Finding]] = {}
     for f in findings:
         if f.node in view.owner:
@@ -90,6 +149,7 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
         parts = path.split(".") if path else []
         for i in range(1, len(parts) + 1):
             paths.add(".".join(parts[:i]))
+    paths.discard("")  # "" is the top level, never a cluster (a path like "." or "a..b" from a file names it)
     children: dict[str, list[str]] = {}
     for path in sorted(paths):
         parent = path.rpartition(".")[0]
@@ -115,38 +175,47 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
             attrs = dict(_KIND_STYLE[n.kind])
             if item == trace.loss:
                 attrs.update(peripheries="2", penwidth="1.5")
-            if any(s is not None and not s.finite for s in n.values + n.grads):
+            if any(s is not None and not s.finite for s in n.values + n.grads) and item not in quiet:
                 attrs.update(color=ALARM, penwidth="2.5")
             sums = grad_sum_lines(trace, item)
             sent = [f"to {_named(trace, dst)}: {edge_grad_text(grad, uses)}"
                     for dst, _, grad, uses in sent_back(trace, item) if grad is not None]
-            label = node_label(n, options, item == trace.loss, mine, sums)
-            tip = node_tooltip(n, sums, sent) + "".join(escape_tooltip(f"\n⚠ {f.kind}: {f.message}") for f in mine)
+            label = node_label(n, options, item == trace.loss, mine, sums, quiet=item in quiet)
+            tip = node_tooltip(n, sums, sent) + "".join(escape_tooltip(f"\n{mark(f)} {f.severity} {f.kind}: {f.message}") for f in mine)
         if any(f.alarm for f in mine):
             attrs.update(color=ALARM, penwidth="4")
-        elif mine:
+        elif any(f.severity == "warning" for f in mine):
             attrs.update(color=FINDING, penwidth="3")
-        graph.node(item.replace(":", "_") if item in view.blocks else item, label, tooltip=tip, **attrs)
+        graph.node(_name(view, item), label, tooltip=graphviz.nohtml(tip), **attrs)  # escaped str + str is a plain str again
 
-    def emit_cluster(parent: graphviz.Digraph, path: str) -> None:
+    def cluster(path: str) -> graphviz.Digraph:
         cls = trace.modules.get(scope_module(path), "")
         title = scope_title(path)  # a module called again reads "pool (call 2)"
-        label = f"<<B>{h(title)}</B>" + (f" <I>{h(cls)}</I>" if cls else "") + ">"
-        with parent.subgraph(name=f"cluster_{cluster_ids[path]}") as sub:
-            sub.attr(label=label, labeljust="l", style="rounded,filled", color=theme["cluster"], fillcolor=theme["cluster_bg"],
-                     fontcolor=theme["text"], tooltip=escape_tooltip(f"{title} ({cls})" if cls else title))
-            for item in by_module.get(path, []):
-                emit_item(sub, item)
-            for child in children.get(path, []):
-                emit_cluster(sub, child)
+        label = HtmlLabel(f"<<B>{h(title)}</B>" + (f" <I>{h(cls)}</I>" if cls else "") + ">")
+        sub = _Digraph(name=f"cluster_{cluster_ids[path]}")
+        sub.attr(label=label, labeljust="l", style="rounded,filled", color=theme["cluster"], fillcolor=theme["cluster_bg"],
+                 fontcolor=theme["text"], tooltip=escape_tooltip(f"{title} ({cls})" if cls else title))
+        for item in by_module.get(path, []):
+            emit_item(sub, item)
+        return sub
 
+    # Clusters nest as deep as module paths do (a trace file may nest thousands deep): built
+    # children first, without recursion, then each is added to its parent in sorted order.
+    preorder: list[str] = []
+    stack = list(reversed(children.get("", [])))
+    while stack:
+        path = stack.pop()
+        preorder.append(path)
+        stack.extend(reversed(children.get(path, [])))
+    built: dict[str, graphviz.Digraph] = {}
+    for path in reversed(preorder):
+        sub = built[path] = cluster(path)
+        for child in children.get(path, []):
+            sub.subgraph(built.pop(child))
     for item in by_module.get("", []):
         emit_item(g, item)
     for top in children.get("", []):
-        emit_cluster(g, top)
-
-    def name(item: str) -> str:
-        return item.replace(":", "_") if item in view.blocks else item
+        g.subgraph(built.pop(top))
 
     def label_of(item: str) -> str:
         return view.blocks[item].path if item in view.blocks else trace.node(item).label
@@ -165,10 +234,10 @@ def to_dot(trace: Trace, options: RenderOptions) -> graphviz.Digraph:
             tip += f"\ngrad sent back: {sent}"
         attrs = {"tooltip": escape_tooltip(tip)}
         if shape_text and (src in view.blocks or dst in view.blocks):
-            attrs["label"] = shape_text  # between collapsed modules the tensor's shape is the interface
+            attrs["label"] = escape_tooltip(shape_text)  # between collapsed modules the tensor's shape is the interface
         elif sent and label_edges:
             edge = graph_edges[src, dst]
             attrs.update(label=escape_tooltip(edge_grad_label(edge["grad"], edge["uses"])), labeltooltip=escape_tooltip(tip))
-        g.edge(name(src), name(dst), **attrs)
+        g.edge(_name(view, src), _name(view, dst), **attrs)
     g.node("legend", legend(theme, findings), shape="plain", tooltip="legend")
-    return g
+    return g, view

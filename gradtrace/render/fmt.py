@@ -89,7 +89,7 @@ def summary(s: TensorStats | None) -> str:
         return "empty"
     if bad and s.nan == s.numel:
         return f"all NaN ({s.numel})"
-    if s.values is not None:
+    if s.values:  # (never empty from capture; a hand-made record may hold [])
         shown = [short(v, s.dtype) for v in s.values[:INLINE_VALUES]]
         more = "" if len(s.values) <= INLINE_VALUES else ", …"
         body = shown[0] if s.numel == 1 and not s.shape else "[" + ", ".join(shown) + more + "]"

@@ -15,16 +15,18 @@ import hashlib
 import html
 import json
 import math
+import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ..records import TensorStats
 from . import fmt
 from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_title, sent_back
+from .inert import inert_trace, printable
 from .labels import caption
 from .layout import NODE_H, NODE_W, layered_layout
 from .options import RenderOptions
-from .style import ALARM, band_for, text_color
+from .style import ALARM, MASKED_INF, band_for, text_color
 
 if TYPE_CHECKING:
     from ..steptrace import Trace
@@ -57,18 +59,24 @@ def _csp_hash(text: str) -> str:
 
 
 def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
+    trace = inert_trace(trace)  # printable names; keys stay as they are (JSON escapes what they hold)
     layout = layered_layout(trace)
     findings: dict[str, list[str]] = {}
+    quiet: set[str] = set()
     if options.show_findings:
         for f in trace.diagnose():
-            findings.setdefault(f.node, []).append(f"{f.kind}: {f.message}")
+            findings.setdefault(f.node, []).append(f"{f.severity} {f.kind}: {f.message}")
+            if f.kind == "masked_inf":
+                quiet.update((f.node, *f.nodes))  # an intended -inf mask: no alarm colour
     nodes = []
     for key in trace.forward_order():
         n = trace.node(key)
         color, _ = band_for(n.grad)
-        alarm = any(s is not None and not s.finite for s in n.values + n.grads)
+        alarm = any(s is not None and not s.finite for s in n.values + n.grads) and key not in quiet
         if alarm:
             color = ALARM
+        elif key in quiet:
+            color = MASKED_INF
         x, y = layout.positions[key]
         value = n.value
         nodes.append({
@@ -95,10 +103,15 @@ def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
     }
 
 
+_SCRIPT_UNSAFE = re.compile("[<>&\u2028\u2029\ud800-\udfff]")
+
+
 def _script_json(obj: Any) -> str:
-    """JSON that is safe inside <script>: no '<', '>' or '&' survive as such."""
+    """JSON that is safe inside <script>: no '<', '>' or '&' survive as such (so no ``</script>``
+    or ``<!--``), U+2028/U+2029 are escaped, and so is a lone surrogate (a node key from a trace
+    file may hold one; UTF-8 cannot, a ``\\u`` escape can)."""
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return _SCRIPT_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def to_html(trace: Trace, options: RenderOptions | None = None) -> str:
@@ -111,8 +124,7 @@ def to_html(trace: Trace, options: RenderOptions | None = None) -> str:
     script, style = _asset("replay.js"), _asset("replay.css")
     csp = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
            "connect-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'")
-    loss = trace.node(trace.loss)
-    title = html.escape(f"gradtrace · {loss.label} · {len(trace.nodes)} nodes")
+    title = html.escape(f"gradtrace · {printable(trace.node(trace.loss).label)} · {len(trace.nodes)} nodes")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -8,6 +8,8 @@ through :func:`escape_tooltip` before it reaches a tooltip.
 from __future__ import annotations
 
 import html
+
+import graphviz
 from typing import TYPE_CHECKING, Sequence
 
 from ..collapse import Block, fmt_norms
@@ -16,24 +18,36 @@ from ..records import TraceNode
 from . import fmt
 from .flow import scope_title
 from .options import RenderOptions
-from .style import ALARM, BANDS, FINDING, NO_GRAD, ZERO_GRAD, band_for, text_color
+from .style import ALARM, BANDS, MASKED_INF, NO_GRAD, SEVERITY_COLORS, ZERO_GRAD, band_for, text_color
 
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["block_label", "block_tooltip", "boundary_label", "caption", "escape_tooltip", "h", "legend", "node_label", "node_tooltip"]
+__all__ = ["HtmlLabel", "block_label", "block_tooltip", "boundary_label", "caption", "escape_tooltip", "h", "legend", "mark", "node_label",
+           "node_tooltip"]
 
 MAX_LEGEND_FINDINGS = 8
 
 
+class HtmlLabel(str):
+    """A label gradtrace built as Graphviz HTML (``<<TABLE>…>``), user text escaped inside with
+    :func:`h`. Only these reach DOT as HTML: every other value is quoted as a string, whatever
+    it looks like (see ``dot._Digraph``)."""
+
+    __slots__ = ()
+
+
 def h(text: str) -> str:
-    """Escape text for an HTML-like Graphviz label."""
-    return html.escape(text, quote=True)
+    """Escape text for an HTML-like Graphviz label; empty text becomes a no-break space, because
+    Graphviz rejects an empty ``<B></B>`` or ``<FONT></FONT>`` as a syntax error."""
+    return html.escape(text, quote=True) or "&#160;"
 
 
 def escape_tooltip(text: str) -> str:
-    """Escape text for a Graphviz escString attribute (tooltip): backslashes are escapes there."""
-    return text.replace("\\", "\\\\")
+    """Escape text for a Graphviz escString attribute (tooltip, plain label): backslashes are escapes
+    there, and a value that looks like ``<...>`` must stay a quoted string, never become an HTML label
+    (``graphviz.escape`` marks it so: a tooltip ``<x> [URL="javascript:..."] <y>`` stays one string)."""
+    return graphviz.escape(text)
 
 
 def _outputs_lines(prefix: str, items: tuple, limit: int = 3) -> list[str]:
@@ -49,20 +63,27 @@ def _outputs_lines(prefix: str, items: tuple, limit: int = 3) -> list[str]:
 _BADGES = {
     "nan_forward": "NaN starts here", "inf_forward": "inf starts here", "nan_backward": "NaN gradient starts here",
     "inf_backward": "inf gradient starts here", "vanishing": "vanishing gradient", "exploding": "exploding gradient",
-    "dead": "dead: all zero", "update_ratio": "update size off",
+    "dead": "dead: all zero", "update_ratio": "update size off", "nan_data": "NaN in the data", "inf_data": "inf in the data",
+    "zero_grad": "gradient stops here", "structural_zero": "zero gradient by structure", "masked_inf": "-inf mask (intended)",
 }
 
 
+def mark(f: Finding) -> str:
+    """⚠ for an alarm or a warning, ⓘ for a note."""
+    return "ⓘ" if f.severity == "note" else "⚠"
+
+
 def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Sequence[Finding] = (),
-               sums: Sequence[str] = ()) -> str:
+               sums: Sequence[str] = (), quiet: bool = False) -> str:
     """One node: header (label, args, backprop step) coloured by gradient magnitude, shape, value, gradient, update.
 
     ``sums`` are lines saying how the gradient adds up over the node's consumers
     (:func:`~gradtrace.render.flow.grad_sum_lines`), shown under the gradient.
+    ``quiet``: the node's infinities are an intended mask (diagnose's ``masked_inf``): a quiet colour, not alarm red.
     """
     color, _ = band_for(n.grad)
     if any(s is not None and not s.finite for s in n.values + n.grads):
-        color = ALARM
+        color = MASKED_INF if quiet else ALARM
     title = f"<B>{h(n.label)}{' · loss' if is_loss else ''}</B>"
     if n.args:  # the op's constants, in plain type beside its bold name
         title = f"<B>{h(n.label)}</B> {h(n.args)}" + ("<B> · loss</B>" if is_loss else "")
@@ -123,7 +144,7 @@ def node_tooltip(n: TraceNode, sums: Sequence[str] = (), sent: Sequence[str] = (
     return escape_tooltip("\n".join(lines))
 
 
-def legend(theme: dict[str, str], findings: list[Finding]) -> str:
+def legend(theme: dict[str, str], findings: list[Finding]) -> HtmlLabel:
     cells = []
     for b in BANDS:
         cells.append(f'<TD BGCOLOR="{b.color}"><FONT COLOR="{text_color(b.color)}" POINT-SIZE="9">{h(b.label)}</FONT></TD>')
@@ -135,15 +156,15 @@ def legend(theme: dict[str, str], findings: list[Finding]) -> str:
     for color, text in extra:
         cells.append(f'<TD BGCOLOR="{color}"><FONT COLOR="{text_color(color)}" POINT-SIZE="9">{h(text)}</FONT></TD>')
     n = len(cells)
-    return (
+    return HtmlLabel(
         f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3" COLOR="{theme["cluster"]}">'
         f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}">gradient magnitude (RMS, log scale) · #n = order in backprop</FONT></TD></TR>'
         f"<TR>{''.join(cells)}</TR>"
         f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}" POINT-SIZE="9">'
         "rounded box: op · tan box: parameter · blue box: other tensor requiring grad · dashed box: input"
         "</FONT></TD></TR>" + "".join(
-            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT" BGCOLOR="{ALARM if f.alarm else FINDING}">'
-            f'<FONT COLOR="{text_color(ALARM if f.alarm else FINDING)}" POINT-SIZE="10">⚠ {h(f.kind)}: {h(f.message)}</FONT></TD></TR>'
+            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT" BGCOLOR="{SEVERITY_COLORS[f.severity]}">'
+            f'<FONT COLOR="{text_color(SEVERITY_COLORS[f.severity])}" POINT-SIZE="10">{mark(f)} {h(f.severity)} {h(f.kind)}: {h(f.message)}</FONT></TD></TR>'
             for f in findings[:MAX_LEGEND_FINDINGS]
         ) + (
             f'<TR><TD COLSPAN="{n}" ALIGN="LEFT"><FONT COLOR="{theme["text"]}" POINT-SIZE="10">… and {len(findings) - MAX_LEGEND_FINDINGS} more findings (Trace.diagnose())</FONT></TD></TR>'
@@ -178,13 +199,13 @@ def _row(text: str, size: int = 10) -> str:
 def _badges(findings: Sequence[Finding]) -> str:
     out = []
     for f in findings:
-        badge = ALARM if f.alarm else FINDING
-        out.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT" BGCOLOR="{badge}"><FONT COLOR="{text_color(badge)}" POINT-SIZE="10"><B>⚠ {h(_BADGES[f.kind])}</B></FONT></TD></TR>')
+        badge = SEVERITY_COLORS[f.severity]
+        out.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT" BGCOLOR="{badge}"><FONT COLOR="{text_color(badge)}" POINT-SIZE="10"><B>{mark(f)} {h(_BADGES.get(f.kind, f.kind))}</B></FONT></TD></TR>')
     return "".join(out)
 
 
-def _table(rows: list[str]) -> str:
-    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>"
+def _table(rows: list[str]) -> HtmlLabel:
+    return HtmlLabel('<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">' + "".join(rows) + "</TABLE>>")
 
 
 def block_first_step(trace: Trace, b: Block) -> int | None:
@@ -228,7 +249,7 @@ def block_tooltip(trace: Trace, b: Block, findings: list[Finding]) -> str:
         lines += ["  " + x for x in fmt.stats_lines(trace.node(b.output).value)]
         lines.append("gradient at the output:")
         lines += ["  " + x for x in fmt.stats_lines(trace.node(b.output).grad)]
-    lines += [f"⚠ {f.kind}: {f.message}" for f in findings]
+    lines += [f"{mark(f)} {f.severity} {f.kind}: {f.message}" for f in findings]
     return escape_tooltip("\n".join(lines))
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import RenderError
 
-__all__ = ["RANKDIRS", "THEMES", "RenderOptions", "resolve_options"]
+__all__ = ["MAX_TIMEOUT", "RANKDIRS", "THEMES", "RenderOptions", "resolve_options"]
 
 RANKDIRS = ("TB", "LR", "BT", "RL")
+#: The longest layout time one can ask for (11.6 days); longer cannot be waited on (the OS timer
+#: overflows) and means "no limit", which is ``None``.
+MAX_TIMEOUT = 1e6
 THEMES = ("light", "dark")
 
 
@@ -64,8 +68,12 @@ class RenderOptions:
             raise RenderError(f"max_nodes must be a positive integer or None, got {self.max_nodes!r}")
         if self.module is not None and (not isinstance(self.module, str) or not self.module):
             raise RenderError(f"module must be a module path such as 'encoder.layer.3', got {self.module!r}")
-        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
-            raise RenderError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}")
+        if isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool) and self.timeout == math.inf:
+            object.__setattr__(self, "timeout", None)  # infinity reads as "no limit", which is None
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool)
+                                             and 0 < self.timeout <= MAX_TIMEOUT):
+            raise RenderError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:.0f}], or None (or inf) for no limit, "
+                              f"got {self.timeout!r}")
 
 
 def resolve_options(options: RenderOptions | None, overrides: Mapping[str, Any]) -> RenderOptions:

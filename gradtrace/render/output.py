@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +16,7 @@ from .options import RenderOptions
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["FORMATS", "SUFFIXES", "format_for", "to_bytes", "write"]
+__all__ = ["FORMATS", "SUFFIXES", "encode", "format_for", "to_bytes", "write", "write_bytes", "write_counted"]
 
 #: Every output format; the first three need Graphviz's ``dot`` binary.
 FORMATS = ("svg", "png", "pdf", "dot", "json", "text", "html")
@@ -22,8 +24,11 @@ GRAPHVIZ_FORMATS = ("svg", "png", "pdf")
 SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot", ".json": "json", ".txt": "text", ".html": "html", ".htm": "html"}
 
 
-def format_for(path: Path, fmt: str | None) -> str:
-    """The format to write ``path`` in: ``fmt`` if given (it must agree with a known suffix), else the suffix's."""
+def format_for(path: Path, fmt: str | None, option: str = "format=") -> str:
+    """The format to write ``path`` in: ``fmt`` if given (it must agree with a known suffix), else the suffix's.
+
+    ``option`` is how the message names the way to give a format (the CLI says ``--format``).
+    """
     suffix = path.suffix.lower()
     if fmt is not None:
         if fmt not in FORMATS:
@@ -35,55 +40,116 @@ def format_for(path: Path, fmt: str | None) -> str:
     if suffix not in SUFFIXES:
         raise RenderError(
             f"cannot tell the format from {path.name!r}: unknown suffix {suffix or '(none)'!r} "
-            f"(use one of {sorted(SUFFIXES)} or pass format= one of {list(FORMATS)})"
+            f"(use one of {sorted(SUFFIXES)} or pass {option} one of {list(FORMATS)})"
         )
     return SUFFIXES[suffix]
 
 
 def to_bytes(trace: Trace, fmt: str, options: RenderOptions) -> bytes:
     """The file contents of ``trace`` in ``fmt``."""
+    return encode(trace, fmt, options)[0]
+
+
+def encode(trace: Trace, fmt: str, options: RenderOptions) -> tuple[bytes, int]:
+    """The file contents of ``trace`` in ``fmt``, and how many items the drawing shows (every
+    node, except in a Graphviz drawing that collapses modules or folds runs)."""
     if fmt == "json":
-        return (trace.to_json(indent=1) + "\n").encode("utf-8")
+        return (trace.to_json(indent=1) + "\n").encode("utf-8"), len(trace.nodes)
     if fmt == "html":
         from .html import to_html
 
-        return to_html(trace, options).encode("utf-8")
+        return to_html(trace, options).encode("utf-8"), len(trace.nodes)
     if fmt == "text":
         from .text import to_text
 
-        return to_text(trace, options).encode("utf-8")
-    from .dot import to_dot
+        return to_text(trace, options).encode("utf-8"), len(trace.nodes)
+    from .dot import dot_and_view
 
-    source = to_dot(trace, options).source
+    graph, view = dot_and_view(trace, options)
+    source = graph.source
     if fmt == "dot":
-        return source.encode("utf-8")
+        return source.encode("utf-8"), len(view)
     if fmt in GRAPHVIZ_FORMATS:
-        return run_dot(source, fmt, options.timeout)
+        return run_dot(source, fmt, options.timeout), len(view)
     raise RenderError(f"unknown format {fmt!r} (must be one of {list(FORMATS)})")
 
 
 def write(trace: Trace, path: Path, fmt: str | None, options: RenderOptions) -> Path:
-    """Write ``trace`` to ``path``; the file appears complete or not at all."""
+    """Write ``trace`` to ``path`` (see :func:`write_counted`); returns ``path``."""
+    return write_counted(trace, path, fmt, options)[0]
+
+
+def write_counted(trace: Trace, path: Path, fmt: str | None, options: RenderOptions) -> tuple[Path, int]:
+    """Write ``trace`` to ``path``; a regular file appears complete or not at all.
+
+    ``path`` may be ``-`` (standard output; give ``fmt``), a symlink (its target is written, the
+    link stays), or a device or FIFO (written straight through, never replaced by a file).
+    Returns the path and how many items the drawing shows.
+    """
+    if str(path) == "-":
+        if fmt is None:
+            raise RenderError("writing to standard output ('-') needs a format: pass format= one of " + str(list(FORMATS)))
+        fmt = format_for(Path("stdout"), fmt)
+        data, drawn = encode(trace, fmt, options)
+        write_bytes(path, data)
+        return path, drawn
     fmt = format_for(path, fmt)
-    folder = path.parent if str(path.parent) else Path(".")
+    target = Path(os.path.realpath(path))  # through every symlink: the link stays, its target is written
+    folder = target.parent
     if not folder.is_dir():
-        raise RenderError(f"cannot write {str(path)!r}: the folder {str(folder)!r} does not exist")
-    data = to_bytes(trace, fmt, options)
+        shown = path.parent if str(path.parent) else Path(".")
+        raise RenderError(f"cannot write {str(path)!r}: the folder {str(shown)!r} does not exist")
+    if target.is_dir():
+        raise RenderError(f"cannot write {str(path)!r}: it is a directory (give a file name)")
+    data, drawn = encode(trace, fmt, options)
+    write_bytes(path, data)
+    return path, drawn
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` the way the user means it.
+
+    ``-`` is standard output (binary-safe). A regular file, or a new one, is written atomically
+    (a temporary file beside it, renamed over it) and keeps its mode, or gets the mode ``open()``
+    would give a new file (0666 less the umask). Anything else that exists (``/dev/null``, a
+    terminal, a FIFO) is opened and written through: renaming over it would replace the device.
+    """
+    if str(path) == "-":
+        out = sys.stdout.buffer
+        out.write(data)
+        out.flush()
+        return
+    target = os.path.realpath(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise RenderError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    try:
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            with open(target, "wb") as f:  # a device or FIFO: write through it (a FIFO waits for its reader)
+                f.write(data)
+            return
+        mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target))
     except OSError as e:
         raise RenderError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        if st is not None and (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            try:  # the file keeps its owner too, where we may set it (as root)
+                os.chown(tmp, st.st_uid, st.st_gid)
+            except PermissionError:
+                pass
+        os.replace(tmp, target)
     except OSError as e:
         raise RenderError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 def _umask() -> int:

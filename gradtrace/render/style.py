@@ -40,7 +40,10 @@ def _band(i: int, color: str) -> Band:
 #: Magnitude bands, one per decade.
 BANDS: tuple[Band, ...] = tuple(_band(i, c) for i, c in enumerate(_VIRIDIS))
 ALARM = "#e0112b"  # NaN or inf in a value or gradient
-FINDING = "#f28e2b"  # a diagnose() finding that is no NaN/inf: vanishing, exploding, dead, update size
+FINDING = "#f28e2b"  # a diagnose() warning: vanishing, exploding, dead, zero gradient, update size
+NOTE = "#d9d9d9"  # a diagnose() note: a fact that is no fault (a structural zero gradient)
+MASKED_INF = "#cbb8e0"  # an infinity made on purpose and absorbed at once (a -inf attention mask): quiet, not alarm-red
+SEVERITY_COLORS = {"alarm": ALARM, "warning": FINDING, "note": NOTE}
 ZERO_GRAD = "#b8b8b8"  # a gradient that is exactly zero everywhere
 NO_GRAD = "#ffffff"  # no gradient reached the node (inputs, or nodes backprop skipped)
 

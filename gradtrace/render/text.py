@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from . import fmt
 from .flow import edge_grad_text, grad_sum_lines, scope_title, sent_back
+from .inert import inert_trace
 from .options import RenderOptions
 
 if TYPE_CHECKING:
@@ -30,8 +31,12 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
     1     nll_loss          ()       2.303            1
     """
     options = options or RenderOptions()
+    # Names from a model or a trace file reach a terminal: no escape sequence may act there.
+    trace = inert_trace(trace)
     order = trace.backward_order()
-    rest = [k for k in trace.forward_order() if k not in set(order)]
+    visited = set(order)  # once: a set built per node made 100k nodes take ten minutes
+    forward = trace.forward_order()
+    rest = [k for k in forward if k not in visited]
     header = ["step", "node", "module", "shape"]
     if options.show_values:
         header.append("value")
@@ -61,7 +66,7 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
         o = trace.optimizer
         settings = "".join(f" {k}={v}" for k, v in o.hyperparameters)
         lines.append(f"optimizer step: {o.name} lr={fmt.num(o.lr, 6)}{settings}")
-        for key in trace.forward_order():
+        for key in forward:
             n = trace.node(key)
             if n.update is not None:
                 ratio = "" if n.update_ratio is None else f"  ‖Δw‖/‖w‖ {fmt.num(n.update_ratio, 3)}"

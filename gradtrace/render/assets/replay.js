@@ -108,7 +108,7 @@
       html("td", r[0], tr);
       html("td", String(r[1]), tr).setAttribute("data-field", r[0]);
     });
-    (n.findings || []).forEach(function (f) { html("p", "⚠ " + f, panel, "finding"); });
+    (n.findings || []).forEach(function (f) { html("p", (f.indexOf("note ") === 0 ? "ⓘ " : "⚠ ") + f, panel, "finding"); });
     n.values.forEach(function (s, i) { statsTable(n.values.length > 1 ? "value [" + i + "]" : "value", s, panel); });
     if (n.kind !== "input") n.grads.forEach(function (s, i) { statsTable(n.grads.length > 1 ? "gradient [" + i + "]" : "gradient", s, panel); });
     // The chain rule at a node with several consumers: its gradient is the sum of what each sent back.

@@ -1,0 +1,167 @@
+"""What the gradient shown is: notes for when the optimizer did not use the gradients drawn.
+
+The diagram shows the gradient each parameter received from the recorded
+``backward()``. The optimizer may have used something else: a sum over several
+micro-steps (gradient accumulation), the same gradient clipped or scaled
+(``clip_grad_norm_``, a ``GradScaler``), the average over ranks (DDP's
+all-reduce), or one of several evaluations of a closure (``LBFGS.step(closure)``).
+:class:`GradNotes` watches for each and says so in a trace note. The session
+calls it from the hooks it already owns; it installs nothing itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+import torch
+
+from ..diagnose.finding import NONFINITE_DATA_NOTE
+
+__all__ = ["GradNotes"]
+
+#: Relative change of the total gradient norm between backward() and step() that counts as "changed".
+_CHANGED = 1e-5
+#: Tensors larger than this in the user's frames (a whole dataset held in a global) are not scanned for NaN.
+_SCAN_MAX = 1 << 24
+_LIBRARY_PREFIXES = ("torch", "gradtrace", "runpy", "click", "contextlib", "importlib")
+
+
+def _scannable(t: torch.Tensor) -> bool:
+    # (Sparse, meta and tensor subclasses are left alone: a check must never break the user's step.)
+    return (type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter)) and t.layout == torch.strided and t.device.type != "meta" \
+        and t.is_floating_point() and 0 < t.numel() <= _SCAN_MAX
+
+
+def _user_tensors(max_frames: int = 3) -> dict[str, torch.Tensor]:
+    """name -> tensor for the plain (no grad) floating tensors in the first few frames of user code."""
+    found: dict[str, torch.Tensor] = {}
+    frame = sys._getframe(1)
+    seen = 0
+    while frame is not None and seen < max_frames:
+        if frame.f_globals.get("__name__", "").split(".")[0] not in _LIBRARY_PREFIXES:
+            seen += 1
+            for scope in (frame.f_locals, frame.f_globals):
+                for name, value in list(scope.items()):
+                    if (isinstance(value, torch.Tensor) and not name.startswith("_") and not value.requires_grad
+                            and _scannable(value)):
+                        found.setdefault(name, value)
+        frame = frame.f_back
+    return found
+
+
+def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
+    groups: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return groups
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> float:
+    """The norm of them all, concatenated: one host sync per device (a model may span several)."""
+    total = 0.0
+    with torch.no_grad():
+        for group in _by_device([t for t in tensors if t.layout == torch.strided]).values():
+            total += float(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in group]).square().sum())
+    return total ** 0.5
+
+
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _safe(method: _F) -> _F:
+    """A check that fails says so in a note; it never breaks the user's training step."""
+
+    @functools.wraps(method)
+    def wrapper(self: GradNotes, *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception as e:  # noqa: BLE001 - any failure here is ours, not the user's
+            if not any(n.startswith("gradtrace could not check") for n in self.notes):  # once is enough
+                self.notes.append(f"gradtrace could not check what the gradients shown are "
+                                  f"({method.__name__}: {type(e).__name__}: {e})")
+
+    return wrapper  # type: ignore[return-value]
+
+
+class GradNotes:
+    """Collects the notes; ``notes`` is appended to the session's own."""
+
+    def __init__(self, model: Any) -> None:
+        self.notes: list[str] = []
+        self._model = model
+        self._leaves: list[torch.Tensor] = []
+        self._norm_after_backward: float | None = None
+        self._in_step: str | None = None
+        self._checked_step = False
+        ddp = getattr(getattr(torch.nn, "parallel", None), "DistributedDataParallel", None)
+        if ddp is not None and isinstance(model, ddp):
+            self.notes.append("the model is wrapped in DistributedDataParallel: the gradients drawn are this rank's, before the "
+                              "all-reduce; the optimizer used their average over all ranks")
+
+    @_safe
+    def step_started(self, opt: torch.optim.Optimizer) -> None:
+        """Optimizer pre-hook: remember that a step is running, and compare its .grad with the recorded gradient."""
+        self._in_step = type(opt).__name__
+        if self._norm_after_backward is None or self._checked_step:
+            return
+        self._checked_step = True
+        leaves = [p for p in self._leaves if p.grad is not None]
+        now = _total_norm([p.grad for p in leaves])  # type: ignore[misc]
+        before = self._norm_after_backward
+        if abs(now - before) > _CHANGED * max(before, 1e-30):
+            ratio = now / before if before else float("inf")
+            what = ("clipped (clip_grad_norm_) or scaled down" if ratio < 1 else "scaled up or added to")
+            self.notes.append(f"the gradients changed between backward() and {type(opt).__name__}.step(): total ‖grad‖ {before:.4g} → "
+                              f"{now:.4g} (×{ratio:.3g}), {what}; the diagram shows them before that change")
+
+    def step_finished(self) -> None:
+        self._in_step = None
+
+    @_safe
+    def backward_starting(self, leaves: list[torch.Tensor]) -> None:
+        """Before the recorded backward: is a gradient already waiting (accumulation), are we inside step(closure)?"""
+        self._leaves = [t for t in leaves if t.requires_grad]
+        waiting = [t.grad for t in self._leaves if t.grad is not None]
+        if waiting and _total_norm(waiting) > 0:
+            self.notes.append(f"{len(waiting)} parameter(s) already held a gradient before the recorded backward() "
+                              "(gradient accumulation): the diagram shows this micro-step's gradient; the optimizer "
+                              "uses the sum over the accumulation cycle")
+        if self._in_step is not None:
+            self.notes.append(f"backward() ran inside {self._in_step}.step(closure): the optimizer may evaluate the closure "
+                              "several times per step; the diagram shows the first evaluation")
+
+    @_safe
+    def nonfinite_data(self, drawn: set[int]) -> None:
+        """Before the recorded backward: a target or buffer the step read that holds NaN or inf, named.
+
+        Inputs handed to the model are nodes of their own (diagnose names them); a target fed
+        to the loss, or a buffer, is not drawn, so it is named here, from the caller's frames
+        and the model's buffers (one host sync for all of them).
+        """
+        candidates = {f"'{k}'": t for k, t in _user_tensors().items() if id(t) not in drawn}
+        if isinstance(self._model, torch.nn.Module):
+            for name, b in self._model.named_buffers():
+                if _scannable(b) and id(b) not in drawn:
+                    candidates[f"buffer '{name}'"] = b
+        if not candidates:
+            return
+        counts: dict[str, list[int]] = {}
+        with torch.no_grad():
+            for group in _by_device(list(candidates.values())).values():  # one host sync per device
+                ids = {id(t) for t in group}
+                names = [k for k, t in candidates.items() if id(t) in ids]
+                rows = torch.stack([torch.stack([t.isnan().sum(), t.isinf().sum()]) for t in group]).tolist()
+                counts.update(zip(names, rows))
+        for name, t in candidates.items():
+            nan, inf = counts[name]
+            if nan or inf:
+                what = " and ".join(([f"{nan} NaN"] if nan else []) + ([f"{inf} inf"] if inf else []))
+                self.notes.append(f"{NONFINITE_DATA_NOTE}{name} {list(t.shape)} in the code that called backward() holds {what}; "
+                                  "it is not drawn (a target or buffer an op read), so the first op that reads it shows where it enters")
+
+    @_safe
+    def backward_finished(self) -> None:
+        # The .grad the optimizer would see if nothing touched it: accumulated value after this backward.
+        self._norm_after_backward = _total_norm([t.grad for t in self._leaves if t.grad is not None])  # type: ignore[misc]

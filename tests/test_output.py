@@ -1,0 +1,229 @@
+"""Writing output: through devices and FIFOs, along symlinks, keeping modes, to stdout; paths
+resolved where gradtrace was run; CLI options refused by range; what the CLI says it wrote."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import gradtrace
+from gradtrace import GradtraceError, RenderOptions
+from gradtrace.cli import main
+from gradtrace.render.output import write_bytes
+
+from .models import MLP
+
+
+@pytest.fixture(scope="module")
+def trace():
+    torch.manual_seed(0)
+    return gradtrace.trace(MLP(3, 4, 2), torch.randn(2, 3))
+
+
+@pytest.fixture
+def null_device(tmp_path):
+    """A character device like /dev/null. As root, a fresh one made in tmp_path: if writing ever
+    replaces devices again, the test fails without breaking the machine's own /dev/null (running
+    these tests against the unfixed code turned /dev/null into a regular file). Else /dev/null,
+    which a user who is not root cannot replace."""
+    if os.geteuid() != 0:
+        return Path("/dev/null")
+    path = tmp_path / "null"
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return path
+
+
+def run(*args, **kwargs):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kwargs)
+
+
+def test_a_fifo_is_written_through_not_replaced(tmp_path, trace):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    trace.render(fifo)
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO is still a FIFO"
+    assert gradtrace.Trace.from_json(got[0]).to_json() == trace.to_json()
+
+
+def test_a_character_device_stays_a_device(trace, null_device):
+    before = os.stat(null_device)
+    trace.render(null_device, "json")
+    after = os.stat(null_device)
+    assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev and after.st_mode == before.st_mode
+
+
+def test_a_symlink_stays_a_link_and_its_target_is_written(tmp_path, trace):
+    real = tmp_path / "real" / "t.json"
+    real.parent.mkdir()
+    real.write_text("old")
+    os.chmod(real, 0o640)
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    trace.render(link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert gradtrace.Trace.from_json(real.read_text()).to_json() == trace.to_json()
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o640
+    assert sorted(p.name for p in real.parent.iterdir()) == ["t.json"], "no temporary file left beside the target"
+
+
+def test_a_dangling_symlink_creates_its_target(tmp_path, trace):
+    link = tmp_path / "link.txt"
+    link.symlink_to(tmp_path / "made.txt")
+    trace.render(link)
+    assert link.is_symlink() and (tmp_path / "made.txt").read_text().startswith("step")
+
+
+def test_a_private_file_keeps_its_mode(tmp_path, trace):
+    path = tmp_path / "secret.json"
+    path.write_text("")
+    os.chmod(path, 0o600)
+    trace.render(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_text().startswith("{")
+
+
+def test_a_new_file_gets_the_umask_mode(tmp_path, trace):
+    old = os.umask(0o027)
+    try:
+        trace.render(tmp_path / "new.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o640
+
+
+def test_a_directory_is_refused(tmp_path, trace):
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(GradtraceError, match="directory"):
+        trace.render(tmp_path / "d.json")
+
+
+def test_dash_is_standard_output_and_binary_safe(tmp_path, trace):
+    code = textwrap.dedent(f"""
+        import gradtrace
+        t = gradtrace.Trace.from_json(open({str(tmp_path / 't.json')!r}).read())
+        t.render("-", "png")
+    """)
+    trace.render(tmp_path / "t.json")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=120)
+    assert out.stdout.startswith(b"\x89PNG\r\n\x1a\n") and out.stdout.endswith(b"IEND\xaeB`\x82")
+    with pytest.raises(GradtraceError, match="needs a format"):
+        trace.render("-")
+
+
+def test_write_bytes_through_dev_null_as_raw_bytes(null_device):
+    write_bytes(null_device, b"\x00\xff")
+    assert stat.S_ISCHR(os.stat(null_device).st_mode)
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+CHDIR_SCRIPT = """
+import os, sys, torch
+os.makedirs(sys.argv[1], exist_ok=True)
+os.chdir(sys.argv[1])
+w = torch.tensor([1.0, 2.0], requires_grad=True)
+(w * w).sum().backward()
+"""
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_output_path_is_resolved_before_the_script_chdirs(tmp_path, monkeypatch, explicit):
+    script = tmp_path / "wanders.py"
+    script.write_text(CHDIR_SCRIPT)
+    monkeypatch.chdir(tmp_path)
+    args = ["render", script, *(["-o", "out.json"] if explicit else ["--format", "json"]), "--", str(tmp_path / "elsewhere")]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    name = "out.json" if explicit else "wanders.json"
+    assert (tmp_path / name).exists(), list(tmp_path.rglob("*"))
+    assert not (tmp_path / "elsewhere" / name).exists()
+
+
+def test_cli_writes_to_stdout(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(CHDIR_SCRIPT)
+    result = CliRunner().invoke(main, ["render", str(script), "-o", "-", "--format", "json", "--", str(tmp_path / "x")])
+    assert result.exit_code == 0, result.output
+    t = gradtrace.Trace.from_json(result.stdout)
+    assert t.node(t.loss).label == "sum"
+
+
+def test_cli_writes_through_dev_null(tmp_path, null_device):
+    script = tmp_path / "s.py"
+    script.write_text(CHDIR_SCRIPT)
+    result = run("render", script, "-o", null_device, "--format", "dot", "--", str(tmp_path / "x"))
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.stat(null_device).st_mode)
+
+
+@pytest.mark.parametrize("value,ok", [("inf", True), ("1e300", False), ("nan", False), ("0", False), ("-3", False),
+                                      ("1000000", True), ("1e6", True), ("1000001", False)])
+def test_timeout_is_accepted_or_refused_by_range(tmp_path, value, ok):
+    script = tmp_path / "s.py"
+    script.write_text(CHDIR_SCRIPT)
+    result = CliRunner().invoke(main, ["render", str(script), "--timeout", value, "-o", str(tmp_path / "o.dot"),
+                                       "--", str(tmp_path / "x")])
+    if ok:
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit)
+        assert "--timeout" in result.output and "0<x<=1000000" in result.output, result.output
+
+
+def test_library_timeout_range():
+    assert RenderOptions(timeout=float("inf")).timeout is None
+    for bad in (1e300, float("nan"), 0, True, "5"):
+        with pytest.raises(GradtraceError, match="timeout"):
+            RenderOptions(timeout=bad)
+
+
+def test_unknown_suffix_names_the_cli_option(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(CHDIR_SCRIPT)
+    result = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / "x.jpg")])
+    assert result.exit_code == 2 and "--format" in result.output and "format=" not in result.output
+    with pytest.raises(GradtraceError, match="pass format="):
+        gradtrace.trace(lambda w: (w * w).sum(), torch.ones(2, requires_grad=True)).render(tmp_path / "x.jpg")
+
+
+def test_wrote_message_counts_trace_and_drawing(tmp_path):
+    script = tmp_path / "deep.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        net = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(6)])
+        net(torch.randn(2, 4)).sum().backward()
+    """))
+    result = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / "d.dot"), "--depth", "0"])
+    assert result.exit_code == 0, result.output
+    t = gradtrace.Trace.from_json(CliRunner().invoke(main, ["render", str(script), "-o", "-", "--format", "json"]).stdout)
+    drawn = t.to_dot(depth=0).source.count("shape=box3d")
+    assert f"({len(t.nodes)} nodes drawn as " in result.stderr
+    import re
+
+    shown = int(re.search(r"drawn as (\d+)", result.stderr).group(1))
+    loose = len([n for n in t.nodes if not n.module])
+    assert shown == drawn + loose and shown < len(t.nodes)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_file_keeps_its_owner_when_root_rewrites_it(tmp_path, trace):
+    path = tmp_path / "theirs.json"
+    path.write_text("")
+    os.chown(path, 1234, 1234)
+    trace.render(path)
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid) == (1234, 1234) and path.read_text().startswith("{")
