@@ -17,14 +17,15 @@ tensors or more. So held tensors are reduced together, whatever their shapes:
   (the row's first finite element for the min and max, 0 for the sum, the
   row's mean for the spread), a fixed number of launches whatever the data.
   Each row is first divided by a power of two near its largest magnitude
-  (exact), so squares never leave
-  the dtype's range (huge or tiny values); the host scales back.
+  (exact), so squares never leave the dtype's range (huge or tiny values);
+  the host scales back.
 - **The host combines the rows** of each tensor (Chan's formula, in double
   precision) after the one device→host copy per device at the end of the
   trace: no synchronisation before then, and no per-tensor kernel.
 
 Tensors larger than a buffer's bound are reduced alone (:meth:`PackedRows.reduce_one`),
-in the same row format.
+in the same row format, slab by slab (:data:`SLAB_ELEMENTS`): the masked passes
+make temporaries as large as what they read.
 """
 
 from __future__ import annotations
