@@ -20,9 +20,18 @@ if TYPE_CHECKING:
 __all__ = ["dead_units", "layer_gains", "parameter_extremes", "stopped_gradients"]
 
 
+#: The largest norm compared: past it a tensor's norm overflows the arithmetic it was computed in (float32
+#: for every dtype but float64). Its statistics are exact (computed in double precision, scaled), but a
+#: signal that size has left the dtype's range: that is an overflow, not a gain to compare.
+_NORM_MAX = {"float64": 1.7976931348623157e308}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _rms(s: TensorStats | None) -> float | None:
     # (A finite tensor's norm can still overflow float32: then nothing is compared.)
-    r = None if s is None or not s.finite else s.rms
+    if s is None or not s.finite or s.norm is None or s.norm > _NORM_MAX.get(s.dtype, _FLOAT32_MAX):
+        return None
+    r = s.rms
     return r if r is not None and math.isfinite(r) else None
 
 
