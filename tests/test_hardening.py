@@ -478,3 +478,27 @@ def test_custom_function_outputs_have_forward_values(name):
     ops = assert_ops_match(t, ref, unobservable=1 if "dirty" in name else 0)
     missing = [(n.grad_fn, i) for n in ops for i, v in enumerate(n.values) if v is None]
     assert missing == [], f"outputs without a forward value: {missing}"
+
+
+def test_a_parameter_written_through_a_no_grad_view_is_traced_like_torch_runs_it():
+    """``with no_grad(): w[0, 0] = v`` makes a view whose grad_fn torch refuses to read afterwards;
+    plain user code never reads it, so capture must not crash where torch runs."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight[0, 0] = 0.5
+    x = torch.randn(4, 3)
+    plain = copy.deepcopy(net)
+    plain(x).sum().backward()
+    with gradtrace.capture(net) as cap:
+        with torch.no_grad():
+            net[0].weight[0, 1] = 0.25  # inside the recorded step too
+        net(x).sum().backward()
+    with torch.no_grad():
+        plain[0].weight[0, 1] = 0.25
+    plain.zero_grad()
+    plain(x).sum().backward()
+    t = cap.trace
+    (w,) = t.find("0.weight")
+    assert torch.equal(net[0].weight.grad, plain[0].weight.grad)
+    assert same(t.node(w).grad, stats_of(plain[0].weight.grad))

@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .stats import StatsBuffer
 
-__all__ = ["ForwardRecorder", "ModuleTracker", "NodeForward", "node_id"]
+__all__ = ["ForwardRecorder", "ModuleTracker", "NodeForward", "grad_fn_of", "node_id"]
 
 # Ops whose outputs never carry a grad_fn: skipping them saves work on every step.
 _SKIP = frozenset({torch.ops.aten.detach.default})
@@ -204,6 +204,16 @@ class ModuleTracker:
         return names
 
 
+def grad_fn_of(t: torch.Tensor) -> Any:
+    """``t.grad_fn``, or None where torch refuses to say: reading it raises for a view made under no_grad
+    whose base was since written in place (``with no_grad(): w[0, 0] = x``). The user's code never
+    reads it there, so capture must not either; such a tensor cannot enter autograd anyway."""
+    try:
+        return t.grad_fn
+    except RuntimeError:
+        return None
+
+
 def _tensors_in(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]
@@ -320,13 +330,13 @@ class ForwardRecorder(TorchDispatchMode):
                     # An in-place op on a view also rewrites its base, whose node (CopySlices) the op's
                     # own outputs never show: record the base's new value for that node too.
                     base = t._base
-                    if base is not None and base.requires_grad and base.grad_fn is not None:
+                    if base is not None and base.requires_grad and grad_fn_of(base) is not None:
                         tensors.append(base)
         nodes = self.nodes
         if self._ungraded and torch.is_grad_enabled():
             self._resolve_ungraded()
         for t in tensors:
-            gf = t.grad_fn
+            gf = grad_fn_of(t)
             if gf is None:
                 if consumed:
                     # Computed from an input without grad (a reshape of x, say): it stands for that input.
@@ -357,7 +367,7 @@ class ForwardRecorder(TorchDispatchMode):
         """Outputs made with grad mode off that have a grad_fn now: a custom Function's outputs."""
         ungraded, self._ungraded = self._ungraded, deque(maxlen=_UNGRADED_MAX)
         for t, module, _ in ungraded:
-            gf = t.grad_fn
+            gf = grad_fn_of(t)
             if gf is None:
                 continue
             key = node_id(gf)

@@ -29,7 +29,7 @@ from ..records import OptimizerStep
 from ..steptrace import Trace
 from .assemble import assemble
 from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
-from .forward import ForwardRecorder, ModuleTracker, node_id
+from .forward import ForwardRecorder, ModuleTracker, grad_fn_of, node_id
 from .intercept import ThreadFollower, claim, inside_autograd, install
 from .gradnotes import GradNotes
 from .nested import record_nested
@@ -199,7 +199,7 @@ class Session:
             self._threads.follow()
         if self.recorder.recording:
             # Only data from outside: a tensor computed in this step (the model's output fed to a loss) is no input.
-            self.add_inputs(a for a in torch.utils._pytree.tree_leaves(list(args)) if not isinstance(a, torch.Tensor) or a.grad_fn is None)
+            self.add_inputs(a for a in torch.utils._pytree.tree_leaves(list(args)) if not isinstance(a, torch.Tensor) or grad_fn_of(a) is None)
 
     # -- backward -----------------------------------------------------------------
 
