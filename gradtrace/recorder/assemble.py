@@ -208,10 +208,14 @@ def assemble(session: Session) -> Trace:
 
     unrecorded = sum(1 for k in ops if k not in owner)
     if unrecorded:
+        earlier = ("before the recorded step began: gradtrace records the ops since the previous backward(), "
+                   "and a tensor made earlier and used again (a GAN generator's output reused after the "
+                   "discriminator's backward) shows only its gradient" if session.step > 1 else
+                   "before the capture began")
         session.notes.append(
-            f"{unrecorded} op(s) have no forward value: gradtrace's recorder did not see them made (before the "
-            "capture began, on another thread than the one running the model: torch's dispatch modes are per "
-            "thread, or inside a tensor subclass such as a nested tensor)"
+            f"{unrecorded} op(s) have no forward value, only their gradient: gradtrace's recorder did not see them "
+            f"made. They were made {earlier}; or on another thread than the one running the model (torch's dispatch "
+            "modes are per thread); or inside a tensor subclass such as a nested tensor"
         )
     modules = {rename_path(path, prefixes): cls for path, cls in session.modules.classes.items()}
     modules = {path: cls for path, cls in modules.items() if path}
