@@ -16,7 +16,7 @@ __all__ = ["ALARM", "KINDS", "LOSS_SCALER_NOTE", "NONFINITE_DATA_NOTE", "NOTE", 
 #: How a trace note about a non-finite tensor that is not drawn (a target, a buffer) begins:
 #: capture writes it (recorder/gradnotes.py), diagnose names that tensor in the alarm.
 NONFINITE_DATA_NOTE = "non-finite data: "
-#: How the trace note about a GradScaler in use begins (then its scale): capture writes it, diagnose reads the scale.
+#: How the trace note about a GradScaler in use begins (then its scale and a colon): capture writes it, diagnose reads the scale.
 LOSS_SCALER_NOTE = "AMP loss scaling: scale "
 
 ALARM, WARNING, NOTE = "alarm", "warning", "note"

@@ -27,7 +27,7 @@ def scaler_scale(trace: Trace) -> float | None:
     for note in trace.notes:
         if note.startswith(LOSS_SCALER_NOTE):
             try:
-                return float(note[len(LOSS_SCALER_NOTE):].split()[0])
+                return float(note[len(LOSS_SCALER_NOTE):].split(":")[0])
             except (ValueError, IndexError):
                 return None
     return None

@@ -152,6 +152,8 @@ class GradNotes:
         if abs(now - before) > _CHANGED * max(before, 1e-30):
             ratio = now / before if before else float("inf")
             what = ("clipped (clip_grad_norm_) or scaled down" if ratio < 1 else "scaled up or added to")
+            if self.backward_after:
+                what += f" (by the {self.backward_after} backward() call(s) after the recorded one, at least)"
             self.notes.append(f"the gradients changed between backward() and {type(opt).__name__}.step(): total ‖grad‖ {before:.4g} → "
                               f"{now:.4g} (×{ratio:.3g}), {what}; the diagram shows them before that change")
 
@@ -167,8 +169,9 @@ class GradNotes:
         self._waiting = [t for t, n in zip(waiting, norms) if n > 0]
         for scaler in _grad_scalers():
             scale = float(scaler._scale.detach().float().reshape(-1)[0])
-            self.notes.append(f"{LOSS_SCALER_NOTE}{scale:g} (a GradScaler is in use: scaler.scale(loss).backward()): gradients shown are "
-                              f"scaled by {scale:g}; the optimizer sees them unscaled")
+            # (Whether it scaled this loss is for diagnose to see: a product of the loss by this scale.)
+            self.notes.append(f"{LOSS_SCALER_NOTE}{scale:g}: a GradScaler is in use; a loss it scaled (scaler.scale(loss).backward()) "
+                              f"gives gradients ×{scale:g}, and the optimizer sees them unscaled (unscale_ / step)")
             break
         if self._in_step is not None:
             self.notes.append(f"backward() ran inside {self._in_step}.step(closure): the optimizer may evaluate the closure "
@@ -210,7 +213,7 @@ class GradNotes:
         self._waiting_said = True
         if opt is None:
             self.notes.append(f"{len(self._waiting)} parameter(s) already held a gradient before the recorded backward(): the diagram "
-                              "shows this backward()'s gradient alone; their .grad holds the sum")
+                              "shows this backward()'s gradient alone, not what they held before")
             return
         owned = {id(p) for group in opt.param_groups for p in group["params"]}
         mine = [t for t in self._waiting if id(t) in owned]
