@@ -574,3 +574,9 @@ def test_inf_gradient_that_reaches_a_parameter_stays_an_alarm():
     torch.sqrt((x @ model.w).abs()).sum().backward()
     assert not torch.isfinite(model.w.grad).all()
     assert any(f.alarm and f.kind in ("inf_backward", "nan_backward") for f in t.diagnose()), t.diagnose()
+
+
+def test_a_weighted_term_of_the_loss_scales_no_other_gradient():
+    net, x, y = _mlp_and_data()
+    t = gradtrace.trace(net, x, loss=lambda out: F.mse_loss(out, y) + 1e4 * net[0].weight.pow(2).sum())
+    assert [f for f in t.diagnose() if f.kind == "loss_scale"] == [], "only the regulariser's gradient is ×1e4"

@@ -74,11 +74,14 @@ def loss_scales(trace: Trace, ops: list[tuple[str, float]]) -> list[Finding]:
     scale = scaler_scale(trace)
     g = trace.graph
     factors = dict(ops)
+    leaves = {k for k in nx.ancestors(g, trace.loss) if trace.node(k).kind != "op"}
     found = []
     for key, own in ops:
-        below = nx.descendants(g, key)
-        if any(k in factors for k in nx.ancestors(g, key)):
+        below, above = nx.descendants(g, key), nx.ancestors(g, key)
+        if any(k in factors for k in above):
             continue  # said once, at the first scaling on the way to the loss, with the product of them all
+        if not leaves <= above:
+            continue  # it weights one term of the loss (a regulariser × 1e4): not every gradient is scaled by it
         factor = own * math.prod(f for k, f in factors.items() if k in below)
         gradscaler = scale is not None and any(math.isclose(abs(v), scale, rel_tol=1e-3) for v in (own, factor))
         if not gradscaler and FAR < abs(factor) < 1 / FAR:
