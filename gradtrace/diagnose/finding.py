@@ -41,7 +41,7 @@ HINTS: dict[str, str] = {
     "inf_forward": "look for exp, division or a huge weight at this op: lower the learning rate or clamp its input",
     "nan_backward": "look for sqrt, pow or division at this op whose derivative is infinite at 0: add an epsilon",
     "inf_backward": "look for sqrt, pow or division at this op whose derivative is infinite at 0: add an epsilon",
-    "absorbed_backward": "add an epsilon before this op or clamp its input away from where its derivative is infinite",
+    "absorbed_backward": "add an epsilon before this op (torch.sqrt(x + 1e-12)) or clamp its input away from where its derivative is infinite",
     "exploding": "check the initialisation and lower the learning rate; a normalisation or gradient clipping helps",
     "vanishing": "add a residual connection or a normalisation, avoid saturating activations, check the initialisation",
     "dead": "check the initialisation of the layer before (its bias), lower the learning rate, or try LeakyReLU",

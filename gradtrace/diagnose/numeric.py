@@ -173,11 +173,8 @@ def backward_origins(trace: Trace, order: list[str]) -> list[Finding]:
                                   f"the backward of {where(n)} received a finite gradient and made {word} ({int(numbers['count'])} element(s), "
                                   f"passed to '{pn.label}'; its derivative is infinite there, as sqrt's at 0); the backward of {names} "
                                   f"absorbed it, so every parameter gradient is finite: fragile, the next batch may let it through",
-                                  numbers, hint=_ABSORBED_HINT))
+                                  numbers))
     return found
-
-
-_ABSORBED_HINT = "add an epsilon before this op (torch.sqrt(x + 1e-12)) or clamp its input away from the point where its derivative is infinite"
 
 
 def _downstream(trace: Trace, start: str) -> tuple[bool, list[str]]:
