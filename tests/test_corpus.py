@@ -41,8 +41,9 @@ def test_stochastic_depth_drop_is_exercised():
 def test_corpus_covers_the_issue_list():
     names = {c.name for c in CASES}
     healthy = {"gpt2", "bert", "t5", "llama", "vit", "resnet18-style", "resnet50-style", "efficientnet-style", "mobilenet-style",
-               "lstm-lm", "gru-lm", "transformer-lm", "causal-block", "dcgan", "siamese", "tutorial-cnn-b1", "tutorial-cnn-b4", "tutorial-cnn-b64"}
+               "lstm-lm", "gru-lm", "transformer-lm", "causal-block", "dcgan", "siamese", "tutorial-cnn-b1", "tutorial-cnn-b4", "tutorial-cnn-b64",
+               "amp-gradscaler", "dcgan-two-optimizers"}
     faults = {"nan-input", "inf-target", "deep-sigmoid", "scaled-layer", "log-negative", "sqrt-at-zero", "dead-relu", "sgd-lr10",
-              "zero-grad-param", "rnn-overflow"}
+              "zero-grad-param", "rnn-overflow", "sqrt-absorbed"}
     assert healthy | faults <= names
     assert all(not c.healthy for c in CASES if c.name in faults)

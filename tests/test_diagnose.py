@@ -441,3 +441,142 @@ def test_check_output_cannot_drive_the_terminal(tmp_path):
     assert result.exit_code == 1, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "x\\x1b[2J" in result.output, result.output
+
+
+# -- a constant applied to the loss is no layer gain; an infinity absorbed before any parameter is no alarm ----
+
+
+def _mlp_and_data():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    return net, torch.randn(16, 8) * 100, torch.randn(16, 1)
+
+
+def _param_grads(t: gradtrace.Trace) -> dict[str, float]:
+    return {n.label: n.grad.norm for n in t.nodes if n.kind == "param"}
+
+
+_AMP_SCRIPT = """
+import torch, torch.nn as nn
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1)); opt = torch.optim.SGD(net.parameters(), lr=0.1)
+scaler = torch.amp.GradScaler('cpu', init_scale=1024.)
+x = torch.randn(16, 8) * 100; y = torch.randn(16, 1)
+for i in range(2):
+    opt.zero_grad()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = nn.functional.mse_loss(net(x).float(), y)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+    scaler.step(opt); scaler.update()
+"""
+
+_SQRT_RELU_SCRIPT = """
+import torch, torch.nn as nn
+torch.manual_seed(0)
+w = nn.Parameter(torch.randn(4, 3)); x = torch.randn(8, 4); x[0] = 0
+torch.sqrt(torch.relu(x @ w)).sum().backward()
+"""
+
+
+def test_amp_grad_scaler_is_a_note_not_a_gain(tmp_path):
+    net, x, y = _mlp_and_data()
+    # The oracle: torch's gradient of the unscaled loss, computed apart.
+    F.mse_loss(net(x), y).backward()
+    unscaled = {name: float(p.grad.norm()) for name, p in net.named_parameters()}
+    net.zero_grad()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    with gradtrace.capture(net) as cap:
+        opt.zero_grad()
+        scaler.scale(F.mse_loss(net(x), y)).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        scaler.step(opt)
+        scaler.update()
+    t = cap.trace
+    findings = t.diagnose()
+    assert [f for f in findings if f.severity != "note"] == [], findings
+    (note,) = [f for f in findings if f.kind == "loss_scale"]
+    assert note.numbers["factor"] == pytest.approx(1024) and "AMP loss scaling" in note.message and "unscaled" in note.message
+    assert t.node(note.node).label == "mul" and note.node == t.loss
+    shown = _param_grads(t)
+    for name, norm in unscaled.items():
+        assert shown[name] == pytest.approx(1024 * norm, rel=1e-4), name  # the gradients shown are the scaled ones
+    (tmp_path / "amp.py").write_text(_AMP_SCRIPT)
+    result = CliRunner().invoke(main, ["check", str(tmp_path / "amp.py")])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("scale", [lambda l: l * 1e4, lambda l: l / 1e4, lambda l: 1e4 * (l / 4) + 0.0])
+def test_a_constant_applied_to_the_loss_is_not_a_layer_gain(scale):
+    net, x, y = _mlp_and_data()
+    t = gradtrace.trace(net, x, loss=lambda out: scale(F.mse_loss(out, y)))
+    findings = t.diagnose()
+    assert [f for f in findings if f.severity != "note"] == [], findings
+    (note,) = [f for f in findings if f.kind == "loss_scale"]
+    factor = scale(torch.tensor(1.0)).item()
+    assert note.numbers["factor"] == pytest.approx(factor, rel=1e-4)
+    net.zero_grad()
+    scale(F.mse_loss(net(x), y)).backward()
+    assert _param_grads(t)["0.weight"] == pytest.approx(float(net[0].weight.grad.norm()), rel=1e-4)
+
+
+def test_averaging_over_accumulation_steps_says_nothing():
+    net, x, y = _mlp_and_data()
+    t = gradtrace.trace(net, x, loss=lambda out: F.mse_loss(out, y) / 4)
+    assert t.diagnose() == []
+
+
+def test_a_scaled_layer_inside_the_model_is_still_a_gain():
+    net, x, y = _mlp_and_data()
+    t = gradtrace.trace(lambda v: net(v) * 1e4, x / 100, loss=lambda out: F.mse_loss(out, y))
+    assert "exploding" in kinds(t.diagnose())
+
+
+class _SqrtOfRelu(nn.Module):
+    """sqrt(relu(x @ w)) with a zero input row: sqrt's derivative at 0 is inf, and ReLU's backward at 0 zeroes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(torch.relu(x @ self.w)).sum()
+
+
+def test_inf_gradient_absorbed_before_any_parameter_is_a_warning(tmp_path):
+    torch.manual_seed(0)
+    model, x = _SqrtOfRelu(), torch.randn(8, 4)
+    x[0] = 0
+    model(x).backward()
+    assert torch.isfinite(model.w.grad).all(), "torch: the parameter's gradient is finite"
+    oracle = float(model.w.grad.norm())
+    model.w.grad = None
+    t = gradtrace.trace(model, x)
+    findings = t.diagnose()
+    assert not any(f.alarm for f in findings), findings
+    (f,) = [f for f in findings if f.severity == "warning"]
+    assert f.kind == "absorbed_backward" and t.node(f.node).label == "sqrt" and "'relu' absorbed it" in f.message
+    assert _param_grads(t)["w"] == pytest.approx(oracle, rel=1e-5)
+    (tmp_path / "sqrt_relu.py").write_text(_SQRT_RELU_SCRIPT)
+    result = CliRunner().invoke(main, ["check", str(tmp_path / "sqrt_relu.py")])
+    assert result.exit_code == 3, result.output
+
+
+def test_inf_gradient_that_reaches_a_parameter_stays_an_alarm():
+    torch.manual_seed(0)
+    model, x = _SqrtOfRelu(), torch.randn(8, 4)
+    x[0] = 0
+    # Without the ReLU, sqrt(0)'s infinite derivative reaches w (torch: w.grad holds NaN/inf).
+    t = gradtrace.trace(lambda v: torch.sqrt((v @ model.w).abs()).sum(), x)
+    torch.sqrt((x @ model.w).abs()).sum().backward()
+    assert not torch.isfinite(model.w.grad).all()
+    assert any(f.alarm and f.kind in ("inf_backward", "nan_backward") for f in t.diagnose()), t.diagnose()
+
+
+def test_a_weighted_term_of_the_loss_scales_no_other_gradient():
+    net, x, y = _mlp_and_data()
+    t = gradtrace.trace(net, x, loss=lambda out: F.mse_loss(out, y) + 1e4 * net[0].weight.pow(2).sum())
+    assert [f for f in t.diagnose() if f.kind == "loss_scale"] == [], "only the regulariser's gradient is ×1e4"

@@ -120,3 +120,67 @@ def test_a_failing_check_is_a_note_not_a_broken_step(monkeypatch):
     assert [n for n in cap.trace.notes if "could not check" in n and "no norm for you" in n], cap.trace.notes
     assert sum("could not check" in n for n in cap.trace.notes) == 1, "said once"
     assert all(p.grad is not None for p in net.parameters()), "the step itself went through"
+
+
+def _gan():
+    torch.manual_seed(0)
+    g, d = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 3)), nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.2), nn.Linear(4, 1))
+    return g, d, torch.optim.Adam(g.parameters(), lr=1e-3), torch.optim.Adam(d.parameters(), lr=1e-3)
+
+
+def _gan_step(g, d, opt_g, opt_d):
+    """The DCGAN tutorial's step: D on real, D on fake (two backward()), D steps; G's loss through D, G steps."""
+    real, noise = torch.randn(4, 3), torch.randn(4, 2)
+    d.zero_grad()
+    F.binary_cross_entropy_with_logits(d(real), torch.ones(4, 1)).backward()
+    fake = g(noise)
+    F.binary_cross_entropy_with_logits(d(fake.detach()), torch.zeros(4, 1)).backward()
+    opt_d.step()
+    g.zero_grad()
+    F.binary_cross_entropy_with_logits(d(fake), torch.ones(4, 1)).backward()  # D's parameters still hold their gradient
+    opt_g.step()
+
+
+def test_two_optimizers_no_accumulation_note_for_the_other_optimizers_parameters():
+    g, d, opt_g, opt_d = _gan()
+    with gradtrace.capture(nn.ModuleDict({"g": g, "d": d}), step=3) as cap:
+        _gan_step(g, d, opt_g, opt_d)
+    assert not any("already held a gradient" in n for n in cap.trace.notes), cap.trace.notes
+    updated = [n for n in cap.trace.nodes if n.kind == "param" and n.update is not None]
+    assert {n.label.split(".")[0] for n in updated} == {"g"}, "only G's optimizer stepped"
+
+
+def test_two_optimizers_the_stepping_optimizers_own_parameters_count():
+    g, d, opt_g, opt_d = _gan()
+    with gradtrace.capture(nn.ModuleDict({"g": g, "d": d}), step=2) as cap:  # errD_fake: D's parameters hold errD_real's
+        _gan_step(g, d, opt_g, opt_d)
+    (note,) = [n for n in cap.trace.notes if "already held a gradient" in n]
+    assert note.startswith(f"{len(list(d.parameters()))} parameter(s) that Adam.step() updates"), note
+
+
+def test_an_update_after_more_backward_calls_says_so():
+    g, d, opt_g, opt_d = _gan()
+    with gradtrace.capture(nn.ModuleDict({"g": g, "d": d}), step=1) as cap:  # errD_real; errD_fake adds to .grad before the step
+        _gan_step(g, d, opt_g, opt_d)
+    assert any("came after 1 more backward() call(s)" in n and "sum" in n for n in cap.trace.notes), cap.trace.notes
+
+
+def test_gradient_held_without_a_step_claims_nothing_about_an_optimizer():
+    net, x, y = _data()
+    with gradtrace.capture(net, step=2) as cap:
+        for half in (x[:4], x[4:]):
+            F.cross_entropy(net(half), y[:4]).backward()
+    (note,) = [n for n in cap.trace.notes if "already held a gradient" in n]
+    assert "optimizer" not in note, note
+
+
+def test_a_loss_that_is_not_differentiable_says_so():
+    net, x, _ = _data()
+    assert all(p.requires_grad for p in net.parameters())
+    for loss in (lambda o: o.argmax(), lambda o: (o > 0).float().sum(), lambda o: o.detach().sum()):
+        with pytest.raises(gradtrace.GradtraceError, match="the loss is not differentiable") as e:
+            gradtrace.trace(net, x, loss=loss)
+        assert "no parameter or input" not in str(e.value)
+    net.requires_grad_(False)
+    with pytest.raises(gradtrace.GradtraceError, match="no parameter or input of the model requires grad"):
+        gradtrace.trace(net, x, loss=lambda o: o.sum())

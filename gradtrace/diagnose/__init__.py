@@ -13,7 +13,9 @@ any op), ``nan_forward`` / ``inf_forward`` (an op's output holds it while its in
 not), ``nan_backward`` / ``inf_backward`` (an op's backward turned a finite gradient
 non-finite), ``exploding`` / ``vanishing`` (a parameter's gradient far from the others',
 or one layer that scales the signal by ≥1e3 both ways), ``dead``, ``zero_grad``,
-``update_ratio``, ``structural_zero``, ``masked_inf``.
+``update_ratio``, ``absorbed_backward`` (a backward op made NaN/inf that a later backward op zeroed
+before any parameter: a warning), ``structural_zero``, ``masked_inf``, ``loss_scale`` (a constant
+multiplies the loss: every gradient shown is scaled by it, a note).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from .finding import ALARM, KINDS, NOTE, SEVERITIES, SEVERITY, WARNING, Finding
 from .magnitude import dead_units, layer_gains, parameter_extremes, stopped_gradients
+from .scaling import loss_scale_ops, loss_scales
 from .numeric import backward_origins, data_alarms, forward_origins
 from .thresholds import FAR, UPDATE_HIGH
 from .update import update_sizes
@@ -40,14 +43,20 @@ def diagnose(trace: Trace) -> list[Finding]:
     """
     forward = trace.forward_order()
     backward = trace.backward_order()
-    alarms = data_alarms(trace) + forward_origins(trace, forward) + backward_origins(trace, backward)
+    numeric = data_alarms(trace) + forward_origins(trace, forward) + backward_origins(trace, backward)
+    # (A non-finite gradient absorbed before any parameter, or a mask, is no broken step: not a root cause.)
+    alarms = [f for f in numeric if f.alarm]
     stopped, explained = stopped_gradients(trace, forward)
-    gains = layer_gains(trace, forward)
+    # A constant applied to the loss (AMP's GradScaler, loss / accumulation_steps) scales every
+    # gradient alike and no layer's signal: a note at most, never a layer gain.
+    scale_ops = loss_scale_ops(trace, forward)
+    scales = loss_scales(trace, scale_ops)
+    gains = layer_gains(trace, forward, {k for k, _ in scale_ops})
     # One layer that scales the signal by 1e3 or more explains every odd parameter gradient and
     # update around it (larger upstream and downstream, smaller at the layer itself): name that
     # layer, not the echoes. Likewise a broken step (an alarm) explains every magnitude after it.
     root_cause = bool(gains) or bool(alarms)
-    findings = alarms + gains + parameter_extremes(trace, explained, root_cause) + dead_units(trace, forward)
+    findings = numeric + scales + gains + parameter_extremes(trace, explained, root_cause) + dead_units(trace, forward)
     findings += stopped + ([] if root_cause else update_sizes(trace, forward))
     rank = {k: i for i, k in enumerate(KINDS)}
     severity = {s: i for i, s in enumerate(SEVERITIES)}

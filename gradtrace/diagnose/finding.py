@@ -11,11 +11,13 @@ from ..records import TraceNode
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["ALARM", "KINDS", "NONFINITE_DATA_NOTE", "NOTE", "SEVERITIES", "SEVERITY", "WARNING", "Finding", "make", "where"]
+__all__ = ["ALARM", "KINDS", "LOSS_SCALER_NOTE", "NONFINITE_DATA_NOTE", "NOTE", "SEVERITIES", "SEVERITY", "WARNING", "Finding", "make", "where"]
 
 #: How a trace note about a non-finite tensor that is not drawn (a target, a buffer) begins:
 #: capture writes it (recorder/gradnotes.py), diagnose names that tensor in the alarm.
 NONFINITE_DATA_NOTE = "non-finite data: "
+#: How the trace note about a GradScaler in use begins (then its scale and a colon): capture writes it, diagnose reads the scale.
+LOSS_SCALER_NOTE = "AMP loss scaling: scale "
 
 ALARM, WARNING, NOTE = "alarm", "warning", "note"
 #: Most severe first. An alarm: the step's numbers are broken (NaN/inf). A warning: the
@@ -26,8 +28,8 @@ SEVERITIES = (ALARM, WARNING, NOTE)
 SEVERITY: dict[str, str] = {
     "nan_data": ALARM, "inf_data": ALARM,
     "nan_forward": ALARM, "inf_forward": ALARM, "nan_backward": ALARM, "inf_backward": ALARM,
-    "exploding": WARNING, "vanishing": WARNING, "dead": WARNING, "zero_grad": WARNING, "update_ratio": WARNING,
-    "structural_zero": NOTE, "masked_inf": NOTE,
+    "absorbed_backward": WARNING, "exploding": WARNING, "vanishing": WARNING, "dead": WARNING, "zero_grad": WARNING, "update_ratio": WARNING,
+    "structural_zero": NOTE, "masked_inf": NOTE, "loss_scale": NOTE,
 }
 KINDS = tuple(SEVERITY)
 
@@ -39,6 +41,7 @@ HINTS: dict[str, str] = {
     "inf_forward": "look for exp, division or a huge weight at this op: lower the learning rate or clamp its input",
     "nan_backward": "look for sqrt, pow or division at this op whose derivative is infinite at 0: add an epsilon",
     "inf_backward": "look for sqrt, pow or division at this op whose derivative is infinite at 0: add an epsilon",
+    "absorbed_backward": "add an epsilon before this op (torch.sqrt(x + 1e-12)) or clamp its input away from where its derivative is infinite",
     "exploding": "check the initialisation and lower the learning rate; a normalisation or gradient clipping helps",
     "vanishing": "add a residual connection or a normalisation, avoid saturating activations, check the initialisation",
     "dead": "check the initialisation of the layer before (its bias), lower the learning rate, or try LeakyReLU",
@@ -46,6 +49,7 @@ HINTS: dict[str, str] = {
     "update_ratio": "lower the learning rate (or warm it up)",
     "structural_zero": "",
     "masked_inf": "",
+    "loss_scale": "",
 }
 
 

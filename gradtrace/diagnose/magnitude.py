@@ -190,12 +190,13 @@ def _param_derived(trace: Trace, order: list[str]) -> set[str]:
     return derived
 
 
-def layer_gains(trace: Trace, order: list[str]) -> list[Finding]:
+def layer_gains(trace: Trace, order: list[str], skip: frozenset[str] | set[str] = frozenset()) -> list[Finding]:
     """An op that multiplies the signal by ``1/FAR`` or more in both directions (or divides it): a broken layer.
 
     Forward: RMS of its output over RMS of its activation input. Backward: RMS of the gradient it
     sent to that input over RMS of the gradient it received. Both ratios are per element of the same
-    tensors, so the batch size and the loss's reduction cancel out of them.
+    tensors, so the batch size and the loss's reduction cancel out of them. Ops in ``skip`` (a
+    constant applied to the loss) are left out.
     """
     g = trace.graph
     derived = _param_derived(trace, order)
@@ -203,7 +204,7 @@ def layer_gains(trace: Trace, order: list[str]) -> list[Finding]:
     for key in order:
         n = trace.node(key)
         out_v, out_g = _rms(n.value), _rms(n.grad)
-        if n.kind != "op" or not out_v or not out_g or len(n.values) != 1 or n.label in NORMALISING:
+        if n.kind != "op" or not out_v or not out_g or len(n.values) != 1 or n.label in NORMALISING or key in skip:
             continue
         # Only what scales the signal by a factor of its own: a layer with weights, or a product or
         # quotient (by a constant, a gate). A softmax over 8,192 positions divides both ways by

@@ -160,6 +160,39 @@ def backward_origins(trace: Trace, order: list[str]) -> list[Finding]:
                 if any(_count(trace.node(c).grads, what) for c in g.successors(p) if c != key):
                     continue  # another consumer passed it on: not born here
                 seen.add(key)
-                found.append(make(trace, kind, key, f"the backward of {where(n)} received a finite gradient and passed {word} to '{pn.label}'",
-                                  {"backward_step": float(n.backward_step or 0), "count": float(_count(pn.grads, what))}))
+                numbers = {"backward_step": float(n.backward_step or 0), "count": float(_count(pn.grads, what))}
+                reaches, absorbers = _downstream(trace, p)
+                if reaches:
+                    found.append(make(trace, kind, key, f"the backward of {where(n)} received a finite gradient and passed {word} to '{pn.label}'",
+                                      numbers))
+                    continue
+                # Every parameter's gradient is finite: the step's numbers are sound, but only because an op
+                # further back (a ReLU's backward at 0) zeroed the infinity. One input nudged the other way breaks it.
+                names = ", ".join(f"'{trace.node(a).label}'" for a in absorbers[:3]) or f"'{pn.label}'"
+                found.append(make(trace, "absorbed_backward", key,
+                                  f"the backward of {where(n)} received a finite gradient and made {word} ({int(numbers['count'])} element(s), "
+                                  f"passed to '{pn.label}'; its derivative is infinite there, as sqrt's at 0); the backward of {names} "
+                                  f"absorbed it, so every parameter gradient is finite: fragile, the next batch may let it through",
+                                  numbers))
     return found
+
+
+def _downstream(trace: Trace, start: str) -> tuple[bool, list[str]]:
+    """Follow a non-finite gradient from ``start`` toward the inputs: does it reach a parameter (or another
+    leaf), and which ops' backward absorbed it (received it and passed only finite gradients on)?"""
+    g = trace.graph
+    seen, todo, absorbers, reaches = {start}, [start], [], False
+    while todo:
+        k = todo.pop()
+        n = trace.node(k)
+        if n.kind != "op":
+            reaches = True
+            continue
+        bad = [p for p in g.predecessors(k) if _nonfinite(trace.node(p).grads)]
+        if not bad:
+            absorbers.append(k)
+        for p in bad:
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return reaches, absorbers

@@ -40,6 +40,16 @@ def _float_tensors(obj: Any) -> list[torch.Tensor]:
     return found
 
 
+def _no_grad_loss(output: Any, value: torch.Tensor) -> str:
+    """Why the loss does not require grad: the loss function broke the graph, or nothing required grad at all."""
+    if any(t.requires_grad for t in _float_tensors(output)):
+        kind = "" if value.is_floating_point() else f" (its dtype is {str(value.dtype).replace('torch.', '')})"
+        return (f"the loss is not differentiable{kind}: the model's output requires grad, but loss(output) does not — the loss "
+                "function cut the graph (argmax, round to an integer, a comparison, .item(), .detach() or torch.no_grad() inside it); "
+                "use a differentiable loss such as F.cross_entropy(out, y) or out.pow(2).mean()")
+    return "the loss does not require grad: no parameter or input of the model requires grad, so there is nothing to trace"
+
+
 def _loss_tensor(output: Any, loss: Callable[[Any], Any] | None) -> torch.Tensor:
     if loss is not None:
         value = loss(output)
@@ -53,7 +63,7 @@ def _loss_tensor(output: Any, loss: Callable[[Any], Any] | None) -> torch.Tensor
         if value.is_complex():
             raise CaptureError("loss must be a real scalar: a complex loss has no gradient direction; take .abs() or .real")
         if not value.requires_grad:
-            raise CaptureError("the loss does not require grad: no parameter or input of the model requires grad, so there is nothing to trace")
+            raise CaptureError(_no_grad_loss(output, value))
         return value.reshape(()) if value.dim() else value
     tensors = [t for t in _float_tensors(output) if t.requires_grad and not t.is_complex()]
     if not tensors:

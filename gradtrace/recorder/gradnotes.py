@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from ..diagnose.finding import NONFINITE_DATA_NOTE
+from ..diagnose.finding import LOSS_SCALER_NOTE, NONFINITE_DATA_NOTE
 
 __all__ = ["GradNotes"]
 
@@ -51,6 +51,25 @@ def _user_tensors(max_frames: int = 3) -> dict[str, torch.Tensor]:
     return found
 
 
+def _grad_scalers(max_frames: int = 3) -> list[Any]:
+    """The enabled GradScalers (torch.amp, torch.cuda.amp) in the first few frames of user code."""
+    scaler_type = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    if scaler_type is None:
+        return []
+    found: dict[int, Any] = {}
+    frame = sys._getframe(1)
+    seen = 0
+    while frame is not None and seen < max_frames:
+        if frame.f_globals.get("__name__", "").split(".")[0] not in _LIBRARY_PREFIXES:
+            seen += 1
+            for scope in (frame.f_locals, frame.f_globals):
+                for value in list(scope.values()):
+                    if isinstance(value, scaler_type) and value.is_enabled() and isinstance(getattr(value, "_scale", None), torch.Tensor):
+                        found.setdefault(id(value), value)
+        frame = frame.f_back
+    return list(found.values())
+
+
 def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
     groups: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
@@ -65,6 +84,16 @@ def _total_norm(tensors: list[torch.Tensor]) -> float:
         for group in _by_device([t for t in tensors if t.layout == torch.strided]).values():
             total += float(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in group]).square().sum())
     return total ** 0.5
+
+
+def _norms(tensors: list[torch.Tensor]) -> list[float]:
+    """Each tensor's norm, one host sync per device."""
+    out: dict[int, float] = {}
+    with torch.no_grad():
+        for group in _by_device([t for t in tensors if t.layout == torch.strided]).values():
+            for t, n in zip(group, torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in group]).tolist()):
+                out[id(t)] = n
+    return [out.get(id(t), 1.0) for t in tensors]  # (a sparse gradient: taken as non-zero)
 
 
 _F = TypeVar("_F", bound=Callable[..., None])
@@ -95,6 +124,12 @@ class GradNotes:
         self._norm_after_backward: float | None = None
         self._in_step: str | None = None
         self._checked_step = False
+        #: Parameters that held a non-zero gradient before the recorded backward (what the note says
+        #: depends on which optimizer steps: only its own parameters' sums matter to it).
+        self._waiting: list[torch.Tensor] = []
+        self._waiting_said = False
+        #: backward() calls between the recorded one and the optimizer step: their gradients add up in .grad.
+        self.backward_after = 0
         ddp = getattr(getattr(torch.nn, "parallel", None), "DistributedDataParallel", None)
         if ddp is not None and isinstance(model, ddp):
             self.notes.append("the model is wrapped in DistributedDataParallel: the gradients drawn are this rank's, before the "
@@ -107,12 +142,18 @@ class GradNotes:
         if self._norm_after_backward is None or self._checked_step:
             return
         self._checked_step = True
+        self._say_waiting(opt)
+        if self.backward_after:
+            self.notes.append(f"{type(opt).__name__}.step() came after {self.backward_after} more backward() call(s) than the recorded one: "
+                              "the update shown (Δw) reflects the sum of their gradients, not the recorded gradient alone")
         leaves = [p for p in self._leaves if p.grad is not None]
         now = _total_norm([p.grad for p in leaves])  # type: ignore[misc]
         before = self._norm_after_backward
         if abs(now - before) > _CHANGED * max(before, 1e-30):
             ratio = now / before if before else float("inf")
             what = ("clipped (clip_grad_norm_) or scaled down" if ratio < 1 else "scaled up or added to")
+            if self.backward_after:
+                what += f" (by the {self.backward_after} backward() call(s) after the recorded one, at least)"
             self.notes.append(f"the gradients changed between backward() and {type(opt).__name__}.step(): total ‖grad‖ {before:.4g} → "
                               f"{now:.4g} (×{ratio:.3g}), {what}; the diagram shows them before that change")
 
@@ -123,11 +164,15 @@ class GradNotes:
     def backward_starting(self, leaves: list[torch.Tensor]) -> None:
         """Before the recorded backward: is a gradient already waiting (accumulation), are we inside step(closure)?"""
         self._leaves = [t for t in leaves if t.requires_grad]
-        waiting = [t.grad for t in self._leaves if t.grad is not None]
-        if waiting and _total_norm(waiting) > 0:
-            self.notes.append(f"{len(waiting)} parameter(s) already held a gradient before the recorded backward() "
-                              "(gradient accumulation): the diagram shows this micro-step's gradient; the optimizer "
-                              "uses the sum over the accumulation cycle")
+        waiting = [t for t in self._leaves if t.grad is not None]
+        norms = _norms([t.grad for t in waiting]) if waiting else []  # type: ignore[misc]
+        self._waiting = [t for t, n in zip(waiting, norms) if n > 0]
+        for scaler in _grad_scalers():
+            scale = float(scaler._scale.detach().float().reshape(-1)[0])
+            # (Whether it scaled this loss is for diagnose to see: a product of the loss by this scale.)
+            self.notes.append(f"{LOSS_SCALER_NOTE}{scale:g}: a GradScaler is in use; a loss it scaled (scaler.scale(loss).backward()) "
+                              f"gives gradients ×{scale:g}, and the optimizer sees them unscaled (unscale_ / step)")
+            break
         if self._in_step is not None:
             self.notes.append(f"backward() ran inside {self._in_step}.step(closure): the optimizer may evaluate the closure "
                               "several times per step; the diagram shows the first evaluation")
@@ -160,6 +205,28 @@ class GradNotes:
                 what = " and ".join(([f"{nan} NaN"] if nan else []) + ([f"{inf} inf"] if inf else []))
                 self.notes.append(f"{NONFINITE_DATA_NOTE}{name} {list(t.shape)} in the code that called backward() holds {what}; "
                                   "it is not drawn (a target or buffer an op read), so the first op that reads it shows where it enters")
+
+    def _say_waiting(self, opt: torch.optim.Optimizer | None) -> None:
+        """The accumulation note, once: about the stepping optimizer's own parameters, or (no step seen) plain fact."""
+        if self._waiting_said or not self._waiting:
+            return
+        self._waiting_said = True
+        if opt is None:
+            self.notes.append(f"{len(self._waiting)} parameter(s) already held a gradient before the recorded backward(): the diagram "
+                              "shows this backward()'s gradient alone, not what they held before")
+            return
+        owned = {id(p) for group in opt.param_groups for p in group["params"]}
+        mine = [t for t in self._waiting if id(t) in owned]
+        if mine:
+            self.notes.append(f"{len(mine)} parameter(s) that {type(opt).__name__}.step() updates already held a gradient before the recorded "
+                              "backward() (gradient accumulation): the diagram shows this micro-step's gradient; the optimizer "
+                              "uses the sum over the accumulation cycle")
+
+    @_safe
+    def finish(self) -> None:
+        """At the end of the capture: the notes that wait for an optimizer step that never came."""
+        if not self._checked_step:
+            self._say_waiting(None)
 
     @_safe
     def backward_finished(self) -> None:

@@ -247,6 +247,8 @@ class Session:
             self._threads.leave()  # the forward on this thread is over
         self.backward_calls += 1
         if self._recorded:
+            if not self.optimizer_done:
+                self.grad_notes.backward_after += 1  # its gradient adds to .grad before the step
             if self.on_backward_after_recorded is not None:
                 self.on_backward_after_recorded()
             return original(tensors, *args, **kwargs)
@@ -436,6 +438,7 @@ class Session:
 
     def build_trace(self) -> Trace:
         """Turn what was recorded into a Trace of plain records (one host copy of all statistics)."""
+        self.grad_notes.finish()
         result = assemble(self)
         # The walk holds autograd nodes, and they hold saved activations: let go of them now.
         self._walk = self._backward = None

@@ -316,6 +316,57 @@ def _siamese(seed: int) -> gradtrace.Trace:
     return _step(enc, contrastive, torch.optim.Adam(enc.parameters(), lr=1e-3))
 
 
+def _amp_gradscaler(seed: int) -> gradtrace.Trace:
+    # AMP's standard step: the loss scaled by GradScaler (2**16 by default), unscaled, clipped, stepped.
+    torch.manual_seed(seed)
+    model = TutorialCNN()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu")
+    with gradtrace.capture(model) as cap:
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+    return cap.trace
+
+
+def _dcgan_two_optimizers(seed: int) -> gradtrace.Trace:
+    # The DCGAN tutorial's whole iteration, two optimizers: the generator's backward (step 3) runs through
+    # D, whose parameters still hold D's gradient; only optG steps.
+    torch.manual_seed(seed)
+    nz, ngf, ndf = 8, 8, 8
+    g = nn.Sequential(nn.ConvTranspose2d(nz, ngf * 2, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+                      nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+                      nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh())
+    d = nn.Sequential(nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+                      nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+                      nn.Conv2d(ndf * 2, 1, 4, 1, 0, bias=False), nn.Sigmoid())
+    for m in [*g.modules(), *d.modules()]:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    real, noise = torch.randn(4, 3, 16, 16).tanh(), torch.randn(4, nz, 1, 1)
+    with gradtrace.capture(nn.ModuleDict({"netG": g, "netD": d}), step=3) as cap:
+        d.zero_grad()
+        F.binary_cross_entropy(d(real).view(-1), torch.ones(4)).backward()
+        fake = g(noise)
+        F.binary_cross_entropy(d(fake.detach()).view(-1), torch.zeros(4)).backward()
+        opt_d.step()
+        g.zero_grad()
+        F.binary_cross_entropy(d(fake).view(-1), torch.ones(4)).backward()
+        opt_g.step()
+    return cap.trace
+
+
 # -- planted faults ------------------------------------------------------------------------------
 
 
@@ -367,6 +418,23 @@ def _sqrt_zero(seed: int) -> gradtrace.Trace:
     torch.manual_seed(seed)
     model = SqrtAtZero()
     return _step(model, lambda: model(torch.randn(4, 3)))
+
+
+class _SqrtOfRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(torch.relu(self.fc(x))).sum()
+
+
+def _sqrt_absorbed(seed: int) -> gradtrace.Trace:
+    # sqrt at 0 makes an inf gradient; ReLU's backward zeroes it before the weight: fragile, not broken.
+    torch.manual_seed(seed)
+    model, x = _SqrtOfRelu(), torch.randn(8, 4)
+    x[0] = 0
+    return _step(model, lambda: model(x))
 
 
 def _dead_relu(seed: int) -> gradtrace.Trace:
@@ -447,12 +515,15 @@ CASES: tuple[Case, ...] = (
     Case("tutorial-cnn-b4", _tutorial_cnn(4)),
     Case("tutorial-cnn-b64", _tutorial_cnn(64)),
     Case("course-gd", _course),
+    Case("amp-gradscaler", _amp_gradscaler),
+    Case("dcgan-two-optimizers", _dcgan_two_optimizers),
     Case("nan-input", _nan_input, frozenset({"nan_data"}), lambda n: n.kind == "input"),
     Case("inf-target", _inf_target, frozenset({"inf_data", "inf_forward"}), lambda n: n.kind == "input" or n.label == "mse_loss"),
     Case("deep-sigmoid", _deep_sigmoid, frozenset({"vanishing"}), lambda n: n.module in {str(i) for i in range(10)}),
     Case("scaled-layer", _scaled_layer, frozenset({"exploding"}), _in("layers.2")),
     Case("log-negative", _log_negative, frozenset({"nan_forward"}), lambda n: n.label == "log"),
     Case("sqrt-at-zero", _sqrt_zero, frozenset({"inf_backward"}), lambda n: n.label == "sqrt"),
+    Case("sqrt-absorbed", _sqrt_absorbed, frozenset({"absorbed_backward"}), lambda n: n.label == "sqrt"),
     Case("dead-relu", _dead_relu, frozenset({"dead"}), lambda n: n.label == "relu"),
     Case("sgd-lr10", _sgd_lr10, frozenset({"update_ratio"}), lambda n: n.kind == "param"),
     Case("zero-grad-param", _zero_grad_param, frozenset({"zero_grad"}), lambda n: n.label == "round"),
