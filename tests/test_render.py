@@ -233,3 +233,11 @@ def test_text_table():
     assert steps[: len(t.backward_order())] == [str(i) for i in range(1, len(t.backward_order()) + 1)]
     rows = lines[: 1 + len(t.nodes)]  # the table; what each edge carried follows it once capture records that
     assert rows[-1].startswith("-") and " x " in rows[-1]
+
+
+def test_every_finding_kind_has_a_badge_in_words():
+    """A new kind of finding must read as words on the diagram, never as its identifier."""
+    from gradtrace.diagnose.finding import KINDS
+    from gradtrace.render.labels import _BADGES
+
+    assert set(KINDS) <= set(_BADGES), sorted(set(KINDS) - set(_BADGES))

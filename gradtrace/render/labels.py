@@ -65,6 +65,7 @@ _BADGES = {
     "inf_backward": "inf gradient starts here", "vanishing": "vanishing gradient", "exploding": "exploding gradient",
     "dead": "dead: all zero", "update_ratio": "update size off", "nan_data": "NaN in the data", "inf_data": "inf in the data",
     "zero_grad": "gradient stops here", "structural_zero": "zero gradient by structure", "masked_inf": "-inf mask (intended)",
+    "absorbed_backward": "non-finite gradient made here, absorbed later", "loss_scale": "loss scaled",
 }
 
 
