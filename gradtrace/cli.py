@@ -3,8 +3,10 @@
 Exit codes mean one thing each: 0 the file was written; the script's own
 non-zero status, passed through, when the script exits with one; 1 gradtrace
 could not produce the file, or the script raised; 2 a usage error; 70
-(EX_SOFTWARE) an internal error, a bug in gradtrace. A script that raises gets
-its own traceback, without gradtrace's frames.
+(EX_SOFTWARE) an internal error, a bug in gradtrace; 130 interrupted
+(Ctrl-C). A script that raises gets its own traceback, without gradtrace's
+frames. When gradtrace writes its own output to stdout, the script's goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -205,12 +207,13 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     \b
     Exit status:
         0    the file was written (the script stopped after the step, or ran to its end)
-        N    the script's own non-zero status (sys.exit(N)), passed through; the file
-             is written first when the step was recorded before the exit
+        N    the script's own non-zero status (sys.exit(N), os._exit(N)), passed through;
+             the file is written first when the step was recorded before the exit
         1    gradtrace could not produce the file, or the script raised (its
              traceback is printed; the file is written first when the step was recorded)
         2    usage error (a bad option, a missing script)
         70   internal error: a bug in gradtrace (its traceback is printed)
+        130  interrupted (Ctrl-C); the file is written first when the step was recorded
     """
     to_stdout = output == "-"
     if output is not None and not to_stdout:
@@ -295,6 +298,7 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -
       5  there was no step to check: the script raised, exited or ended before
          the asked-for backward() (its message or traceback is printed)
       70 internal error: a bug in gradtrace (its traceback is printed)
+      130 interrupted (Ctrl-C); a step recorded before it is checked first
 
     \b
     Examples:

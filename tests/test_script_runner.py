@@ -381,6 +381,12 @@ def test_ctrl_c_after_the_step_writes_the_file_then_exits_130(tmp_path):
     _assert_the_sgd_step(gradtrace.Trace.from_json(out.read_text()))
 
 
+def test_ctrl_c_after_the_step_checks_it_then_exits_130(tmp_path):
+    proc = _interrupt(tmp_path, "check", ["--json"], "no-optimizer")
+    assert proc.returncode == 130, proc.stderr
+    assert json.loads(proc.stdout)["exit_status"] == 0 and "KeyboardInterrupt" in proc.stderr, proc.stdout + proc.stderr
+
+
 def test_ctrl_c_before_the_step_exits_130_not_a_finding(tmp_path):
     out = tmp_path / "i.json"
     proc = _interrupt(tmp_path, "render", ["-o", out], "before")

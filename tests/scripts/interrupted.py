@@ -1,4 +1,5 @@
-"""Waits for Ctrl-C (SIGINT) before its first backward ("before") or after its SGD step ("after"); argv[1] is a marker file."""
+"""Waits for Ctrl-C (SIGINT) before its first backward ("before"), after its SGD step ("after") or after a backward
+with no optimizer ("no-optimizer": gradtrace waits for a step() or the next backward()); argv[1] is a marker file."""
 
 import sys
 import time
@@ -13,6 +14,8 @@ opt = torch.optim.SGD([w], lr=0.1)
 if when == "after":
     (w * x).sum().backward()
     opt.step()
+if when == "no-optimizer":
+    (w * x).sum().backward()
 if when == "raise":
     raise KeyboardInterrupt
 marker.write_text("waiting\n")
