@@ -87,6 +87,17 @@ def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool,
         raise click.ClickException(str(e)) from None
 
 
+def _is_stdout(path: str | None) -> bool:
+    """Whether writing ``path`` writes this process's standard output (/dev/stdout, /dev/fd/1, the file it goes to)."""
+    if path is None:
+        return False
+    try:
+        a, b = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):  # no such file yet, or no standard output at all
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 class _Interrupted(KeyboardInterrupt):
     """The script was interrupted (Ctrl-C) before its step, and its traceback is already printed."""
 
@@ -266,8 +277,8 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         click.echo(f"gradtrace: {Path(script).name} called os._exit({status}) after the traced step (backward() call {step})",
                    err=True)
 
-    # gradtrace's own output on stdout (-o -, a text table) must not be mixed with what the script prints.
-    trace = _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=to_stdout or text_table,
+    # gradtrace's own output on stdout (-o -, -o /dev/stdout, a text table) must not be mixed with what the script prints.
+    trace = _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=to_stdout or text_table or _is_stdout(output),
                  on_hard_exit=before_hard_exit)
     emit(trace)
 

@@ -345,6 +345,17 @@ def test_the_scripts_prints_go_to_stderr_when_gradtrace_writes_stdout(tmp_path, 
         assert line not in proc.stdout
 
 
+def test_the_scripts_prints_go_to_stderr_when_the_output_file_is_stdout(tmp_path):
+    """-o /dev/stdout is standard output too (here redirected to a file, as `> step.json` does)."""
+    out = tmp_path / "stdout.json"
+    with out.open("w") as stdout:
+        proc = subprocess.run([sys.executable, "-m", "gradtrace", "render", str(SCRIPTS / "printing.py"), "-o", "/dev/stdout",
+                               "--format", "json"], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert all(line in proc.stderr for line in SCRIPT_PRINTS[:3]), proc.stderr
+    _assert_the_sgd_step(gradtrace.Trace.from_json(out.read_text()))
+
+
 def test_the_scripts_prints_stay_on_stdout_when_gradtrace_writes_a_file(tmp_path):
     proc = gradtrace_cmd("render", SCRIPTS / "printing.py", "-o", tmp_path / "p.json", "--run-to-end")
     assert proc.returncode == 0, proc.stderr
