@@ -11,6 +11,11 @@ rendering is not handled by the stopped script's handler). The script's
 ``atexit`` handlers stay registered and run when the process exits, as they
 would after ``python SCRIPT``.
 
+While the script runs, its standard output can be sent to standard error
+(when gradtrace's own output goes to stdout), and ``os._exit()`` first hands
+a recorded step to gradtrace (it ends the process, so the file is written
+there or never).
+
 When gradtrace stops a script after the traced step, the code at the
 script's end never runs, and that code may be what stops its non-daemon
 threads. Python waits for such threads at exit, so the process would hang
@@ -205,7 +210,7 @@ class ScriptProcess:
         runner_pid = os.getpid()
         on_hard_exit = self.on_hard_exit
 
-        def _exit(status: int) -> None:  # noqa: ANN001 -- os._exit's own signature
+        def _exit(status: int) -> None:
             if on_hard_exit is not None and os.getpid() == runner_pid:
                 self.__exit__(None, None, None)  # gradtrace's code runs next: cwd, stdout, ... put back first
                 try:
