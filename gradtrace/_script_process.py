@@ -11,6 +11,11 @@ rendering is not handled by the stopped script's handler). The script's
 ``atexit`` handlers stay registered and run when the process exits, as they
 would after ``python SCRIPT``.
 
+While the script runs, its standard output can be sent to standard error
+(when gradtrace's own output goes to stdout), and ``os._exit()`` first hands
+a recorded step to gradtrace (it ends the process, so the file is written
+there or never).
+
 When gradtrace stops a script after the traced step, the code at the
 script's end never runs, and that code may be what stops its non-daemon
 threads. Python waits for such threads at exit, so the process would hang
@@ -45,6 +50,10 @@ _KEPT: list[Any] = []
 _STOPPED_THREADS: list[threading.Thread] = []
 # Sessions whose hooks a forked child must drop (a DataLoader worker, a Hogwild trainer).
 _ACTIVE: list[Any] = []
+# Running ScriptProcesses, whose children an os.fork() in the script adds to.
+_RUNNING: list[ScriptProcess] = []
+# Set once a script's standard output was sent to standard error: what it prints at exit (atexit) goes there too.
+_STDOUT_IS_GRADTRACES = False
 
 
 def _drop_hooks_in_child() -> None:
@@ -59,8 +68,15 @@ def _drop_hooks_in_child() -> None:
             pass
 
 
+def _count_fork_in_parent() -> None:
+    # A bare os.fork() in the script is a child process like mp.Process's (whose start() counts its own fork).
+    for proc in _RUNNING:
+        if not proc._in_process_start:
+            proc.children += 1
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_hooks_in_child)
+    os.register_at_fork(after_in_child=_drop_hooks_in_child, after_in_parent=_count_fork_in_parent)
 
 
 def _is_dataloader_worker(proc: multiprocessing.process.BaseProcess) -> bool:
@@ -77,8 +93,12 @@ class ScriptProcess:
     excepted).
     """
 
-    def __init__(self, path: Path, args: Sequence[str], session: Any) -> None:
+    def __init__(self, path: Path, args: Sequence[str], session: Any, *, stdout_to_stderr: bool = False,
+                 on_hard_exit: Callable[[int], None] | None = None) -> None:
         self.path = path
+        self.stdout_to_stderr = stdout_to_stderr
+        self.on_hard_exit = on_hard_exit
+        self._in_process_start = False
         self.args = list(args)
         self.session = session
         self.kept: Any = None
@@ -101,6 +121,8 @@ class ScriptProcess:
         self._restore.append(lambda: os.chdir(cwd) if os.getcwd() != cwd else None)
         self._save_stream("stdout")
         self._save_stream("stderr")
+        if self.stdout_to_stderr:
+            self._stdout_to_stderr()
         caught = warnings.catch_warnings()
         caught.__enter__()
         self._restore.append(lambda: caught.__exit__(None, None, None))
@@ -110,12 +132,19 @@ class ScriptProcess:
         def counting_start(proc: multiprocessing.process.BaseProcess) -> None:
             if not _is_dataloader_worker(proc):
                 self.children += 1
-            start(proc)
+            self._in_process_start = True  # its fork (if forked) is this one child, or a DataLoader worker
+            try:
+                start(proc)
+            finally:
+                self._in_process_start = False
 
         multiprocessing.process.BaseProcess.start = counting_start  # type: ignore[method-assign]
         self._restore.append(lambda: setattr(multiprocessing.process.BaseProcess, "start", start))
         _ACTIVE.append(self.session)
         self._restore.append(lambda: _ACTIVE.remove(self.session) if self.session in _ACTIVE else None)
+        _RUNNING.append(self)
+        self._restore.append(lambda: _RUNNING.remove(self) if self in _RUNNING else None)
+        self._wrap_os_exit()
         self._threads_before = set(threading.enumerate())
         return self
 
@@ -151,6 +180,49 @@ class ScriptProcess:
 
         self._restore.append(restore)
 
+    def _stdout_to_stderr(self) -> None:
+        """Send the script's standard output to standard error until restored: gradtrace's own output is on stdout.
+
+        Both ``sys.stdout`` and file descriptor 1 are moved, so what the script
+        writes through ``sys.__stdout__``, C code or a child process goes to
+        stderr too.
+        """
+        global _STDOUT_IS_GRADTRACES
+        _STDOUT_IS_GRADTRACES = True
+        _flush(sys.stdout, sys.__stdout__)
+        sys.stdout = sys.stderr
+        try:
+            saved_fd = os.dup(1)
+            os.dup2(2, 1)
+        except OSError:  # no descriptor 1 or 2 (a closed stdout): sys.stdout alone is moved
+            return
+
+        def restore() -> None:
+            _flush(sys.stdout, sys.__stdout__, sys.stderr)
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+
+        self._restore.append(restore)
+
+    def _wrap_os_exit(self) -> None:
+        """While the script runs, let ``os._exit()`` in this process hand the recorded step over before it ends."""
+        real_exit = os._exit
+        runner_pid = os.getpid()
+        on_hard_exit = self.on_hard_exit
+
+        def _exit(status: int) -> None:
+            if on_hard_exit is not None and os.getpid() == runner_pid:
+                self.__exit__(None, None, None)  # gradtrace's code runs next: cwd, stdout, ... put back first
+                try:
+                    on_hard_exit(status)
+                except BaseException as e:  # the script asked to end now: its status stands, whatever happened here
+                    print(f"gradtrace: could not write the step before os._exit({status}): {e}", file=sys.stderr)
+                _flush(sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+            real_exit(status)
+
+        os._exit = _exit
+        self._restore.append(lambda: setattr(os, "_exit", real_exit))
+
     def _save_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # handlers can be set from the main thread only: the script could not have changed them
@@ -167,13 +239,34 @@ class ScriptProcess:
         self._restore.append(restore)
 
 
+def _flush(*streams: Any) -> None:
+    for stream in streams:
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # a closed or broken stream: nothing more can be written to it anyway
+            pass
+
+
 def finish(code: Any) -> None:
     """End the process with ``code`` without hanging on a stopped script's non-daemon threads.
 
     Returns (and Python's own shutdown follows) unless such threads are
     still alive after :data:`GRACE_S`; then runs the ``atexit`` handlers,
     releases the script's objects, flushes the streams and exits at once.
+
+    When a script's standard output was sent to standard error (gradtrace's
+    own output is on stdout), it goes there again for the rest of the
+    process: what the script's ``atexit`` handlers print must not follow
+    gradtrace's output.
     """
+    if _STDOUT_IS_GRADTRACES:
+        _flush(sys.stdout, sys.__stdout__)
+        sys.stdout = sys.stderr
+        try:
+            os.dup2(2, 1)
+        except OSError:
+            pass
     lingering = [t for t in _STOPPED_THREADS if t.is_alive() and not t.daemon]
     deadline = time.monotonic() + GRACE_S
     for t in lingering:

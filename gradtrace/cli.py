@@ -3,8 +3,10 @@
 Exit codes mean one thing each: 0 the file was written; the script's own
 non-zero status, passed through, when the script exits with one; 1 gradtrace
 could not produce the file, or the script raised; 2 a usage error; 70
-(EX_SOFTWARE) an internal error, a bug in gradtrace. A script that raises gets
-its own traceback, without gradtrace's frames.
+(EX_SOFTWARE) an internal error, a bug in gradtrace; 130 interrupted
+(Ctrl-C). A script that raises gets its own traceback, without gradtrace's
+frames. When gradtrace writes its own output to stdout, the script's goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import shutil
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -30,6 +32,8 @@ _EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json
 
 #: Exit status of a crash inside gradtrace itself (sysexits.h's EX_SOFTWARE): never a script's or a finding's.
 INTERNAL_ERROR = 70
+#: Exit status after Ctrl-C (KeyboardInterrupt), in the script or in gradtrace, as a shell reports Python's.
+INTERRUPTED = 130
 # ctx.meta key: the script's failure after its traced step, reported once the command has written its output.
 _LATE_FAILURE = "gradtrace.script_failed_after_step"
 
@@ -48,11 +52,16 @@ def _script_options(f: Any) -> Any:
     return f
 
 
-def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool, *, fmt: str | None = None) -> Any:
+def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool, *, fmt: str | None = None,
+         stdout_busy: bool = True, on_hard_exit: Callable[[Any, int], None] | None = None) -> Any:
     """Run the script and return its trace, or end the command with the script's own status.
 
     ``fmt``: the output format; one that needs Graphviz is checked for before
-    the script runs, not after a long training script has run.
+    the script runs, not after a long training script has run. ``stdout_busy``:
+    the command writes its own output to standard output (``check`` always
+    does), so what the script prints goes to standard error while it runs.
+    ``on_hard_exit``: see :func:`gradtrace.script.run_script`. A script ended
+    by Ctrl-C before its step ends the command with status 130, as Python's.
     """
     from .script import ScriptFailed, run_script
 
@@ -62,11 +71,14 @@ def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool,
         raise click.ClickException(f"the Graphviz `dot` program is needed for {fmt} output but was not found on PATH "
                                    f"(checked before running {Path(script).name}); {INSTALL_HINT}")
     try:
-        return run_script(script, script_args, step=step, run_to_end=run_to_end, keep_alive=True)
+        return run_script(script, script_args, step=step, run_to_end=run_to_end, keep_alive=True,
+                          stdout_to_stderr=stdout_busy, on_hard_exit=on_hard_exit)
     except ScriptFailed as e:
         if e.trace is None:
             sys.stdout.flush()  # the script's own output first, as it came
             click.echo(e.report, err=True, nl=False)
+            if isinstance(e.exc, KeyboardInterrupt):
+                raise _Interrupted() from None  # not a status a command maps (check's 5): Ctrl-C is 130 everywhere
             raise SystemExit(e.status) from None
         # The step was recorded before the script failed: the command writes it, then the failure is reported.
         click.get_current_context().meta[_LATE_FAILURE] = e
@@ -75,14 +87,33 @@ def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool,
         raise click.ClickException(str(e)) from None
 
 
-def _report_late_failure(ctx: click.Context) -> int:
-    """Print the script's failure after its traced step, if any; return its exit status (0 if none)."""
+def _is_stdout(path: str | None) -> bool:
+    """Whether writing ``path`` writes this process's standard output (/dev/stdout, /dev/fd/1, the file it goes to)."""
+    if path is None:
+        return False
+    try:
+        a, b = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):  # no such file yet, or no standard output at all
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """The script was interrupted (Ctrl-C) before its step, and its traceback is already printed."""
+
+
+def _report_late_failure(ctx: click.Context) -> Any:
+    """Print the script's failure after its traced step, if any, and return it (None if none)."""
     failure = ctx.meta.pop(_LATE_FAILURE, None)
     if failure is None:
-        return 0
+        return None
     sys.stdout.flush()
     click.echo(failure.report, err=True, nl=False)
-    return int(failure.status)
+    return failure
+
+
+def _interrupted(failure: Any) -> bool:
+    return failure is not None and isinstance(failure.exc, KeyboardInterrupt)
 
 
 class _Command(click.Group):
@@ -91,7 +122,18 @@ class _Command(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             result = super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
+        except KeyboardInterrupt as e:  # Ctrl-C: Python's status 130, never click's "Aborted!" and 1
+            _report_late_failure(ctx)
+            if not isinstance(e, _Interrupted):
+                sys.stdout.flush()
+                click.echo("gradtrace: interrupted", err=True)
+            raise SystemExit(INTERRUPTED) from None
+        except SystemExit:
+            # A command's own end (check's verdict): a Ctrl-C that ended the script after its step still ends it with 130.
+            if _interrupted(_report_late_failure(ctx)):
+                raise SystemExit(INTERRUPTED) from None
+            raise
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             _report_late_failure(ctx)
             raise
         except GradtraceError as e:  # one a command did not map itself: still gradtrace's own, clear error
@@ -103,9 +145,9 @@ class _Command(click.Group):
             click.echo("gradtrace internal error: this is a bug in gradtrace, not in your script; please report it "
                        "with this traceback:\n" + traceback.format_exc(), err=True, nl=False)
             raise SystemExit(INTERNAL_ERROR) from None
-        status = _report_late_failure(ctx)
-        if status:
-            raise SystemExit(status)
+        failure = _report_late_failure(ctx)
+        if failure is not None and failure.status:
+            raise SystemExit(failure.status)
         return result
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -134,9 +176,11 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": False})
 @_script_options
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
-              help="File to write ('-': standard output). Default: SCRIPT's name with the format's suffix, in the working directory.")
+              help="File to write ('-': standard output; the script's own prints then go to standard error). "
+                   "Default: SCRIPT's name with the format's suffix, in the working directory.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="Output format. Default: from OUTPUT's suffix, else svg. 'text' without -o prints a table.")
+              help="Output format. Default: from OUTPUT's suffix, else svg. 'text' without -o prints a table "
+                   "(the script's own prints then go to standard error).")
 @click.option("--run-to-end", is_flag=True, help="Let the script run on after the traced step instead of stopping it.")
 @click.option("--rankdir", type=click.Choice(RANKDIRS), default="TB", show_default=True, help="Direction data flows in the diagram.")
 @click.option("--no-values", is_flag=True, help="Leave forward values out of the nodes.")
@@ -174,12 +218,13 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     \b
     Exit status:
         0    the file was written (the script stopped after the step, or ran to its end)
-        N    the script's own non-zero status (sys.exit(N)), passed through; the file
-             is written first when the step was recorded before the exit
+        N    the script's own non-zero status (sys.exit(N), os._exit(N)), passed through;
+             the file is written first when the step was recorded before the exit
         1    gradtrace could not produce the file, or the script raised (its
              traceback is printed; the file is written first when the step was recorded)
         2    usage error (a bad option, a missing script)
         70   internal error: a bug in gradtrace (its traceback is printed)
+        130  interrupted (Ctrl-C); the file is written first when the step was recorded
     """
     to_stdout = output == "-"
     if output is not None and not to_stdout:
@@ -200,29 +245,42 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     # Where the file goes is decided now, against the folder gradtrace was run from: the script may chdir.
     shown = output if output is not None else Path(script).stem + _EXTENSIONS[fmt]
     target = Path("-") if to_stdout else Path(os.path.abspath(shown))
-    trace = _run(script, script_args, step, run_to_end, fmt=fmt)
-    try:
-        if output is None and fmt == "text":
-            from .render.text import to_text
+    text_table = output is None and fmt == "text"
 
-            click.echo(to_text(trace, options), nl=False)
-            return
-        from .render.output import write_counted
+    def emit(trace: Any) -> None:
+        try:
+            if text_table:
+                from .render.text import to_text
 
-        _, drawn = write_counted(trace, target, fmt, options)
-    except GradtraceError as e:
-        raise click.ClickException(str(e)) from None
-    total = len(trace.nodes)
-    size = f"{total} nodes" if drawn == total else f"{total} nodes drawn as {drawn}"
-    click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({size}, step {step})", err=True)
-    if depth is not None:
-        from .collapse import max_module_depth
+                click.echo(to_text(trace, options), nl=False)
+                return
+            from .render.output import write_counted
 
-        deepest = max_module_depth(trace)
-        if deepest <= depth:
-            why = "the trace has no modules" if deepest == 0 else f"its modules nest only {deepest} deep"
-            hint = "; leave --depth out and --max-nodes folds runs of ops" if deepest == 0 else ""
-            click.echo(f"gradtrace: --depth {depth} collapses nothing: {why}{hint}", err=True)
+            _, drawn = write_counted(trace, target, fmt, options)
+        except GradtraceError as e:
+            raise click.ClickException(str(e)) from None
+        total = len(trace.nodes)
+        size = f"{total} nodes" if drawn == total else f"{total} nodes drawn as {drawn}"
+        click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({size}, step {step})", err=True)
+        if depth is not None:
+            from .collapse import max_module_depth
+
+            deepest = max_module_depth(trace)
+            if deepest <= depth:
+                why = "the trace has no modules" if deepest == 0 else f"its modules nest only {deepest} deep"
+                hint = "; leave --depth out and --max-nodes folds runs of ops" if deepest == 0 else ""
+                click.echo(f"gradtrace: --depth {depth} collapses nothing: {why}{hint}", err=True)
+
+    def before_hard_exit(trace: Any, status: int) -> None:
+        # The script calls os._exit() after the step (--run-to-end): the process ends there, so the output is written now.
+        emit(trace)
+        click.echo(f"gradtrace: {Path(script).name} called os._exit({status}) after the traced step (backward() call {step})",
+                   err=True)
+
+    # gradtrace's own output on stdout (-o -, -o /dev/stdout, a text table) must not be mixed with what the script prints.
+    trace = _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=to_stdout or text_table or _is_stdout(output),
+                 on_hard_exit=before_hard_exit)
+    emit(trace)
 
 
 #: ``gradtrace check`` exit statuses, one meaning each (a bug in gradtrace is INTERNAL_ERROR, as for every command).
@@ -231,7 +289,7 @@ EXIT_HEALTHY, EXIT_ALARM, EXIT_USAGE, EXIT_WARNING, EXIT_NO_STEP = 0, 1, 2, 3, 5
 
 @main.command()
 @_script_options
-@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON instead of a table. Either way the script's own prints go to standard error.")
 def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -> None:
     """Run SCRIPT like `render` does and report where gradients vanish, explode or turn NaN.
 
@@ -251,6 +309,7 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -
       5  there was no step to check: the script raised, exited or ended before
          the asked-for backward() (its message or traceback is printed)
       70 internal error: a bug in gradtrace (its traceback is printed)
+      130 interrupted (Ctrl-C); a step recorded before it is checked first
 
     \b
     Examples:

@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import os
 import runpy
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import _script_process
 from .errors import ScriptError
 from .steptrace import Trace
 
-__all__ = ["ScriptFailed", "exit_status", "run_script"]
+__all__ = ["INTERRUPTED", "ScriptFailed", "exit_status", "run_script"]
+
+#: Exit status of a script ended by Ctrl-C (KeyboardInterrupt), as a shell reports ``python SCRIPT`` killed by SIGINT.
+INTERRUPTED = 130
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -97,7 +101,8 @@ def _calls(n: int) -> str:
 
 
 def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step: int = 1, run_to_end: bool = False,
-               keep_alive: bool = False) -> Trace:
+               keep_alive: bool = False, stdout_to_stderr: bool = False,
+               on_hard_exit: Callable[[Trace, int], None] | None = None) -> Trace:
     """Run ``script`` with ``args`` and return the trace of its ``step``-th backward().
 
     Raises ScriptError when the script ends (status 0) before that backward,
@@ -115,6 +120,19 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
     stops waiting for those of a script it stopped (see
     :func:`gradtrace._script_process.finish`).
 
+    ``stdout_to_stderr`` sends what the script prints to standard error while
+    it runs (``sys.stdout`` and file descriptor 1), for a caller whose own
+    output goes to standard output. A KeyboardInterrupt (Ctrl-C) ends the
+    script like an error, with status :data:`INTERRUPTED`. ``on_hard_exit``
+    is called with the trace and the status when the script calls
+    ``os._exit()`` after the step was recorded, just before the process ends
+    (it cannot return to the caller).
+
+    Only the thread that runs the script is ever stopped: a step recorded in
+    another thread of the script (a training thread) is recorded in full,
+    and the script is stopped at its main thread's next ``backward()`` or
+    optimizer ``step()``, or runs on.
+
     >>> t = run_script("examples/gradient_descent.py")         # doctest: +SKIP
     """
     from .recorder.session import Session  # torch is imported here, not at CLI start-up
@@ -124,17 +142,25 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
         raise ScriptError(f"{str(path)!r} is not a file")
     session = Session(None, step=step, intercept_backward=True)
     runner_pid = os.getpid()
+    runner_thread = threading.current_thread()
 
     def stop() -> None:
         # A child process forked by the script inherits the hooks until its at-fork handler removes
-        # them; it is never gradtrace's to stop.
-        if not run_to_end and os.getpid() == runner_pid:
+        # them; it is never gradtrace's to stop. Nor is a thread of the script's: the stop exception
+        # would end only that thread, with a traceback, so the runner thread stops at its own next hook.
+        if not run_to_end and os.getpid() == runner_pid and threading.current_thread() is runner_thread:
             raise _StopScript()
 
     session.on_optimizer_done = stop
     session.on_backward_after_recorded = stop
+
+    def hard_exit(status: int) -> None:
+        if on_hard_exit is not None and session.backward_recorded:
+            on_hard_exit(session.build_trace(), status)
+
     ended: BaseException | None = None
-    with _script_process.ScriptProcess(path, args, session) as proc:
+    with _script_process.ScriptProcess(path, args, session, stdout_to_stderr=stdout_to_stderr,
+                                       on_hard_exit=hard_exit) as proc:
         try:
             with session:
                 try:
@@ -142,7 +168,7 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
                 except _StopScript as e:
                     proc.stopped = True
                     proc.kept = e  # its traceback holds the stopped script's frames and objects
-                except (SystemExit, Exception) as e:  # the script's own end: report it as Python would
+                except (SystemExit, KeyboardInterrupt, Exception) as e:  # the script's own end: report it as Python would
                     ended = proc.kept = e
         finally:
             if keep_alive:
@@ -166,6 +192,8 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
                 where = f" after {_calls(calls)}; --step {step} asked for call {step}"
             report = (message + "\n" if message is not None else "") + f"gradtrace: {path.name} exited with status {status}{where}\n"
             raise ScriptFailed(ended, report, trace, status)
+    elif isinstance(ended, KeyboardInterrupt):
+        raise ScriptFailed(ended, _user_traceback(ended), trace, INTERRUPTED)
     elif ended is not None:
         raise ScriptFailed(ended, _user_traceback(ended), trace, 1)
     if trace is None:

@@ -199,3 +199,14 @@ def test_scale_options(tmp_path):
     assert result.exit_code == 2
     result = run("render", LOOP, "-o", out, "--max-nodes", 5, "--no-fold")
     assert result.exit_code == 0 and "max_nodes=5" in out.read_text()
+
+
+def test_docs_list_checks_own_exit_codes():
+    """docs/cli.md gives check's exit codes exactly as `gradtrace check --help` does, not render's."""
+    docs = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    section = docs.split("## Exit status of `gradtrace check`", 1)[1].split("\n## ", 1)[0]
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
+    help_text = CliRunner().invoke(main, ["check", "--help"]).output
+    listed = {int(m) for m in re.findall(r"^\s+(\d+)\s+\S", help_text.split("Exit status:", 1)[1].split("Examples:", 1)[0], flags=re.M)}
+    assert documented == listed == {0, 1, 2, 3, 5, 70, 130}
+    assert "except that 1 also means" not in docs

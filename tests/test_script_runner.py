@@ -7,7 +7,9 @@ atexit) is tested in a subprocess, `python -m gradtrace`, with a timeout.
 from __future__ import annotations
 
 import gc
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -299,3 +301,144 @@ def test_process_state_is_put_back_for_gradtraces_own_code(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (work / "p.json").exists() and not (elsewhere / "p.json").exists()
     assert marker.read_text() == "atexit ran\n"
+
+
+# -- gradtrace's own stdout, Ctrl-C, threads, forks, os._exit ------------------------------------
+
+
+def _assert_the_sgd_step(t: gradtrace.Trace) -> None:
+    """The step of the scripts above: loss = (w * x).sum(), then SGD with lr 0.1; torch computes the same step."""
+    w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    x = torch.tensor([0.5, 4.0, -1.5])
+    (w * x).sum().backward()
+    before = w.detach().clone()
+    torch.optim.SGD([w], lr=0.1).step()
+    (leaf,) = [n for n in t.nodes if n.kind == "leaf"]
+    assert same(leaf.grad, stats_of(w.grad)), leaf.grad
+    assert leaf.update is not None and same(leaf.update, stats_of(w.detach() - before)), "the optimizer step is in the trace"
+    assert t.optimizer is not None and t.optimizer.name == "SGD"
+
+
+SCRIPT_PRINTS = ["loading data...", "epoch 0 (sys.__stdout__)", "epoch 0 (fd 1)", "after the step", "atexit: bye"]
+
+
+@pytest.mark.parametrize("args, parse", [
+    (["check", "--json"], "json"),
+    (["check"], "verdict"),
+    (["render", "-o", "-", "--format", "json"], "trace"),
+    (["render", "--format", "text"], "table"),
+])
+def test_the_scripts_prints_go_to_stderr_when_gradtrace_writes_stdout(tmp_path, args, parse):
+    proc = gradtrace_cmd(args[0], SCRIPTS / "printing.py", *args[1:], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for line in SCRIPT_PRINTS[:3]:
+        assert line not in proc.stdout and line in proc.stderr, (line, proc.stdout)
+    if parse == "json":
+        assert json.loads(proc.stdout)["exit_status"] == 0
+    elif parse == "trace":
+        _assert_the_sgd_step(gradtrace.Trace.from_json(proc.stdout))
+    elif parse == "verdict":
+        assert proc.stdout == "gradtrace check: no alarms or warnings in step 1 (3 nodes)\n"
+    else:
+        assert proc.stdout.startswith("step ") and "mul" in proc.stdout and "sum (loss)" in proc.stdout
+    for line in SCRIPT_PRINTS[3:]:  # "after the step" never runs; the atexit handler does, on stderr
+        assert line not in proc.stdout
+
+
+def test_the_scripts_prints_go_to_stderr_when_the_output_file_is_stdout(tmp_path):
+    """-o /dev/stdout is standard output too (here redirected to a file, as `> step.json` does)."""
+    out = tmp_path / "stdout.json"
+    with out.open("w") as stdout:
+        proc = subprocess.run([sys.executable, "-m", "gradtrace", "render", str(SCRIPTS / "printing.py"), "-o", "/dev/stdout",
+                               "--format", "json"], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert all(line in proc.stderr for line in SCRIPT_PRINTS[:3]), proc.stderr
+    _assert_the_sgd_step(gradtrace.Trace.from_json(out.read_text()))
+
+
+def test_the_scripts_prints_stay_on_stdout_when_gradtrace_writes_a_file(tmp_path):
+    proc = gradtrace_cmd("render", SCRIPTS / "printing.py", "-o", tmp_path / "p.json", "--run-to-end")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == SCRIPT_PRINTS  # as `python printing.py` prints them, in order
+    _assert_the_sgd_step(gradtrace.Trace.from_json((tmp_path / "p.json").read_text()))
+    # Run to its end with gradtrace's output on stdout: the script's later prints and its atexit print go to stderr.
+    proc = gradtrace_cmd("render", SCRIPTS / "printing.py", "-o", "-", "--format", "json", "--run-to-end")
+    assert proc.returncode == 0, proc.stderr
+    _assert_the_sgd_step(gradtrace.Trace.from_json(proc.stdout))
+    assert all(line in proc.stderr for line in SCRIPT_PRINTS)
+
+
+def _interrupt(tmp_path: Path, command: str, options: list[object], when: str) -> subprocess.CompletedProcess:
+    """Run gradtrace ``command`` on interrupted.py and send it SIGINT (Ctrl-C) once the script waits."""
+    marker = tmp_path / f"waiting-{command}-{when}"
+    args = [command, SCRIPTS / "interrupted.py", *options, "--", marker, when]
+    proc = subprocess.Popen([sys.executable, "-m", "gradtrace", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate(timeout=5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_ctrl_c_after_the_step_writes_the_file_then_exits_130(tmp_path):
+    out = tmp_path / "i.json"
+    proc = _interrupt(tmp_path, "render", ["-o", out, "--run-to-end"], "after")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.index("gradtrace: wrote") < proc.stderr.index("KeyboardInterrupt"), proc.stderr
+    assert "Aborted!" not in proc.stderr and os.path.dirname(gradtrace.__file__) not in proc.stderr
+    _assert_the_sgd_step(gradtrace.Trace.from_json(out.read_text()))
+
+
+def test_ctrl_c_after_the_step_checks_it_then_exits_130(tmp_path):
+    proc = _interrupt(tmp_path, "check", ["--json"], "no-optimizer")
+    assert proc.returncode == 130, proc.stderr
+    assert json.loads(proc.stdout)["exit_status"] == 0 and "KeyboardInterrupt" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_ctrl_c_before_the_step_exits_130_not_a_finding(tmp_path):
+    out = tmp_path / "i.json"
+    proc = _interrupt(tmp_path, "render", ["-o", out], "before")
+    assert proc.returncode == 130 and not out.exists() and "KeyboardInterrupt" in proc.stderr, proc.stderr
+    proc = _interrupt(tmp_path, "check", ["--json"], "before")
+    assert proc.returncode == 130 and proc.stdout == "" and "KeyboardInterrupt" in proc.stderr, proc.stderr  # not 1 (NaN)
+
+
+def test_keyboard_interrupt_raised_by_the_script_is_130_for_check(tmp_path):
+    proc = gradtrace_cmd("check", SCRIPTS / "interrupted.py", tmp_path / "m", "raise")
+    assert proc.returncode == 130, proc.stderr
+    assert "Aborted!" not in proc.stderr and proc.stderr.rstrip().endswith("KeyboardInterrupt")
+
+
+def test_a_step_in_a_worker_thread_is_recorded_in_full_without_a_stray_traceback(tmp_path):
+    out = tmp_path / "t.json"
+    proc = gradtrace_cmd("render", SCRIPTS / "thread_step.py", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "_StopScript" not in proc.stderr, proc.stderr
+    assert "worker done" in proc.stdout  # the worker was not stopped inside its step()
+    _assert_the_sgd_step(gradtrace.Trace.from_json(out.read_text()))
+    # The main thread is stopped at its next backward(), as a script training in its main thread would be.
+    proc = gradtrace_cmd("render", SCRIPTS / "thread_step.py", "-o", out, "--", "again")
+    assert proc.returncode == 0, proc.stderr
+    assert "main thread went on" not in proc.stdout and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    _assert_the_sgd_step(gradtrace.Trace.from_json(out.read_text()))
+
+
+def test_training_in_a_bare_fork_is_named(tmp_path):
+    proc = gradtrace_cmd("render", SCRIPTS / "fork_backward.py", "-o", tmp_path / "f.json")
+    assert proc.returncode == 1
+    assert "finished after 0 backward() calls" in proc.stderr and "The script started 1 child process:" in proc.stderr, proc.stderr
+
+
+def test_os_exit_after_the_step_writes_the_file_first(tmp_path):
+    out = tmp_path / "x.json"
+    proc = gradtrace_cmd("render", SCRIPTS / "hard_exit.py", "-o", out, "--run-to-end")
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout == "stepped\n"
+    assert proc.stderr.index("gradtrace: wrote") < proc.stderr.index("os._exit(7)"), proc.stderr
+    _assert_the_sgd_step(gradtrace.Trace.from_json(out.read_text()))
+    proc = gradtrace_cmd("render", SCRIPTS / "hard_exit.py", "-o", "-", "--format", "json", "--run-to-end")
+    assert proc.returncode == 7 and "stepped" in proc.stderr, proc.stderr
+    _assert_the_sgd_step(gradtrace.Trace.from_json(proc.stdout))
