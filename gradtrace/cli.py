@@ -183,6 +183,8 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     """
     to_stdout = output == "-"
     if output is not None and not to_stdout:
+        if fmt is None and not Path(output).suffix:
+            fmt = "svg"  # as --help says: from OUTPUT's suffix, else svg (-o /dev/stdout, -o diagram)
         try:
             fmt = format_for(Path(output), fmt, option="--format")
         except GradtraceError as e:

@@ -3,6 +3,7 @@ resolved where gradtrace was run; CLI options refused by range; what the CLI say
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import subprocess
@@ -227,3 +228,62 @@ def test_a_file_keeps_its_owner_when_root_rewrites_it(tmp_path, trace):
     trace.render(path)
     st = os.stat(path)
     assert (st.st_uid, st.st_gid) == (1234, 1234) and path.read_text().startswith("{")
+
+
+PIPE_SCRIPT = textwrap.dedent("""
+    import torch
+    w = torch.tensor([0.5, -1.0], requires_grad=True)
+    (torch.tanh(w) * 3).sum().backward()
+""")
+
+
+def _oracle_grad() -> list[float]:
+    w = torch.tensor([0.5, -1.0], requires_grad=True)
+    (torch.tanh(w) * 3).sum().backward()
+    return w.grad.tolist()
+
+
+@pytest.mark.parametrize("target", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"])
+@pytest.mark.parametrize("fmt", [None, "json", "svg"])
+def test_cli_writes_through_dev_stdout_into_a_pipe(tmp_path, target, fmt):
+    """``-o /dev/stdout | wc -c``: stdout is a pipe, whose realpath (``pipe:[n]``) is no file to
+    put a temporary file beside; the given path is written straight through. Without --format a
+    suffix-less output is svg, as --help says."""
+    if fmt == "svg" or fmt is None:
+        pytest.importorskip("graphviz")
+    script = tmp_path / "s.py"
+    script.write_text(PIPE_SCRIPT)
+    args = [sys.executable, "-m", "gradtrace", "render", str(script), "-o", target] + (["--format", fmt] if fmt else [])
+    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
+    if fmt == "json":
+        t = gradtrace.Trace.from_json(proc.stdout)
+        w = next(n for n in t.nodes if n.kind == "leaf" or n.kind == "param")
+        assert w.grad.values == pytest.approx(_oracle_grad(), rel=1e-6)  # torch is the oracle
+    else:
+        assert proc.stdout.lstrip().startswith(b"<?xml") and proc.stdout.rstrip().endswith(b"</svg>")
+        import xml.etree.ElementTree as ET
+
+        ET.fromstring(proc.stdout)
+
+
+def test_library_writes_through_dev_stdout_into_a_pipe(tmp_path):
+    code = textwrap.dedent("""
+        import torch, gradtrace
+        w = torch.tensor([0.5, -1.0], requires_grad=True)
+        t = gradtrace.trace(lambda w: (torch.tanh(w) * 3).sum(), w)
+        t.render("/dev/stdout", "json")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    t = gradtrace.Trace.from_json(proc.stdout)
+    assert t.node(t.loss).value.values == pytest.approx([3 * (math.tanh(0.5) + math.tanh(-1.0))], rel=1e-6)
+
+
+def test_a_suffixless_output_is_svg(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(PIPE_SCRIPT)
+    result = run("render", script, "-o", tmp_path / "diagram")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "diagram").read_bytes().lstrip().startswith(b"<?xml")
