@@ -203,6 +203,9 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     shown = output if output is not None else Path(script).stem + _EXTENSIONS[fmt]
     target = Path("-") if to_stdout else Path(os.path.abspath(shown))
     trace = _run(script, script_args, step, run_to_end, fmt=fmt)
+    ignored = _diagram_only_note(fmt, depth, module, max_nodes, no_fold)
+    if ignored:
+        click.echo(ignored, err=True)
     try:
         if output is None and fmt == "text":
             from .render.text import to_text
@@ -225,6 +228,22 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
             why = "the trace has no modules" if deepest == 0 else f"its modules nest only {deepest} deep"
             hint = "; leave --depth out and --max-nodes folds runs of ops" if deepest == 0 else ""
             click.echo(f"gradtrace: --depth {depth} collapses nothing: {why}{hint}", err=True)
+
+
+def _diagram_only_note(fmt: str, depth: int | None, module: str | None, max_nodes: int, no_fold: bool) -> str | None:
+    """What to tell a user whose drawing options the format does not use (never silently ignored):
+    --depth, --max-nodes and --no-fold shape only the diagrams; --module also selects the text
+    table's rows; JSON and the HTML page always hold the whole trace."""
+    if fmt in ("svg", "png", "pdf", "dot"):
+        return None
+    given = [opt for opt, used in (("--module", module is not None and fmt != "text"), ("--depth", depth is not None),
+                                   ("--max-nodes", max_nodes != RenderOptions.max_nodes), ("--no-fold", no_fold)) if used]
+    if not given:
+        return None
+    whole = {"json": "a JSON file always holds the whole trace", "html": "the HTML page always shows the whole trace",
+             "text": "the table lists every node" + (" of the module" if module is not None else "")}[fmt]
+    return (f"gradtrace: {', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} only to the diagram formats "
+            f"(svg, png, pdf, dot): {whole}")
 
 
 #: ``gradtrace check`` exit statuses, one meaning each (a bug in gradtrace is INTERNAL_ERROR, as for every command).

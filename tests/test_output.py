@@ -287,3 +287,51 @@ def test_a_suffixless_output_is_svg(tmp_path):
     result = run("render", script, "-o", tmp_path / "diagram")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "diagram").read_bytes().lstrip().startswith(b"<?xml")
+
+
+SEQ_SCRIPT = textwrap.dedent("""
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), nn.Sequential(nn.Linear(4, 2), nn.Tanh()))
+    net(torch.randn(2, 3)).sum().backward()
+""")
+
+
+@pytest.mark.parametrize("fmt,args,said", [
+    ("text", ["--depth", "0"], "--depth applies only to the diagram formats"),
+    ("html", ["--module", "1"], "--module applies only to the diagram formats (svg, png, pdf, dot): the HTML page"),
+    ("html", ["--depth", "1", "--no-fold"], "--depth, --no-fold apply only"),
+    ("json", ["--module", "0", "--depth", "0"], "a JSON file always holds the whole trace"),
+    ("dot", ["--module", "0", "--depth", "0"], None),
+    ("text", ["--module", "0"], None),
+])
+def test_options_a_format_does_not_use_are_named(tmp_path, fmt, args, said):
+    script = tmp_path / "s.py"
+    script.write_text(SEQ_SCRIPT)
+    result = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / f"out.{fmt}"), "--format", fmt, *args])
+    assert result.exit_code == 0, result.output
+    if said is None:
+        assert "applies only" not in result.stderr and "apply only" not in result.stderr
+    else:
+        assert said in result.stderr, result.stderr
+
+
+def test_text_with_a_module_prints_only_its_rows(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(SEQ_SCRIPT)
+    result = CliRunner().invoke(main, ["render", str(script), "--format", "text", "--module", "1", "--no-grads"])
+    assert result.exit_code == 0, result.output
+    whole = CliRunner().invoke(main, ["render", str(script), "--format", "json", "-o", "-"])
+    t = gradtrace.Trace.from_json(whole.stdout)
+    inside = [n for n in t.nodes if n.module == "1" or n.module.startswith("1.")]
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"module 1 only: {len(inside)} of {len(t.nodes)} nodes"
+    assert len([x for x in lines[2:] if x and not x.startswith("note:")]) == len(inside)
+    # torch as the oracle for what the rows show: the module's output is tanh of the second linear.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()),
+                              torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Tanh()))
+    out = net(torch.randn(2, 3))
+    tanh = next(n for n in inside if n.label == "tanh")
+    assert tanh.value.mean == pytest.approx(out.mean().item(), rel=1e-5)
