@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from . import __version__
+from ._argnames import cli_names
 from .errors import GradtraceError
 from .render.options import MAX_TIMEOUT, RANKDIRS, THEMES, RenderOptions
 from .render.output import FORMATS, GRAPHVIZ_FORMATS, format_for
@@ -181,12 +182,20 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         2    usage error (a bad option, a missing script)
         70   internal error: a bug in gradtrace (its traceback is printed)
     """
+    with cli_names():  # every message and diagram note names --timeout, --max-nodes, not timeout=, max_nodes=
+        _render(script, script_args, step, output, fmt, run_to_end, rankdir, no_values, no_grads, theme, timeout, depth,
+                max_nodes, module, no_fold, edge_grads)
+
+
+def _render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
+            rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
+            module: str | None, no_fold: bool, edge_grads: bool | None) -> None:
     to_stdout = output == "-"
     if output is not None and not to_stdout:
         if fmt is None and not Path(output).suffix:
             fmt = "svg"  # as --help says: from OUTPUT's suffix, else svg (-o /dev/stdout, -o diagram)
         try:
-            fmt = format_for(Path(output), fmt, option="--format")
+            fmt = format_for(Path(output), fmt)
         except GradtraceError as e:
             raise click.UsageError(str(e)) from None
         out_dir = Path(output).parent

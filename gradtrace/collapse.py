@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ._argnames import arg, bare as _bare
 from .errors import RenderError
 from .records import TensorStats
 
@@ -269,8 +270,9 @@ def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bo
         view = build_view(trace, depth, fold, module)
         deepest = max_module_depth(trace)
         if depth is not None and deepest <= depth:
-            view.note = (f"depth={depth} collapses nothing: " + (
-                "the trace has no modules (a plain function or a flat script); without depth, max_nodes folds runs of ops instead"
+            view.note = (f"{arg('depth', depth)} collapses nothing: " + (
+                f"the trace has no modules (a plain function or a flat script); without {_bare('depth')}, "
+                f"{_bare('max_nodes')} folds runs of ops instead"
                 if deepest == 0 else f"its modules nest only {deepest} level{'s' if deepest > 1 else ''} deep"))
         return view
     full = build_view(trace, None, fold, module)
@@ -281,16 +283,16 @@ def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bo
     for d in range(deepest - 1, -1, -1):
         view = build_view(trace, d, fold, module)
         if len(view) <= max_nodes:
-            view.note = f"modules collapsed below depth {d} to fit max_nodes={max_nodes} ({len(full)} items in full)"
+            view.note = f"modules collapsed below depth {d} to fit {arg('max_nodes', max_nodes)} ({len(full)} items in full)"
             return view
     collapsed = "modules collapsed to depth 0 and " if deepest else ""
     runs = fold_op_runs(trace, view, max_nodes)
     if len(runs) <= max_nodes:
-        runs.note = (f"{collapsed}runs of top-level ops folded to fit max_nodes={max_nodes} ({len(full)} items in full; "
-                     + ("draw one module with module=..., or " if deepest else "") + "raise max_nodes to see every node)")
+        runs.note = (f"{collapsed}runs of top-level ops folded to fit {arg('max_nodes', max_nodes)} ({len(full)} items in full; "
+                     + (f"draw one module with {arg('module')}, or " if deepest else "") + f"raise {_bare('max_nodes')} to see every node)")
         return runs
-    view.note = (f"collapsed to depth 0 and still {len(view)} items > max_nodes={max_nodes}; "
-                 f"nothing is dropped: raise max_nodes, or draw one module with module=...")
+    view.note = (f"collapsed to depth 0 and still {len(view)} items > {arg('max_nodes', max_nodes)}; "
+                 f"nothing is dropped: raise {_bare('max_nodes')}, or draw one module with {arg('module')}")
     return view
 
 

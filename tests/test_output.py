@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -335,3 +336,40 @@ def test_text_with_a_module_prints_only_its_rows(tmp_path):
     out = net(torch.randn(2, 3))
     tanh = next(n for n in inside if n.label == "tanh")
     assert tanh.value.mean == pytest.approx(out.mean().item(), rel=1e-5)
+
+
+def test_cli_messages_name_options_not_python_arguments(tmp_path, monkeypatch):
+    """A layout timeout told CLI users to set ``timeout=...``; the CLI has --timeout. Every message
+    and diagram note the library writes names the CLI's options under the CLI, Python's in Python."""
+    import subprocess as sp
+
+    from gradtrace.render import execute
+
+    script = tmp_path / "deep.py"
+    script.write_text(SEQ_SCRIPT)
+
+    def slow_run(*args, **kwargs):
+        raise sp.TimeoutExpired(cmd="dot", timeout=kwargs.get("timeout"))
+
+    monkeypatch.setattr(execute.subprocess, "run", slow_run)
+    monkeypatch.setattr(execute.shutil, "which", lambda name: "/usr/bin/dot")
+    result = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / "x.svg"), "--timeout", "1"])
+    assert result.exit_code == 1, result.output
+    msg = result.stderr
+    assert "--timeout" in msg and "--max-nodes" in msg and "--depth" in msg and "--module" in msg, msg
+    assert not re.search(r"\b(timeout|max_nodes|module)=", msg), msg
+    t = gradtrace.trace(lambda w: (w * w).sum(), torch.ones(2, requires_grad=True))
+    with pytest.raises(gradtrace.RenderTimeoutError, match=r"timeout=\.\.\."):
+        t.render(tmp_path / "y.svg")
+    monkeypatch.undo()
+
+    # A note drawn on the diagram: the CLI names --max-nodes and --module, Python max_nodes= and module=.
+    cli = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / "n.dot"), "--max-nodes", "2"])
+    assert cli.exit_code == 0, cli.output
+    source = (tmp_path / "n.dot").read_text()
+    assert "--max-nodes 2" in source and "max_nodes=" not in source and "module=" not in source
+    lib = gradtrace.Trace.from_json(CliRunner().invoke(main, ["render", str(script), "-o", "-", "--format", "json"]).stdout)
+    assert "max_nodes=2" in lib.to_dot(max_nodes=2).source
+    # An empty --module is a usage error that names --module.
+    empty = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / "e.dot"), "--module", ""])
+    assert empty.exit_code == 2 and "--module must be" in empty.output, empty.output

@@ -12,6 +12,7 @@ import html
 import graphviz
 from typing import TYPE_CHECKING, Sequence
 
+from .._argnames import either
 from ..collapse import Block, fmt_norms
 from ..diagnose import Finding
 from ..records import TraceNode
@@ -220,7 +221,7 @@ def legend(theme: dict[str, str], findings: list[Finding]) -> HtmlLabel:
         f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}" POINT-SIZE="9">'
         "rounded box: op · tan box: parameter · blue box: other tensor requiring grad · dashed box: input"
         "</FONT></TD></TR>" + "".join(rows) + (
-            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT"><FONT COLOR="{theme["text"]}" POINT-SIZE="10">… and {more} more findings (Trace.diagnose())</FONT></TD></TR>'
+            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT"><FONT COLOR="{theme["text"]}" POINT-SIZE="10">… and {more} more findings ({h(either("Trace.diagnose()", "gradtrace check"))})</FONT></TD></TR>'
             if more > 0 else ""
         ) + "</TABLE>>"
     )

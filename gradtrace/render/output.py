@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._argnames import bare
 from ..errors import RenderError
 from .execute import run_dot
 from .options import RenderOptions
@@ -24,11 +25,13 @@ GRAPHVIZ_FORMATS = ("svg", "png", "pdf")
 SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot", ".json": "json", ".txt": "text", ".html": "html", ".htm": "html"}
 
 
-def format_for(path: Path, fmt: str | None, option: str = "format=") -> str:
+def format_for(path: Path, fmt: str | None, option: str | None = None) -> str:
     """The format to write ``path`` in: ``fmt`` if given (it must agree with a known suffix), else the suffix's.
 
-    ``option`` is how the message names the way to give a format (the CLI says ``--format``).
+    ``option`` is how the message names the way to give a format (default: as the caller spells
+    it, ``format=`` in Python, ``--format`` in the CLI; see :mod:`gradtrace._argnames`).
     """
+    option = option or bare("format") + ("=" if not bare("format").startswith("-") else "")
     suffix = path.suffix.lower()
     if fmt is not None:
         if fmt not in FORMATS:
@@ -88,7 +91,8 @@ def write_counted(trace: Trace, path: Path, fmt: str | None, options: RenderOpti
     """
     if str(path) == "-":
         if fmt is None:
-            raise RenderError("writing to standard output ('-') needs a format: pass format= one of " + str(list(FORMATS)))
+            raise RenderError(f"writing to standard output ('-') needs a format: pass {bare('format')}"
+                              f"{'' if bare('format').startswith('-') else '='} one of {list(FORMATS)}")
         fmt = format_for(Path("stdout"), fmt)
         data, drawn = encode(trace, fmt, options)
         write_bytes(path, data)
