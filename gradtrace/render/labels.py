@@ -242,7 +242,9 @@ def caption(trace: Trace, note: str = "") -> str:
 def _header(color: str, title_html: str, step: int | None) -> str:
     ink = text_color(color)
     badge = "" if step is None else f'<FONT COLOR="{ink}">#{step}</FONT>'
-    return (f'<TR><TD BGCOLOR="{color}" ALIGN="LEFT"><FONT COLOR="{ink}">{title_html}</FONT></TD>'
+    # The label cell's right border, in the header's colour, covers the anti-aliased seam that two
+    # abutting filled cells show in a PNG (a light vertical line between label and #n).
+    return (f'<TR><TD BGCOLOR="{color}" BORDER="1" COLOR="{color}" SIDES="R" ALIGN="LEFT"><FONT COLOR="{ink}">{title_html}</FONT></TD>'
             f'<TD BGCOLOR="{color}" ALIGN="RIGHT">{badge}</TD></TR>')
 
 
