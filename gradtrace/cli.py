@@ -145,10 +145,10 @@ def main() -> None:
 @click.option("--theme", type=click.Choice(THEMES), default="light", show_default=True, help="Colours for light or dark pages.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, callback=_check_timeout,
               help=f"Seconds Graphviz may spend on layout, up to {MAX_TIMEOUT:.0f}; inf for no limit.")
-@click.option("--depth", type=click.IntRange(min=0), default=None, help="Draw modules deeper than N levels as one node each.")
+@click.option("--depth", type=click.IntRange(min=0), default=None, help="Draw modules deeper than N levels as one node each (diagrams only).")
 @click.option("--max-nodes", type=click.IntRange(min=1), default=250, show_default=True,
               help="Without --depth, collapse modules until the diagram has at most this many nodes (nothing is dropped: nodes are grouped).")
-@click.option("--module", "module", default=None, metavar="PATH", help="Draw only this module (e.g. encoder.layer.3), with its inputs and outputs as boundary nodes.")
+@click.option("--module", "module", default=None, metavar="PATH", help="Draw only this module (e.g. encoder.layer.3), with its inputs and outputs as boundary nodes; the text table lists only its rows.")
 @click.option("--no-fold", is_flag=True, help="Do not fold runs of identical sibling modules (a transformer's layers) into one ×K node.")
 @click.option("--edge-grads/--no-edge-grads", "edge_grads", default=None,
               help="Label each edge with the gradient sent back along it. Default: only on small diagrams (tooltips always say it).")
