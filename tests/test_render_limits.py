@@ -115,3 +115,18 @@ def test_a_tooltip_is_never_cut_inside_an_escape():
         out = escape_tooltip(cap_text(text))
         assert len(out) < GRAPHVIZ_LIMIT
         assert (len(out) - len(out.rstrip("\\"))) % 2 == 0
+
+
+@pytest.mark.dot
+@pytest.mark.parametrize("view", range(3))
+def test_every_string_field_50000_chars_long_draws(view):
+    """Every string field of a trace (labels, keys, module paths, class names, sources, dtypes,
+    devices, optimizer settings, notes) 50,000 characters of text DOT and HTML escape."""
+    from .test_inert import PAYLOADS, VIEWS, assert_inert_svg, hostile_trace
+
+    strings = [(p * (50_000 // len(p) + 1))[:50_000] + str(i) for i, p in enumerate(PAYLOADS[:8])]
+    t = hostile_trace(strings)
+    _, svg = dot_svg(t, **{f: getattr(VIEWS[view], f) for f in ("depth", "fold", "show_findings")})
+    assert_inert_svg(svg)
+    _, svg = dot_svg(t, module=t.nodes[1].module)
+    assert_inert_svg(svg)
