@@ -22,6 +22,7 @@ from typing import Any, Callable
 import click
 
 from . import __version__
+from ._argnames import cli_names
 from .errors import GradtraceError
 from .render.options import MAX_TIMEOUT, RANKDIRS, THEMES, RenderOptions
 from .render.output import FORMATS, GRAPHVIZ_FORMATS, format_for
@@ -188,10 +189,10 @@ def main() -> None:
 @click.option("--theme", type=click.Choice(THEMES), default="light", show_default=True, help="Colours for light or dark pages.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, callback=_check_timeout,
               help=f"Seconds Graphviz may spend on layout, up to {MAX_TIMEOUT:.0f}; inf for no limit.")
-@click.option("--depth", type=click.IntRange(min=0), default=None, help="Draw modules deeper than N levels as one node each.")
+@click.option("--depth", type=click.IntRange(min=0), default=None, help="Draw modules deeper than N levels as one node each (diagrams only).")
 @click.option("--max-nodes", type=click.IntRange(min=1), default=250, show_default=True,
               help="Without --depth, collapse modules until the diagram has at most this many nodes (nothing is dropped: nodes are grouped).")
-@click.option("--module", "module", default=None, metavar="PATH", help="Draw only this module (e.g. encoder.layer.3), with its inputs and outputs as boundary nodes.")
+@click.option("--module", "module", default=None, metavar="PATH", help="Draw only this module (e.g. encoder.layer.3), with its inputs and outputs as boundary nodes; the text table lists only its rows.")
 @click.option("--no-fold", is_flag=True, help="Do not fold runs of identical sibling modules (a transformer's layers) into one ×K node.")
 @click.option("--edge-grads/--no-edge-grads", "edge_grads", default=None,
               help="Label each edge with the gradient sent back along it. Default: only on small diagrams (tooltips always say it).")
@@ -226,10 +227,20 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         70   internal error: a bug in gradtrace (its traceback is printed)
         130  interrupted (Ctrl-C); the file is written first when the step was recorded
     """
+    with cli_names():  # every message and diagram note names --timeout, --max-nodes, not timeout=, max_nodes=
+        _render(script, script_args, step, output, fmt, run_to_end, rankdir, no_values, no_grads, theme, timeout, depth,
+                max_nodes, module, no_fold, edge_grads)
+
+
+def _render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
+            rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
+            module: str | None, no_fold: bool, edge_grads: bool | None) -> None:
     to_stdout = output == "-"
     if output is not None and not to_stdout:
+        if fmt is None and not Path(output).suffix:
+            fmt = "svg"  # as --help says: from OUTPUT's suffix, else svg (-o /dev/stdout, -o diagram)
         try:
-            fmt = format_for(Path(output), fmt, option="--format")
+            fmt = format_for(Path(output), fmt)
         except GradtraceError as e:
             raise click.UsageError(str(e)) from None
         out_dir = Path(output).parent
@@ -246,6 +257,9 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     shown = output if output is not None else Path(script).stem + _EXTENSIONS[fmt]
     target = Path("-") if to_stdout else Path(os.path.abspath(shown))
     text_table = output is None and fmt == "text"
+    ignored = _diagram_only_note(fmt, depth, module, max_nodes, no_fold)
+    if ignored:
+        click.echo(ignored, err=True)
 
     def emit(trace: Any) -> None:
         try:
@@ -262,7 +276,7 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         total = len(trace.nodes)
         size = f"{total} nodes" if drawn == total else f"{total} nodes drawn as {drawn}"
         click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({size}, step {step})", err=True)
-        if depth is not None:
+        if depth is not None and not ignored:  # (a format that draws no diagram was named above)
             from .collapse import max_module_depth
 
             deepest = max_module_depth(trace)
@@ -281,6 +295,22 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
     trace = _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=to_stdout or text_table or _is_stdout(output),
                  on_hard_exit=before_hard_exit)
     emit(trace)
+
+
+def _diagram_only_note(fmt: str, depth: int | None, module: str | None, max_nodes: int, no_fold: bool) -> str | None:
+    """What to tell a user whose drawing options the format does not use (never silently ignored):
+    --depth, --max-nodes and --no-fold shape only the diagrams; --module also selects the text
+    table's rows; JSON and the HTML page always hold the whole trace."""
+    if fmt in ("svg", "png", "pdf", "dot"):
+        return None
+    given = [opt for opt, used in (("--module", module is not None and fmt != "text"), ("--depth", depth is not None),
+                                   ("--max-nodes", max_nodes != RenderOptions.max_nodes), ("--no-fold", no_fold)) if used]
+    if not given:
+        return None
+    whole = {"json": "a JSON file always holds the whole trace", "html": "the HTML page always shows the whole trace",
+             "text": "the table lists every node" + (" of the module" if module is not None else "")}[fmt]
+    return (f"gradtrace: {', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} only to the diagram formats "
+            f"(svg, png, pdf, dot): {whole}")
 
 
 #: ``gradtrace check`` exit statuses, one meaning each (a bug in gradtrace is INTERNAL_ERROR, as for every command).

@@ -8,18 +8,20 @@ dropped, only grouped. No torch here.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ._argnames import arg, bare as _bare
 from .errors import RenderError
 from .records import TensorStats
 
 if TYPE_CHECKING:
     from .steptrace import Trace
 
-__all__ = ["Block", "View", "build_view", "choose_view"]
+__all__ = ["Block", "View", "build_view", "choose_view", "module_nodes", "unknown_module_message"]
 
 
 @dataclass
@@ -83,6 +85,48 @@ def _signature(trace: Trace, members: list[str]) -> tuple:
     return tuple(sig)
 
 
+def module_nodes(trace: Trace, module: str) -> set[str]:
+    """The keys of the nodes inside ``module`` (a path such as ``encoder.layer.3``), at any depth.
+
+    Raises RenderError when there are none, naming the nearest module paths and those at the
+    same depth (``transformer.h.9`` in a 4-layer model: ``transformer.h.0`` … ``transformer.h.3``).
+    """
+    inside = {n.key for n in trace.nodes if n.module == module or n.module.startswith(module + ".")}
+    if not inside:
+        raise RenderError(unknown_module_message(trace, module))
+    return inside
+
+
+def _sort_key(path: str) -> list[tuple[int, int | str]]:
+    """``h.10`` after ``h.9``: numeric parts compare as numbers."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in path.split(".")]
+
+
+def unknown_module_message(trace: Trace, module: str, limit: int = 12) -> str:
+    """Why ``module`` selects nothing, and which module paths do exist: the nearest spellings
+    (difflib) and the paths at the same depth, siblings first."""
+    known: set[str] = set()
+    for n in trace.nodes:
+        parts = n.module.split(".") if n.module else []
+        known.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    if not known:
+        return f"no module {module!r} in this trace: it has no modules (a plain function or a flat script); leave the module out"
+    close = difflib.get_close_matches(module, sorted(known), n=6, cutoff=0.5)
+    depth = module.count(".")
+    parent = module.rpartition(".")[0]
+    level = sorted((m for m in known if m.count(".") == depth), key=lambda m: (m.rpartition(".")[0] != parent, _sort_key(m)))
+    parts = [f"no module {module!r} in this trace"]
+    if close:
+        parts.append(f"nearest: {', '.join(close)}")
+    if level:
+        shown = ", ".join(level[:limit]) + (f", … ({len(level) - limit} more)" if len(level) > limit else "")
+        parts.append(f"modules at that depth: {shown}")
+    else:
+        top = sorted((m for m in known if "." not in m), key=_sort_key)
+        parts.append(f"modules nest only {max(m.count('.') for m in known) + 1} deep; top level: {', '.join(top[:limit])}")
+    return "; ".join(parts)
+
+
 def build_view(trace: Trace, depth: int | None = None, fold: bool = True, module: str | None = None) -> View:
     """Group ``trace`` for drawing: modules deeper than ``depth`` collapse, identical runs fold.
 
@@ -97,11 +141,7 @@ def build_view(trace: Trace, depth: int | None = None, fold: bool = True, module
     keep = set(order)
     boundary: set[str] = set()
     if module is not None:
-        inside = {k for k in order if trace.node(k).module == module or trace.node(k).module.startswith(module + ".")}
-        if not inside:
-            known = sorted({n.module for n in trace.nodes if n.module})
-            close = [m for m in known if module.split(".")[0] in m][:8] or known[:8]
-            raise RenderError(f"no module {module!r} in this trace (modules include: {close})")
+        inside = module_nodes(trace, module)
         for k in inside:
             boundary |= {p for p in g.predecessors(k) if p not in inside}
             boundary |= {s for s in g.successors(k) if s not in inside}
@@ -230,8 +270,9 @@ def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bo
         view = build_view(trace, depth, fold, module)
         deepest = max_module_depth(trace)
         if depth is not None and deepest <= depth:
-            view.note = (f"depth={depth} collapses nothing: " + (
-                "the trace has no modules (a plain function or a flat script); without depth, max_nodes folds runs of ops instead"
+            view.note = (f"{arg('depth', depth)} collapses nothing: " + (
+                f"the trace has no modules (a plain function or a flat script); without {_bare('depth')}, "
+                f"{_bare('max_nodes')} folds runs of ops instead"
                 if deepest == 0 else f"its modules nest only {deepest} level{'s' if deepest > 1 else ''} deep"))
         return view
     full = build_view(trace, None, fold, module)
@@ -242,16 +283,16 @@ def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bo
     for d in range(deepest - 1, -1, -1):
         view = build_view(trace, d, fold, module)
         if len(view) <= max_nodes:
-            view.note = f"modules collapsed below depth {d} to fit max_nodes={max_nodes} ({len(full)} items in full)"
+            view.note = f"modules collapsed below depth {d} to fit {arg('max_nodes', max_nodes)} ({len(full)} items in full)"
             return view
     collapsed = "modules collapsed to depth 0 and " if deepest else ""
     runs = fold_op_runs(trace, view, max_nodes)
     if len(runs) <= max_nodes:
-        runs.note = (f"{collapsed}runs of top-level ops folded to fit max_nodes={max_nodes} ({len(full)} items in full; "
-                     + ("draw one module with module=..., or " if deepest else "") + "raise max_nodes to see every node)")
+        runs.note = (f"{collapsed}runs of top-level ops folded to fit {arg('max_nodes', max_nodes)} ({len(full)} items in full; "
+                     + (f"draw one module with {arg('module')}, or " if deepest else "") + f"raise {_bare('max_nodes')} to see every node)")
         return runs
-    view.note = (f"collapsed to depth 0 and still {len(view)} items > max_nodes={max_nodes}; "
-                 f"nothing is dropped: raise max_nodes, or draw one module with module=...")
+    view.note = (f"collapsed to depth 0 and still {len(view)} items > {arg('max_nodes', max_nodes)}; "
+                 f"nothing is dropped: raise {_bare('max_nodes')}, or draw one module with {arg('module')}")
     return view
 
 

@@ -182,3 +182,30 @@ def test_text_table_is_linear():
     out = to_text(t)
     assert time.perf_counter() - start < 30
     assert out.count("\n") == 50_002 and out.splitlines()[1].startswith("0 ")
+
+
+def test_unknown_module_names_the_nearest_and_those_at_its_depth(gpt12):
+    """``h.99`` in a 12-layer model: the message lists h.0 … h.11 (numeric order), not 8 names
+    from h.0 only; a misspelling names the nearest path."""
+    with pytest.raises(gradtrace.RenderError) as e:
+        gpt12.to_dot(module="h.99")
+    msg = str(e.value)
+    layers = re.findall(r"\bh\.(\d+)\b(?!\.)", msg)
+    assert {str(i) for i in range(12)} <= set(layers), msg
+    assert msg.index("h.2,") < msg.index("h.10"), "numeric order"
+    with pytest.raises(gradtrace.RenderError, match=r"nearest: h\.3\.attn"):
+        gpt12.to_dot(module="h.3.atn")
+
+
+def test_text_table_with_a_module_lists_only_its_rows(gpt12):
+    from gradtrace.render.text import to_text
+
+    inside = {n.key for n in gpt12.nodes if n.module == "h.1" or n.module.startswith("h.1.")}
+    out = to_text(gpt12, gradtrace.RenderOptions(module="h.1", show_grads=False))
+    rows = out.splitlines()
+    assert rows[0] == f"module h.1 only: {len(inside)} of {len(gpt12.nodes)} nodes"
+    table = [r for r in rows[2:] if r and not r.startswith(("note:", "optimizer", "  "))]
+    assert len(table) == len(inside)
+    assert all(re.search(r"\sh\.1(\.\w+)*\s", r) for r in table), table
+    with pytest.raises(gradtrace.RenderError, match=r"no module 'h\.99'"):
+        to_text(gpt12, gradtrace.RenderOptions(module="h.99"))

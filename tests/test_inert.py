@@ -236,3 +236,14 @@ def test_only_gradtrace_built_labels_reach_dot_as_html():
     for text in ("<g>", "<n>", "<e>", "<label>", "<tip>", "<edge>", "<h>", "<c>", "<cluster>"):
         assert f'"{text}"' in src, text
     assert "xlabel=<<B>ok</B>>" in src
+
+
+@pytest.mark.dot
+@pytest.mark.parametrize("name", ["]", "]]", "] x", "a]"])
+def test_a_name_starting_with_a_bracket_draws(name):
+    """Graphviz 2.43's HTML lexer fails on label text that starts with ``]`` (found by the hostile-strings test)."""
+    t = hostile_trace([name])
+    for options in VIEWS:
+        proc = subprocess.run(["dot", "-Tsvg"], input=t.to_dot(options).source.encode("utf-8"), capture_output=True, timeout=60)
+        assert proc.returncode == 0 and not proc.stderr, proc.stderr.decode(errors="replace")
+        assert_inert_svg(proc.stdout)

@@ -3,7 +3,9 @@ resolved where gradtrace was run; CLI options refused by range; what the CLI say
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -227,3 +229,147 @@ def test_a_file_keeps_its_owner_when_root_rewrites_it(tmp_path, trace):
     trace.render(path)
     st = os.stat(path)
     assert (st.st_uid, st.st_gid) == (1234, 1234) and path.read_text().startswith("{")
+
+
+PIPE_SCRIPT = textwrap.dedent("""
+    import torch
+    w = torch.tensor([0.5, -1.0], requires_grad=True)
+    (torch.tanh(w) * 3).sum().backward()
+""")
+
+
+def _oracle_grad() -> list[float]:
+    w = torch.tensor([0.5, -1.0], requires_grad=True)
+    (torch.tanh(w) * 3).sum().backward()
+    return w.grad.tolist()
+
+
+@pytest.mark.parametrize("target", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"])
+@pytest.mark.parametrize("fmt", [None, "json", "svg"])
+def test_cli_writes_through_dev_stdout_into_a_pipe(tmp_path, target, fmt):
+    """``-o /dev/stdout | wc -c``: stdout is a pipe, whose realpath (``pipe:[n]``) is no file to
+    put a temporary file beside; the given path is written straight through. Without --format a
+    suffix-less output is svg, as --help says."""
+    if fmt == "svg" or fmt is None:
+        pytest.importorskip("graphviz")
+    script = tmp_path / "s.py"
+    script.write_text(PIPE_SCRIPT)
+    args = [sys.executable, "-m", "gradtrace", "render", str(script), "-o", target] + (["--format", fmt] if fmt else [])
+    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
+    if fmt == "json":
+        t = gradtrace.Trace.from_json(proc.stdout)
+        w = next(n for n in t.nodes if n.kind == "leaf" or n.kind == "param")
+        assert w.grad.values == pytest.approx(_oracle_grad(), rel=1e-6)  # torch is the oracle
+    else:
+        assert proc.stdout.lstrip().startswith(b"<?xml") and proc.stdout.rstrip().endswith(b"</svg>")
+        import xml.etree.ElementTree as ET
+
+        ET.fromstring(proc.stdout)
+
+
+def test_library_writes_through_dev_stdout_into_a_pipe(tmp_path):
+    code = textwrap.dedent("""
+        import torch, gradtrace
+        w = torch.tensor([0.5, -1.0], requires_grad=True)
+        t = gradtrace.trace(lambda w: (torch.tanh(w) * 3).sum(), w)
+        t.render("/dev/stdout", "json")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    t = gradtrace.Trace.from_json(proc.stdout)
+    assert t.node(t.loss).value.values == pytest.approx([3 * (math.tanh(0.5) + math.tanh(-1.0))], rel=1e-6)
+
+
+def test_a_suffixless_output_is_svg(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(PIPE_SCRIPT)
+    result = run("render", script, "-o", tmp_path / "diagram")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "diagram").read_bytes().lstrip().startswith(b"<?xml")
+
+
+SEQ_SCRIPT = textwrap.dedent("""
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), nn.Sequential(nn.Linear(4, 2), nn.Tanh()))
+    net(torch.randn(2, 3)).sum().backward()
+""")
+
+
+@pytest.mark.parametrize("fmt,args,said", [
+    ("text", ["--depth", "0"], "--depth applies only to the diagram formats"),
+    ("html", ["--module", "1"], "--module applies only to the diagram formats (svg, png, pdf, dot): the HTML page"),
+    ("html", ["--depth", "1", "--no-fold"], "--depth, --no-fold apply only"),
+    ("json", ["--module", "0", "--depth", "0"], "a JSON file always holds the whole trace"),
+    ("dot", ["--module", "0", "--depth", "0"], None),
+    ("text", ["--module", "0"], None),
+])
+def test_options_a_format_does_not_use_are_named(tmp_path, fmt, args, said):
+    script = tmp_path / "s.py"
+    script.write_text(SEQ_SCRIPT)
+    result = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / f"out.{fmt}"), "--format", fmt, *args])
+    assert result.exit_code == 0, result.output
+    if said is None:
+        assert "applies only" not in result.stderr and "apply only" not in result.stderr
+    else:
+        assert said in result.stderr, result.stderr
+
+
+def test_text_with_a_module_prints_only_its_rows(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(SEQ_SCRIPT)
+    result = CliRunner().invoke(main, ["render", str(script), "--format", "text", "--module", "1", "--no-grads"])
+    assert result.exit_code == 0, result.output
+    whole = CliRunner().invoke(main, ["render", str(script), "--format", "json", "-o", "-"])
+    t = gradtrace.Trace.from_json(whole.stdout)
+    inside = [n for n in t.nodes if n.module == "1" or n.module.startswith("1.")]
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"module 1 only: {len(inside)} of {len(t.nodes)} nodes"
+    assert len([x for x in lines[2:] if x and not x.startswith("note:")]) == len(inside)
+    # torch as the oracle for what the rows show: the module's output is tanh of the second linear.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()),
+                              torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Tanh()))
+    out = net(torch.randn(2, 3))
+    tanh = next(n for n in inside if n.label == "tanh")
+    assert tanh.value.mean == pytest.approx(out.mean().item(), rel=1e-5)
+
+
+def test_cli_messages_name_options_not_python_arguments(tmp_path, monkeypatch):
+    """A layout timeout told CLI users to set ``timeout=...``; the CLI has --timeout. Every message
+    and diagram note the library writes names the CLI's options under the CLI, Python's in Python."""
+    import subprocess as sp
+
+    from gradtrace.render import execute
+
+    script = tmp_path / "deep.py"
+    script.write_text(SEQ_SCRIPT)
+
+    def slow_run(*args, **kwargs):
+        raise sp.TimeoutExpired(cmd="dot", timeout=kwargs.get("timeout"))
+
+    monkeypatch.setattr(execute.subprocess, "run", slow_run)
+    monkeypatch.setattr(execute.shutil, "which", lambda name: "/usr/bin/dot")
+    result = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / "x.svg"), "--timeout", "1"])
+    assert result.exit_code == 1, result.output
+    msg = result.stderr
+    assert "--timeout" in msg and "--max-nodes" in msg and "--depth" in msg and "--module" in msg, msg
+    assert not re.search(r"\b(timeout|max_nodes|module)=", msg), msg
+    t = gradtrace.trace(lambda w: (w * w).sum(), torch.ones(2, requires_grad=True))
+    with pytest.raises(gradtrace.RenderTimeoutError, match=r"timeout=\.\.\."):
+        t.render(tmp_path / "y.svg")
+    monkeypatch.undo()
+
+    # A note drawn on the diagram: the CLI names --max-nodes and --module, Python max_nodes= and module=.
+    cli = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / "n.dot"), "--max-nodes", "2"])
+    assert cli.exit_code == 0, cli.output
+    source = (tmp_path / "n.dot").read_text()
+    assert "--max-nodes 2" in source and "max_nodes=" not in source and "module=" not in source
+    lib = gradtrace.Trace.from_json(CliRunner().invoke(main, ["render", str(script), "-o", "-", "--format", "json"]).stdout)
+    assert "max_nodes=2" in lib.to_dot(max_nodes=2).source
+    # An empty --module is a usage error that names --module.
+    empty = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / "e.dot"), "--module", ""])
+    assert empty.exit_code == 2 and "--module must be" in empty.output, empty.output

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
+import zlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -241,3 +243,54 @@ def test_every_finding_kind_has_a_badge_in_words():
     from gradtrace.render.labels import _BADGES
 
     assert set(KINDS) <= set(_BADGES), sorted(set(KINDS) - set(_BADGES))
+
+
+def _png_rows(png: bytes) -> list[list[tuple[int, ...]]]:
+    """Decode an 8-bit RGB/RGBA non-interlaced PNG (what Graphviz's cairo writes) into rows of (r, g, b)."""
+    pos, idat, w = 8, b"", 0
+    while pos < len(png):
+        n, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        body = png[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and ctype in (2, 6) and interlace == 0
+            bpp = 4 if ctype == 6 else 3
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    raw, stride, prev, rows = zlib.decompress(idat), w * bpp, bytearray(w * bpp), []
+    for y in range(h):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if f == 1: line[i] = (line[i] + a) & 255
+            elif f == 2: line[i] = (line[i] + b) & 255
+            elif f == 3: line[i] = (line[i] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c; pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append([tuple(line[x * bpp:x * bpp + 3]) for x in range(w)])
+        prev = line
+    return rows
+
+
+@pytest.mark.dot
+@pytest.mark.parametrize("color", [b.color for b in BANDS] + [ALARM])
+def test_node_header_has_no_seam_in_png(color):
+    """The header is two cells (label, #n) of one colour; abutting fills left a light vertical line
+    between them in a PNG. One row through the header, away from the text, must be one colour."""
+    import subprocess
+
+    from gradtrace.render.labels import HtmlLabel, _header, _row, _table
+
+    label: HtmlLabel = _table([_header(color, "<B>mul</B>", 2), _row("value [1, 2] a longer line than the header")])
+    source = f'digraph {{ a [shape=box style="rounded,filled" fillcolor="#ffffff" label={label}] }}'
+    png = subprocess.run(["dot", "-Tpng", "-Gdpi=300"], input=source.encode(), capture_output=True, check=True).stdout
+    want = tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
+    rows = _png_rows(png)
+    band = max(rows, key=lambda r: sum(p == want for p in r))
+    xs = [x for x, p in enumerate(band) if p == want]
+    assert len(xs) > 300, "the header band is there"
+    off = {p for p in band[xs[0]:xs[-1] + 1] if max(abs(a - b) for a, b in zip(p, want)) > 3}  # (rounding: ±1)
+    assert not off, sorted(off)

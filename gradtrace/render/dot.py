@@ -9,6 +9,7 @@ fixed order, so the same trace always gives the same DOT text, byte for byte.
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from ..collapse import View, choose_view
 from ..diagnose import Finding
 from . import fmt
 from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_module, scope_title, sent_back, show_edge_grads
-from .inert import dot_id, inert_trace, printable
+from .inert import MAX_ID, dot_id, inert_text, inert_trace
 from .labels import (HtmlLabel, block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, mark, node_label,
                      node_tooltip)
 from .options import RenderOptions
@@ -41,9 +42,32 @@ _KIND_STYLE = {
 }
 
 
+#: Graphviz's lexer refuses a string longer than 16,384 characters; no value we emit comes near it
+#: (labels.py caps every piece), and :func:`_fit` makes sure of it for any attribute whatsoever.
+DOT_STRING_MAX = 15000
+
+
+def _fit(value: str) -> str:
+    """``value`` as it is when short enough for Graphviz, else cut to fit: an HTML label becomes its
+    plain text, cut; a quoted string is cut where no escape is split (an odd run of trailing
+    backslashes would escape the closing quote: a syntax error)."""
+    if len(value) <= DOT_STRING_MAX:
+        return value
+    if isinstance(value, HtmlLabel):
+        plain = html.unescape(re.sub(r"<[^<>]*>", " ", value))
+        return graphviz.nohtml(escape_tooltip(" ".join(plain.split())))
+    cut = value[: DOT_STRING_MAX // 2]
+    if (len(cut) - len(cut.rstrip("\\"))) % 2:
+        cut = cut[:-1]
+    return graphviz.nohtml(cut + "…")
+
+
 def _text(value: Any) -> Any:
-    """A value for DOT: gradtrace's own HTML labels stay HTML, every other string is quoted."""
-    return value if isinstance(value, HtmlLabel) or not isinstance(value, str) else graphviz.nohtml(value)
+    """A value for DOT: gradtrace's own HTML labels stay HTML, every other string is quoted; both fit."""
+    if not isinstance(value, str):
+        return value
+    value = _fit(value)
+    return value if isinstance(value, HtmlLabel) else graphviz.nohtml(value)
 
 
 def _texts(attrs: Any) -> Any:
@@ -78,7 +102,7 @@ _SAFE_BLOCK = re.compile(r"(module|fold|run):[A-Za-z0-9_.]+\Z")
 def _name(view: View, item: str) -> str:
     """The DOT node name of a displayed item: a block keeps its readable ``module_encoder.layer``
     when its path is plain, everything else is :func:`~.inert.dot_id`'s injective spelling."""
-    if item in view.blocks and _SAFE_BLOCK.match(item):
+    if item in view.blocks and _SAFE_BLOCK.match(item) and len(item) <= MAX_ID:
         return item.replace(":", "_")
     return dot_id(item)
 
@@ -114,7 +138,7 @@ def dot_and_view(trace: Trace, options: RenderOptions) -> tuple[graphviz.Digraph
     # treats specially is escaped where it is emitted (h() in labels, escape_tooltip(), _name()).
     trace = inert_trace(trace)
     if options.module is not None:
-        options = dataclasses.replace(options, module=printable(options.module))
+        options = dataclasses.replace(options, module=inert_text(options.module))
     view = choose_view(trace, options.depth, options.max_nodes, options.fold, options.module)
     theme = THEME_COLORS[options.theme]
     note = view.note
@@ -181,7 +205,7 @@ def dot_and_view(trace: Trace, options: RenderOptions) -> tuple[graphviz.Digraph
             sent = [f"to {_named(trace, dst)}: {edge_grad_text(grad, uses)}"
                     for dst, _, grad, uses in sent_back(trace, item) if grad is not None]
             label = node_label(n, options, item == trace.loss, mine, sums, quiet=item in quiet)
-            tip = node_tooltip(n, sums, sent) + "".join(escape_tooltip(f"\n{mark(f)} {f.severity} {f.kind}: {f.message}") for f in mine)
+            tip = node_tooltip(n, sums, sent, [f"{mark(f)} {f.severity} {f.kind}: {f.message}" for f in mine])
         if any(f.alarm for f in mine):
             attrs.update(color=ALARM, penwidth="4")
         elif any(f.severity == "warning" for f in mine):

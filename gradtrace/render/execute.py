@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+from .._argnames import arg, bare
 from ..errors import DotNotFoundError, RenderError, RenderTimeoutError
 
 __all__ = ["INSTALL_HINT", "run_dot"]
@@ -29,7 +30,8 @@ def run_dot(source: str, fmt: str, timeout: float | None) -> bytes:
     except subprocess.TimeoutExpired:
         raise RenderTimeoutError(
             f"Graphviz layout took longer than {timeout:g} s and was stopped; draw less of the graph "
-            "(a smaller depth or max_nodes, or one module) or allow more time with timeout=..."
+            f"(a smaller {bare('depth')} or {bare('max_nodes')}, or one module with {arg('module')}) "
+            f"or allow more time with {arg('timeout')}"
         ) from None
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip()

@@ -10,6 +10,10 @@ keeps DOT free of the characters that break its syntax. What is left (quotes,
 ``<``, ``>``, ``&``, backslashes) each format escapes in its own way: DOT in
 :mod:`.labels` and :func:`dot_id`, HTML in :mod:`.html`.
 
+Every such string is also cut to :data:`MAX_TEXT` characters here (a hand-edited trace file may
+hold a 50,000-character label): Graphviz refuses any string longer than 16,384 characters, a
+terminal row or a page is no place for one, and nothing gradtrace records comes near the cap.
+
 Node keys are not rewritten (they name nodes, two keys must stay two): DOT
 uses :func:`dot_id`, an injective spelling that is always a plain identifier.
 """
@@ -17,6 +21,7 @@ uses :func:`dot_id`, an injective spelling that is always a plain identifier.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +30,14 @@ from ..records import OptimizerStep, TensorStats, TraceEdge, TraceNode
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["dot_id", "inert_trace", "printable"]
+__all__ = ["MAX_TEXT", "dot_id", "inert_text", "inert_trace", "printable"]
+
+#: The longest string from a trace that is shown; longer ones are cut and say by how much. A source
+#: line, a module path or a note is far shorter; twelve such strings, escaped for DOT's HTML labels
+#: (up to 6 characters each: ``&quot;``), still fit in Graphviz's 16,384-character strings.
+MAX_TEXT = 1000
+#: Keys longer than this get a hashed DOT name (Graphviz's identifiers share its string limit).
+MAX_ID = 200
 
 # C0 and C1 controls (ESC starts ANSI sequences; NUL and friends are not XML), DEL, line and paragraph
 # separators (they end a JavaScript line and a terminal's), bidi embeddings/overrides/isolates (they
@@ -50,6 +62,21 @@ def printable(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+def inert_text(text: str) -> str:
+    """``text`` made :func:`printable` and cut to :data:`MAX_TEXT` characters (the cut says how many
+    were left out). Cut after escaping, so the cap holds for what is shown; an escape such as
+    ``\\x1b`` may be cut short, which leaves plain characters, never an escape for a format.
+
+    >>> len(inert_text("x" * 5000)) <= MAX_TEXT
+    True
+    """
+    text = printable(text)
+    if len(text) <= MAX_TEXT:
+        return text
+    kept = MAX_TEXT - 40  # room for the tail, which is at most 40 characters
+    return text[:kept] + f"… ({len(text) - kept:,} more characters)"
+
+
 def dot_id(key: str) -> str:
     """The DOT node name of item ``key``: ``key`` itself when it is a plain identifier (``op3``,
     ``param0``), else ``_x`` and its UTF-8 bytes in hex, so every key gets its own name, never one
@@ -58,25 +85,23 @@ def dot_id(key: str) -> str:
     >>> dot_id("op3"), dot_id("a:b")
     ('op3', '_x613a62')
     """
+    if len(key) > MAX_ID:  # _h and a SHA-256: a name Graphviz accepts, distinct from every other key's
+        return "_h" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     if _PLAIN_ID.match(key) and key not in RESERVED_IDS:
         return key
     return "_x" + key.encode("utf-8", "surrogatepass").hex()
 
 
-def _clean(s: str | None) -> str | None:
-    return None if s is None else printable(s)
-
-
 def _stats(s: TensorStats | None) -> TensorStats | None:
-    if s is None or not (_UNSAFE.search(s.dtype) or _UNSAFE.search(s.device)):
+    if s is None or not (_needs(s.dtype) or _needs(s.device)):
         return s
-    return dataclasses.replace(s, dtype=printable(s.dtype), device=printable(s.device))
+    return dataclasses.replace(s, dtype=inert_text(s.dtype), device=inert_text(s.device))
 
 
 def _value(v: Any) -> Any:
     """Any field's value, its strings made printable (stats' dtype and device too, tuples item by item)."""
     if isinstance(v, str):
-        return printable(v)
+        return inert_text(v)
     if isinstance(v, TensorStats):
         return _stats(v)
     if isinstance(v, tuple):
@@ -88,7 +113,12 @@ def _dirty(record: Any, fields: list[dataclasses.Field]) -> bool:
     out: list[str] = []
     for f in fields:
         _texts(getattr(record, f.name), out)
-    return _UNSAFE.search("".join(out)) is not None
+    return any(_needs(x) for x in out)
+
+
+def _needs(text: str) -> bool:
+    """``text`` would change in :func:`inert_text`."""
+    return len(text) > MAX_TEXT or _UNSAFE.search(text) is not None
 
 
 def _node(n: TraceNode) -> TraceNode:
@@ -134,9 +164,9 @@ def _strings(trace: Trace) -> list[str]:
 
 
 def inert_trace(trace: Trace) -> Trace:
-    """``trace`` with every displayed string passed through :func:`printable`; ``trace`` itself
+    """``trace`` with every displayed string passed through :func:`inert_text` (printable, capped); ``trace`` itself
     (no copy, so no second graph to build) when nothing needed it, as for every ordinary model."""
-    if not _UNSAFE.search("".join(_strings(trace))):
+    if not any(_needs(x) for x in _strings(trace)):
         return trace
     from ..steptrace import Trace as TraceType
 
@@ -145,8 +175,8 @@ def inert_trace(trace: Trace) -> Trace:
         nodes=tuple(_node(n) for n in trace.nodes),
         edges=tuple(_edge(e) for e in trace.edges),
         loss=trace.loss,
-        modules={printable(k): printable(v) for k, v in trace.modules.items()},
+        modules={inert_text(k): inert_text(v) for k, v in trace.modules.items()},
         optimizer=None if opt is None else OptimizerStep(
-            printable(opt.name), opt.lr, tuple((printable(k), printable(v)) for k, v in opt.hyperparameters)),
-        notes=tuple(printable(x) for x in trace.notes),
+            inert_text(opt.name), opt.lr, tuple((inert_text(k), inert_text(v)) for k, v in opt.hyperparameters)),
+        notes=tuple(inert_text(x) for x in trace.notes),
     )

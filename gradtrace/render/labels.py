@@ -12,6 +12,7 @@ import html
 import graphviz
 from typing import TYPE_CHECKING, Sequence
 
+from .._argnames import either
 from ..collapse import Block, fmt_norms
 from ..diagnose import Finding
 from ..records import TraceNode
@@ -23,10 +24,22 @@ from .style import ALARM, BANDS, MASKED_INF, NO_GRAD, SEVERITY_COLORS, ZERO_GRAD
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["HtmlLabel", "block_label", "block_tooltip", "boundary_label", "caption", "escape_tooltip", "h", "legend", "mark", "node_label",
-           "node_tooltip"]
+__all__ = ["HtmlLabel", "block_label", "block_tooltip", "boundary_label", "cap_text", "caption", "escape_tooltip", "h", "legend", "mark",
+           "node_label", "node_tooltip"]
 
 MAX_LEGEND_FINDINGS = 8
+#: Graphviz's lexer refuses any string longer than 16,384 characters (a syntax error), so every
+#: label and tooltip is kept well under it, whatever the trace holds:
+#: a tooltip's text is cut at MAX_TOOLTIP characters before escaping (escaping at most doubles it),
+MAX_TOOLTIP = 7000
+#: each piece of user text in an HTML label at MAX_LABEL_TEXT (escaping makes a ``"`` six characters),
+MAX_LABEL_TEXT = 300
+#: a node lists at most MAX_OUTPUTS outputs of a multi-output op (``split`` into 6,000 pieces) and
+#: MAX_SUM_LINES of its gradient sums, then says how many more there are,
+MAX_OUTPUTS = 4
+MAX_SUM_LINES = 4
+#: and the legend stops listing findings before it reaches LEGEND_BUDGET characters.
+LEGEND_BUDGET = 12000
 
 
 class HtmlLabel(str):
@@ -37,17 +50,42 @@ class HtmlLabel(str):
     __slots__ = ()
 
 
-def h(text: str) -> str:
-    """Escape text for an HTML-like Graphviz label; empty text becomes a no-break space, because
-    Graphviz rejects an empty ``<B></B>`` or ``<FONT></FONT>`` as a syntax error."""
-    return html.escape(text, quote=True) or "&#160;"
+def cap_text(text: str, limit: int = MAX_TOOLTIP) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how much was left out. Cut before any
+    escaping, so no escape sequence is ever cut in half (a quoted DOT string ending in a lone
+    backslash is a syntax error).
+
+    >>> cap_text("abcdef", 5)
+    'a… (5 more characters)'
+    """
+    if len(text) <= limit:
+        return text
+    tail_room = 40  # "… (N more characters)" is never longer
+    kept = max(limit - tail_room, 1)
+    return text[:kept] + f"… ({len(text) - kept:,} more characters)"
+
+
+def h(text: str, limit: int = MAX_LABEL_TEXT) -> str:
+    """Escape text for an HTML-like Graphviz label, cut to ``limit`` characters first (see
+    :func:`cap_text`); empty text becomes a no-break space, because Graphviz rejects an empty
+    ``<B></B>`` or ``<FONT></FONT>`` as a syntax error."""
+    out = html.escape(cap_text(text, limit), quote=True)
+    if out.strip("]") == "" and out:  # Graphviz 2.43's HTML lexer fails on text that is only "]"s
+        return out.replace("]", "&#93;")
+    return out or "&#160;"
 
 
 def escape_tooltip(text: str) -> str:
     """Escape text for a Graphviz escString attribute (tooltip, plain label): backslashes are escapes
     there, and a value that looks like ``<...>`` must stay a quoted string, never become an HTML label
-    (``graphviz.escape`` marks it so: a tooltip ``<x> [URL="javascript:..."] <y>`` stays one string)."""
-    return graphviz.escape(text)
+    (``graphviz.escape`` marks it so: a tooltip ``<x> [URL="javascript:..."] <y>`` stays one string).
+    Cut to :data:`MAX_TOOLTIP` characters first, so the quoted string stays under Graphviz's limit."""
+    return graphviz.escape(cap_text(text))
+
+
+def _more(items: Sequence[str], limit: int, what: str) -> list[str]:
+    """The first ``limit`` of ``items``, and a line saying how many more there are."""
+    return list(items[:limit]) + ([f"… {len(items) - limit} more {what}"] if len(items) > limit else [])
 
 
 def _outputs_lines(prefix: str, items: tuple, limit: int = 3) -> list[str]:
@@ -91,14 +129,17 @@ def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Se
     rows = [_header(color, title, n.backward_step)]
     first = n.value
     if first is not None:
-        shapes = fmt.shape(first) if len(n.values) <= 1 else " ".join(fmt.shape(s) for s in n.values if s is not None)
+        present = [s for s in n.values if s is not None]
+        shapes = fmt.shape(first) if len(n.values) <= 1 else " ".join(fmt.shape(s) for s in present[:MAX_OUTPUTS])
+        if len(present) > MAX_OUTPUTS:
+            shapes += f" … {len(n.values)} outputs"
         rows.append(_row(f"{shapes} {first.dtype}", 9))
     lines: list[str] = []
     if options.show_values:
         lines += _outputs_lines("value", n.values)
     if options.show_grads and n.kind != "input":
         lines += _outputs_lines("grad", n.grads)
-        lines += list(sums)
+        lines += _more(sums, MAX_SUM_LINES, "gradient sums (in the tooltip)")
     if n.update is not None:
         lines.append(f"Δw applied {fmt.summary(n.update)}" if n.sgd_update is not None else f"Δw {fmt.summary(n.update)}")
         if n.sgd_update is not None:
@@ -110,11 +151,14 @@ def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Se
     return _table(rows)
 
 
-def node_tooltip(n: TraceNode, sums: Sequence[str] = (), sent: Sequence[str] = ()) -> str:
-    """Everything known about a node, one fact per line (hover text in the SVG).
+def node_tooltip(n: TraceNode, sums: Sequence[str] = (), sent: Sequence[str] = (), extra: Sequence[str] = ()) -> str:
+    """Everything known about a node, one fact per line (hover text in the SVG), escaped.
 
     ``sums``: how its gradient adds up over its consumers; ``sent``: one line
-    per consumer, the gradient sent back along that edge.
+    per consumer, the gradient sent back along that edge; ``extra``: lines
+    added at the end (the findings on the node). A multi-output op lists its
+    first outputs and says how many more there are; the whole is cut to
+    :data:`MAX_TOOLTIP` characters.
     """
     lines = [f"{n.label}{' ' + n.args if n.args else ''} ({n.kind})"]
     if n.source:
@@ -123,17 +167,21 @@ def node_tooltip(n: TraceNode, sums: Sequence[str] = (), sent: Sequence[str] = (
         lines.append(f"grad_fn {n.grad_fn}")
     lines.append(f"module {scope_title(n.scope) if n.scope else (n.module or '(top level)')}")
     lines.append(f"forward step {n.forward_step if n.forward_step is not None else '-'}, backward step {n.backward_step if n.backward_step is not None else '-'}")
-    for i, s in enumerate(n.values):
+    for i, s in enumerate(n.values[:MAX_OUTPUTS]):
         lines.append(f"value{'' if len(n.values) == 1 else f'[{i}]'}:")
         lines += ["  " + x for x in fmt.stats_lines(s)]
+    if len(n.values) > MAX_OUTPUTS:
+        lines.append(f"… {len(n.values) - MAX_OUTPUTS} more outputs ({len(n.values)} in all)")
     if n.kind != "input":
-        for i, s in enumerate(n.grads):
+        for i, s in enumerate(n.grads[:MAX_OUTPUTS]):
             lines.append(f"grad{'' if len(n.grads) == 1 else f'[{i}]'}:")
             lines += ["  " + x for x in fmt.stats_lines(s)]
-        lines += list(sums)
+        if len(n.grads) > MAX_OUTPUTS:
+            lines.append(f"… {len(n.grads) - MAX_OUTPUTS} more output gradients")
+        lines += _more(sums, 2 * MAX_SUM_LINES, "gradient sums")
         if sent:
             lines.append("gradient sent back along each edge:")
-            lines += ["  " + x for x in sent]
+            lines += ["  " + x for x in _more(sent, 2 * MAX_SUM_LINES, "edges")]
     if n.update is not None:
         lines.append("update Δw (applied):")
         lines += ["  " + x for x in fmt.stats_lines(n.update)]
@@ -142,6 +190,7 @@ def node_tooltip(n: TraceNode, sums: Sequence[str] = (), sent: Sequence[str] = (
     if n.sgd_update is not None:
         lines.append("−lr·grad (plain SGD's step):")
         lines += ["  " + x for x in fmt.stats_lines(n.sgd_update)]
+    lines += list(extra)
     return escape_tooltip("\n".join(lines))
 
 
@@ -157,19 +206,24 @@ def legend(theme: dict[str, str], findings: list[Finding]) -> HtmlLabel:
     for color, text in extra:
         cells.append(f'<TD BGCOLOR="{color}"><FONT COLOR="{text_color(color)}" POINT-SIZE="9">{h(text)}</FONT></TD>')
     n = len(cells)
+    rows: list[str] = []
+    for f in findings[:MAX_LEGEND_FINDINGS]:
+        row = (f'<TR><TD COLSPAN="{n}" ALIGN="LEFT" BGCOLOR="{SEVERITY_COLORS[f.severity]}">'
+               f'<FONT COLOR="{text_color(SEVERITY_COLORS[f.severity])}" POINT-SIZE="10">{mark(f)} {h(f.severity)} {h(f.kind)}: '
+               f'{h(f.message, 4 * MAX_LABEL_TEXT)}</FONT></TD></TR>')
+        if sum(map(len, rows)) + len(row) > LEGEND_BUDGET:  # huge messages (quoting huge names): the rest in the tooltips
+            break
+        rows.append(row)
+    more = len(findings) - len(rows)
     return HtmlLabel(
         f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3" COLOR="{theme["cluster"]}">'
         f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}">gradient magnitude (RMS, log scale) · #n = order in backprop</FONT></TD></TR>'
         f"<TR>{''.join(cells)}</TR>"
         f'<TR><TD COLSPAN="{n}"><FONT COLOR="{theme["text"]}" POINT-SIZE="9">'
         "rounded box: op · tan box: parameter · blue box: other tensor requiring grad · dashed box: input"
-        "</FONT></TD></TR>" + "".join(
-            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT" BGCOLOR="{SEVERITY_COLORS[f.severity]}">'
-            f'<FONT COLOR="{text_color(SEVERITY_COLORS[f.severity])}" POINT-SIZE="10">{mark(f)} {h(f.severity)} {h(f.kind)}: {h(f.message)}</FONT></TD></TR>'
-            for f in findings[:MAX_LEGEND_FINDINGS]
-        ) + (
-            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT"><FONT COLOR="{theme["text"]}" POINT-SIZE="10">… and {len(findings) - MAX_LEGEND_FINDINGS} more findings (Trace.diagnose())</FONT></TD></TR>'
-            if len(findings) > MAX_LEGEND_FINDINGS else ""
+        "</FONT></TD></TR>" + "".join(rows) + (
+            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT"><FONT COLOR="{theme["text"]}" POINT-SIZE="10">… and {more} more findings ({h(either("Trace.diagnose()", "gradtrace check"))})</FONT></TD></TR>'
+            if more > 0 else ""
         ) + "</TABLE>>"
     )
 
@@ -189,7 +243,9 @@ def caption(trace: Trace, note: str = "") -> str:
 def _header(color: str, title_html: str, step: int | None) -> str:
     ink = text_color(color)
     badge = "" if step is None else f'<FONT COLOR="{ink}">#{step}</FONT>'
-    return (f'<TR><TD BGCOLOR="{color}" ALIGN="LEFT"><FONT COLOR="{ink}">{title_html}</FONT></TD>'
+    # The label cell's right border, in the header's colour, covers the anti-aliased seam that two
+    # abutting filled cells show in a PNG (a light vertical line between label and #n).
+    return (f'<TR><TD BGCOLOR="{color}" BORDER="1" COLOR="{color}" SIDES="R" ALIGN="LEFT"><FONT COLOR="{ink}">{title_html}</FONT></TD>'
             f'<TD BGCOLOR="{color}" ALIGN="RIGHT">{badge}</TD></TR>')
 
 

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .._argnames import bare
 from ..errors import RenderError
 
 __all__ = ["MAX_TIMEOUT", "RANKDIRS", "THEMES", "RenderOptions", "resolve_options"]
@@ -61,18 +62,18 @@ class RenderOptions:
             if not isinstance(getattr(self, name), bool):
                 raise RenderError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.edge_grads is not None and not isinstance(self.edge_grads, bool):
-            raise RenderError(f"edge_grads must be True, False or None (only small diagrams), got {self.edge_grads!r}")
+            raise RenderError(f"{bare('edge_grads')} must be True, False or None (only small diagrams), got {self.edge_grads!r}")
         if self.depth is not None and (not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 0):
-            raise RenderError(f"depth must be a non-negative integer or None, got {self.depth!r}")
+            raise RenderError(f"{bare('depth')} must be a non-negative integer or None, got {self.depth!r}")
         if self.max_nodes is not None and (not isinstance(self.max_nodes, int) or isinstance(self.max_nodes, bool) or self.max_nodes < 1):
-            raise RenderError(f"max_nodes must be a positive integer or None, got {self.max_nodes!r}")
+            raise RenderError(f"{bare('max_nodes')} must be a positive integer or None, got {self.max_nodes!r}")
         if self.module is not None and (not isinstance(self.module, str) or not self.module):
-            raise RenderError(f"module must be a module path such as 'encoder.layer.3', got {self.module!r}")
+            raise RenderError(f"{bare('module')} must be a module path such as 'encoder.layer.3', got {self.module!r}")
         if isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool) and self.timeout == math.inf:
             object.__setattr__(self, "timeout", None)  # infinity reads as "no limit", which is None
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and not isinstance(self.timeout, bool)
                                              and 0 < self.timeout <= MAX_TIMEOUT):
-            raise RenderError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:.0f}], or None (or inf) for no limit, "
+            raise RenderError(f"{bare('timeout')} must be a number of seconds in (0, {MAX_TIMEOUT:.0f}], or None (or inf) for no limit, "
                               f"got {self.timeout!r}")
 
 

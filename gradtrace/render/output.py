@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._argnames import bare
 from ..errors import RenderError
 from .execute import run_dot
 from .options import RenderOptions
@@ -24,11 +25,13 @@ GRAPHVIZ_FORMATS = ("svg", "png", "pdf")
 SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot", ".json": "json", ".txt": "text", ".html": "html", ".htm": "html"}
 
 
-def format_for(path: Path, fmt: str | None, option: str = "format=") -> str:
+def format_for(path: Path, fmt: str | None, option: str | None = None) -> str:
     """The format to write ``path`` in: ``fmt`` if given (it must agree with a known suffix), else the suffix's.
 
-    ``option`` is how the message names the way to give a format (the CLI says ``--format``).
+    ``option`` is how the message names the way to give a format (default: as the caller spells
+    it, ``format=`` in Python, ``--format`` in the CLI; see :mod:`gradtrace._argnames`).
     """
+    option = option or bare("format") + ("=" if not bare("format").startswith("-") else "")
     suffix = path.suffix.lower()
     if fmt is not None:
         if fmt not in FORMATS:
@@ -88,12 +91,17 @@ def write_counted(trace: Trace, path: Path, fmt: str | None, options: RenderOpti
     """
     if str(path) == "-":
         if fmt is None:
-            raise RenderError("writing to standard output ('-') needs a format: pass format= one of " + str(list(FORMATS)))
+            raise RenderError(f"writing to standard output ('-') needs a format: pass {bare('format')}"
+                              f"{'' if bare('format').startswith('-') else '='} one of {list(FORMATS)}")
         fmt = format_for(Path("stdout"), fmt)
         data, drawn = encode(trace, fmt, options)
         write_bytes(path, data)
         return path, drawn
     fmt = format_for(path, fmt)
+    if _writes_through(path):  # /dev/stdout into a pipe: no folder to check, nothing to replace
+        data, drawn = encode(trace, fmt, options)
+        write_bytes(path, data)
+        return path, drawn
     target = Path(os.path.realpath(path))  # through every symlink: the link stays, its target is written
     folder = target.parent
     if not folder.is_dir():
@@ -112,13 +120,23 @@ def write_bytes(path: Path, data: bytes) -> None:
     ``-`` is standard output (binary-safe). A regular file, or a new one, is written atomically
     (a temporary file beside it, renamed over it) and keeps its mode, or gets the mode ``open()``
     would give a new file (0666 less the umask). Anything else that exists (``/dev/null``, a
-    terminal, a FIFO) is opened and written through: renaming over it would replace the device.
+    terminal, a FIFO) and every path into /dev or /proc (``/dev/stdout`` into a pipe) is opened as
+    given and written through: renaming over it would replace the device.
     """
     if str(path) == "-":
         out = sys.stdout.buffer
         out.write(data)
         out.flush()
         return
+    try:
+        if _writes_through(path):
+            # The path as given, not its realpath: /dev/stdout into a pipe resolves to "pipe:[n]",
+            # which names nothing that can be opened (a FIFO waits for its reader).
+            with open(path, "wb") as f:
+                f.write(data)
+            return
+    except OSError as e:
+        raise RenderError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     target = os.path.realpath(path)
     try:
         st = os.stat(target)
@@ -127,10 +145,6 @@ def write_bytes(path: Path, data: bytes) -> None:
     except OSError as e:
         raise RenderError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     try:
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            with open(target, "wb") as f:  # a device or FIFO: write through it (a FIFO waits for its reader)
-                f.write(data)
-            return
         mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target))
     except OSError as e:
@@ -150,6 +164,21 @@ def write_bytes(path: Path, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _writes_through(path: Path) -> bool:
+    """``path`` is written by opening it, not replaced by a new file: anything that exists and is
+    not a regular file (a device, a FIFO, a socket, a terminal, following links), and every path
+    into /dev or /proc (``/dev/stdout``, ``/dev/fd/N``, a shell's ``>(...)``), which name a
+    descriptor the caller opened, even when it is a regular file (``> out.svg``)."""
+    given = os.path.abspath(path)
+    if given.startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        st = os.stat(path)  # follows links, from the path as given
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
 
 
 def _umask() -> int:

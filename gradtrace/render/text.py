@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..collapse import module_nodes
 from . import fmt
 from .flow import edge_grad_text, grad_sum_lines, scope_title, sent_back
-from .inert import inert_trace
+from .inert import inert_text, inert_trace
 from .options import RenderOptions
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
 
     With gradients shown, a second section lists what each consumer sent back
     along each edge, and how the gradient of a node with several consumers
-    adds up (``grad = -400 + -400 = -800``).
+    adds up (``grad = -400 + -400 = -800``). ``options.module`` keeps only that
+    module's rows (a first line says so); other drawing options do not apply to a table.
 
     >>> print(to_text(t))                           # doctest: +SKIP
     step  node      module  shape    value            grad
@@ -37,6 +39,12 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
     visited = set(order)  # once: a set built per node made 100k nodes take ten minutes
     forward = trace.forward_order()
     rest = [k for k in forward if k not in visited]
+    heading: list[str] = []
+    if options.module is not None:  # only the module's rows, as the diagram draws only the module
+        module = inert_text(options.module)
+        inside = module_nodes(trace, module)
+        order, rest, forward = ([k for k in keys if k in inside] for keys in (order, rest, forward))
+        heading.append(f"module {module} only: {len(inside)} of {len(trace.nodes)} nodes")
     header = ["step", "node", "module", "shape"]
     if options.show_values:
         header.append("value")
@@ -59,7 +67,7 @@ def to_text(trace: Trace, options: RenderOptions | None = None) -> str:
             row.append(n.source or "-")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines = heading + ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     if options.show_grads:
         lines += _edges_section(trace, order + rest)
     if trace.optimizer is not None:
