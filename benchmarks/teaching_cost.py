@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import gradtrace
-from gradtrace.recorder import backward, forward
+from gradtrace.recorder import backward, forward, provenance
 
 
 def _model():
@@ -45,7 +45,7 @@ def _time(patches: list[str], repeat: int) -> tuple[float, int]:
     for _ in range(repeat):
         with ExitStack() as stack:
             if "source" in patches:
-                stack.enter_context(mock.patch.object(forward, "_user_frame", lambda: None))
+                stack.enter_context(mock.patch.object(forward, "user_frame", lambda: None))
             if "args" in patches:
                 stack.enter_context(mock.patch.object(forward, "describe_args", lambda *a: ""))
             if "edges" in patches:
@@ -66,13 +66,13 @@ def per_call() -> None:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             t0 = time.perf_counter_ns()
             for _ in range(100):
-                forward._user_frame()
+                provenance.user_frame()
             seen.append((time.perf_counter_ns() - t0) / 100 / 1e3)
             return func(*args, **(kwargs or {}))
 
     with Probe():
         model(tokens)
-    print(f"  _user_frame(): {min(seen):.2f} µs/op best, {sorted(seen)[len(seen) // 2]:.2f} µs/op median over {len(seen)} ops")
+    print(f"  user_frame(): {min(seen):.2f} µs/op best, {sorted(seen)[len(seen) // 2]:.2f} µs/op median over {len(seen)} ops")
 
 
 def main() -> None:

@@ -84,13 +84,13 @@ def test_args_show_indices_constants_and_plain_operands():
 
 def test_installed_model_libraries_count_as_the_users_code():
     """A model from an installed package (site-packages, beside torch) is where its ops were written."""
-    from gradtrace.recorder import forward
+    from gradtrace.recorder import provenance
 
     site = os.path.dirname(os.path.dirname(torch.__file__))  # .../site-packages
     code = compile("pass", os.path.join(site, "transformers", "models", "gpt2", "modeling_gpt2.py"), "exec")
-    assert not forward._is_library(code)
-    assert forward._is_library(compile("pass", torch.nn.functional.__file__, "exec"))
-    assert forward._is_library(compile("pass", os.__file__, "exec"))  # the standard library
+    assert not provenance._is_library(code)
+    assert provenance._is_library(compile("pass", torch.nn.functional.__file__, "exec"))
+    assert provenance._is_library(compile("pass", os.__file__, "exec"))  # the standard library
 
 
 def test_args_of_conv_and_losses_say_what_matters():

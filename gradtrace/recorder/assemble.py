@@ -17,7 +17,7 @@ from ..errors import CaptureError
 from ..records import TraceEdge, TraceNode
 from ..steptrace import Trace
 
-from .forward import rename_path
+from .modules import rename_path
 
 if TYPE_CHECKING:
     from .backward import NodeKey

@@ -29,7 +29,8 @@ from ..records import OptimizerStep
 from ..steptrace import Trace
 from .assemble import assemble
 from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
-from .forward import ForwardRecorder, ModuleTracker, grad_fn_of, node_id
+from .forward import ForwardRecorder, grad_fn_of, node_id
+from .modules import ModuleTracker
 from .intercept import ThreadFollower, claim, inside_autograd, install
 from .gradnotes import GradNotes
 from .nested import record_nested
