@@ -12,12 +12,12 @@ calls it from the hooks it already owns; it installs nothing itself.
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Any, Callable, TypeVar
 
 import torch
 
 from ..diagnose.finding import LOSS_SCALER_NOTE, NONFINITE_DATA_NOTE
+from .provenance import user_variables
 
 __all__ = ["GradNotes"]
 
@@ -25,7 +25,6 @@ __all__ = ["GradNotes"]
 _CHANGED = 1e-5
 #: Tensors larger than this in the user's frames (a whole dataset held in a global) are not scanned for NaN.
 _SCAN_MAX = 1 << 24
-_LIBRARY_PREFIXES = ("torch", "gradtrace", "runpy", "click", "contextlib", "importlib")
 
 
 def _scannable(t: torch.Tensor) -> bool:
@@ -37,17 +36,9 @@ def _scannable(t: torch.Tensor) -> bool:
 def _user_tensors(max_frames: int = 3) -> dict[str, torch.Tensor]:
     """name -> tensor for the plain (no grad) floating tensors in the first few frames of user code."""
     found: dict[str, torch.Tensor] = {}
-    frame = sys._getframe(1)
-    seen = 0
-    while frame is not None and seen < max_frames:
-        if frame.f_globals.get("__name__", "").split(".")[0] not in _LIBRARY_PREFIXES:
-            seen += 1
-            for scope in (frame.f_locals, frame.f_globals):
-                for name, value in list(scope.items()):
-                    if (isinstance(value, torch.Tensor) and not name.startswith("_") and not value.requires_grad
-                            and _scannable(value)):
-                        found.setdefault(name, value)
-        frame = frame.f_back
+    for name, value in user_variables(max_frames):
+        if isinstance(value, torch.Tensor) and not name.startswith("_") and not value.requires_grad and _scannable(value):
+            found.setdefault(name, value)
     return found
 
 
@@ -57,16 +48,9 @@ def _grad_scalers(max_frames: int = 3) -> list[Any]:
     if scaler_type is None:
         return []
     found: dict[int, Any] = {}
-    frame = sys._getframe(1)
-    seen = 0
-    while frame is not None and seen < max_frames:
-        if frame.f_globals.get("__name__", "").split(".")[0] not in _LIBRARY_PREFIXES:
-            seen += 1
-            for scope in (frame.f_locals, frame.f_globals):
-                for value in list(scope.values()):
-                    if isinstance(value, scaler_type) and value.is_enabled() and isinstance(getattr(value, "_scale", None), torch.Tensor):
-                        found.setdefault(id(value), value)
-        frame = frame.f_back
+    for _, value in user_variables(max_frames):
+        if isinstance(value, scaler_type) and value.is_enabled() and isinstance(getattr(value, "_scale", None), torch.Tensor):
+            found.setdefault(id(value), value)
     return list(found.values())
 
 

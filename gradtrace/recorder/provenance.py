@@ -12,11 +12,11 @@ import os
 import sys
 import sysconfig
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-__all__ = ["describe_args", "source_text", "user_frame"]
+__all__ = ["describe_args", "source_text", "user_frame", "user_variables"]
 
 
 def _dirs(paths: set[str]) -> tuple[str, ...]:
@@ -177,3 +177,21 @@ def _describe_value(value: Any, origins: dict[int, tuple[weakref.ref[torch.Tenso
         return str(value).removeprefix("torch.")
     text = str(value)
     return text if len(text) <= 24 else text[:23] + "…"
+
+
+#: Modules whose frames are not the user's code when looking for the user's variables.
+_LIBRARY_PREFIXES = ("torch", "gradtrace", "runpy", "click", "contextlib", "importlib")
+
+
+def user_variables(max_frames: int = 3) -> Iterator[tuple[str, Any]]:
+    """(name, value) of every variable of the first ``max_frames`` frames of user code, innermost first,
+    locals before globals: where gradtrace looks for the names and objects a user's script holds
+    (a leaf's variable name, the models, the batch, a GradScaler)."""
+    frame = sys._getframe(1)
+    seen = 0
+    while frame is not None and seen < max_frames:
+        if (frame.f_globals.get("__name__", "") or "").split(".")[0] not in _LIBRARY_PREFIXES:
+            seen += 1
+            for scope in (frame.f_locals, frame.f_globals):
+                yield from list(scope.items())
+        frame = frame.f_back

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
-import sys
 import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from .assemble import assemble
 from .backward import BackwardRecorder, GraphWalk, NodeKey, walk
 from .forward import ForwardRecorder, grad_fn_of, node_id
 from .modules import ModuleTracker
+from .provenance import user_variables
 from .intercept import ThreadFollower, claim, inside_autograd, install
 from .gradnotes import GradNotes
 from .nested import record_nested
@@ -448,9 +448,6 @@ class Session:
         return result
 
 
-_LIBRARY_PREFIXES = ("torch", "gradtrace", "runpy", "click", "contextlib", "importlib")
-
-
 def names_from_frames(max_frames: int = 3, modules: list[nn.Module] | None = None) -> dict[int, str]:
     """id(tensor) -> the variable name it has in the user's code that called backward.
 
@@ -459,19 +456,11 @@ def names_from_frames(max_frames: int = 3, modules: list[nn.Module] | None = Non
     is drawn as ``point`` rather than ``leaf 0``.
     """
     names: dict[int, str] = {}
-    frame = sys._getframe(1)
-    seen = 0
-    while frame is not None and seen < max_frames:
-        module = frame.f_globals.get("__name__", "") or ""
-        if not module.split(".")[0] in _LIBRARY_PREFIXES:
-            seen += 1
-            for scope in (frame.f_locals, frame.f_globals):
-                for name, value in list(scope.items()):
-                    if isinstance(value, torch.Tensor) and not name.startswith("_"):
-                        names.setdefault(id(value), name)
-                    elif modules is not None and isinstance(value, nn.Module) and not any(m is value for m in modules):
-                        modules.append(value)  # (models the user's code holds, to name their parameters)
-        frame = frame.f_back
+    for name, value in user_variables(max_frames):
+        if isinstance(value, torch.Tensor) and not name.startswith("_"):
+            names.setdefault(id(value), name)
+        elif modules is not None and isinstance(value, nn.Module) and not any(m is value for m in modules):
+            modules.append(value)  # (models the user's code holds, to name their parameters)
     return names
 
 
