@@ -241,9 +241,8 @@ def _causal_block(seed: int) -> gradtrace.Trace:
 # -- DCGAN, the tutorial CNN, the course example -----------------------------------------------
 
 
-def _dcgan(seed: int) -> gradtrace.Trace:
-    torch.manual_seed(seed)
-    nz, ngf, ndf = 8, 8, 8
+def _dcgan_nets(nz: int, ngf: int = 8, ndf: int = 8) -> tuple[nn.Module, nn.Module]:
+    """The DCGAN tutorial's generator and discriminator, small, with its initialisation."""
     g = nn.Sequential(nn.ConvTranspose2d(nz, ngf * 2, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
                       nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
                       nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh())
@@ -256,6 +255,13 @@ def _dcgan(seed: int) -> gradtrace.Trace:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+    return g, d
+
+
+def _dcgan(seed: int) -> gradtrace.Trace:
+    torch.manual_seed(seed)
+    nz = 8
+    g, d = _dcgan_nets(nz)
     gan = nn.ModuleDict({"netG": g, "netD": d})
     z = torch.randn(4, nz, 1, 1)
     opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -339,19 +345,8 @@ def _dcgan_two_optimizers(seed: int) -> gradtrace.Trace:
     # The DCGAN tutorial's whole iteration, two optimizers: the generator's backward (step 3) runs through
     # D, whose parameters still hold D's gradient; only optG steps.
     torch.manual_seed(seed)
-    nz, ngf, ndf = 8, 8, 8
-    g = nn.Sequential(nn.ConvTranspose2d(nz, ngf * 2, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
-                      nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
-                      nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh())
-    d = nn.Sequential(nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
-                      nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
-                      nn.Conv2d(ndf * 2, 1, 4, 1, 0, bias=False), nn.Sigmoid())
-    for m in [*g.modules(), *d.modules()]:
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
+    nz = 8
+    g, d = _dcgan_nets(nz)
     opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     real, noise = torch.randn(4, 3, 16, 16).tanh(), torch.randn(4, nz, 1, 1)
