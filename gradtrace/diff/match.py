@@ -1,0 +1,180 @@
+"""Which node of trace A is which node of trace B.
+
+Node keys are assigned in capture order, so they say nothing across traces: ``op7`` of one run
+is another op after a layer is inserted. Nodes are matched by what they are instead:
+
+1. **Scopes** (a module call: ``blocks.3.attn``, ``pool#2``) are aligned in the order the forward
+   first entered them, by module class and path with list indices left out (``blocks.#.attn``),
+   so a layer inserted into an ``nn.Sequential`` shifts no other pair. Among equally good
+   alignments, the same parameter shapes win, then the same path.
+2. **Ops** are aligned within each pair of scopes by their label, in forward order: the k-th
+   ``linear`` inside ``blocks.3.attn`` is the k-th one in B too, and a cast that autocast
+   inserts, or an op added to a module, is reported alone without shifting the rest.
+3. **Parameters** follow their module's pair and keep their local name (``weight``); what is
+   left is matched by full name. Other leaves and inputs match by label.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .align import align
+
+if TYPE_CHECKING:
+    from ..records import TraceNode
+    from ..steptrace import Trace
+
+__all__ = ["Matching", "match"]
+
+_CALL = re.compile(r"#\d+$")
+_INDEX = re.compile(r"^\d+$")
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Pairs of node keys ``(a, b)`` in B's forward order, the keys left over on each side, and
+    the module paths paired (``(a_path, b_path)``) or present in one trace only."""
+
+    pairs: tuple[tuple[str, str], ...]
+    only_a: tuple[str, ...]
+    only_b: tuple[str, ...]
+    module_pairs: tuple[tuple[str, str], ...]
+    modules_only_a: tuple[str, ...]
+    modules_only_b: tuple[str, ...]
+
+
+def _module_of(scope: str) -> str:
+    return ".".join(_CALL.sub("", part) for part in scope.split("."))
+
+
+def _general(scope: str) -> str:
+    """The scope with list indices left out: ``blocks.3.attn#2`` -> ``blocks.#.attn#2``."""
+    return ".".join("#" if _INDEX.match(part) else part for part in scope.split("."))
+
+
+def _scopes(trace: Trace) -> dict[str, list[str]]:
+    """Scope -> its op keys in forward order; scopes in the order the forward first entered them."""
+    out: dict[str, list[str]] = {}
+    for key in trace.forward_order():
+        n = trace.node(key)
+        if n.kind == "op":
+            out.setdefault(n.scope or n.module, []).append(key)
+    return out
+
+
+def _param_shapes(trace: Trace) -> dict[str, tuple]:
+    """Module path -> the (local name, shape) of its parameters, a fingerprint of a layer's size."""
+    out: dict[str, list] = {}
+    for n in trace.nodes:
+        if n.kind == "param":
+            shape = n.value.shape if n.value is not None else None
+            out.setdefault(n.module, []).append((_local(n), shape))
+    return {k: tuple(sorted(v, key=repr)) for k, v in out.items()}
+
+
+def _local(n: TraceNode) -> str:
+    """A parameter's name within its module: ``fc1.weight`` in ``fc1`` -> ``weight``."""
+    if n.module and n.label.startswith(n.module + "."):
+        return n.label[len(n.module) + 1:]
+    return n.label
+
+
+def _shape(n: TraceNode) -> tuple | None:
+    return n.value.shape if n.value is not None else None
+
+
+def match(a: Trace, b: Trace) -> Matching:
+    """Pair the nodes of ``a`` and ``b`` (see the module's docstring for how)."""
+    pairs: dict[str, str] = {}  # a key -> b key
+    scopes_a, scopes_b = _scopes(a), _scopes(b)
+    names_a, names_b = list(scopes_a), list(scopes_b)
+    cls_a = [a.modules.get(_module_of(s), "") for s in names_a]
+    cls_b = [b.modules.get(_module_of(s), "") for s in names_b]
+    shapes_a, shapes_b = _param_shapes(a), _param_shapes(b)
+    tok_a = [(_general(s), c) for s, c in zip(names_a, cls_a)]
+    tok_b = [(_general(s), c) for s, c in zip(names_b, cls_b)]
+
+    def scope_bonus(i: int, j: int) -> int:
+        sa, sb = names_a[i], names_b[j]
+        # The layer's size outweighs its path: after a layer is inserted into a Sequential, the old
+        # last layer (6 -> 3) is the new last layer, not the inserted one (6 -> 6) now at its index.
+        return 2 * (shapes_a.get(_module_of(sa)) == shapes_b.get(_module_of(sb))) + (sa == sb)
+
+    module_map: dict[str, str] = {}
+    for i, j in align(tok_a, tok_b, scope_bonus, full=3):
+        ops_a, ops_b = scopes_a[names_a[i]], scopes_b[names_b[j]]
+        module_map.setdefault(_module_of(names_a[i]), _module_of(names_b[j]))
+        na, nb = [a.node(k) for k in ops_a], [b.node(k) for k in ops_b]
+
+        def op_bonus(x: int, y: int, na: list = na, nb: list = nb) -> int:
+            return int(_shape(na[x]) == _shape(nb[y])) + int(na[x].grad_fn == nb[y].grad_fn)
+
+        for x, y in align([n.label for n in na], [n.label for n in nb], op_bonus, full=2):
+            pairs[ops_a[x]] = ops_b[y]
+
+    _match_params(a, b, module_map, pairs)
+    _match_by_label(a, b, pairs, kinds=("leaf", "input", "param"))
+
+    taken = set(pairs.values())
+    b_order = b.forward_order()
+    back = {v: k for k, v in pairs.items()}
+    ordered = tuple((back[k], k) for k in b_order if k in back)
+    only_a = tuple(k for k in a.forward_order() if k not in pairs)
+    only_b = tuple(k for k in b_order if k not in taken)
+    return Matching(ordered, only_a, only_b, *_modules(a, b, module_map))
+
+
+def _match_params(a: Trace, b: Trace, module_map: dict[str, str], pairs: dict[str, str]) -> None:
+    """A parameter follows its module's pair (``layers.1.weight`` -> ``layers.2.weight`` when a layer
+    was inserted before it), keeping its local name."""
+    b_params = {(n.module, _local(n)): n.key for n in b.nodes if n.kind == "param"}
+    taken = set(pairs.values())
+    for n in a.nodes:
+        if n.kind != "param" or n.module not in module_map:
+            continue
+        key = b_params.get((module_map[n.module], _local(n)))
+        if key is not None and key not in taken:
+            pairs[n.key] = key
+            taken.add(key)
+
+
+def _match_by_label(a: Trace, b: Trace, pairs: dict[str, str], kinds: tuple[str, ...]) -> None:
+    """The k-th unmatched node of a kind with a label in A is the k-th such node in B."""
+    taken = set(pairs.values())
+    left_b: dict[tuple[str, str], list[str]] = {}
+    for key in b.forward_order():
+        n = b.node(key)
+        if n.kind in kinds and key not in taken:
+            left_b.setdefault((n.kind, n.label), []).append(key)
+    for key in a.forward_order():
+        n = a.node(key)
+        if n.kind in kinds and key not in pairs:
+            queue = left_b.get((n.kind, n.label))
+            if queue:
+                pairs[key] = queue.pop(0)
+
+
+def _all_modules(t: Trace) -> list[str]:
+    """Every module path the trace knows (its module table and its nodes' modules), sorted."""
+    paths = set(t.modules) | {n.module for n in t.nodes if n.module}
+    paths.discard("")
+    return sorted(paths)
+
+
+def _modules(a: Trace, b: Trace, module_map: dict[str, str]) -> tuple[tuple, tuple, tuple]:
+    """Module pairs: those the scope alignment paired, then the same path in both (a container
+    that runs no op of its own); whatever is left is present in one trace only."""
+    mods_a, mods_b = _all_modules(a), _all_modules(b)
+    known_b = set(mods_b)
+    mapping = {k: v for k, v in module_map.items() if k}
+    used = set(mapping.values())
+    for m in mods_a:
+        if m not in mapping and m in known_b and m not in used:
+            mapping[m] = m
+            used.add(m)
+    pairs = tuple(sorted(mapping.items()))
+    only_a = tuple(m for m in mods_a if m not in mapping)
+    only_b = tuple(m for m in mods_b if m not in used)
+    return pairs, only_a, only_b
