@@ -31,8 +31,9 @@ LINE = 60  # characters of one label line
 
 
 def node_id(key: str, side: str = "b") -> str:
-    """The SVG id of a node: ``n_<name>`` for B's nodes, ``a_<name>`` for A's ghosts (plain identifiers)."""
-    return ("n_" if side == "b" else "a_") + dot_id(key)
+    """The SVG id of a node: ``n_<name>`` for B's nodes, ``g_<name>`` for A's ghosts (plain identifiers;
+    Graphviz itself names the link around a node with a tooltip ``a_`` and the node's id)."""
+    return ("n_" if side == "b" else "g_") + dot_id(key)
 
 
 def _ghost_name(key: str) -> str:
