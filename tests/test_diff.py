@@ -391,3 +391,19 @@ def test_align_long_sequences_fall_back_and_stay_correct():
     assert all(a[i] == b[j] for i, j in pairs)
     assert all(i1 < i2 and j1 < j2 for (i1, j1), (i2, j2) in zip(pairs, pairs[1:]))
     assert len(pairs) == n - 1
+
+
+def test_ratios_hold_across_batch_sizes():
+    """A last batch smaller than the rest: the gradient norm and the value RMS (a per-element
+    magnitude) change differently, and each ratio is torch's."""
+    torch.manual_seed(0)
+    net = Net()
+    (x1, y1), (x2, y2) = data(1, n=5), data(2, n=9)
+    d = traced(net, x1, y1).diff(traced(net, x2, y2))
+    assert d.only_a == d.only_b == () and {c.shape_b[0] for c in d.reshaped if c.kind == "op" and c.shape_b} == {9}
+    r1, r2 = reference(net, x1, y1), reference(net, x2, y2)
+    for label, scope in (("addmm", "fc1"), ("relu", "act"), ("addmm", "fc2")):
+        c = change(d, label, scope)
+        assert close_log2(c.grad_log2, math.log2(norm(r2[scope][1]) / norm(r1[scope][1]))), (label, scope)
+        assert close_log2(c.rms_log2, math.log2(rms(r2[scope][0]) / rms(r1[scope][0]))), (label, scope)
+        assert not close_log2(c.rms_log2, math.log2(norm(r2[scope][0]) / norm(r1[scope][0]))), "RMS, not norm"
