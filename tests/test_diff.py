@@ -22,7 +22,7 @@ from gradtrace import Trace
 from gradtrace.diff import NothingMatched, TraceDiff, log2_ratio
 from gradtrace.diff.align import DP_CELLS, align
 
-from .models import SmallCNN
+from .models import GPT, SmallCNN
 
 
 class Net(nn.Module):
@@ -57,7 +57,8 @@ def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.nll_loss(out, y)
 
 
-def reference(net: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def reference(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None, autocast: bool = False,
+              loss=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Module path -> (its output, the loss's gradient with respect to it), and each parameter's
     (value, grad), from plain torch on a copy of ``net``."""
     net = copy.deepcopy(net)
@@ -74,8 +75,8 @@ def reference(net: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool =
             m.register_forward_hook(keep(name))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = net(x)
-        loss = loss_fn(out, y)
-    loss.backward()
+        value = loss_fn(out, y) if loss is None else loss(out)
+    value.backward()
     ref = {name: (t.detach(), t.grad) for name, t in outs.items()}
     ref.update({name: (p.detach(), p.grad) for name, p in net.named_parameters()})
     return ref
@@ -407,3 +408,26 @@ def test_ratios_hold_across_batch_sizes():
         assert close_log2(c.grad_log2, math.log2(norm(r2[scope][1]) / norm(r1[scope][1]))), (label, scope)
         assert close_log2(c.rms_log2, math.log2(rms(r2[scope][0]) / rms(r1[scope][0]))), (label, scope)
         assert not close_log2(c.rms_log2, math.log2(norm(r2[scope][0]) / norm(r1[scope][0]))), "RMS, not norm"
+
+
+def test_a_block_appended_to_a_module_list_is_named_with_all_its_submodules():
+    """Nested modules (block > attn > qkv) in an nn.ModuleList: B has one more block."""
+    torch.manual_seed(0)
+    a_net, b_net = GPT(layers=2), GPT(layers=3)
+    b_net.load_state_dict(a_net.state_dict(), strict=False)
+    idx = torch.randint(0, 64, (2, 8))
+
+    def lm_loss(out):
+        return out.logsumexp(-1).mean()
+
+    a, b = (gradtrace.trace(net, idx, loss=lm_loss) for net in (a_net, b_net))
+    d = a.diff(b)
+    assert d.only_a == () and d.modules_only_a == ()
+    assert set(d.modules_only_b) == {m for m, _ in b_net.named_modules() if m.startswith("h.2")}
+    assert {b.node(k).module.split(".")[:2] == ["h", "2"] for k in d.only_b} == {True}
+    assert all(x == y for x, y in d.module_pairs), "the first two blocks keep their paths"
+    ra, rb = reference(a_net, idx, None, loss=lm_loss), reference(b_net, idx, None, loss=lm_loss)
+    for module, label in (("h.1.attn.qkv", "addmm"), ("ln_f", "native_layer_norm"), ("h.0.mlp.0", "addmm")):
+        c = change(d, label, module)
+        assert close_log2(c.grad_log2, math.log2(norm(rb[module][1]) / norm(ra[module][1])), 1e-4), module
+        assert close_log2(c.rms_log2, math.log2(rms(rb[module][0]) / rms(ra[module][0])), 1e-4), module

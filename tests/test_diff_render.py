@@ -55,7 +55,8 @@ def scaled(t: Trace, factor: float) -> Trace:
 def test_text_lists_changes_parameters_and_structure(stack_diff):
     text = stack_diff.to_text()
     assert text.startswith("gradtrace diff: A = before.json, B = after.json\n")
-    assert "largest changes" in text and "parameters:" in text
+    assert "largest changes" in text and "parameters (all):" in text
+    assert "parameters (the 2 that changed most of 4):" in stack_diff.to_text(top=2)
     assert "modules only in after.json: layers.2 (Linear), layers.3 (Tanh)" in text
     assert "modules matched under another path: layers.2 → layers.4" in text
     rows = [line for line in text.splitlines() if line.startswith("addmm in layers.0 ")]

@@ -101,12 +101,6 @@ class NodeChange:
         return log2_ratio(self.update_a, self.update_b)
 
     @property
-    def grad_factor(self) -> float | None:
-        """How many times larger or smaller the gradient norm is, ``max(B/A, A/B)`` (1: the same)."""
-        r = self.grad_log2
-        return None if r is None else 2.0 ** abs(r) if abs(r) < 1024 else math.inf
-
-    @property
     def size(self) -> float:
         """How large the change is, for sorting: NaN/inf in one trace only first, then the largest |log2| ratio."""
         if self.nonfinite:

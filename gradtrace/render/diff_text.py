@@ -125,9 +125,11 @@ def to_text(d: TraceDiff, top: int = 20) -> str:
         lines.append("no matched node changed: every gradient norm and value RMS is the same in both traces")
     params = d.params
     if params:
-        lines += ["", "parameters:"]
+        ranked = sorted(params, key=lambda c: -c.size)[:top]
+        shown = f"the {len(ranked)} that changed most of {len(params)}" if len(ranked) < len(params) else "all"
+        lines += ["", f"parameters ({shown}):"]
         rows = [["parameter", "‖grad‖ A", "‖grad‖ B", "grad B/A", "update ratio A", "update ratio B", "update B/A"]]
-        for c in params:
+        for c in ranked:
             rows.append([_clip(inert_text(c.label), 48), fmt.num(c.grad_a), fmt.num(c.grad_b), factor(c.grad_log2),
                          fmt.num(c.update_a), fmt.num(c.update_b), factor(c.update_log2)])
         lines += _table(rows)
