@@ -120,3 +120,27 @@ def test_console_script_and_stdout(files):
     d = json.loads(proc.stdout)
     assert d["format"] == "gradtrace-diff" and all(not isinstance(m["grad_log2"], float) or math.isfinite(m["grad_log2"])
                                                    for m in d["matched"])
+
+
+def test_two_ranks_of_a_multi_rank_file(files, tmp_path):
+    """rank 0 against rank 1 of one torchrun capture (the multi-rank file holds each rank's trace whole)."""
+    a = gradtrace.Trace.from_json((files / "a.json").read_text())
+    b = gradtrace.Trace.from_json((files / "b.json").read_text())
+    multi = tmp_path / "step.json"
+    multi.write_text(json.dumps({"format": "gradtrace-multirank", "version": 1, "world_size": 2, "step": 1, "ranks": [
+        {"rank": 0, "local_rank": 0, "trace": a.to_dict(), "collective": []},
+        {"rank": 1, "local_rank": 1, "trace": b.to_dict(), "collective": []}]}))
+    r = run(multi, multi, "--rank-a", 0, "--rank-b", 1, "-o", tmp_path / "d.json")
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "d.json").read_text())
+    assert got["names"] == [f"{multi} rank 0", f"{multi} rank 1"]
+    assert got["matched"] == json.loads(a.diff(b).to_json())["matched"]
+    r = run(multi, files / "a.json")
+    assert r.exit_code == EXIT_USAGE and "ranks [0, 1]" in r.output and "--rank-a K" in r.output
+    r = run(multi, multi, "--rank-a", 0, "--rank-b", 5)
+    assert r.exit_code == EXIT_USAGE and "no rank 5" in r.output
+    r = run(files / "a.json", files / "b.json", "--rank-a", 0)
+    assert r.exit_code == EXIT_USAGE and "needs a multi-rank file" in r.output
+    (tmp_path / "broken.json").write_text('{"format": "gradtrace-multirank", "ranks": [{"rank": 0, "trace": {"nodes": 1}}]}')
+    r = run(tmp_path / "broken.json", files / "a.json", "--rank-a", 0)
+    assert r.exit_code == EXIT_USAGE and "not a gradtrace trace" in r.output

@@ -16,16 +16,18 @@ __all__ = ["EXIT_BEYOND", "EXIT_COMPARED", "EXIT_NOT_WRITTEN", "EXIT_NOTHING_MAT
 
 EXIT_COMPARED, EXIT_BEYOND, EXIT_USAGE, EXIT_NOTHING_MATCHED, EXIT_NOT_WRITTEN = 0, 1, 2, 3, 4
 
+MULTI_FORMAT = "gradtrace-multirank"
 _FORMATS = ("html", "svg", "png", "pdf", "dot", "json", "text")
 #: A trace file larger than this is refused before it is read (a real trace of a large model is tens of MB).
 MAX_FILE = 2 * 1024**3
 
 
-def load_trace(path: str, param: str) -> object:
+def load_trace(path: str, param: str, rank: int | None = None) -> object:
     """The trace in the file at ``path``, checked (it is untrusted input); a usage error naming
     ``param`` (A or B) and what is wrong with it otherwise.
 
-    The one place a file becomes a Trace: a file holding several ranks' traces would pick one here.
+    The one place a file becomes a Trace. A multi-rank file (``gradtrace-multirank``, written by
+    ``torchrun ... -m gradtrace render``) holds one trace per rank: ``rank`` picks one.
     """
     from ..steptrace import Trace
 
@@ -38,11 +40,42 @@ def load_trace(path: str, param: str) -> object:
     except OSError as e:
         raise click.BadParameter(f"cannot read {path!r}: {e.strerror or e}", param_hint=param) from None
     try:
-        return Trace.from_json(data)
+        ranked = _rank_trace(data, rank, param)
+        return Trace.from_json(ranked if ranked is not None else data)
     except GradtraceError as e:
         raise click.BadParameter(f"{path!r} is not a trace gradtrace can read: {e} "
                                  f"(write one with `gradtrace render SCRIPT -o step.json` or Trace.render('step.json'))",
                                  param_hint=param) from None
+
+
+def _rank_trace(data: bytes, rank: int | None, param: str) -> str | None:
+    """The JSON of rank ``rank``'s trace when ``data`` is a multi-rank file, else None (a single
+    trace; ``rank`` must then be None). Each rank's trace is then checked like any trace file."""
+    import json
+
+    option = f"--rank-{param.lower()}"
+    if b'"gradtrace-multirank"' not in data[:4096] and rank is None:
+        return None  # (the format field comes first in files gradtrace writes; Trace.from_json checks the rest)
+    from ..tracefile import _parse
+
+    doc = _parse(data)
+    if not isinstance(doc, dict) or doc.get("format") != MULTI_FORMAT:
+        if rank is None:
+            return None
+        raise GradtraceError(f"{option} {rank} needs a multi-rank file (\"format\": \"{MULTI_FORMAT}\", written under "
+                             "torchrun); this file holds one trace")
+    ranks = doc.get("ranks")
+    if not isinstance(ranks, list) or not all(isinstance(r, dict) for r in ranks):
+        raise GradtraceError("malformed multi-rank file: \"ranks\" must be a list of objects")
+    numbers = [r.get("rank") for r in ranks]
+    if rank is None:
+        raise GradtraceError(f"it holds the traces of ranks {numbers[:16]}{' …' if len(numbers) > 16 else ''}: "
+                             f"choose one with {option} K")
+    for r in ranks:
+        if r.get("rank") == rank and not isinstance(r.get("rank"), bool):
+            return json.dumps(r.get("trace"), allow_nan=False)
+    raise GradtraceError(f"{option} {rank}: the file holds no rank {rank} (its ranks: {numbers[:16]}"
+                         f"{' …' if len(numbers) > 16 else ''})")
 
 
 def _check_factor(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -72,9 +105,14 @@ def _check_timeout(ctx: click.Context, param: click.Parameter, value: float) -> 
 @click.option("--fail-above", "fail_above", type=float, default=None, metavar="RATIO", callback=_check_factor,
               help="Exit 1 when a matched node's gradient norm changed by more than RATIO either way (B/A or A/B), "
                    "or got NaN/inf in one trace only: a check for CI.")
+@click.option("--rank-a", "rank_a", type=click.IntRange(min=0), default=None, metavar="K",
+              help="A is a multi-rank file (written under torchrun): compare its rank K.")
+@click.option("--rank-b", "rank_b", type=click.IntRange(min=0), default=None, metavar="K",
+              help="B is a multi-rank file: compare its rank K (rank 0 against rank 3: the same file twice).")
 @click.option("--timeout", type=float, default=120.0, show_default=True, callback=_check_timeout,
               help="Seconds Graphviz may spend on layout (html, svg, png, pdf); inf for no limit.")
-def diff(a: str, b: str, output: str | None, fmt: str | None, by: str, top: int, fail_above: float | None, timeout: float) -> None:
+def diff(a: str, b: str, output: str | None, fmt: str | None, by: str, top: int, fail_above: float | None,
+         rank_a: int | None, rank_b: int | None, timeout: float) -> None:
     """Compare two saved traces, B against A: what changed at each node, and what exists in one only.
 
     Nodes are matched by module, op and position within the module (robust to
@@ -89,6 +127,7 @@ def diff(a: str, b: str, output: str | None, fmt: str | None, by: str, top: int,
         gradtrace diff step1.json step50.json                 # a table in the terminal
         gradtrace diff fp32.json bf16.json -o diff.html       # the graph, coloured, and a sortable table
         gradtrace diff before.json after.json --fail-above 4  # CI: exit 1 if a gradient changed over 4x
+        gradtrace diff step.json step.json --rank-a 0 --rank-b 3   # two ranks of a torchrun capture
 
     \b
     Exit status:
@@ -116,11 +155,12 @@ def diff(a: str, b: str, output: str | None, fmt: str | None, by: str, top: int,
             fmt = diff_format_for(Path(output), fmt) if not to_stdout else fmt
         except GradtraceError as e:
             raise click.UsageError(str(e)) from None
-    trace_a, trace_b = load_trace(a, "A"), load_trace(b, "B")
+    trace_a, trace_b = load_trace(a, "A", rank_a), load_trace(b, "B", rank_b)
+    names = (a if rank_a is None else f"{a} rank {rank_a}", b if rank_b is None else f"{b} rank {rank_b}")
     from .result import NothingMatched, diff_traces
 
     try:
-        result = diff_traces(trace_a, trace_b, names=(a, b))  # type: ignore[arg-type]
+        result = diff_traces(trace_a, trace_b, names=names)  # type: ignore[arg-type]
     except NothingMatched as e:
         click.echo(f"gradtrace diff: {e}", err=True)
         raise SystemExit(EXIT_NOTHING_MATCHED) from None
