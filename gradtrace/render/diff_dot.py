@@ -143,6 +143,7 @@ def diff_dot(d: TraceDiff, by: str = "grad") -> graphviz.Digraph:
             if None not in ends:
                 g.edge(ends[0], ends[1], style="dashed", color=GONE)
     g.node("legend", label=_legend(by, d.names), shape="plaintext", style="", id="legend")
+    g.edge(dot_id(b.loss), "legend", style="invis")  # below the loss: out of the way of the nodes read first
     return g
 
 
