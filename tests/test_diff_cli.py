@@ -144,3 +144,9 @@ def test_two_ranks_of_a_multi_rank_file(files, tmp_path):
     (tmp_path / "broken.json").write_text('{"format": "gradtrace-multirank", "ranks": [{"rank": 0, "trace": {"nodes": 1}}]}')
     r = run(tmp_path / "broken.json", files / "a.json", "--rank-a", 0)
     assert r.exit_code == EXIT_USAGE and "not a gradtrace trace" in r.output
+
+
+@pytest.mark.dot
+def test_layout_timeout_is_exit_4_naming_the_option(files, tmp_path):
+    r = run(files / "a.json", files / "b.json", "-o", tmp_path / "d.html", "--timeout", "0.000001")
+    assert r.exit_code == EXIT_NOT_WRITTEN and "--timeout" in r.output and "timeout=" not in r.output

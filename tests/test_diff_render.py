@@ -241,3 +241,10 @@ def test_value_colouring_uses_the_value_ratio(stack_diff):
              and band_of(c.rms_log2) != band_of(c.grad_log2))
     line = next(line for line in source.splitlines() if f"id={node_id(c.b)}" in line)
     assert f'fillcolor="{band_of(c.rms_log2).color}"' in line
+
+
+@pytest.mark.dot
+def test_a_layout_past_its_time_says_what_to_do(stack_diff, tmp_path):
+    with pytest.raises(gradtrace.RenderTimeoutError, match="json or text.*timeout="):
+        stack_diff.render(tmp_path / "d.svg", timeout=1e-6)
+    assert not (tmp_path / "d.svg").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .._argnames import cli_names
 from ..errors import GradtraceError
 
 __all__ = ["EXIT_BEYOND", "EXIT_COMPARED", "EXIT_NOT_WRITTEN", "EXIT_NOTHING_MATCHED", "EXIT_USAGE", "diff", "load_trace"]
@@ -165,7 +166,8 @@ def diff(a: str, b: str, output: str | None, fmt: str | None, by: str, top: int,
         click.echo(f"gradtrace diff: {e}", err=True)
         raise SystemExit(EXIT_NOTHING_MATCHED) from None
     try:
-        data = diff_bytes(result, fmt, by=by, timeout=None if math.isinf(timeout) else timeout, top=top)
+        with cli_names():  # messages name --timeout, not timeout=
+            data = diff_bytes(result, fmt, by=by, timeout=None if math.isinf(timeout) else timeout, top=top)
         if text_table:
             click.echo(data.decode("utf-8"), nl=False)
         else:

@@ -135,8 +135,7 @@ def diff_dot(d: TraceDiff, by: str = "grad") -> graphviz.Digraph:
                 sub.node(name, **attrs)
     for e in b.edges:
         g.edge(dot_id(e.src), dot_id(e.dst))
-    back = {kb: ka for ka, kb in ((c.a, c.b) for c in d.changes)}
-    to_b = {v: k for k, v in back.items()}
+    to_b = {c.a: c.b for c in d.changes}
     for e in a.edges:
         if e.src in only_a or e.dst in only_a:
             ends = [_ghost_name(k) if k in only_a else dot_id(to_b[k]) if k in to_b else None for k in (e.src, e.dst)]

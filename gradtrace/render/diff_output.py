@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import RenderError
-from .execute import run_dot
+from .._argnames import arg
+from ..errors import DotNotFoundError, RenderError, RenderTimeoutError
+from .execute import INSTALL_HINT, run_dot
 from .output import SUFFIXES, write_bytes
 
 if TYPE_CHECKING:
@@ -35,6 +36,17 @@ def diff_format_for(path: Path, fmt: str | None) -> str:
 
 def diff_bytes(d: TraceDiff, fmt: str, *, by: str = "grad", timeout: float | None = 120.0, top: int = 20) -> bytes:
     """The file contents of comparison ``d`` in ``fmt``."""
+    try:
+        return _encode(d, fmt, by, timeout, top)
+    except DotNotFoundError:
+        raise DotNotFoundError(f"the Graphviz `dot` program is needed to draw the comparison ({fmt}) but was not found "
+                               f"on PATH; {INSTALL_HINT}") from None
+    except RenderTimeoutError:
+        raise RenderTimeoutError(f"Graphviz layout of the comparison took longer than {timeout:g} s and was stopped; "
+                                 f"write it as json or text (no drawing), or allow more time with {arg('timeout')}") from None
+
+
+def _encode(d: TraceDiff, fmt: str, by: str, timeout: float | None, top: int) -> bytes:
     if fmt == "json":
         return (d.to_json(indent=1) + "\n").encode("utf-8")
     if fmt == "text":
