@@ -105,30 +105,31 @@ def diff_dot(d: TraceDiff, by: str = "grad") -> graphviz.Digraph:
     g.attr("node", shape="box", style="rounded,filled", fontname=FONT, fontsize="10", margin="0.08,0.04")
     g.attr("edge", color="#555555", arrowsize="0.6")
 
-    clusters: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    # (scope, drawn for A only) -> the items in that cluster; scope "" is the top level, no cluster.
+    clusters: dict[tuple[str, bool], list[tuple[str, dict[str, str]]]] = {}
     for key in b.forward_order():
         n = b.node(key)
         scope = n.scope or n.module if n.kind == "op" else ""
-        clusters.setdefault(scope, []).append((dot_id(key), _b_node(b, key, changes.get(key), key in only_b, by, d.names)))
+        clusters.setdefault((scope, False), []).append((dot_id(key), _b_node(b, key, changes.get(key), key in only_b, by, d.names)))
     module_to_b = dict(d.module_pairs)
-    b_scopes = set(clusters)
+    b_scopes = {scope for scope, _ in clusters}
     for key in a.forward_order():
         if key not in only_a:
             continue
         n = a.node(key)
         scope = n.scope or n.module if n.kind == "op" else ""
         mapped = module_to_b.get(scope_module(scope), None) if scope else ""
-        home = mapped if mapped is not None and mapped in b_scopes else (f"{scope}\x00A" if scope else "")
+        home = (mapped, False) if mapped is not None and mapped in b_scopes else (scope, bool(scope))
         label = [f"− only in {d.names[0]}: {n.label}"] + ([scope_title(scope)] if scope else [])
         clusters.setdefault(home, []).append((_ghost_name(key), {
             "label": _label(label), "id": node_id(key, "a"), "style": "rounded,dotted", "color": GONE, "fontcolor": "#6b6b6b",
             "fillcolor": "#ffffff", "tooltip": escape_tooltip(f"only in {inert_text(d.names[0])}: {inert_text(n.label)}")}))
-    for i, (scope, items) in enumerate(clusters.items()):
+    for i, ((scope, a_only), items) in enumerate(clusters.items()):
         if not scope:
             for name, attrs in items:
                 g.node(name, **attrs)
             continue
-        title = scope_title(scope[:-2]) + f" (only in {d.names[0]})" if scope.endswith("\x00A") else scope_title(scope)
+        title = scope_title(scope) + (f" (only in {d.names[0]})" if a_only else "")
         with g.subgraph(name=f"cluster_{i}") as sub:
             sub.attr(label=_label([title]), style="rounded,dashed", color="#8a8a8a", fontcolor="#4d4d4d", fontsize="10")
             for name, attrs in items:
