@@ -150,3 +150,11 @@ def test_two_ranks_of_a_multi_rank_file(files, tmp_path):
 def test_layout_timeout_is_exit_4_naming_the_option(files, tmp_path):
     r = run(files / "a.json", files / "b.json", "-o", tmp_path / "d.html", "--timeout", "0.000001")
     assert r.exit_code == EXIT_NOT_WRITTEN and "--timeout" in r.output and "timeout=" not in r.output
+
+
+@pytest.mark.dot
+def test_a_binary_format_without_output_goes_to_stdout_whole(files):
+    proc = subprocess.run([sys.executable, "-m", "gradtrace", "diff", str(files / "a.json"), str(files / "b.json"),
+                           "--format", "png"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(b"\x89PNG\r\n\x1a\n")

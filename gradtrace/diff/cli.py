@@ -7,23 +7,27 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .._argnames import cli_names
 from ..errors import GradtraceError
+from ..render.diff_output import DIFF_FORMATS
+
+if TYPE_CHECKING:
+    from ..steptrace import Trace
 
 __all__ = ["EXIT_BEYOND", "EXIT_COMPARED", "EXIT_NOT_WRITTEN", "EXIT_NOTHING_MATCHED", "EXIT_USAGE", "diff", "load_trace"]
 
 EXIT_COMPARED, EXIT_BEYOND, EXIT_USAGE, EXIT_NOTHING_MATCHED, EXIT_NOT_WRITTEN = 0, 1, 2, 3, 4
 
 MULTI_FORMAT = "gradtrace-multirank"
-_FORMATS = ("html", "svg", "png", "pdf", "dot", "json", "text")
 #: A trace file larger than this is refused before it is read (a real trace of a large model is tens of MB).
 MAX_FILE = 2 * 1024**3
 
 
-def load_trace(path: str, param: str, rank: int | None = None) -> object:
+def load_trace(path: str, param: str, rank: int | None = None) -> Trace:
     """The trace in the file at ``path``, checked (it is untrusted input); a usage error naming
     ``param`` (A or B) and what is wrong with it otherwise.
 
@@ -98,7 +102,7 @@ def _check_timeout(ctx: click.Context, param: click.Parameter, value: float) -> 
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="File to write: .html (B's graph coloured by the change, a sortable table), .svg/.png/.pdf, .dot, "
                    ".json, .txt; '-' is standard output (give --format). Default: a table on the terminal.")
-@click.option("--format", "fmt", type=click.Choice(_FORMATS), default=None,
+@click.option("--format", "fmt", type=click.Choice(DIFF_FORMATS), default=None,
               help="Output format. Default: from OUTPUT's suffix; without -o, text.")
 @click.option("--by", type=click.Choice(("grad", "value")), default="grad", show_default=True,
               help="Colour the drawing by the change of each node's gradient norm or of its value RMS.")
@@ -146,37 +150,36 @@ def diff(a: str, b: str, output: str | None, fmt: str | None, by: str, top: int,
     from ..render.output import write_bytes
 
     to_stdout = output == "-"
-    text_table = output is None
-    if text_table:
+    printed = output is None  # a table (or --format's output) on standard output
+    if printed:
         fmt = fmt or "text"
     elif to_stdout and fmt is None:
-        raise click.UsageError("writing to standard output ('-') needs --format (one of " + ", ".join(_FORMATS) + ")")
+        raise click.UsageError("writing to standard output ('-') needs --format (one of " + ", ".join(DIFF_FORMATS) + ")")
     else:
         try:
             fmt = diff_format_for(Path(output), fmt) if not to_stdout else fmt
         except GradtraceError as e:
             raise click.UsageError(str(e)) from None
+        folder = Path(output).parent if str(Path(output).parent) else Path(".")  # type: ignore[arg-type]
+        if not to_stdout and not folder.is_dir():  # said before the traces are read and drawn
+            click.echo(f"Error: cannot write {output!r}: the folder {str(folder)!r} does not exist", err=True)
+            raise SystemExit(EXIT_NOT_WRITTEN)
     trace_a, trace_b = load_trace(a, "A", rank_a), load_trace(b, "B", rank_b)
     names = (a if rank_a is None else f"{a} rank {rank_a}", b if rank_b is None else f"{b} rank {rank_b}")
     from .result import NothingMatched, diff_traces
 
     try:
-        result = diff_traces(trace_a, trace_b, names=names)  # type: ignore[arg-type]
+        result = diff_traces(trace_a, trace_b, names=names)
     except NothingMatched as e:
         click.echo(f"gradtrace diff: {e}", err=True)
         raise SystemExit(EXIT_NOTHING_MATCHED) from None
     try:
         with cli_names():  # messages name --timeout, not timeout=
             data = diff_bytes(result, fmt, by=by, timeout=None if math.isinf(timeout) else timeout, top=top)
-        if text_table:
-            click.echo(data.decode("utf-8"), nl=False)
+        if printed:
+            click.echo(data, nl=False)  # bytes: written as they are (--format png without -o too)
         else:
-            target = Path(output)  # type: ignore[arg-type]
-            if not to_stdout:
-                folder = target.parent if str(target.parent) else Path(".")
-                if not folder.is_dir():
-                    raise GradtraceError(f"cannot write {output!r}: the folder {str(folder)!r} does not exist")
-            write_bytes(target, data)
+            write_bytes(Path(output), data)  # type: ignore[arg-type]
             click.echo(f"gradtrace: wrote {'standard output' if to_stdout else output} "
                        f"({len(result.changes)} nodes matched, {len(result.only_a)} only in A, {len(result.only_b)} only in B)",
                        err=True)
