@@ -431,3 +431,28 @@ def test_a_block_appended_to_a_module_list_is_named_with_all_its_submodules():
         c = change(d, label, module)
         assert close_log2(c.grad_log2, math.log2(norm(rb[module][1]) / norm(ra[module][1])), 1e-4), module
         assert close_log2(c.rms_log2, math.log2(rms(rb[module][0]) / rms(ra[module][0])), 1e-4), module
+
+
+class Wrapper(nn.Module):
+    """What DistributedDataParallel does to module paths: the model becomes ``module``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def test_a_model_wrapped_in_one_trace_only_still_matches():
+    torch.manual_seed(0)
+    net = Net()
+    x, y = data()
+    plain, wrapped = traced(net, x, y), traced(Wrapper(net), x, y)
+    for a, b, extra_a, extra_b in ((plain, wrapped, (), ("module",)), (wrapped, plain, ("module",), ())):
+        d = a.diff(b)
+        assert d.only_a == d.only_b == () and len(d.changes) == len(a.nodes)
+        assert d.modules_only_a == extra_a and d.modules_only_b == extra_b, "the wrapper itself is the difference"
+        assert all(c.grad_log2 in (0.0, None) and c.rms_log2 in (0.0, None) for c in d.changes)
+        assert {(a.node(c.a).label, b.node(c.b).label) for c in d.params} == {
+            (p, q) for p, q in zip(*[sorted(n.label for n in t.nodes if n.kind == "param") for t in (a, b)])}

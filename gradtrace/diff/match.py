@@ -12,6 +12,10 @@ is another op after a layer is inserted. Nodes are matched by what they are inst
    inserts, or an op added to a module, is reported alone without shifting the rest.
 3. **Parameters** follow their module's pair and keep their local name (``weight``); what is
    left is matched by full name. Other leaves and inputs match by label.
+
+A model wrapped in one trace only (``DistributedDataParallel``'s ``module.``, a container
+around it) has every module path prefixed there; paths are then also compared without the
+prefix, and the pairing that matches more ops is kept.
 """
 
 from __future__ import annotations
@@ -54,14 +58,51 @@ def _general(scope: str) -> str:
     return ".".join("#" if _INDEX.match(part) else part for part in scope.split("."))
 
 
-def _scopes(trace: Trace) -> dict[str, list[str]]:
-    """Scope -> its op keys in forward order; scopes in the order the forward first entered them."""
-    out: dict[str, list[str]] = {}
+@dataclass
+class _Scopes:
+    """A trace's op scopes in the order the forward first entered them, as matching sees them."""
+
+    names: list[str]  # scope paths, the wrapper's prefix (if stripped) left out
+    ops: list[list[str]]  # each scope's op keys, in forward order
+    modules: list[str]  # each scope's module path as recorded (for classes, parameters, module pairs)
+
+
+def _scopes(trace: Trace, prefix: str = "") -> _Scopes:
+    groups: dict[str, list[str]] = {}
+    modules: dict[str, str] = {}
     for key in trace.forward_order():
         n = trace.node(key)
         if n.kind == "op":
-            out.setdefault(n.scope or n.module, []).append(key)
-    return out
+            scope = n.scope or n.module
+            name = _strip(scope, prefix)
+            groups.setdefault(name, []).append(key)
+            modules.setdefault(name, _module_of(scope))
+    return _Scopes(list(groups), list(groups.values()), [modules[s] for s in groups])
+
+
+def _strip(scope: str, prefix: str) -> str:
+    """``scope`` without the wrapper path ``prefix``: ``module.fc1`` -> ``fc1``, ``module`` -> ``""``."""
+    if not prefix:
+        return scope
+    if scope == prefix:
+        return ""
+    if scope.startswith(prefix + "."):
+        return scope[len(prefix) + 1:]
+    return scope
+
+
+def _wrapper(trace: Trace) -> str:
+    """The module path every module of the trace lies in (``module`` under DDP's wrapper), or ``""``."""
+    paths = [p.split(".") for p in trace.modules if p]
+    if not paths:
+        return ""
+    common = paths[0]
+    for p in paths[1:]:
+        k = 0
+        while k < min(len(common), len(p)) and common[k] == p[k]:
+            k += 1
+        common = common[:k]
+    return ".".join(common)
 
 
 def _param_shapes(trace: Trace) -> dict[str, tuple]:
@@ -87,33 +128,14 @@ def _shape(n: TraceNode) -> tuple | None:
 
 def match(a: Trace, b: Trace) -> Matching:
     """Pair the nodes of ``a`` and ``b`` (see the module's docstring for how)."""
-    pairs: dict[str, str] = {}  # a key -> b key
-    scopes_a, scopes_b = _scopes(a), _scopes(b)
-    names_a, names_b = list(scopes_a), list(scopes_b)
-    cls_a = [a.modules.get(_module_of(s), "") for s in names_a]
-    cls_b = [b.modules.get(_module_of(s), "") for s in names_b]
-    shapes_a, shapes_b = _param_shapes(a), _param_shapes(b)
-    tok_a = [(_general(s), c) for s, c in zip(names_a, cls_a)]
-    tok_b = [(_general(s), c) for s, c in zip(names_b, cls_b)]
-
-    def scope_bonus(i: int, j: int) -> int:
-        sa, sb = names_a[i], names_b[j]
-        # The layer's size outweighs its path: after a layer is inserted into a Sequential, the old
-        # last layer (6 -> 3) is the new last layer, not the inserted one (6 -> 6) now at its index.
-        return 2 * (shapes_a.get(_module_of(sa)) == shapes_b.get(_module_of(sb))) + (sa == sb)
-
-    module_map: dict[str, str] = {}
-    for i, j in align(tok_a, tok_b, scope_bonus, full=3):
-        ops_a, ops_b = scopes_a[names_a[i]], scopes_b[names_b[j]]
-        module_map.setdefault(_module_of(names_a[i]), _module_of(names_b[j]))
-        na, nb = [a.node(k) for k in ops_a], [b.node(k) for k in ops_b]
-
-        def op_bonus(x: int, y: int, na: list = na, nb: list = nb) -> int:
-            return int(_shape(na[x]) == _shape(nb[y])) + int(na[x].grad_fn == nb[y].grad_fn)
-
-        for x, y in align([n.label for n in na], [n.label for n in nb], op_bonus, full=2):
-            pairs[ops_a[x]] = ops_b[y]
-
+    # A model wrapped in one trace only (DDP's ``module.``, an nn.Sequential around it) has every path
+    # prefixed there: its paths are also compared without the prefix, and the better pairing is kept.
+    pairs, module_map = _match_ops(a, b, _scopes(a), _scopes(b))
+    wa, wb = _wrapper(a), _wrapper(b)
+    if wa != wb:
+        unwrapped = _match_ops(a, b, _scopes(a, wa), _scopes(b, wb))
+        if len(unwrapped[0]) > len(pairs):
+            pairs, module_map = unwrapped
     _match_params(a, b, module_map, pairs)
     _match_by_label(a, b, pairs, kinds=("leaf", "input", "param"))
 
@@ -124,6 +146,34 @@ def match(a: Trace, b: Trace) -> Matching:
     only_a = tuple(k for k in a.forward_order() if k not in pairs)
     only_b = tuple(k for k in b_order if k not in taken)
     return Matching(ordered, only_a, only_b, *_modules(a, b, module_map))
+
+
+def _match_ops(a: Trace, b: Trace, sa: _Scopes, sb: _Scopes) -> tuple[dict[str, str], dict[str, str]]:
+    """Op pairs (A key -> B key) by aligning the scopes, then the ops within each pair of scopes;
+    and the module pairs (A path -> B path) that the scope pairs imply."""
+    pairs: dict[str, str] = {}
+    shapes_a, shapes_b = _param_shapes(a), _param_shapes(b)
+    tok_a = [(_general(s), a.modules.get(m, "") if s else "") for s, m in zip(sa.names, sa.modules)]
+    tok_b = [(_general(s), b.modules.get(m, "") if s else "") for s, m in zip(sb.names, sb.modules)]
+
+    def scope_bonus(i: int, j: int) -> int:
+        # The layer's size outweighs its path: after a layer is inserted into a Sequential, the old
+        # last layer (6 -> 3) is the new last layer, not the inserted one (6 -> 6) now at its index.
+        return 2 * (shapes_a.get(sa.modules[i]) == shapes_b.get(sb.modules[j])) + (sa.names[i] == sb.names[j])
+
+    module_map: dict[str, str] = {}
+    for i, j in align(tok_a, tok_b, scope_bonus, full=3):
+        ops_a, ops_b = sa.ops[i], sb.ops[j]
+        if sa.modules[i] and sb.modules[j]:
+            module_map.setdefault(sa.modules[i], sb.modules[j])
+        na, nb = [a.node(k) for k in ops_a], [b.node(k) for k in ops_b]
+
+        def op_bonus(x: int, y: int, na: list = na, nb: list = nb) -> int:
+            return int(_shape(na[x]) == _shape(nb[y])) + int(na[x].grad_fn == nb[y].grad_fn)
+
+        for x, y in align([n.label for n in na], [n.label for n in nb], op_bonus, full=2):
+            pairs[ops_a[x]] = ops_b[y]
+    return pairs, module_map
 
 
 def _match_params(a: Trace, b: Trace, module_map: dict[str, str], pairs: dict[str, str]) -> None:
@@ -168,7 +218,7 @@ def _modules(a: Trace, b: Trace, module_map: dict[str, str]) -> tuple[tuple, tup
     that runs no op of its own); whatever is left is present in one trace only."""
     mods_a, mods_b = _all_modules(a), _all_modules(b)
     known_b = set(mods_b)
-    mapping = {k: v for k, v in module_map.items() if k}
+    mapping = {k: v for k, v in module_map.items() if k and v}
     used = set(mapping.values())
     for m in mods_a:
         if m not in mapping and m in known_b and m not in used:
