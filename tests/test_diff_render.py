@@ -22,6 +22,7 @@ from gradtrace.records import TraceNode
 from gradtrace.render.diff_dot import diff_dot, node_id
 from gradtrace.render.diff_html import to_html
 from gradtrace.render.diff_style import DIFF_BANDS, band_of
+from gradtrace.render.diff_text import factor
 from gradtrace.render.inert import printable
 
 from .browser import chromium_page
@@ -248,3 +249,24 @@ def test_a_layout_past_its_time_says_what_to_do(stack_diff, tmp_path):
     with pytest.raises(gradtrace.RenderTimeoutError, match="json or text.*timeout="):
         stack_diff.render(tmp_path / "d.svg", timeout=1e-6)
     assert not (tmp_path / "d.svg").exists()
+
+
+def test_text_shows_update_ratios_only_where_a_step_was_captured(stack_diff):
+    assert "update ratio" not in stack_diff.to_text(), "no optimizer step in these traces: no empty columns"
+    torch.manual_seed(0)
+    net = Stack()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    traces = []
+    for seed in (1, 2):
+        x, y = data(seed)
+        with gradtrace.capture(net) as cap:
+            opt.zero_grad()
+            torch.nn.functional.nll_loss(net(x), y).backward()
+            opt.step()
+        traces.append(cap.trace)
+    d = traces[0].diff(traces[1])
+    text = d.to_text()
+    assert "update ratio A" in text
+    for c in d.params:
+        row = next(line for line in text.split("parameters")[1].splitlines() if line.startswith(c.label + " "))
+        assert row.split()[-1] == factor(c.update_log2)

@@ -128,10 +128,12 @@ def to_text(d: TraceDiff, top: int = 20) -> str:
         ranked = sorted(params, key=lambda c: -c.size)[:top]
         shown = f"the {len(ranked)} that changed most of {len(params)}" if len(ranked) < len(params) else "all"
         lines += ["", f"parameters ({shown}):"]
-        rows = [["parameter", "‖grad‖ A", "‖grad‖ B", "grad B/A", "update ratio A", "update ratio B", "update B/A"]]
+        # The update columns only where an optimizer step() was captured in either trace.
+        updates = any(c.update_a is not None or c.update_b is not None for c in params)
+        rows = [["parameter", "‖grad‖ A", "‖grad‖ B", "grad B/A"] + (["update ratio A", "update ratio B", "update B/A"] if updates else [])]
         for c in ranked:
-            rows.append([_clip(inert_text(c.label), 48), fmt.num(c.grad_a), fmt.num(c.grad_b), factor(c.grad_log2),
-                         fmt.num(c.update_a), fmt.num(c.update_b), factor(c.update_log2)])
+            rows.append([_clip(inert_text(c.label), 48), fmt.num(c.grad_a), fmt.num(c.grad_b), factor(c.grad_log2)]
+                        + ([fmt.num(c.update_a), fmt.num(c.update_b), factor(c.update_log2)] if updates else []))
         lines += _table(rows)
     structural = structural_lines(d)
     lines += ["", "structural differences:" if structural else "structural differences: none"]
