@@ -456,3 +456,58 @@ def test_a_model_wrapped_in_one_trace_only_still_matches():
         assert all(c.grad_log2 in (0.0, None) and c.rms_log2 in (0.0, None) for c in d.changes)
         assert {(a.node(c.a).label, b.node(c.b).label) for c in d.params} == {
             (p, q) for p, q in zip(*[sorted(n.label for n in t.nodes if n.kind == "param") for t in (a, b)])}
+
+
+class Detached(nn.Module):
+    """Net with an optional ``detach()`` before fc2: a code change that cuts fc1 off from the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut = False
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        return F.log_softmax(self.fc2(h.detach() if self.cut else h), dim=1)
+
+
+def test_a_branch_cut_by_detach_is_only_in_a_and_the_rest_still_matched():
+    """The cut drops fc1 from B's graph. The top level's ops (relu before the cut in A; log_softmax,
+    nll_loss in both) must still match though the order the forward first entered each module changed."""
+    torch.manual_seed(0)
+    net = Detached()
+    x, y = data()
+    a = traced(net, x, y)
+    net.cut = True
+    plain = copy.deepcopy(net)  # torch: with the cut, fc1 gets no gradient at all
+    loss_fn(plain(x), y).backward()
+    assert plain.fc1.weight.grad is None and plain.fc2.weight.grad is not None
+    b = traced(net, x, y)
+    d = a.diff(b)
+    assert {(a.node(k).label, a.node(k).module) for k in d.only_a} == {
+        ("fc1.weight", "fc1"), ("fc1.bias", "fc1"), ("t", "fc1"), ("addmm", "fc1"), ("relu", ""), ("x", "")}
+    assert d.only_b == ()
+    assert {(c.label, c.scope) for c in d.changes} == {
+        ("fc2.weight", "fc2"), ("fc2.bias", "fc2"), ("t", "fc2"), ("addmm", "fc2"), ("log_softmax", ""), ("nll_loss", "")}
+    rb = reference(net, x, y)
+    net.cut = False
+    ra = reference(net, x, y)
+    for c in d.changes:  # downstream of the cut nothing changed, as torch says
+        assert c.grad_log2 == 0.0 and c.rms_log2 == 0.0, c
+    assert torch.equal(ra["fc2.weight"][1], rb["fc2.weight"][1]) and torch.equal(ra["fc2"][1], rb["fc2"][1])
+
+
+def test_a_gradient_in_one_trace_only_is_reported_and_fails_any_factor():
+    x, y = data()
+    a = traced(Net(), x, y)
+    (key,) = a.find("addmm", module="fc1")
+    # B: the same step, but backprop did not reach fc1's addmm (its gradient was not recorded).
+    b = Trace(nodes=tuple(dataclasses.replace(n, grads=(None,)) if n.key == key else n for n in a.nodes),
+              edges=a.edges, loss=a.loss, modules=a.modules)
+    d = a.diff(b)
+    (c,) = d.grad_in_one_only
+    assert (c.label, c.scope, c.grad_only_in) == ("addmm", "fc1", "A") and c.grad_log2 is None
+    assert d.largest(1) == [c] and d.beyond(1e9) == [c]
+    assert "gradient reached only in A (1): addmm in fc1" in d.to_text()
+    assert b.diff(a).grad_in_one_only[0].grad_only_in == "B"

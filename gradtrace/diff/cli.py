@@ -109,7 +109,7 @@ def _check_timeout(ctx: click.Context, param: click.Parameter, value: float) -> 
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows of the largest changes in the text table.")
 @click.option("--fail-above", "fail_above", type=float, default=None, metavar="RATIO", callback=_check_factor,
               help="Exit 1 when a matched node's gradient norm changed by more than RATIO either way (B/A or A/B), "
-                   "or got NaN/inf in one trace only: a check for CI.")
+                   "got NaN/inf in one trace only, or a gradient in one trace only: a check for CI.")
 @click.option("--rank-a", "rank_a", type=click.IntRange(min=0), default=None, metavar="K",
               help="A is a multi-rank file (written under torchrun): compare its rank K.")
 @click.option("--rank-b", "rank_b", type=click.IntRange(min=0), default=None, metavar="K",
@@ -138,7 +138,8 @@ def diff(a: str, b: str, output: str | None, fmt: str | None, by: str, top: int,
     Exit status:
         0  compared (and, with --fail-above, no gradient changed beyond it)
         1  --fail-above: a matched node's gradient norm changed by more than
-           RATIO, or got NaN/inf in one trace only (the output is written first)
+           RATIO, or got NaN/inf or a gradient in one trace only (the output
+           is written first)
         2  usage error: a bad option, a missing file, a file that is not a trace
         3  nothing matched: the traces share no parameter, leaf or module
            (two different models); nothing is written
@@ -192,7 +193,8 @@ def diff(a: str, b: str, output: str | None, fmt: str | None, by: str, top: int,
             from ..render.diff_text import describe_node, factor
 
             worst = beyond[0]
-            what = "; ".join(worst.nonfinite) if worst.nonfinite else f"gradient norm {factor(worst.grad_log2)}"
+            what = ("; ".join(worst.nonfinite) if worst.nonfinite else f"a gradient in {worst.grad_only_in} only"
+                    if worst.grad_only_in else f"gradient norm {factor(worst.grad_log2)}")
             click.echo(f"gradtrace diff: {len(beyond)} matched node{'s' if len(beyond) > 1 else ''} changed beyond "
                        f"--fail-above {fail_above:g}; the largest: {describe_node(worst.label, worst.scope)} ({what})", err=True)
             raise SystemExit(EXIT_BEYOND)

@@ -3,9 +3,9 @@
 Node keys are assigned in capture order, so they say nothing across traces: ``op7`` of one run
 is another op after a layer is inserted. Nodes are matched by what they are instead:
 
-1. **Scopes** (a module call: ``blocks.3.attn``, ``pool#2``) are aligned in the order the forward
-   first entered them, by module class and path with list indices left out (``blocks.#.attn``),
-   so a layer inserted into an ``nn.Sequential`` shifts no other pair. Among equally good
+1. **Scopes** (a module call: ``blocks.3.attn``, ``pool#2``) of one kind, the same module class
+   and path with list indices left out (``blocks.#.attn``), are aligned in the order the forward
+   first entered them, so a layer inserted into an ``nn.Sequential`` shifts no other pair. Among equally good
    alignments, the same parameter shapes win, then the same path.
 2. **Ops** are aligned within each pair of scopes by their label, in forward order: the k-th
    ``linear`` inside ``blocks.3.attn`` is the k-th one in B too, and a cast that autocast
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .align import align
 
@@ -162,7 +162,7 @@ def _match_ops(a: Trace, b: Trace, sa: _Scopes, sb: _Scopes) -> tuple[dict[str, 
         return 2 * (shapes_a.get(sa.modules[i]) == shapes_b.get(sb.modules[j])) + (sa.names[i] == sb.names[j])
 
     module_map: dict[str, str] = {}
-    for i, j in align(tok_a, tok_b, scope_bonus, full=3):
+    for i, j in _align_scopes(tok_a, tok_b, scope_bonus):
         ops_a, ops_b = sa.ops[i], sb.ops[j]
         if sa.modules[i] and sb.modules[j]:
             module_map.setdefault(sa.modules[i], sb.modules[j])
@@ -174,6 +174,31 @@ def _match_ops(a: Trace, b: Trace, sa: _Scopes, sb: _Scopes) -> tuple[dict[str, 
         for x, y in align([n.label for n in na], [n.label for n in nb], op_bonus, full=2):
             pairs[ops_a[x]] = ops_b[y]
     return pairs, module_map
+
+
+def _align_scopes(tok_a: list[tuple[str, str]], tok_b: list[tuple[str, str]],
+                  bonus: Callable[[int, int], int]) -> list[tuple[int, int]]:
+    """Scope index pairs: scopes of one kind (``layers.#`` Linear) aligned in forward order, each kind
+    on its own. Kinds are not ordered among themselves: the top level and a parent module re-enter
+    between their children, so when a child is added or removed (a ``detach()`` drops a whole
+    branch from the graph) the order of first entry across kinds can change."""
+    by_a: dict[tuple[str, str], list[int]] = {}
+    by_b: dict[tuple[str, str], list[int]] = {}
+    for i, t in enumerate(tok_a):
+        by_a.setdefault(t, []).append(i)
+    for j, t in enumerate(tok_b):
+        by_b.setdefault(t, []).append(j)
+    out = []
+    for t, ia in by_a.items():
+        jb = by_b.get(t)
+        if jb:
+            # Every item of the group has the same token: the alignment pairs as many as it can, in
+            # order, and the bonus (same parameter shapes, same path) picks which ones.
+            def here(x: int, y: int, ia: list[int] = ia, jb: list[int] = jb) -> int:
+                return bonus(ia[x], jb[y])
+
+            out += [(ia[x], jb[y]) for x, y in align([t] * len(ia), [t] * len(jb), here, full=3)]
+    return out
 
 
 def _match_params(a: Trace, b: Trace, module_map: dict[str, str], pairs: dict[str, str]) -> None:

@@ -67,8 +67,9 @@ class NodeChange:
 
     ``grad_log2`` and ``rms_log2`` are ``log2(B / A)`` of the gradient norm and the value RMS
     (see :func:`log2_ratio`). ``nonfinite`` says where NaN or inf appear in one trace only
-    (``"NaN in B's gradient"``), empty when none does. For parameters, ``update_log2`` compares
-    the optimizer's update ratios ``‖Δw‖ / ‖w‖``.
+    (``"NaN in B's gradient"``), empty when none does. ``grad_only_in`` is ``"A"`` or ``"B"`` when
+    backprop reached the node in that trace only (a ``detach()`` added, a branch not taken), else
+    ``""``. For parameters, ``update_log2`` compares the optimizer's update ratios ``‖Δw‖ / ‖w‖``.
     """
 
     a: str
@@ -87,6 +88,7 @@ class NodeChange:
     nonfinite: tuple[str, ...] = ()
     update_a: float | None = None
     update_b: float | None = None
+    grad_only_in: str = ""
 
     @property
     def grad_log2(self) -> float | None:
@@ -102,8 +104,9 @@ class NodeChange:
 
     @property
     def size(self) -> float:
-        """How large the change is, for sorting: NaN/inf in one trace only first, then the largest |log2| ratio."""
-        if self.nonfinite:
+        """How large the change is, for sorting: NaN/inf or a gradient in one trace only first, then
+        the largest |log2| ratio."""
+        if self.nonfinite or self.grad_only_in:
             return math.inf
         logs = [abs(x) for x in (self.grad_log2, self.rms_log2, self.update_log2) if x is not None]
         return max(logs, default=0.0)
@@ -122,6 +125,7 @@ class NodeChange:
             "shape": [None if self.shape_a is None else list(self.shape_a), None if self.shape_b is None else list(self.shape_b)],
             "dtype": [self.dtype_a, self.dtype_b], "nonfinite": list(self.nonfinite),
             "update_ratio": [f(self.update_a), f(self.update_b)], "update_log2": f(self.update_log2),
+            "grad_only_in": self.grad_only_in,
         }
 
 
@@ -134,10 +138,12 @@ def compare_nodes(a: TraceNode, b: TraceNode) -> NodeChange:
             flags.append(f"{fa} in A's {what} only")
         elif fb and not fa:
             flags.append(f"{fb} in B's {what} only")
+    has_a, has_b = any(g is not None for g in a.grads), any(g is not None for g in b.grads)
     return NodeChange(
         a=a.key, b=b.key, kind=b.kind, label=b.label, scope=b.scope or b.module,
         grad_a=grad_norm(a), grad_b=grad_norm(b), rms_a=value_rms(a), rms_b=value_rms(b),
         shape_a=a.value.shape if a.value is not None else None, shape_b=b.value.shape if b.value is not None else None,
         dtype_a=a.value.dtype if a.value is not None else None, dtype_b=b.value.dtype if b.value is not None else None,
         nonfinite=tuple(flags), update_a=a.update_ratio, update_b=b.update_ratio,
+        grad_only_in="A" if has_a and not has_b else "B" if has_b and not has_a else "",
     )

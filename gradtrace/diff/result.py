@@ -67,17 +67,24 @@ class TraceDiff:
         return [c for c in self.changes if c.reshaped]
 
     @property
+    def grad_in_one_only(self) -> list[NodeChange]:
+        """Matched nodes that backprop reached in one trace only (see ``NodeChange.grad_only_in``)."""
+        return [c for c in self.changes if c.grad_only_in]
+
+    @property
     def same_structure(self) -> bool:
         """Every node and module is matched, and no output changed shape or dtype."""
         return not (self.only_a or self.only_b or self.modules_only_a or self.modules_only_b or self.reshaped)
 
     def beyond(self, factor: float) -> list[NodeChange]:
         """Matched nodes whose gradient norm changed by more than ``factor`` either way
-        (``B/A > factor`` or ``A/B > factor``), or got NaN or inf in one trace only; largest first."""
+        (``B/A > factor`` or ``A/B > factor``), got NaN or inf in one trace only, or a gradient in
+        one trace only; largest first."""
         if not factor >= 1:
             raise GradtraceError(f"a change factor must be a number of at least 1 (2 means twice as large or half), got {factor!r}")
         limit = math.log2(factor)
-        return [c for c in self.largest() if c.nonfinite or (c.grad_log2 is not None and abs(c.grad_log2) > limit)]
+        return [c for c in self.largest()
+                if c.nonfinite or c.grad_only_in or (c.grad_log2 is not None and abs(c.grad_log2) > limit)]
 
     # -- output ----------------------------------------------------------------------
 

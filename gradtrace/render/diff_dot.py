@@ -69,6 +69,8 @@ def _tooltip(c: NodeChange, names: tuple[str, str]) -> str:
     if c.kind == "param" and (c.update_a is not None or c.update_b is not None):
         parts.append(f"update ratio {na}: {_num(c.update_a)}, {nb}: {_num(c.update_b)} ({factor(c.update_log2)})")
     parts += list(c.nonfinite)
+    if c.grad_only_in:
+        parts.append(f"backprop reached this node in {c.grad_only_in} only")
     if c.reshaped:
         parts.append(f"output {c.shape_a} {inert_text(c.dtype_a or '')} → {c.shape_b} {inert_text(c.dtype_b or '')}")
     return escape_tooltip("\n".join(parts))
@@ -88,7 +90,7 @@ def _legend(by: str, names: tuple[str, str]) -> str:
         rows.append(f'<TR><TD BGCOLOR="{b.color}" WIDTH="18"> </TD><TD ALIGN="LEFT">{h(b.label)}</TD></TR>')
     rows.append(f'<TR><TD BGCOLOR="{NO_CHANGE_DATA}" WIDTH="18"> </TD><TD ALIGN="LEFT">nothing to compare</TD></TR>')
     for color, text in ((NEW, f"dashed green: only in {names[1]}"), (GONE, f"dotted grey: only in {names[0]}"),
-                        (NONFINITE, "red outline: NaN/inf in one trace only")):
+                        (NONFINITE, "red outline: NaN/inf or a gradient in one trace only")):
         rows.append(f'<TR><TD COLOR="{color}" BORDER="2" WIDTH="18"> </TD><TD ALIGN="LEFT">{h(inert_text(text), 120)}</TD></TR>')
     return "<" + '<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3">' + "".join(rows) + "</TABLE>>"
 
@@ -163,10 +165,12 @@ def _b_node(b: Trace, key: str, c: NodeChange | None, new: bool, by: str, names:
     if c.reshaped:
         lines.append(f"{c.dtype_b} (was {c.dtype_a})" if c.shape_a == c.shape_b else f"shape {c.shape_b} (was {c.shape_a})")
     lines += list(c.nonfinite)
+    if c.grad_only_in:
+        lines.append(f"gradient in {c.grad_only_in} only")
     band = band_of(change_of(c, by))
     if band is not None:
         attrs["fillcolor"], attrs["fontcolor"] = band.color, text_color(band.color)
-    if c.nonfinite:
+    if c.nonfinite or c.grad_only_in:
         attrs.update(color=NONFINITE, penwidth="3")
     attrs["label"] = _label(lines)
     attrs["tooltip"] = _tooltip(c, names)

@@ -60,21 +60,22 @@ def _cell(x: float | None, shown: str, extra: str = "") -> str:
 
 def _row(c: NodeChange) -> str:
     where = describe_node(c.label, c.scope)
+    flags = "; ".join([*c.nonfinite] + ([f"gradient in {c.grad_only_in} only"] if c.grad_only_in else []))
     cells = [
         f'<td class="text" data-v="{html.escape(where, quote=True)}">{html.escape(where)}</td>',
         f'<td class="text" data-v="{_e(c.kind)}">{_e(c.kind)}</td>',
-        _cell(c.size if c.size != 0 else 0.0, "NaN/inf" if c.nonfinite else factor(max(
+        _cell(c.size if c.size != 0 else 0.0, "NaN/inf" if c.nonfinite else "one only" if c.grad_only_in else factor(max(
             (x for x in (c.grad_log2, c.rms_log2, c.update_log2) if x is not None), key=abs, default=None))),
         _cell(c.grad_a, num(c.grad_a)), _cell(c.grad_b, num(c.grad_b)), _cell(c.grad_log2, factor(c.grad_log2)),
         _cell(c.rms_a, num(c.rms_a)), _cell(c.rms_b, num(c.rms_b)), _cell(c.rms_log2, factor(c.rms_log2)),
         _cell(c.update_log2, factor(c.update_log2) if c.kind == "param" else ""),
-        f'<td class="text{" alarm" if c.nonfinite else ""}" data-v="{_e("; ".join(c.nonfinite))}">{_e("; ".join(c.nonfinite))}</td>',
+        f'<td class="text{" alarm" if flags else ""}" data-v="{_e(flags)}">{_e(flags)}</td>',
     ]
     return f'<tr data-node="{node_id(c.b)}" tabindex="0">' + "".join(cells) + "</tr>"
 
 
 _HEADER = [("node", "text"), ("kind", "text"), ("change", ""), ("‖grad‖ A", ""), ("‖grad‖ B", ""), ("grad B/A", ""),
-           ("rms A", ""), ("rms B", ""), ("rms B/A", ""), ("update B/A", ""), ("NaN/inf", "text")]
+           ("rms A", ""), ("rms B", ""), ("rms B/A", ""), ("update B/A", ""), ("in one only", "text")]
 
 
 def _table(d: TraceDiff) -> str:
@@ -108,6 +109,9 @@ def _structural(d: TraceDiff) -> str:
             items.append(f'<li class="plain">module {_e(x)} in {na} matched {_e(y)} in {nb}</li>')
     node_items(d.a, d.only_a, "a", na)
     node_items(d.b, d.only_b, "b", nb)
+    for c in d.grad_in_one_only[:MAX_ROWS]:
+        items.append(f'<li data-node="{node_id(c.b)}" tabindex="0">{_e(describe_node(c.label, c.scope))}: '
+                     f'backprop reached it in {na if c.grad_only_in == "A" else nb} only</li>')
     for c in d.reshaped[:MAX_ROWS]:
         was = f"{shape_of(c.shape_a) if c.shape_a is not None else 'no value'} {c.dtype_a or ''}"
         now = f"{shape_of(c.shape_b) if c.shape_b is not None else 'no value'} {c.dtype_b or ''}"

@@ -78,6 +78,11 @@ def structural_lines(d: TraceDiff) -> list[str]:
         out.append(f"nodes only in {na} ({len(d.only_a)}): " + _names(d.a, d.only_a))
     if d.only_b:
         out.append(f"nodes only in {nb} ({len(d.only_b)}): " + _names(d.b, d.only_b))
+    for side, name in (("A", na), ("B", nb)):
+        reached = [c for c in d.grad_in_one_only if c.grad_only_in == side]
+        if reached:
+            shown = ", ".join(describe_node(c.label, c.scope) for c in reached[:12])
+            out.append(f"gradient reached only in {name} ({len(reached)}): {shown}" + (f", … {len(reached) - 12} more" if len(reached) > 12 else ""))
     moved = [(x, y) for x, y in d.module_pairs if x != y]
     if moved:
         out.append("modules matched under another path: " + ", ".join(f"{inert_text(x)} → {inert_text(y)}" for x, y in moved[:12])
@@ -102,11 +107,12 @@ def _shape(shape: tuple[int, ...] | None, dtype: str | None) -> str:
 
 def change_row(c: NodeChange) -> list[str]:
     """One row of the table of changes."""
+    flags = [*c.nonfinite] + ([f"gradient in {c.grad_only_in} only"] if c.grad_only_in else [])
     return [_clip(describe_node(c.label, c.scope), 48), c.kind, fmt.num(c.grad_a), fmt.num(c.grad_b), factor(c.grad_log2),
-            _log(c.grad_log2), fmt.num(c.rms_a), fmt.num(c.rms_b), factor(c.rms_log2), "; ".join(c.nonfinite)]
+            _log(c.grad_log2), fmt.num(c.rms_a), fmt.num(c.rms_b), factor(c.rms_log2), "; ".join(flags)]
 
 
-HEADER = ["node", "kind", "‖grad‖ A", "‖grad‖ B", "grad B/A", "log2", "value rms A", "value rms B", "value B/A", "NaN/inf"]
+HEADER = ["node", "kind", "‖grad‖ A", "‖grad‖ B", "grad B/A", "log2", "value rms A", "value rms B", "value B/A", "in one only"]
 
 
 def to_text(d: TraceDiff, top: int = 20) -> str:
