@@ -511,3 +511,41 @@ def test_a_gradient_in_one_trace_only_is_reported_and_fails_any_factor():
     assert d.largest(1) == [c] and d.beyond(1e9) == [c]
     assert "gradient reached only in A (1): addmm in fc1" in d.to_text()
     assert b.diff(a).grad_in_one_only[0].grad_only_in == "B"
+
+
+class Prepended(nn.Module):
+    """fc1 -> relu -> fc2, and in one version a layer of the same width and a top-level relu before fc1."""
+
+    def __init__(self, extra: bool) -> None:
+        super().__init__()
+        self.extra = extra
+        if extra:
+            self.pre = nn.Linear(6, 6)
+        self.fc1 = nn.Linear(6, 6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.extra:
+            x = torch.relu(self.pre(x))
+        return F.log_softmax(self.fc2(torch.relu(self.fc1(x))), dim=1)
+
+
+def test_an_op_repeated_by_the_change_is_matched_by_what_feeds_it():
+    """B's first relu (after the new layer) has A's relu's label, shape and grad_fn: only what feeds
+    it tells them apart."""
+    torch.manual_seed(0)
+    a_net, b_net = Prepended(False), Prepended(True)
+    b_net.fc1.load_state_dict(a_net.fc1.state_dict())
+    b_net.fc2.load_state_dict(a_net.fc2.state_dict())
+    x, y = data()
+    a, b = traced(a_net, x, y), traced(b_net, x, y)
+    d = a.diff(b)
+    assert d.modules_only_b == ("pre",) and d.only_a == ()
+    (relu,) = [c for c in d.changes if c.label == "relu"]
+    (feeder,) = b.graph.predecessors(relu.b)
+    assert b.node(feeder).module == "fc1", "A's relu is B's relu after fc1"
+    (new_relu,) = [k for k in d.only_b if b.node(k).label == "relu"]
+    assert b.node(next(iter(b.graph.predecessors(new_relu)))).module == "pre"
+    ra, rb = reference(a_net, x, y), reference(b_net, x, y)
+    c = change(d, "addmm", "fc2")
+    assert close_log2(c.grad_log2, math.log2(norm(rb["fc2"][1]) / norm(ra["fc2"][1])))

@@ -122,6 +122,16 @@ def _local(n: TraceNode) -> str:
     return n.label
 
 
+def _feeds(trace: Trace) -> dict[str, tuple]:
+    """Node key -> what feeds it: the sorted (kind, label, module kind) of its inputs in the graph."""
+    g = trace.graph
+    out = {}
+    for key in g.nodes:
+        parents = (trace.node(p) for p in g.predecessors(key))
+        out[key] = tuple(sorted((p.kind, p.label, _general(p.scope or p.module)) for p in parents))
+    return out
+
+
 def _shape(n: TraceNode) -> tuple | None:
     return n.value.shape if n.value is not None else None
 
@@ -153,6 +163,7 @@ def _match_ops(a: Trace, b: Trace, sa: _Scopes, sb: _Scopes) -> tuple[dict[str, 
     and the module pairs (A path -> B path) that the scope pairs imply."""
     pairs: dict[str, str] = {}
     shapes_a, shapes_b = _param_shapes(a), _param_shapes(b)
+    feeds_a, feeds_b = _feeds(a), _feeds(b)
     tok_a = [(_general(s), a.modules.get(m, "") if s else "") for s, m in zip(sa.names, sa.modules)]
     tok_b = [(_general(s), b.modules.get(m, "") if s else "") for s, m in zip(sb.names, sb.modules)]
 
@@ -169,9 +180,12 @@ def _match_ops(a: Trace, b: Trace, sa: _Scopes, sb: _Scopes) -> tuple[dict[str, 
         na, nb = [a.node(k) for k in ops_a], [b.node(k) for k in ops_b]
 
         def op_bonus(x: int, y: int, na: list = na, nb: list = nb) -> int:
-            return int(_shape(na[x]) == _shape(nb[y])) + int(na[x].grad_fn == nb[y].grad_fn)
+            # Among ops with one label, the one fed by the same kind of node wins: of two relus in B,
+            # A's relu after fc1 is the one after fc1, not the one after an inserted layer.
+            return (int(feeds_a[na[x].key] == feeds_b[nb[y].key]) + int(_shape(na[x]) == _shape(nb[y]))
+                    + int(na[x].grad_fn == nb[y].grad_fn))
 
-        for x, y in align([n.label for n in na], [n.label for n in nb], op_bonus, full=2):
+        for x, y in align([n.label for n in na], [n.label for n in nb], op_bonus, full=3):
             pairs[ops_a[x]] = ops_b[y]
     return pairs, module_map
 
