@@ -4,12 +4,13 @@ Node keys are assigned in capture order, so they say nothing across traces: ``op
 is another op after a layer is inserted. Nodes are matched by what they are instead:
 
 1. **Scopes** (a module call: ``blocks.3.attn``, ``pool#2``) of one kind, the same module class
-   and path with list indices left out (``blocks.#.attn``), are aligned in the order the forward
-   first entered them, so a layer inserted into an ``nn.Sequential`` shifts no other pair. Among equally good
-   alignments, the same parameter shapes win, then the same path.
+   and path with list indices left out (``blocks.#.attn``), are aligned in the order the
+   forward first entered them, so a layer inserted into an ``nn.Sequential`` shifts no other
+   pair. Among equally good alignments, the same parameter shapes win, then the same path.
 2. **Ops** are aligned within each pair of scopes by their label, in forward order: the k-th
    ``linear`` inside ``blocks.3.attn`` is the k-th one in B too, and a cast that autocast
-   inserts, or an op added to a module, is reported alone without shifting the rest.
+   inserts, or an op added to a module, is reported alone without shifting the rest. Among
+   equally good alignments, the op fed by the same kind of node wins, then the same shape.
 3. **Parameters** follow their module's pair and keep their local name (``weight``); what is
    left is matched by full name. Other leaves and inputs match by label.
 

@@ -82,7 +82,8 @@ def structural_lines(d: TraceDiff) -> list[str]:
         reached = [c for c in d.grad_in_one_only if c.grad_only_in == side]
         if reached:
             shown = ", ".join(describe_node(c.label, c.scope) for c in reached[:12])
-            out.append(f"gradient reached only in {name} ({len(reached)}): {shown}" + (f", … {len(reached) - 12} more" if len(reached) > 12 else ""))
+            more = f", … {len(reached) - 12} more" if len(reached) > 12 else ""
+            out.append(f"gradient reached only in {name} ({len(reached)}): {shown}{more}")
     moved = [(x, y) for x, y in d.module_pairs if x != y]
     if moved:
         out.append("modules matched under another path: " + ", ".join(f"{inert_text(x)} → {inert_text(y)}" for x, y in moved[:12])
