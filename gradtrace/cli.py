@@ -400,3 +400,8 @@ def _printable_finding(f: Any) -> Any:
     changes = {name: printable(getattr(f, name)) for name in ("message", "module", "hint")
                if isinstance(getattr(f, name, None), str)}
     return dataclasses.replace(f, **changes)
+
+
+from .diff.cli import diff as _diff  # noqa: E402  (`gradtrace diff` lives in its own package)
+
+main.add_command(_diff)

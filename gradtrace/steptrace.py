@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import networkx as nx
 
     from .diagnose import Finding
+    from .diff import TraceDiff
     from .render.options import RenderOptions
 
 __all__ = ["Trace"]
@@ -109,6 +110,21 @@ class Trace:
         from .diagnose import diagnose
 
         return diagnose(self)
+
+    def diff(self, other: Trace, names: tuple[str, str] = ("A", "B")) -> TraceDiff:
+        """Compare ``other`` (B) with this trace (A): nodes matched by module, op and position,
+        each with its change of gradient norm and value RMS (log2 of B/A), NaN/inf in one only,
+        and the nodes and modules found in one trace only. See :mod:`gradtrace.diff`.
+
+        Raises :class:`~gradtrace.diff.NothingMatched` (a GradtraceError) when the traces share
+        no parameter, leaf or module.
+
+        >>> d = step1.diff(step50)                       # doctest: +SKIP
+        >>> d.render("diff.html")                        # doctest: +SKIP
+        """
+        from .diff import diff_traces
+
+        return diff_traces(self, other, names)
 
     # -- drawing ---------------------------------------------------------------------
 
