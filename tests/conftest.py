@@ -3,6 +3,13 @@ import shutil
 
 import pytest
 import torch
+from hypothesis import settings
+
+# In CI the property tests draw the same examples on every run (a landing is judged on what it tested,
+# not on a new draw); locally each run draws afresh and a failure is kept in .hypothesis/ to replay.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def pytest_addoption(parser):
