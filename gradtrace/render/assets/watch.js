@@ -10,11 +10,10 @@ var KNOWN = ["grad_norm", "out_rms", "update_ratio", "grad_rms", "value_norm", "
 var PALETTE = ["--line1", "--line2", "--line3", "--line4"];
 var KIND_COLOR = { alarm: "--alarm", skipped: "--skipped", warning: "--warning" };
 
-function numbers(list) { return list.map(toNumber); }
-data.rows.forEach(function (r) { Object.keys(r.s).forEach(function (m) { r.s[m] = numbers(r.s[m]); }); });
-data.loss = numbers(data.loss);
-data.lr.forEach(function (g) { g.values = numbers(g.values); });
-Object.keys(data.clip).forEach(function (k) { data.clip[k] = numbers(data.clip[k]); });
+data.rows.forEach(function (r) { Object.keys(r.s).forEach(function (m) { r.s[m] = decodeSeries(r.s[m]); }); });
+data.loss = decodeSeries(data.loss);
+data.lr.forEach(function (g) { g.values = decodeSeries(g.values); });
+Object.keys(data.clip).forEach(function (k) { data.clip[k] = decodeSeries(data.clip[k]); });
 var lossXs = data.lossAll.length ? data.lossAll.map(function (p) { return p[0]; }) : steps;
 var lossYs = data.lossAll.length ? data.lossAll.map(function (p) { return toNumber(p[1]); }) : data.loss;
 buildTree(data.rows);

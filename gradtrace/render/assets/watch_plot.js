@@ -9,6 +9,16 @@ function toNumber(x) {
   return x;  // a number or null
 }
 
+// A series as the page holds it: a JSON list, or {f32: base64 little-endian float32, null: [indices]}.
+function decodeSeries(x) {
+  if (Array.isArray(x)) return x.map(toNumber);
+  var bin = atob(x.f32), n = bin.length >> 2, view = new DataView(new ArrayBuffer(bin.length)), out = new Array(n);
+  for (var b = 0; b < bin.length; b++) view.setUint8(b, bin.charCodeAt(b));
+  for (var i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
+  (x["null"] || []).forEach(function (k) { out[k] = null; });
+  return out;
+}
+
 function fmtNum(x) {
   if (x === null || x === undefined) return "–";
   if (typeof x === "string") return x;
