@@ -376,3 +376,37 @@ def test_the_jupyter_iframe_holds_the_whole_page(history, tmp_path):
         frame.frame_locator("#traceframe").locator("#graph .node").first.wait_for()
         page.screenshot(path=str(ARTIFACTS / "watch-page-iframe.png"))
         assert errors == []
+
+
+def test_events_and_traces_between_samples_belong_to_the_next_sample(tmp_path):
+    h = build_history(steps=30, every=10, nan_at=None, skipped_at=None)  # samples 1, 11, 21, ...
+    h["events"].append({"step": 35, "kind": "warning", "module": "blocks.1.mlp", "param": None, "text": "between samples"})
+    h["traces"]["35"] = h["traces"].pop("1")
+    path = tmp_path / "every10.html"
+    path.write_text(to_watch_html(h), encoding="utf-8")
+    with chromium_page() as page:
+        errors, _, _ = open_page(page, path)
+        page.click('#events li[data-step="35"]')
+        assert page.get_attribute("body", "data-step") == "41"
+        assert page.get_attribute("#chart", "data-row") == "module:blocks.1.mlp"
+        assert "at step 35, warning: between samples" in page.text_content("#stepbox")
+        page.click('#stepbox button[data-step="35"]')
+        page.frame_locator("#traceframe").locator("#graph .node").first.wait_for()
+        page.keyboard.press("Escape")
+        page.keyboard.press("ArrowLeft")
+        assert page.get_attribute("body", "data-step") == "31" and "between samples" not in page.text_content("#stepbox")
+        assert errors == []
+
+
+def test_a_history_with_no_samples_opens(tmp_path):
+    h = {"format": "gradtrace-watch", "version": 1, "script": "<python>", "every": 10, "steps_run": 0, "steps": [],
+         "loss": [], "lr": {}, "optimizers": [], "modules": [{"path": "", "type": "Net", "parent": None, "depth": 0}],
+         "params": [], "series": {"module": {}, "param": {}}, "events": [], "first_alarm": None, "traces": {}}
+    path = tmp_path / "empty.html"
+    path.write_text(to_watch_html(h), encoding="utf-8")
+    with chromium_page() as page:
+        errors, _, _ = open_page(page, path)
+        page.keyboard.press("ArrowRight")
+        assert errors == []
+        assert page.text_content("#stepbox") == "no sampled steps"
+        assert page.locator("#metric option").count() == 0

@@ -357,15 +357,15 @@ def to_watch_html(history: dict[str, Any]) -> str:
 <button id="scale" title="log or linear scale">log</button>
 <input id="search" type="search" placeholder="find a module… (/)" aria-label="find a module">
 <button id="prev" title="previous sampled step (←)">◀</button><span id="stepname"></span><button id="next" title="next sampled step (→)">▶</button>
-<button id="theme" title="dark or light theme">◐</button>
+<button id="theme" title="switch between the dark and the light theme">dark</button>
 </header>
 <nav id="tree" aria-label="modules"></nav>
 <main id="main">
 <section class="chart"><h2 id="charttitle"></h2><canvas id="chart" height="260"></canvas><div id="readout" aria-live="polite"></div></section>
 <div id="small">
 <section class="chart"><h3>loss</h3><canvas id="losschart" height="120"></canvas></section>
-<section class="chart"><h3>learning rate</h3><canvas id="lrchart" height="120"></canvas></section>
-<section class="chart" id="clipbox"><h3>total grad norm before / after clipping</h3><canvas id="clipchart" height="120"></canvas></section>
+<section class="chart"><h3>learning rate<span class="legend" id="lrlegend"></span></h3><canvas id="lrchart" height="120"></canvas></section>
+<section class="chart" id="clipbox"><h3>total grad norm, clipping<span class="legend" id="cliplegend"></span></h3><canvas id="clipchart" height="120"></canvas></section>
 </div>
 <section id="heatbox"><h3 id="heattitle"></h3><canvas id="heat"></canvas><div id="heatread"></div></section>
 </main>

@@ -42,8 +42,10 @@ var state = {
   theme: window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light"
 };
 state.row = firstRowWith(state.metric);
-state.i = data.firstAlarm !== null && steps.indexOf(data.firstAlarm) >= 0 ? steps.indexOf(data.firstAlarm) : 0;
+state.i = data.firstAlarm !== null && nSteps ? indexOfStep(data.firstAlarm) : 0;
 document.documentElement.dataset.theme = state.theme;
+function themeLabel() { $("theme").textContent = state.theme === "dark" ? "light" : "dark"; }
+themeLabel();
 
 function indexOfStep(step) {  // the sampled step at or after `step` (the last one past the end)
   for (var i = 0; i < nSteps; i++) if (steps[i] >= step) return i;
@@ -113,7 +115,20 @@ function readout() {
   $("readout").dataset.step = nSteps ? String(steps[i]) : "";
 }
 
+// A legend: each name in its line's colour (set through the CSSOM: the policy allows no style attribute).
+function legend(el, names) {
+  el.textContent = "";
+  names.forEach(function (name, k) {
+    var s = document.createElement("span");
+    s.textContent = "— " + name;
+    s.style.color = cssVar(PALETTE[k % PALETTE.length]);
+    el.appendChild(s);
+  });
+}
+
 function drawSmall() {
+  legend($("lrlegend"), data.lr.map(function (g) { return g.name; }));
+  legend($("cliplegend"), Object.keys(data.clip));
   var cursor = steps[state.i];
   lineChart($("losschart"), { xs: lossXs, lines: [{ ys: lossYs, color: cssVar("--line1") }], log: logFits([lossYs]),
     height: 120, cursor: cursor, markers: markers, compact: true, empty: "no loss recorded" });
@@ -134,7 +149,7 @@ function drawHeat() {
   heatRows = shownRows.filter(function (r) { return !!r.s[state.metric]; });
   heatRowH = Math.max(3, Math.min(14, Math.floor(480 / Math.max(1, heatRows.length))));
   var log = state.log && logFits(heatRows.map(function (r) { return r.s[state.metric]; }));
-  $("heattitle").textContent = state.metric + " · " + heatRows.length + " rows × " + nSteps + " steps" +
+  $("heattitle").textContent = state.metric + " · " + heatRows.length + " rows (the tree's, top to bottom; hover to read) × " + nSteps + " steps" +
     (log ? " (colour: log10)" : "") + (heatRows.length ? "" : ": no shown row has this metric");
   heatGeo = heatMap($("heat"), heatRows.map(function (r) { return r.s[state.metric]; }), nSteps, log, heatRowH);
   $("heat").dataset.rows = String(heatRows.length);
@@ -178,9 +193,14 @@ $("heat").addEventListener("click", function (ev) {
 
 // -- the side: the selected step, events, traces ------------------------------------------
 function cell(tr, text, cls) { var td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td); return td; }
+// The optimizer steps a sampled step stands for: those after the previous sample, up to it. An event
+// or a trace at a step between samples belongs to the next sample (the page lands there too).
+function covers(i, stepNumber) { return stepNumber <= steps[i] && (i === 0 || stepNumber > steps[i - 1]); }
+
 function drawSide() {
   var box = $("stepbox"), i = state.i, step = steps[i], r = data.rows[state.row];
   box.textContent = "";
+  if (!nSteps) { box.textContent = "no sampled steps"; return; }
   var h = document.createElement("h3"); h.textContent = "step " + step; box.appendChild(h);
   var table = document.createElement("table");
   function row(k, v, field) { var tr = document.createElement("tr"); cell(tr, k); var td = cell(tr, v); if (field) td.dataset.field = field; table.appendChild(tr); }
@@ -194,21 +214,25 @@ function drawSide() {
     Object.keys(r.s).forEach(function (m) {
       var tr = document.createElement("tr"); cell(tr, m); var td = cell(tr, fmtNum(r.s[m][i])); td.dataset.field = m; t2.appendChild(tr);
     });
-    if (!Object.keys(r.s).length) { var tr = document.createElement("tr"); cell(tr, "no samples recorded"); t2.appendChild(tr); }
+    if (!Object.keys(r.s).length) { var none = document.createElement("tr"); cell(none, "no samples recorded"); t2.appendChild(none); }
     box.appendChild(t2);
   }
   data.events.forEach(function (e) {
-    if (e.step !== step) return;
-    var p = document.createElement("p"); p.className = "ev kind-" + e.kind; p.textContent = e.kind + ": " + e.text; box.appendChild(p);
+    if (!covers(i, e.step)) return;
+    var p = document.createElement("p"); p.className = "ev kind-" + e.kind;
+    p.textContent = (e.step === step ? "" : "at step " + e.step + ", ") + e.kind + ": " + e.text;
+    box.appendChild(p);
   });
-  if (traceByStep[step]) {
-    var b = document.createElement("button"); b.textContent = "open the full trace of step " + step;
-    b.addEventListener("click", function () { openTrace(step); });
+  data.traces.forEach(function (t) {
+    if (!covers(i, t.step)) return;
+    var b = document.createElement("button"); b.textContent = "open the full trace of step " + t.step;
+    b.dataset.step = String(t.step);
+    b.addEventListener("click", function () { openTrace(t.step); });
     box.appendChild(b);
-  }
+  });
   $("stepname").textContent = "step " + step;
   document.body.dataset.step = String(step);
-  Array.prototype.forEach.call($("events").children, function (li) { li.classList.toggle("current", Number(li.dataset.step) === step); });
+  Array.prototype.forEach.call($("events").children, function (li) { li.classList.toggle("current", covers(i, Number(li.dataset.step))); });
 }
 
 data.events.forEach(function (e) {
@@ -298,6 +322,7 @@ $("scale").addEventListener("click", function () {
 $("theme").addEventListener("click", function () {
   state.theme = state.theme === "dark" ? "light" : "dark";
   document.documentElement.dataset.theme = state.theme;
+  themeLabel();
   makeMarkers();
   refresh(ALL);
 });

@@ -100,14 +100,17 @@ function ticks(lo, hi, log) {
   var out = [];
   if (log) {
     if (hi - lo < 1.5) {  // less than two decades: 1, 2, 5 of each decade, so the axis has numbers on it
-      for (var d = Math.floor(lo); d <= Math.ceil(hi); d++) {
-        [1, 2, 5].forEach(function (m) {
-          var at = d + Math.log10(m);
-          if (at >= lo - 1e-9 && at <= hi + 1e-9) out.push({ at: at, text: tickText(m * Math.pow(10, d)) });
-        });
+      var sets = [[1, 2, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]];  // the finer set where the coarse one gives one tick
+      for (var k = 0; k < sets.length; k++) {
+        out = [];
+        for (var d = Math.floor(lo); d <= Math.ceil(hi); d++) {
+          sets[k].forEach(function (m) {
+            var at = d + Math.log10(m);
+            if (at >= lo - 1e-9 && at <= hi + 1e-9) out.push({ at: at, text: tickText(m * Math.pow(10, d)) });
+          });
+        }
+        if (out.length >= 2) return out;
       }
-      if (out.length >= 2) return out;
-      out = [];
       return [{ at: lo, text: tickText(Math.pow(10, lo)) }, { at: hi, text: tickText(Math.pow(10, hi)) }];
     }
     var step = Math.max(1, Math.ceil((hi - lo) / 5));
