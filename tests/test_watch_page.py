@@ -234,7 +234,9 @@ def test_a_heat_map_click_selects_the_module_and_the_step(history, page_file):
     with chromium_page() as page:
         open_page(page, page_file)
         assert int(page.get_attribute("#heat", "data-rows")) == len(mods), "one heat-map row per shown module"
+        page.locator("#heat").scroll_into_view_if_needed()
         box = page.locator("#heat").bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 900, "the whole heat map is on screen"
         row_h = box["height"] / len(mods)
         for k, j in ((mods.index("blocks.4.mlp.fc"), 100), (mods.index("blocks.3.attn.q"), 400), (0, 5)):
             page.mouse.move(box["x"] + (j + 0.5) / n * box["width"], box["y"] + (k + 0.5) * row_h)

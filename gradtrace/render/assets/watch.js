@@ -149,7 +149,7 @@ function drawHeat() {
   heatRows = shownRows.filter(function (r) { return !!r.s[state.metric]; });
   heatRowH = Math.max(3, Math.min(14, Math.floor(480 / Math.max(1, heatRows.length))));
   var log = state.log && logFits(heatRows.map(function (r) { return r.s[state.metric]; }));
-  $("heattitle").textContent = state.metric + " · " + heatRows.length + " rows (the tree's, top to bottom; hover to read) × " + nSteps + " steps" +
+  $("heattitle").textContent = state.metric + " · " + heatRows.length + " rows (the tree's) × " + nSteps + " steps" +
     (log ? " (colour: log10)" : "") + (heatRows.length ? "" : ": no shown row has this metric");
   heatGeo = heatMap($("heat"), heatRows.map(function (r) { return r.s[state.metric]; }), nSteps, log, heatRowH);
   $("heat").dataset.rows = String(heatRows.length);
