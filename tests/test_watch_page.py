@@ -234,7 +234,7 @@ def test_a_heat_map_click_selects_the_module_and_the_step(history, page_file):
     with chromium_page() as page:
         open_page(page, page_file)
         assert int(page.get_attribute("#heat", "data-rows")) == len(mods), "one heat-map row per shown module"
-        page.locator("#heat").scroll_into_view_if_needed()
+        page.eval_on_selector("#heat", "e => e.scrollIntoView({block: 'center'})")
         box = page.locator("#heat").bounding_box()
         assert box["y"] >= 0 and box["y"] + box["height"] <= 900, "the whole heat map is on screen"
         row_h = box["height"] / len(mods)
