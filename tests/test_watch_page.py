@@ -338,6 +338,14 @@ def test_hostile_strings_are_inert_text(tmp_path):
     names = {"blocks": "".join(PAYLOADS[:14]), "attn": "".join(PAYLOADS[14:32]), "Block": "".join(PAYLOADS[32:])}
     text = "".join(PAYLOADS)
     h = build_history(steps=30, nan_at=20, skipped_at=5, traces=False, names=names, script=text, event_text=text)
+    # Keys other fields refer to, and names shown beside them: a metric, a clip series, an lr group, an
+    # event's module, an optimizer.
+    metric = "\u202e<img src=x onerror=alert(3)>" + text
+    h["series"]["module"][""][metric] = [1.0] * 30
+    h["clip"][PAYLOADS[2]] = [2.0] * 30
+    h["lr"][text] = [0.1] * 30
+    h["events"][0]["module"] = text
+    h["optimizers"][0]["type"] = text
     hostile = gradtrace.trace(Hostile(), torch.randn(3, 4), loss=lambda out: out.sum())
     h["traces"] = {"20": hostile.to_dict()}
     path = tmp_path / "hostile.html"
@@ -356,6 +364,17 @@ def test_hostile_strings_are_inert_text(tmp_path):
         assert inert_text(names["blocks"]) in names_shown
         assert any(inert_text(names["Block"]) == t for t in page.eval_on_selector_all("#tree .row .type", "ns => ns.map(n => n.textContent)"))
         assert inert_text(f"loss is NaN; first non-finite gradient in softmax{text}") in page.text_content("#events")
+        assert inert_text(text) in page.text_content("#events li:first-child .evtext")
+        assert inert_text(metric) in page.eval_on_selector_all("#metric option", "os => os.map(o => o.textContent)")
+        page.select_option("#metric", metric)
+        assert page.text_content("#charttitle").startswith("(model) · " + inert_text(metric))
+        assert inert_text(PAYLOADS[2]) in page.text_content("#cliplegend") and inert_text(text) in page.text_content("#lrlegend")
+        assert inert_text(text) in page.text_content("#runinfo")
+        shown = page.evaluate("document.body.innerText")
+        assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", shown), \
+            "no control, separator or bidi character reaches the page as such"
+        page.wait_for_timeout(100)
+        assert dialogs == [] and errors == []
 
 
 def test_the_jupyter_iframe_holds_the_whole_page(history, tmp_path):

@@ -267,6 +267,11 @@ def _page_hashes(page: str) -> tuple[set[str], set[str]]:
     return scripts, styles
 
 
+def series_keys(kind: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The metric keys of each module's (or parameter's) series."""
+    return [list(metrics) for metrics in kind.values()]
+
+
 def page_data(history: dict[str, Any]) -> tuple[dict[str, Any], set[str], set[str]]:
     """What the page's script reads, checked; and the hashes the embedded traces need."""
     h = _obj(history, "the document")
@@ -296,12 +301,15 @@ def page_data(history: dict[str, Any]) -> tuple[dict[str, Any], set[str], set[st
                        "text": inert_text(_str(e.get("text", ""), f"events[{i}].text")),
                        "module": _str(e.get("module"), f"events[{i}].module", optional=True),
                        "param": _str(e.get("param"), f"events[{i}].param", optional=True)})
+        events[-1]["where"] = inert_text(" ".join(x for x in (events[-1]["module"], events[-1]["param"]) if x))
     loss_all = []
     for i, pair in enumerate(_list(h.get("loss_all") or [], "loss_all")):
         if not isinstance(pair, list) or len(pair) != 2:
             raise _bad(f"loss_all[{i}]", "a pair [step, loss]", pair)
         loss_all.append([_int(pair[0], f"loss_all[{i}][0]"), _num(pair[1], f"loss_all[{i}][1]")])
-    clip = _series(h["clip"], n, "clip") if h.get("clip") is not None else {}
+    # Shown names go through inert_text; keys that other fields refer to (module paths, metric keys) stay
+    # as written for lookups and get a shown spelling of their own.
+    clip = {inert_text(k): v for k, v in _series(h["clip"], n, "clip").items()} if h.get("clip") is not None else {}
     optimizers = [{k: inert_text(str(v)) for k, v in _obj(o, f"optimizers[{i}]").items()}
                   for i, o in enumerate(_list(h.get("optimizers", []), "optimizers"))]
     overhead = {k: _num(v, f"overhead.{k}") for k, v in _obj(h.get("overhead") or {}, "overhead").items()}
@@ -321,6 +329,7 @@ def page_data(history: dict[str, Any]) -> tuple[dict[str, Any], set[str], set[st
         "firstAlarm": _int(h.get("first_alarm"), "first_alarm", optional=True),
         "traces": traces,
         "overhead": overhead,
+        "metricLabels": {m: inert_text(m) for kind in series.values() for metrics in series_keys(kind) for m in metrics},
     }
     return data, script_hashes, style_hashes
 

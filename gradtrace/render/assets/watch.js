@@ -31,6 +31,7 @@ metrics.sort(function (a, b) {
   return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || (a < b ? -1 : a > b ? 1 : 0);
 });
 
+function metricLabel(m) { return data.metricLabels[m] || m; }
 function defaultLog(metric) { return !/nonfinite|count/.test(metric); }
 function firstRowWith(metric) {
   for (var i = 0; i < data.rows.length; i++) if (data.rows[i].s[metric]) return i;
@@ -58,6 +59,7 @@ var info = nSteps + " sampled step" + (nSteps === 1 ? "" : "s");
 if (data.stepsRun !== null) info += " of " + data.stepsRun;
 if (data.every !== null) info += " (every " + data.every + ")";
 info += " · " + data.rows.filter(function (r) { return r.kind === "module"; }).length + " modules";
+if (data.optimizers.length) info += " · " + data.optimizers.map(function (o) { return [o.name, o.type].filter(Boolean).join(" "); }).join(", ");
 if (data.firstAlarm !== null) info += " · first alarm at step " + data.firstAlarm;
 var oh = data.overhead;
 if (oh && typeof oh.plain_s === "number" && typeof oh.watched_s === "number" && oh.plain_s > 0) {
@@ -66,7 +68,7 @@ if (oh && typeof oh.plain_s === "number" && typeof oh.watched_s === "number" && 
 $("runinfo").textContent = info;
 metrics.forEach(function (m) {
   var o = document.createElement("option");
-  o.value = m; o.textContent = m;
+  o.value = m; o.textContent = metricLabel(m);
   $("metric").appendChild(o);
 });
 
@@ -97,20 +99,20 @@ function selectedSeries() { var r = data.rows[state.row]; return r ? r.s[state.m
 function drawMain() {
   var r = data.rows[state.row], ys = selectedSeries();
   var log = state.log && !!ys && logFits([ys]);
-  $("charttitle").textContent = (r ? (r.full || "(model)") : "") + " · " + state.metric + (log ? " (log scale)" : "");
+  $("charttitle").textContent = (r ? (r.full || "(model)") : "") + " · " + metricLabel(state.metric) + (log ? " (log scale)" : "");
   $("chart").dataset.row = r ? r.kind + ":" + r.key : "";
   $("chart").dataset.metric = state.metric;
   chartGeo = lineChart($("chart"), {
     xs: steps, lines: ys ? [{ ys: ys, color: cssVar("--line1") }] : [], log: log, height: 260,
     cursor: steps[state.i], hover: state.hover === null ? null : steps[state.hover], markers: markers,
-    empty: "no " + state.metric + " recorded for " + (r && r.kind === "param" ? "this parameter" : "this module")
+    empty: "no " + metricLabel(state.metric) + " recorded for " + (r && r.kind === "param" ? "this parameter" : "this module")
   });
   readout();
 }
 
 function readout() {
   var ys = selectedSeries(), i = state.hover === null ? state.i : state.hover;
-  var text = "step " + steps[i] + " · " + state.metric + " = " + (ys ? fmtNum(ys[i]) : "–");
+  var text = "step " + steps[i] + " · " + metricLabel(state.metric) + " = " + (ys ? fmtNum(ys[i]) : "–");
   $("readout").textContent = nSteps ? text : "no sampled steps";
   $("readout").dataset.step = nSteps ? String(steps[i]) : "";
 }
@@ -149,7 +151,7 @@ function drawHeat() {
   heatRows = shownRows.filter(function (r) { return !!r.s[state.metric]; });
   heatRowH = Math.max(3, Math.min(14, Math.floor(480 / Math.max(1, heatRows.length))));
   var log = state.log && logFits(heatRows.map(function (r) { return r.s[state.metric]; }));
-  $("heattitle").textContent = state.metric + " · " + heatRows.length + " rows (the tree's) × " + nSteps + " steps" +
+  $("heattitle").textContent = metricLabel(state.metric) + " · " + heatRows.length + " rows (the tree's) × " + nSteps + " steps" +
     (log ? " (colour: log10)" : "") + (heatRows.length ? "" : ": no shown row has this metric");
   heatGeo = heatMap($("heat"), heatRows.map(function (r) { return r.s[state.metric]; }), nSteps, log, heatRowH);
   $("heat").dataset.rows = String(heatRows.length);
@@ -181,7 +183,7 @@ function heatCell(ev) {
 }
 $("heat").addEventListener("mousemove", function (ev) {
   var c = heatCell(ev);
-  $("heatread").textContent = c ? (c.row.full || "(model)") + " · step " + steps[c.index] + " · " + state.metric + " = " + fmtNum(c.row.s[state.metric][c.index]) : "";
+  $("heatread").textContent = c ? (c.row.full || "(model)") + " · step " + steps[c.index] + " · " + metricLabel(state.metric) + " = " + fmtNum(c.row.s[state.metric][c.index]) : "";
 });
 $("heat").addEventListener("click", function (ev) {
   var c = heatCell(ev);
@@ -212,7 +214,7 @@ function drawSide() {
     var h4 = document.createElement("h4"); h4.textContent = r.full || "(model)"; box.appendChild(h4);
     var t2 = document.createElement("table");
     Object.keys(r.s).forEach(function (m) {
-      var tr = document.createElement("tr"); cell(tr, m); var td = cell(tr, fmtNum(r.s[m][i])); td.dataset.field = m; t2.appendChild(tr);
+      var tr = document.createElement("tr"); cell(tr, metricLabel(m)); var td = cell(tr, fmtNum(r.s[m][i])); td.dataset.field = m; t2.appendChild(tr);
     });
     if (!Object.keys(r.s).length) { var none = document.createElement("tr"); cell(none, "no samples recorded"); t2.appendChild(none); }
     box.appendChild(t2);
@@ -242,7 +244,7 @@ data.events.forEach(function (e) {
   li.tabIndex = 0;
   var s = document.createElement("span"); s.className = "evstep"; s.textContent = "step " + e.step; li.appendChild(s);
   var k = document.createElement("span"); k.className = "badge"; k.textContent = e.kind; li.appendChild(k);
-  var t = document.createElement("span"); t.className = "evtext"; t.textContent = e.text + (e.module ? " (" + e.module + ")" : "") + (e.param ? " [" + e.param + "]" : ""); li.appendChild(t);
+  var t = document.createElement("span"); t.className = "evtext"; t.textContent = e.text + (e.where ? " (" + e.where + ")" : ""); li.appendChild(t);
   function go() {
     state.i = indexOfStep(e.step);
     var target = (e.param && rowByKey.param[e.param]) || (e.module !== null && rowByKey.module[e.module]);
