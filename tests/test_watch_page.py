@@ -15,6 +15,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gradtrace
 from gradtrace import GradtraceError, Trace
@@ -165,6 +167,16 @@ def test_a_malformed_history_is_refused_with_the_field_named(change, words):
     assert isinstance(err.value, GradtraceError)
     for w in words:
         assert w in str(err.value), (w, str(err.value))
+
+
+def test_a_history_object_is_read_through_its_to_dict(history):
+    class History:
+        def to_dict(self):
+            return history
+
+    assert to_watch_html(History()) == to_watch_html(history)
+    with pytest.raises(WatchFileError, match="the document should be a JSON object"):
+        to_watch_html([history])
 
 
 def test_a_history_with_what_is_optional_left_out_renders():
@@ -431,3 +443,41 @@ def test_a_history_with_no_samples_opens(tmp_path):
         assert errors == []
         assert page.text_content("#stepbox") == "no sampled steps"
         assert page.locator("#metric option").count() == 0
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**60) | st.floats(allow_nan=True) | st.sampled_from(["NaN", "inf", "", "x", "-1"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["path", "step", "f32", "", "type"]), inner, max_size=3),
+    max_leaves=6)
+
+
+def _paths(x, prefix=()):
+    """Every place in a JSON document (dict keys and list indices), the document itself first."""
+    yield prefix
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+    for k, v in list(items)[:6]:  # a few entries of each list are enough to reach every field's kind
+        yield from _paths(v, (*prefix, k))
+
+
+SMALL = build_history(steps=3, layers=1, nan_at=3, skipped_at=2, traces=False)
+PLACES = [p for p in _paths(SMALL) if p]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(PLACES), JSON_VALUES), min_size=1, max_size=3))
+def test_any_edit_of_a_history_renders_or_is_refused_by_name(edits):
+    h = copy.deepcopy(SMALL)
+    for place, value in edits:
+        target = h
+        try:
+            for k in place[:-1]:
+                target = target[k]
+            target[place[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier edit removed this place
+    try:
+        page = to_watch_html(h)
+    except WatchFileError as e:
+        assert str(e).startswith("watch history: ")
+    else:
+        assert page.startswith("<!DOCTYPE html>") and page.count("<script") == 2

@@ -334,13 +334,16 @@ def page_data(history: dict[str, Any]) -> tuple[dict[str, Any], set[str], set[st
     return data, script_hashes, style_hashes
 
 
-def to_watch_html(history: dict[str, Any]) -> str:
-    """The watch page for a run's ``history`` (``History.to_dict()`` or a loaded ``run.json``), as one
-    HTML document. A malformed history raises :class:`WatchFileError` naming the field.
+def to_watch_html(history: dict[str, Any] | Any) -> str:
+    """The watch page for a run's ``history`` (``History.to_dict()``, a loaded ``run.json``, or any
+    object with a ``to_dict()`` giving one), as one HTML document. A malformed history raises
+    :class:`WatchFileError` naming the field.
 
     >>> to_watch_html(json.load(open("run.json"))).startswith("<!DOCTYPE html>")   # doctest: +SKIP
     True
     """
+    if not isinstance(history, dict) and callable(getattr(history, "to_dict", None)):
+        history = history.to_dict()
     data, trace_scripts, trace_styles = page_data(history)
     script = "(function () {\n\"use strict\";\n" + "\n".join(_asset(n) for n in SCRIPTS) + "\n})();\n"
     style = _asset("watch.css")
@@ -392,7 +395,7 @@ def to_watch_html(history: dict[str, Any]) -> str:
 """
 
 
-def to_watch_iframe(history: dict[str, Any], height: int = 720) -> str:
+def to_watch_iframe(history: dict[str, Any] | Any, height: int = 720) -> str:
     """The watch page inside an ``<iframe srcdoc>``: how Jupyter shows it, isolated from the notebook."""
     return (f'<iframe srcdoc="{html.escape(to_watch_html(history), quote=True)}" '
             f'style="width: 100%; height: {int(height)}px; border: 1px solid #ddd" sandbox="allow-scripts"></iframe>')
