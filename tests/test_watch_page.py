@@ -481,3 +481,26 @@ def test_any_edit_of_a_history_renders_or_is_refused_by_name(edits):
         assert str(e).startswith("watch history: ")
     else:
         assert page.startswith("<!DOCTYPE html>") and page.count("<script") == 2
+
+
+def test_every_canvas_is_drawn_at_its_own_width(page_file, tmp_path):
+    """A canvas drawn at one width and shown at another is stretched by the browser (blurred, text
+    squashed): after the page settles, and after the window is resized, each is drawn at its width."""
+    h = build_history(steps=8, every=125, layers=1, nan_at=None, skipped_at=None)
+    del h["clip"]  # a script that does not clip: the small charts share the row between two
+    small = tmp_path / "small.html"
+    small.write_text(to_watch_html(h), encoding="utf-8")
+
+    def mismatched(page):
+        page.wait_for_timeout(150)  # the redraw waits for an animation frame
+        return page.eval_on_selector_all("canvas", "cs => cs.filter(c => c.offsetParent !== null)"
+                                         ".map(c => [c.id || c.className, c.clientWidth, Number(c.dataset.drawnWidth)])"
+                                         ".filter(([_, w, d]) => Math.max(10, w) !== d)")
+
+    with chromium_page(width=1400, height=900) as page:
+        for path in (small, page_file):
+            open_page(page, path)
+            assert mismatched(page) == []
+            page.set_viewport_size({"width": 1000, "height": 700})
+            assert mismatched(page) == []
+            page.set_viewport_size({"width": 1400, "height": 900})

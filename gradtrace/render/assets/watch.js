@@ -129,15 +129,15 @@ function legend(el, names) {
 }
 
 function drawSmall() {
+  var clipKeys = Object.keys(data.clip);
+  $("clipbox").hidden = !clipKeys.length;  // first: it decides how wide the other two are
   legend($("lrlegend"), data.lr.map(function (g) { return g.name; }));
-  legend($("cliplegend"), Object.keys(data.clip));
+  legend($("cliplegend"), clipKeys);
   var cursor = steps[state.i];
   lineChart($("losschart"), { xs: lossXs, lines: [{ ys: lossYs, color: cssVar("--line1") }], log: logFits([lossYs]),
     height: 120, cursor: cursor, markers: markers, compact: true, empty: "no loss recorded" });
   lineChart($("lrchart"), { xs: steps, lines: data.lr.map(function (g, k) { return { ys: g.values, color: cssVar(PALETTE[k % PALETTE.length]) }; }),
     log: false, height: 120, cursor: cursor, compact: true, empty: "no learning rate recorded" });
-  var clipKeys = Object.keys(data.clip);
-  $("clipbox").hidden = !clipKeys.length;
   if (clipKeys.length) {
     var lines = clipKeys.map(function (k, n) { return { ys: data.clip[k], color: cssVar(PALETTE[n % PALETTE.length]) }; });
     lineChart($("clipchart"), { xs: steps, lines: lines, log: logFits(lines.map(function (l) { return l.ys; })), height: 120,
@@ -373,12 +373,28 @@ document.addEventListener("keydown", function (ev) {
   else if (ev.key === "ArrowRight") { ev.preventDefault(); step(1); }
 });
 
+// Redraw when a canvas's box changed width since it was drawn: a window resize, a scroll bar that
+// came or went once the heat map had its height, a Jupyter cell resized. Drawing at the old width
+// would leave the browser to stretch the pixels.
 var pending = false;
-window.addEventListener("resize", function () {
+function stale() {
+  var canvases = document.querySelectorAll("canvas");
+  for (var k = 0; k < canvases.length; k++) {
+    var c = canvases[k];
+    if (c.dataset.drawnWidth && c.offsetParent !== null && Math.max(10, c.clientWidth) !== Number(c.dataset.drawnWidth)) return true;
+  }
+  return false;
+}
+function redrawIfStale() {
   if (pending) return;
   pending = true;
-  requestAnimationFrame(function () { pending = false; refresh(ALL); });
-});
+  requestAnimationFrame(function () { pending = false; if (stale()) refresh(ALL); });
+}
+window.addEventListener("resize", redrawIfStale);
+if (window.ResizeObserver) {
+  var watcher = new ResizeObserver(redrawIfStale);
+  ["main", "tree", "small", "heatbox"].forEach(function (id) { watcher.observe($(id)); });
+}
 
 makeMarkers();
 if (state.metric) setMetric(state.metric); else refresh(ALL);

@@ -51,6 +51,7 @@ function fitCanvas(canvas, cssHeight) {
     canvas.width = Math.round(w * dpr);
     canvas.height = Math.round(h * dpr);
   }
+  canvas.dataset.drawnWidth = String(w);  // the page redraws a canvas whose box has since changed width
   var ctx = canvas.getContext("2d");
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
@@ -170,7 +171,11 @@ function lineChart(canvas, opts) {
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
   var xt = ticks(x0, x1, false);
-  xt.forEach(function (t) { if (t.at >= x0 && t.at <= x1) ctx.fillText(t.text, X(t.at), top + ph + 4); });
+  xt.forEach(function (t) {
+    if (t.at < x0 || t.at > x1) return;
+    var half = ctx.measureText(t.text).width / 2;  // a label at the right edge stays inside the canvas
+    ctx.fillText(t.text, Math.min(X(t.at), c.w - half - 1), top + ph + 4);
+  });
   ctx.strokeStyle = muted;
   ctx.strokeRect(left + 0.5, top + 0.5, pw, ph);
   // event markers: a vertical line per event, in its kind's colour
@@ -247,6 +252,21 @@ function sparkline(canvas, xs, ys, log, color) {
   if (!range) return;
   var lo = range[0], hi = range[1];
   function Y(v) { return 1 + (h - 2) * (1 - (v - lo) / (hi - lo)); }
+  if (n < cols / 2) {
+    // Few samples (a long --every): a line through them, so they read as a curve and not as dots.
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    var pen = false;
+    for (var j = 0; j < n; j++) {
+      var u = ys[j];
+      if (u === null || !isFinite(u)) { pen = false; continue; }
+      var px = (xs[j] - x0) / span * (w - 2) + 1, py = Y(log ? (u > 0 ? Math.log10(u) : lo) : u);
+      if (pen) ctx.lineTo(px, py); else { ctx.moveTo(px, py); ctx.lineTo(px + 0.5, py); pen = true; }
+    }
+    ctx.stroke();
+    return;
+  }
   ctx.fillStyle = color;
   for (var k = 0; k < cols; k++) {
     if (maxs[k] === -Infinity) continue;
