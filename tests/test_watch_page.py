@@ -504,3 +504,40 @@ def test_every_canvas_is_drawn_at_its_own_width(page_file, tmp_path):
             page.set_viewport_size({"width": 1000, "height": 700})
             assert mismatched(page) == []
             page.set_viewport_size({"width": 1400, "height": 900})
+
+
+def test_a_real_watched_run_shows_in_the_page(tmp_path):
+    """The engine's own history of a healthy 100-step run (gradtrace.watch), drawn: every module in the
+    tree, and the page's numbers are the history's, whose gradients the engine's tests hold to torch."""
+    watch = getattr(gradtrace, "watch", None)
+    if watch is None:
+        pytest.skip("gradtrace.watch (the engine, branch 'watch') is not in this tree")
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 16), nn.ReLU()), nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    with watch(model, every=5) as w:
+        for _ in range(100):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    history = w.history.to_dict()
+    assert len(history["steps"]) == 20
+    path = tmp_path / "real.html"
+    path.write_text(to_watch_html(history), encoding="utf-8")
+    with chromium_page() as page:
+        errors, requests, _ = open_page(page, path)
+        assert errors == [] and requests == [path.as_uri()]
+        titles = page.eval_on_selector_all("#tree .row.kind-module", "rs => rs.map(r => r.title)")
+        assert [t.rsplit(" (", 1)[0] for t in titles] == [m["path"] for m in history["modules"]]
+        select_row(page, "2.0")
+        assert page.get_attribute("#chart", "data-row") == "module:2.0"
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        i = history["steps"].index(int(page.get_attribute("body", "data-step")))
+        for m, values in history["series"]["module"]["2.0"].items():
+            assert_shows(page.text_content(f'#stepbox td[data-field="{m}"]'), values[i])
+        assert_shows(page.text_content('#stepbox td[data-field="loss"]'), history["loss"][i])
