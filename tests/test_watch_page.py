@@ -331,6 +331,12 @@ def test_keyboard_steps_and_searches(history, page_file):
         assert page.locator("#tree .row:not([hidden])").count() >= len(history["modules"])
         page.keyboard.press("ArrowRight")  # the search box let go of the keys
         assert page.get_attribute("body", "data-step") == str(steps[start + 2])
+        # ↑/↓ walk the tree's shown rows: blocks.5.mlp.fc's parameters are folded, so below it is mlp.act.
+        page.keyboard.press("ArrowDown")
+        assert page.get_attribute("#chart", "data-row") == "module:blocks.5.mlp.act"
+        page.keyboard.press("ArrowUp")
+        page.keyboard.press("ArrowUp")
+        assert page.get_attribute("#chart", "data-row") == "module:blocks.5.mlp"
 
 
 def test_dark_and_light_themes(page_file):

@@ -31,7 +31,7 @@ from ..errors import GradtraceError
 from .html import to_html
 from .inert import inert_text
 
-__all__ = ["to_watch_html", "to_watch_iframe"]
+__all__ = ["WatchFileError", "to_watch_html", "to_watch_iframe"]
 
 #: The page's script, joined in this order into one function scope (each file uses the ones before it).
 SCRIPTS = ("watch_plot.js", "watch_tree.js", "watch.js")

@@ -371,6 +371,15 @@ document.addEventListener("keydown", function (ev) {
   if (ev.key === "/") { ev.preventDefault(); $("search").focus(); }
   else if (ev.key === "ArrowLeft") { ev.preventDefault(); step(-1); }
   else if (ev.key === "ArrowRight") { ev.preventDefault(); step(1); }
+  else if (ev.key === "ArrowUp" || ev.key === "ArrowDown") {
+    // The next shown row of the tree above or below the selected one.
+    var at = shownRows.indexOf(data.rows[state.row]), to = at + (ev.key === "ArrowDown" ? 1 : -1);
+    if (at < 0) to = 0;
+    if (to < 0 || to >= shownRows.length) return;
+    ev.preventDefault();
+    state.row = shownRows[to].index;
+    refresh({ tree: true, chart: true, side: true, heatCursor: true, scroll: true });
+  }
 });
 
 // Redraw when a canvas's box changed width since it was drawn: a window resize, a scroll bar that
