@@ -267,11 +267,6 @@ def _page_hashes(page: str) -> tuple[set[str], set[str]]:
     return scripts, styles
 
 
-def series_keys(kind: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """The metric keys of each module's (or parameter's) series."""
-    return [list(metrics) for metrics in kind.values()]
-
-
 def page_data(history: dict[str, Any]) -> tuple[dict[str, Any], set[str], set[str]]:
     """What the page's script reads, checked; and the hashes the embedded traces need."""
     h = _obj(history, "the document")
@@ -329,7 +324,7 @@ def page_data(history: dict[str, Any]) -> tuple[dict[str, Any], set[str], set[st
         "firstAlarm": _int(h.get("first_alarm"), "first_alarm", optional=True),
         "traces": traces,
         "overhead": overhead,
-        "metricLabels": {m: inert_text(m) for kind in series.values() for metrics in series_keys(kind) for m in metrics},
+        "metricLabels": {m: inert_text(m) for kind in series.values() for metrics in kind.values() for m in metrics},
     }
     return data, script_hashes, style_hashes
 
@@ -396,6 +391,9 @@ def to_watch_html(history: dict[str, Any] | Any) -> str:
 
 
 def to_watch_iframe(history: dict[str, Any] | Any, height: int = 720) -> str:
-    """The watch page inside an ``<iframe srcdoc>``: how Jupyter shows it, isolated from the notebook."""
+    """The watch page inside an ``<iframe srcdoc>``: how Jupyter shows it, isolated from the notebook.
+
+    >>> from IPython.display import HTML; HTML(to_watch_iframe(w.history))   # doctest: +SKIP
+    """
     return (f'<iframe srcdoc="{html.escape(to_watch_html(history), quote=True)}" '
             f'style="width: 100%; height: {int(height)}px; border: 1px solid #ddd" sandbox="allow-scripts"></iframe>')
