@@ -43,6 +43,8 @@ function showTrace(t, keep) {
   elems.forEach(function (e) { e.remove(); }); elems.clear();
   document.getElementById("caption").textContent = data.caption;
   showFindings(); showLegend();
+  // In a short frame (a notebook's iframe) the legend starts folded, leaving the height to the graph.
+  if (window.innerHeight < 700) document.getElementById("legend").classList.add("closed");
   openToFit(data.openItems);
   var sel = M.d.loss;
   if (keys) {

@@ -72,7 +72,7 @@ function clampView(strict) {
 function fit() {
   var sc = screen();
   V.s = Math.min(sc.w / M.width, sc.h / M.height, 1.5);
-  V.x = 0; V.y = 0; clampView(true); redraw();
+  V.x = 0; V.y = 0; clampView(true); redraw(true);
 }
 function zoomAt(px, py, f) {
   var s2 = Math.max(0.005, Math.min(4, V.s * f));
@@ -83,13 +83,19 @@ function centerOn(x, readable) {
   var sc = screen();
   if (readable && V.s < 0.9) V.s = 0.9;
   V.x = M.ax[x] + M.aw[x] / 2 - sc.w / V.s / 2; V.y = M.ay[x] + Math.min(M.ah[x], sc.h / V.s) / 2 - sc.h / V.s / 2;
-  clampView(true); redraw();
+  clampView(true); redraw(true);
 }
 function inView(x) {
   var sc = screen();
   return M.ax[x] >= V.x && M.ay[x] >= V.y && M.ax[x] + M.aw[x] <= V.x + sc.w / V.s && M.ay[x] + M.ah[x] <= V.y + sc.h / V.s;
 }
-function redraw() { if (!pending) { pending = true; requestAnimationFrame(function () { pending = false; paint(); }); } }
+// Discrete changes (a click, a step) paint at once; a drag or a wheel paints once per frame.
+function redraw(now) {
+  if (now) { paint(); return; }
+  var sc = screen();
+  svg.setAttribute("viewBox", V.x + " " + V.y + " " + sc.w / V.s + " " + sc.h / V.s);  // at once: the view is readable before the paint
+  if (!pending) { pending = true; requestAnimationFrame(function () { pending = false; paint(); }); }
+}
 
 // -- painting -----------------------------------------------------------------------------
 function edgePoints(a, b) {
@@ -235,7 +241,7 @@ function styleItem(x, e) {
   e.classList.toggle("visited", visited(x));
   e.classList.toggle("current", x === S.current);
 }
-function restyle() { elems.forEach(function (e, x) { styleItem(x, e); }); svg.classList.toggle("replaying", S.step > 0); redraw(); }
+function restyle() { elems.forEach(function (e, x) { styleItem(x, e); }); svg.classList.toggle("replaying", S.step > 0); redraw(true); }
 
 // The replay's flowing edges (few): SVG paths whose dashes run from the consumer back to the producer.
 function drawFlows() {
