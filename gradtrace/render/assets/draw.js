@@ -120,7 +120,7 @@ function paint() {
   var fg = css("--fg"), line = css("--edge"), frameBg = css("--frame"), frameLine = css("--frame-line");
   frames.forEach(function (f) {
     ctx.fillStyle = frameBg; ctx.strokeStyle = S.matchCount && S.matchCount.get(f) ? "#f28e2b" : frameLine;
-    ctx.lineWidth = (S.matchCount && S.matchCount.get(f) ? 3 : 1) / Math.min(V.s, 1);
+    ctx.lineWidth = (S.matchCount && S.matchCount.get(f) ? 2 : 1) / V.s;  // screen pixels, whatever the zoom
     ctx.beginPath(); ctx.rect(M.ax[f], M.ay[f], M.aw[f], M.ah[f]); ctx.fill(); ctx.stroke();
     if (!detail && M.aw[f] * V.s > 80) {
       ctx.fillStyle = fg; ctx.font = "bold " + 12 / Math.max(V.s, 0.05) + "px sans-serif";
@@ -192,7 +192,7 @@ function makeBox(x) {
   } else {
     title = (g.kind === "run" ? g.t : g.t + (g.cls ? " " + g.cls : "")) + (g.kind === "fold" ? " ×" + g.r : "");
     step = g.bw === undefined ? "" : "#" + g.bw;
-    lines = [(g.ops || 0) / g.r + " ops, " + (g.params || 0) / g.r + " params" + (g.r > 1 ? " each" : "") + " · ＋ open",
+    lines = [(g.ops || 0) / g.r + " ops, " + (g.params || 0) / g.r + " params" + (g.r > 1 ? " each" : "") + " · + open",
       "out " + (g.sh || "-"), "grad " + (g.gr || "-"), "‖grad‖ entering " + fmt(g.gn)];
   }
   svgText(e, 6, 13, clip(title, 31), "title");

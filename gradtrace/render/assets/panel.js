@@ -101,7 +101,7 @@ function groupPanel(x) {
   rows.push(["output", g.out === undefined ? "-" : M.d.nodes[g.out].l], ["‖grad‖ entering (at the output)", fmt(g.gn)]);
   facts(rows, panel);
   if (g.kind !== "root") {
-    var b = html("button", isOpen(x) ? "− close this group" : "＋ open this group", panel, "toggle");
+    var b = html("button", isOpen(x) ? "− close this group" : "+ open this group", panel, "toggle");
     b.addEventListener("click", function () { toggle(x); });
   }
   if (g.out !== undefined) jumpLink("show its output node", g.out, html("p", null, panel));

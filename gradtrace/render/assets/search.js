@@ -9,6 +9,7 @@ var hits = [], hitAt = -1;
 function runSearch() {
   var q = search.value.trim().toLowerCase();
   results.replaceChildren();
+  results.hidden = false;  // the list shows while typing; going to a match folds it away (Enter steps on)
   hits = []; hitAt = -1;
   if (!q) { S.matches = null; S.matchCount = null; matchinfo.textContent = ""; restyle(); return; }
   S.matches = new Set(); S.matchCount = new Map();
@@ -28,7 +29,7 @@ function runSearch() {
     var li = html("li", itemLabel(x) + (isNode(x) && M.d.nodes[x].sc ? "  (" + M.d.nodes[x].sc + ")" : ""), results);
     li.setAttribute("data-item", x);
     if (isNode(x)) li.setAttribute("data-key", M.d.nodes[x].k);
-    li.addEventListener("click", function () { hitAt = k; goTo(x, true); });
+    li.addEventListener("click", function () { hitAt = k; results.hidden = true; goTo(x, true); });
   });
   if (hits.length > 50) html("li", "… " + (hits.length - 50) + " more (Enter steps through all)", results, "more");
   restyle();
@@ -37,5 +38,6 @@ function nextHit() {
   if (!hits.length) return;
   hitAt = (hitAt + 1) % hits.length;
   matchinfo.textContent = (hitAt + 1) + " of " + hits.length;
+  results.hidden = true;
   goTo(hits[hitAt], true);
 }
