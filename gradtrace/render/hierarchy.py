@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..collapse import _fold_runs, Block
+from ..collapse import Block, _fold_runs
 
 if TYPE_CHECKING:
     from ..steptrace import Trace

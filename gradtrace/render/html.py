@@ -1,11 +1,14 @@
 """The backprop replay: one self-contained HTML page, no network, no Graphviz needed.
 
-The page holds the trace's data as JSON, a stylesheet and a script (both
-inline, allowed by hash in a Content-Security-Policy that forbids every
-network request), and draws the graph itself from a layout computed here.
+The page holds the trace's data as JSON (nodes in forward order, edges by node
+index, the module groups of :mod:`.hierarchy`, findings), a stylesheet and a
+script (both inline, allowed by hash in a Content-Security-Policy that forbids
+every network request). The script is the modules under ``assets/`` joined in
+one function scope: it lays out each open group in the page and draws what is
+in view (see ``assets/draw.js``), so a 30,000-node trace stays interactive.
 Strings from user code travel only inside the JSON, which is escaped so that
 it cannot close its ``<script>`` element, and the script puts them on the
-page with ``textContent``.
+page with ``textContent`` (or paints them on a canvas).
 """
 
 from __future__ import annotations

@@ -104,6 +104,7 @@ search.addEventListener("keydown", function (ev) {
 document.addEventListener("keydown", function (ev) {
   var tag = ev.target && ev.target.tagName;
   if (tag === "INPUT" || tag === "SELECT" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (tag === "BUTTON" && (ev.key === "Enter" || ev.key === " ")) return;  // the button's own click
   if (ev.key === "ArrowRight") { stop(); setStep(nextStep(S.step)); ev.preventDefault(); }
   else if (ev.key === "ArrowLeft") { stop(); setStep(prevStep(S.step)); ev.preventDefault(); }
   else if (ev.key === "/") { search.focus(); ev.preventDefault(); }
