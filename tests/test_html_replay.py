@@ -202,3 +202,10 @@ def test_multi_needs_labelled_traces():
     for bad in ([], [t], [("a", t), ("a", t)], "rank 0"):
         with pytest.raises(RenderError, match="to_html_multi needs"):
             to_html_multi(bad)
+
+
+def test_multi_labels_cannot_close_the_script():
+    torch.manual_seed(0)
+    t = gradtrace.trace(MLP(4, 6, 3), torch.randn(5, 4), loss=lambda out: out.sum())
+    page = to_html_multi([("</script><script>alert(1)</script>", t), ("rank 1", t)])
+    assert "<script>alert(1)" not in page and page.count("</script>") == 2

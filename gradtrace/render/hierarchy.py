@@ -60,13 +60,15 @@ def _folds(trace: Trace, order: list[str]) -> list[Block]:
         _fold_runs(trace, keys, blocks, {})
         for blk in blocks.values():
             found.append(blk)
-            for p in blk.paths:  # a member may hold a run of its own (a stage of equal blocks)
-                todo.append([k for k in blk.members if _under(trace.node(k).module, p)])
+            # A member may hold a run of its own (a stage of equal blocks): look inside each, in one pass.
+            depth = blk.paths[0].count(".") + 1
+            inside: dict[str, list[str]] = {p: [] for p in blk.paths}
+            for k in blk.members:
+                prefix = ".".join(trace.node(k).module.split(".")[:depth])
+                if prefix in inside:
+                    inside[prefix].append(k)
+            todo.extend(inside.values())
     return found
-
-
-def _under(module: str, path: str) -> bool:
-    return module == path or module.startswith(path + ".")
 
 
 def build_hierarchy(trace: Trace, order: list[str], title: str = "model") -> Hierarchy:

@@ -34,6 +34,8 @@ function buildModel(d) {
     m.gedges[m.parent[a] - N].push([a, b, k]);
   });
   d.backward.forEach(function (n, k) { m.stepIndex[n] = k; });
+  m.outdeg = new Int32Array(N);
+  d.edges.forEach(function (e) { m.outdeg[e[0]] += 1; });
   // Group figures for the overlays: the output's gradient norm; the largest value RMS and update ratio; NaNs summed.
   ["grms", "vrms", "ur", "nan"].forEach(function (f) { m.agg[f] = new Float64Array(G).fill(NaN); });
   for (i = 0; i < N; i++) {

@@ -23,11 +23,13 @@ function prevStep(k) {
   return k;
 }
 
+// What came back along an edge: the recorded per-edge gradient; else, from a node with one
+// consumer, the node's whole gradient; else only a share of it, and the label says so rather than claim the total.
 function edgeText(es) {
   var texts = es.map(function (k) { return M.d.edges[k][2]; }).filter(function (t) { return t; });
   if (!texts.length) {
-    var src = M.d.nodes[M.d.edges[es[0]][0]];
-    return (es.length === 1 ? "‖grad‖ " : "part of ‖grad‖ ") + fmt(num(src.gn));
+    var src = M.d.edges[es[0]][0];
+    return (M.outdeg[src] === 1 ? "‖grad‖ " : "part of ‖grad‖ ") + fmt(num(M.d.nodes[src].gn));
   }
   return texts.length === 1 ? texts[0] : "Σ " + texts.length + " edges: " + texts.slice(0, 3).join(", ") + (texts.length > 3 ? ", …" : "");
 }
