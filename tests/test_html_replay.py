@@ -209,3 +209,27 @@ def test_multi_labels_cannot_close_the_script():
     t = gradtrace.trace(MLP(4, 6, 3), torch.randn(5, 4), loss=lambda out: out.sum())
     page = to_html_multi([("</script><script>alert(1)</script>", t), ("rank 1", t)])
     assert "<script>alert(1)" not in page and page.count("</script>") == 2
+
+
+def test_a_long_edge_keeps_a_lane_clear_of_the_boxes_it_passes(tmp_path):
+    """y feeds exp (the next row) and add (three rows down): the edge y -> add runs beside exp and sin, not through them."""
+    a = torch.tensor([1.5], requires_grad=True)
+    t = gradtrace.trace(lambda v: (lambda y: y.exp().sin() + y)(v * 2.0), a)
+    (y,) = t.find("mul")
+    (add,) = t.find("add")
+    with chromium_page() as page:
+        errors, _ = open_page(page, t.render(tmp_path / "lane.html").as_uri())
+        for _ in range(len(t.backward_order())):
+            page.click("#next")
+            if page.eval_on_selector("#graph .current", "e => e.dataset.key") == y:
+                break
+        d = page.get_attribute(f'#graph .edge.flow[data-src="{y}"][data-dst="{add}"] path', "d")
+        points = [tuple(map(float, p.split(","))) for p in re.findall(r"(-?[\d.]+,-?[\d.]+)(?= [MC]|$)", d)]
+        assert len(points) > 2, f"the long edge goes through lanes: {d}"
+        boxes = page.eval_on_selector_all("#graph .node", "els => els.map(e => [e.dataset.key, e.transform.baseVal[0].matrix.e, e.transform.baseVal[0].matrix.f])")
+        between = [(x, yy) for key, x, yy in boxes if t.node(key).label in ("exp", "sin")]
+        assert len(between) == 2
+        for px, py in points[1:-1]:
+            for bx, by in between:
+                assert not (bx <= px <= bx + 230 and by <= py <= by + 88), (px, py, bx, by)
+        assert errors == []

@@ -103,6 +103,33 @@ function edgePoints(a, b) {
   if (y2 < y1) { y1 = M.ay[a]; y2 = M.ay[b] + M.ah[b]; }  // an edge back up (a module called twice)
   return [x1, y1, x2, y2, (y1 + y2) / 2];
 }
+// The points an edge passes: its two ends and, for a long edge inside one group, its lane through each row between.
+function edgeRoute(a, b) {
+  var p = edgePoints(a, b), pts = [[p[0], p[1]]], g = M.parent[a];
+  if (g >= 0 && g === M.parent[b] && M.lay[g - M.N]) {
+    var routes = M.lay[g - M.N].routes, r = routes.get(a * M.T + b), back = false;
+    if (!r) { r = routes.get(b * M.T + a); back = true; }
+    if (r) {
+      var ox = M.ox[g - M.N], oy = M.oy[g - M.N], lane = r.map(function (q) { return [q[0] + ox, q[1] + oy]; });
+      pts = pts.concat(back ? lane.reverse() : lane);
+    }
+  }
+  pts.push([p[2], p[3]]);
+  return pts;
+}
+// Smooth curves through the points, vertical at each one (so a lane reads as one line).
+function traceRoute(pts, moveTo, curveTo) {
+  moveTo(pts[0][0], pts[0][1]);
+  for (var k = 1; k < pts.length; k++) {
+    var a = pts[k - 1], b = pts[k], my = (a[1] + b[1]) / 2;
+    curveTo(a[0], my, b[0], my, b[0], b[1]);
+  }
+}
+function routePath(pts) {
+  var d = [];
+  traceRoute(pts, function (x, y) { d.push("M" + x + "," + y); }, function (a, b, c, e, f, g) { d.push("C" + a + "," + b + " " + c + "," + e + " " + f + "," + g); });
+  return d.join(" ");
+}
 function paint() {
   var sc = screen(), dpr = window.devicePixelRatio || 1;
   if (paintEl.width !== Math.round(sc.w * dpr) || paintEl.height !== Math.round(sc.h * dpr)) {
@@ -119,8 +146,8 @@ function paint() {
   ctx.setTransform(dpr * V.s, 0, 0, dpr * V.s, -V.x * V.s * dpr, -V.y * V.s * dpr);
   var fg = css("--fg"), line = css("--edge"), frameBg = css("--frame"), frameLine = css("--frame-line");
   frames.forEach(function (f) {
-    ctx.fillStyle = frameBg; ctx.strokeStyle = S.matchCount && S.matchCount.get(f) ? "#f28e2b" : frameLine;
-    ctx.lineWidth = (S.matchCount && S.matchCount.get(f) ? 2 : 1) / V.s;  // screen pixels, whatever the zoom
+    // (an open frame holding matches is not outlined: the matches inside are; closed groups say how many)
+    ctx.fillStyle = frameBg; ctx.strokeStyle = frameLine; ctx.lineWidth = 1 / V.s;  // screen pixels, whatever the zoom
     ctx.beginPath(); ctx.rect(M.ax[f], M.ay[f], M.aw[f], M.ah[f]); ctx.fill(); ctx.stroke();
     if (!detail && M.aw[f] * V.s > 80) {
       ctx.fillStyle = fg; ctx.font = "bold " + 12 / Math.max(V.s, 0.05) + "px sans-serif";
@@ -129,10 +156,15 @@ function paint() {
   });
   ctx.strokeStyle = line; ctx.lineWidth = 1.2 / Math.min(V.s * 2, 1);
   ctx.beginPath();
+  var move = ctx.moveTo.bind(ctx), curve = ctx.bezierCurveTo.bind(ctx);
   M.shownEdges.forEach(function (e) {
     var p = edgePoints(e.a, e.b);
-    if (Math.max(p[0], p[2]) < x0 || Math.min(p[0], p[2]) > x1 || Math.max(p[1], p[3]) < y0 || Math.min(p[1], p[3]) > y1) return;
-    ctx.moveTo(p[0], p[1]); ctx.bezierCurveTo(p[0], p[4], p[2], p[4], p[2], p[3]);
+    // (a lane never leaves the box between the two ends' rows, so the ends' box decides what is in view)
+    if (Math.max(p[1], p[3]) < y0 || Math.min(p[1], p[3]) > y1) return;
+    var pts = edgeRoute(e.a, e.b), lo = Infinity, hi = -Infinity;
+    pts.forEach(function (q) { if (q[0] < lo) lo = q[0]; if (q[0] > hi) hi = q[0]; });
+    if (hi < x0 || lo > x1) return;
+    traceRoute(pts, move, curve);
   });
   ctx.stroke();
   if (!detail) {
@@ -202,7 +234,7 @@ function makeBox(x) {
     var f = M.d.findings[n.fd[0]];
     var flag = el("rect", { "class": "flag sev-" + f.sev, x: 0, y: NH - 2, width: NW, height: 16, rx: 2 }, e);
     flag.setAttribute("height", "16");
-    svgText(e, 6, NH + 10, (f.sev === "note" ? "ⓘ " : "⚠ ") + f.kind + (n.fd.length > 1 ? " +" + (n.fd.length - 1) : ""), "flagtext");
+    svgText(e, 6, NH + 10, (f.sev === "note" ? "(i) " : "⚠ ") + f.kind + (n.fd.length > 1 ? " +" + (n.fd.length - 1) : ""), "flagtext");
   }
   var badge = el("text", { "class": "badge", x: NW - 6, y: NH - 6, "text-anchor": "end" }, e);
   badge.textContent = "";
@@ -247,12 +279,13 @@ function restyle() { elems.forEach(function (e, x) { styleItem(x, e); }); svg.cl
 function drawFlows() {
   layers.flows.replaceChildren(); layers.labels.replaceChildren();
   S.flows.forEach(function (f) {
-    var p = edgePoints(f.a, f.b);
+    var pts = edgeRoute(f.a, f.b);
     var g = el("g", { "class": "edge flow " + f.dir, "data-src": itemKey(f.a), "data-dst": itemKey(f.b) }, layers.flows);
-    el("path", { d: "M" + p[0] + "," + p[1] + " C" + p[0] + "," + p[4] + " " + p[2] + "," + p[4] + " " + p[2] + "," + p[3] }, g);
-    // The label sits near the consumer's end (t = 0.8 on the curve): what that consumer sent back.
+    el("path", { d: routePath(pts) }, g);
+    // The label sits near the consumer's end (t = 0.8 on the last curve): what that consumer sent back.
+    var q0 = pts[pts.length - 2], q1 = pts[pts.length - 1], my = (q0[1] + q1[1]) / 2;
     var u = 0.8, a0 = (1 - u) * (1 - u) * (1 - u), a1 = 3 * (1 - u) * (1 - u) * u, a2 = 3 * (1 - u) * u * u, a3 = u * u * u;
-    var t = svgText(layers.labels, (a0 + a1) * p[0] + (a2 + a3) * p[2] + 5, a0 * p[1] + (a1 + a2) * p[4] + a3 * p[3], f.text, "edge-label flow " + f.dir);
+    var t = svgText(layers.labels, (a0 + a1) * q0[0] + (a2 + a3) * q1[0] + 5, a0 * q0[1] + (a1 + a2) * my + a3 * q1[1], f.text, "edge-label flow " + f.dir);
     t.setAttribute("data-src", itemKey(f.a)); t.setAttribute("data-dst", itemKey(f.b));
   });
   if (S.current !== null && S.sumText) {

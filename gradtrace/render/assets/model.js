@@ -9,7 +9,7 @@ function buildModel(d) {
   var N = d.nodes.length, G = d.groups.length, T = N + G;
   var m = { d: d, N: N, G: G, T: T, root: N, parent: new Int32Array(T), depth: new Int32Array(T), first: new Int32Array(T),
     children: [], gedges: [], open: new Uint8Array(G), owner: new Int32Array(N), lay: new Array(G),
-    ax: new Float64Array(T), ay: new Float64Array(T), aw: new Float64Array(T), ah: new Float64Array(T),
+    ox: new Float64Array(G), oy: new Float64Array(G), ax: new Float64Array(T), ay: new Float64Array(T), aw: new Float64Array(T), ah: new Float64Array(T),
     shown: [], frames: [], shownEdges: [], stepIndex: new Int32Array(N).fill(-1), agg: {} };
   var i, j;
   for (i = 0; i < N; i++) m.parent[i] = N + d.nodeGroup[i];

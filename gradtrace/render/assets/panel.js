@@ -68,7 +68,7 @@ function nodePanel(x) {
   facts(rows, panel);
   (n.fd || []).forEach(function (i) {
     var f = M.d.findings[i];
-    html("p", (f.sev === "note" ? "ⓘ " : "⚠ ") + f.sev + " " + f.kind + ": " + f.msg, panel, "finding");
+    html("p", (f.sev === "note" ? "(i) " : "⚠ ") + f.sev + " " + f.kind + ": " + f.msg, panel, "finding");
   });
   (n.vs || []).forEach(function (s, i) { statsTable(n.vs.length > 1 ? "value [" + i + "]" : "value", stats(s), panel); });
   if (n.t !== "input") (n.gs || []).forEach(function (s, i) { statsTable(n.gs.length > 1 ? "gradient [" + i + "]" : "gradient", stats(s), panel); });
@@ -140,7 +140,7 @@ function showFindings() {
   document.getElementById("findings-title").textContent = "findings (" + M.d.findings.length + ")" + (M.d.findings.length ? "" : ": none");
   M.d.findings.forEach(function (f) {
     var li = html("li", null, list, "finding sev-" + f.sev);
-    html("b", (f.sev === "note" ? "ⓘ " : "⚠ ") + f.kind, li);
+    html("b", (f.sev === "note" ? "(i) " : "⚠ ") + f.kind, li);
     html("span", " " + f.msg, li);
     if (f.hint) html("div", "try: " + f.hint, li, "hint");
     if (f.node !== undefined && f.node !== null) {
