@@ -111,11 +111,9 @@ function openToFit(budget) {
   while (level.length) {
     var extra = 0;
     level.forEach(function (g) { extra += M.children[g - M.N].length - 1; });
-    if (count + extra > budget) {
-      // This level does not fit whole: open what fits, in forward order, so nothing is skipped for later.
-      level.forEach(function (g) { var more = M.children[g - M.N].length - 1; if (count + more <= budget) { M.open[g - M.N] = 1; count += more; } });
-      break;
-    }
+    // A level opens whole or not at all: one depth for the whole graph, as the SVG's depth is (opening
+    // the first groups that fit would show one part of the model in full and the rest not at all).
+    if (count + extra > budget) break;
     level.forEach(function (g) { M.open[g - M.N] = 1; });
     count += extra;
     var next = [];
