@@ -140,7 +140,11 @@ def test_overlay_and_theme(tmp_path):
         assert page.get_attribute(header, "fill") == "#b8b8b8", "no NaN: grey"
         assert "NaN count" in page.text_content("#legend")
         page.select_option("#overlay", "gn")
-        assert page.get_attribute(header, "fill") not in (band, "#b8b8b8") or True
+        from gradtrace.render.style import BANDS
+
+        assert page.get_attribute(header, "fill") in {b.color for b in BANDS}, "a gradient RMS on the viridis scale"
+        page.select_option("#overlay", "band")
+        assert page.get_attribute(header, "fill") == band
         bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
         page.click("#theme")
         assert page.evaluate("document.documentElement.classList.contains('dark')")
