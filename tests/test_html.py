@@ -45,7 +45,7 @@ def open_page(page, path):
     page.on("request", lambda r: requests.append(r.url))
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     page.goto(path.as_uri())
-    page.wait_for_selector("#graph .node")
+    page.wait_for_selector("body[data-ready]")
     return errors, requests, dialogs
 
 
@@ -133,8 +133,10 @@ def test_search_and_zoom(trace, tmp_path):
         after = page.get_attribute("#graph", "viewBox")
         assert after != before and float(after.split()[2]) < float(before.split()[2]), "zooming in narrows the view"
         page.click("#fit")
-        size = page.evaluate("() => { const d = JSON.parse(document.getElementById('gradtrace-data').textContent); return [d.width, d.height]; }")
-        assert page.get_attribute("#graph", "viewBox") == f"-10 -10 {size[0] + 20:g} {size[1] + 20:g}", "fit shows the whole graph"
+        x, y, w, h = map(float, page.get_attribute("#graph", "viewBox").split())
+        boxes = page.eval_on_selector_all("#graph .node", "els => els.map(e => e.transform.baseVal[0].matrix).map(m => [m.e, m.f])")
+        assert len(boxes) == len(trace.nodes), "fit shows every node"
+        assert all(x <= bx and bx + 230 <= x + w + 1e-6 and y <= by and by + 88 <= y + h + 1e-6 for bx, by in boxes), "inside the fitted view"
 
 
 def test_hostile_names_are_inert_text(tmp_path):

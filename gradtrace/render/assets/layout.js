@@ -1,0 +1,123 @@
+// layout.js: each open group lays out its own children (nodes, closed groups as one box, open
+// groups as the box their own layout needs), layered along the data flow. A layout is kept
+// until something inside the group opens or closes, so a click lays out the groups on the way
+// to the root, never the whole graph.
+
+var NW = 230, NH = 88, GAPX = 26, GAPY = 40, PAD = 14, TITLE = 26, MARGIN = 20, SWEEPS = 4;
+var LANE = 8, LANE_GAP = 10;  // a long edge's lane through a row it crosses, and the room beside it
+
+function sizeOf(x) {
+  if (isNode(x) || !isOpen(x)) return [NW, NH];
+  var l = layoutGroup(x - M.N);
+  return [l.w + 2 * PAD, l.h + TITLE + PAD];
+}
+
+function layoutGroup(j) {
+  if (M.lay[j]) return M.lay[j];
+  var items = M.children[j], n = items.length, idx = new Map(), i;
+  items.forEach(function (c, k) { idx.set(c, k); });
+  var preds = [], succs = [], size = [];
+  for (i = 0; i < n; i++) { preds.push([]); succs.push([]); size.push(sizeOf(items[i])); }
+  var pairs = new Set();
+  M.gedges[j].forEach(function (e) {
+    var a = idx.get(e[0]), b = idx.get(e[1]);
+    if (a === b) return;
+    if (a > b) { var t = a; a = b; b = t; }  // children are in forward order: an edge back (a module called twice) lays out forward
+    if (pairs.has(a * n + b)) return;
+    pairs.add(a * n + b); succs[a].push(b); preds[b].push(a);
+  });
+  var layer = [];
+  for (i = 0; i < n; i++) layer.push(0);
+  for (i = 0; i < n; i++) preds[i].forEach(function (p) { if (layer[p] + 1 > layer[i]) layer[i] = layer[p] + 1; });
+  for (i = n - 1; i >= 0; i--) {  // a source (parameter, input) hangs just above its first consumer
+    if (preds[i].length === 0 && succs[i].length) {
+      var lo = Infinity;
+      succs[i].forEach(function (s) { if (layer[s] < lo) lo = layer[s]; });
+      layer[i] = Math.max(lo - 1, 0);
+    }
+  }
+  // A long edge (over more than one row) runs through a lane in each row it crosses: a small
+  // placeholder laid out like a box, so the edge keeps a way of its own instead of crossing boxes.
+  var total = n, chains = [], long = [];
+  for (i = 0; i < n; i++) succs[i].forEach(function (b) { if (layer[b] - layer[i] > 1) long.push([i, b]); });
+  long.forEach(function (e) {
+    var a = e[0], b = e[1], prev = a, chain = [];
+    succs[a] = succs[a].filter(function (x) { return x !== b; });
+    preds[b] = preds[b].filter(function (x) { return x !== a; });
+    for (var lv = layer[a] + 1; lv < layer[b]; lv++) {
+      var d = total++;
+      preds.push([prev]); succs.push([]); size.push([LANE, 0]); layer.push(lv);
+      succs[prev].push(d); chain.push(d); prev = d;
+    }
+    succs[prev].push(b); preds[b].push(prev);
+    chains.push([a, b, chain]);
+  });
+  var rows = [];
+  for (i = 0; i < total; i++) { while (rows.length <= layer[i]) rows.push([]); rows[layer[i]].push(i); }
+  var pos = new Float64Array(total);
+  rows.forEach(function (r) { r.forEach(function (k, q) { pos[k] = q; }); });
+  function sweep(from, to, stepDir, nb) {
+    for (var lv = from; lv !== to; lv += stepDir) {
+      var r = rows[lv], bary = new Map();
+      r.forEach(function (k) {
+        var s = 0, c = 0;
+        nb[k].forEach(function (o) { s += pos[o]; c++; });
+        bary.set(k, c ? s / c : pos[k]);
+      });
+      r.sort(function (a, b) { return bary.get(a) - bary.get(b) || a - b; });
+      r.forEach(function (k, q) { pos[k] = q; });
+    }
+  }
+  for (var s = 0; s < SWEEPS && rows.length > 1; s++) { sweep(1, rows.length, 1, preds); sweep(rows.length - 2, -1, -1, succs); }
+  // x: each item under the mean of what feeds it (a source: of what it feeds, from the first pass),
+  // pushed right where it would overlap its left neighbour.
+  var x = new Float64Array(total), y = new Float64Array(total), minX = Infinity, maxX = -Infinity, top = 0;
+  var rowTop = [], rowH = [];
+  function place(second) {
+    top = 0;
+    rows.forEach(function (r, lv) {
+      var right = -Infinity, h = 0, last = -1;
+      r.forEach(function (k) {
+        var gap = k >= n || last >= n ? LANE_GAP : GAPX;
+        var want = right === -Infinity ? 0 : right + gap, nb = preds[k].length ? preds[k] : second ? succs[k] : [];
+        if (nb.length) {
+          var c = 0;
+          nb.forEach(function (p) { c += x[p] + size[p][0] / 2; });
+          want = Math.max(want, c / nb.length - size[k][0] / 2);
+        }
+        x[k] = want; y[k] = top; right = want + size[k][0]; last = k;
+        if (size[k][1] > h) h = size[k][1];
+      });
+      rowTop[lv] = top; rowH[lv] = h;
+      top += h + GAPY;
+    });
+  }
+  place(false);
+  place(true);
+  for (i = 0; i < total; i++) { if (x[i] < minX) minX = x[i]; if (x[i] + size[i][0] > maxX) maxX = x[i] + size[i][0]; }
+  if (!n) { minX = 0; maxX = NW; }
+  var out = { pos: new Map(), routes: new Map(), w: maxX - minX, h: Math.max(top - GAPY, NH) };
+  for (i = 0; i < n; i++) out.pos.set(items[i], [x[i] - minX, y[i]]);
+  // Each long edge's lane: down through every row it crosses, in the group's own coordinates.
+  chains.forEach(function (c) {
+    var pts = [];
+    c[2].forEach(function (d) { var cx = x[d] - minX + LANE / 2; pts.push([cx, rowTop[layer[d]]], [cx, rowTop[layer[d]] + rowH[layer[d]]]); });
+    out.routes.set(items[c[0]] * M.T + items[c[1]], pts);
+  });
+  M.lay[j] = out;
+  return out;
+}
+
+// Absolute boxes of every item that shows, from the root down.
+function layoutAll() {
+  var root = layoutGroup(0);
+  M.width = root.w + 2 * MARGIN; M.height = root.h + 2 * MARGIN;
+  (function place(j, ox, oy) {
+    M.ox[j] = ox; M.oy[j] = oy;  // where the group's own coordinates start: its edges' lanes are drawn from here
+    layoutGroup(j).pos.forEach(function (p, c) {
+      var sz = sizeOf(c);
+      M.ax[c] = ox + p[0]; M.ay[c] = oy + p[1]; M.aw[c] = sz[0]; M.ah[c] = sz[1];
+      if (isOpen(c)) place(c - M.N, M.ax[c] + PAD, M.ay[c] + TITLE);
+    });
+  })(0, MARGIN, MARGIN);
+}

@@ -1,0 +1,124 @@
+// model.js: the trace as the page holds it. Items are numbers: node i (forward order) is i,
+// group j is N + j, the root group is N. What is open decides each node's owner: the node
+// itself, or the outermost closed group around it. Every string from the trace reaches the
+// page through textContent (or the canvas), never as markup.
+
+var M = null;  // the model of the trace on show
+
+function buildModel(d) {
+  var N = d.nodes.length, G = d.groups.length, T = N + G;
+  var m = { d: d, N: N, G: G, T: T, root: N, parent: new Int32Array(T), depth: new Int32Array(T), first: new Int32Array(T),
+    children: [], gedges: [], open: new Uint8Array(G), owner: new Int32Array(N), lay: new Array(G),
+    ox: new Float64Array(G), oy: new Float64Array(G), ax: new Float64Array(T), ay: new Float64Array(T), aw: new Float64Array(T), ah: new Float64Array(T),
+    shown: [], frames: [], shownEdges: [], stepIndex: new Int32Array(N).fill(-1), agg: {} };
+  var i, j;
+  for (i = 0; i < N; i++) m.parent[i] = N + d.nodeGroup[i];
+  for (j = 0; j < G; j++) m.parent[N + j] = d.groups[j].p === undefined ? -1 : N + d.groups[j].p;
+  m.parent[N] = -1;
+  for (j = 0; j < G; j++) { m.children.push([]); m.gedges.push([]); m.first[N + j] = N; }
+  for (i = 0; i < N; i++) {
+    m.first[i] = i;
+    for (var p = m.parent[i]; p >= 0; p = m.parent[p]) { if (m.first[p] <= i) break; m.first[p] = i; }
+  }
+  for (i = 0; i < T; i++) if (m.parent[i] >= 0) m.children[m.parent[i] - N].push(i);
+  m.children.forEach(function (c) { c.sort(function (a, b) { return m.first[a] - m.first[b] || a - b; }); });
+  function depthOf(x) { var k = 0; for (var p = m.parent[x]; p >= 0; p = m.parent[p]) k++; return k; }
+  for (i = 0; i < T; i++) m.depth[i] = depthOf(i);
+  // Each edge, seen from the group that holds both ends: which two of its children it joins.
+  d.edges.forEach(function (e, k) {
+    var a = e[0], b = e[1];
+    if (a === b) return;
+    while (m.depth[a] > m.depth[b]) a = m.parent[a];
+    while (m.depth[b] > m.depth[a]) b = m.parent[b];
+    while (m.parent[a] !== m.parent[b]) { a = m.parent[a]; b = m.parent[b]; }
+    m.gedges[m.parent[a] - N].push([a, b, k]);
+  });
+  d.backward.forEach(function (n, k) { m.stepIndex[n] = k; });
+  m.outdeg = new Int32Array(N);
+  d.edges.forEach(function (e) { m.outdeg[e[0]] += 1; });
+  // Group figures for the overlays: the output's gradient norm; the largest value RMS and update ratio; NaNs summed.
+  ["grms", "vrms", "ur", "nan"].forEach(function (f) { m.agg[f] = new Float64Array(G).fill(NaN); });
+  for (i = 0; i < N; i++) {
+    var n = d.nodes[i];
+    for (p = m.parent[i]; p >= 0; p = m.parent[p]) {
+      var g = p - N;
+      ["vrms", "ur"].forEach(function (f) { var v = num(n[f]); if (v !== null && !(m.agg[f][g] >= v)) m.agg[f][g] = v; });
+      m.agg.nan[g] = (isNaN(m.agg.nan[g]) ? 0 : m.agg.nan[g]) + (n.nan || 0);
+    }
+  }
+  for (j = 0; j < G; j++) { var o = d.groups[j].out; if (o !== undefined) m.agg.grms[j] = num(d.nodes[o].grms) === null ? NaN : num(d.nodes[o].grms); }
+  m.open[0] = 1;
+  return m;
+}
+
+function num(x) { return (x === undefined || x === null || typeof x === "string") ? null : x; }
+function isNode(x) { return x < M.N; }
+function groupOf(x) { return M.d.groups[x - M.N]; }
+function isOpen(x) { return !isNode(x) && M.open[x - M.N] === 1; }
+function itemKey(x) { return isNode(x) ? M.d.nodes[x].k : groupOf(x).kind + ":" + groupOf(x).path + (groupOf(x).kind === "run" ? "@" + M.first[x] : ""); }
+function itemLabel(x) {
+  if (isNode(x)) return M.d.nodes[x].l;
+  var g = groupOf(x);
+  return g.kind === "root" ? g.t : g.kind === "fold" ? g.t + " ×" + g.r : g.t;
+}
+
+// Who shows each node now, and which items, frames and edges are on the page. O(nodes + edges).
+function refresh() {
+  var N = M.N, i;
+  for (i = 0; i < N; i++) {
+    var o = i;
+    for (var p = M.parent[i]; p >= 0; p = M.parent[p]) if (!M.open[p - N]) o = p;
+    M.owner[i] = o;
+  }
+  M.shown = []; M.frames = [];
+  (function walk(g) {
+    M.children[g - N].forEach(function (c) {
+      if (isNode(c) || !isOpen(c)) M.shown.push(c);
+      else { M.frames.push(c); walk(c); }
+    });
+  })(N);
+  var seen = new Map();
+  M.shownEdges = [];
+  M.d.edges.forEach(function (e, k) {
+    var a = M.owner[e[0]], b = M.owner[e[1]];
+    if (a === b) return;
+    var key = a * M.T + b, s = seen.get(key);
+    if (s === undefined) { s = { a: a, b: b, es: [] }; seen.set(key, s); M.shownEdges.push(s); }
+    s.es.push(k);
+  });
+  layoutAll();
+}
+
+function setOpen(g, value) {
+  if (g === M.root || isNode(g) || M.open[g - M.N] === (value ? 1 : 0)) return false;
+  M.open[g - M.N] = value ? 1 : 0;
+  for (var p = g; p >= 0; p = M.parent[p]) M.lay[p - M.N] = null;  // only this group and those around it are laid out again
+  return true;
+}
+
+// Open every group around item x, so that it shows.
+function reveal(x) {
+  var changed = false;
+  for (var p = M.parent[x]; p >= 0; p = M.parent[p]) changed = setOpen(p, true) || changed;
+  if (changed) refresh();
+  return changed;
+}
+
+// Open groups level by level while at most `budget` items show (the SVG's max_nodes, here).
+function openToFit(budget) {
+  M.open.fill(0); M.open[0] = 1; M.lay = new Array(M.G);
+  var count = M.children[0].length, level = M.children[0].filter(function (c) { return !isNode(c); });
+  while (level.length) {
+    var extra = 0;
+    level.forEach(function (g) { extra += M.children[g - M.N].length - 1; });
+    // A level opens whole or not at all: one depth for the whole graph, as the SVG's depth is (opening
+    // the first groups that fit would show one part of the model in full and the rest not at all).
+    if (count + extra > budget) break;
+    level.forEach(function (g) { M.open[g - M.N] = 1; });
+    count += extra;
+    var next = [];
+    level.forEach(function (g) { M.children[g - M.N].forEach(function (c) { if (!isNode(c)) next.push(c); }); });
+    level = next;
+  }
+  refresh();
+}
