@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._argnames import arg, bare as _bare
 from .errors import RenderError
-from .records import TensorStats
+from .records import TensorStats, TraceNode
 
 if TYPE_CHECKING:
     from .steptrace import Trace
@@ -35,10 +35,18 @@ class Block:
     output: str | None  # the member whose output leaves the block (the last one in forward order)
     block_grad_norms: list[float | None] = field(default_factory=list)  # per folded block, forward order
     parent: str | None = None  # the module cluster it is drawn in; None: the one above its path
+    shared: int = 0  # members that are parameters every folded call reads (an unrolled RNN cell's weights)
 
     @property
     def path(self) -> str:
-        return self.paths[0] if len(self.paths) == 1 else f"{self.paths[0]} … {self.paths[-1]}"
+        """What a reader calls it: ``h.3``, ``h.0 … h.11`` (a fold of layers), ``cell (calls 1–200)``."""
+        if len(self.paths) == 1:
+            return self.paths[0]
+        first, last = self.paths[0], self.paths[-1]
+        if _module_of(first) == _module_of(last):  # the calls of one module (an RNN cell over time steps)
+            head, _, leaf = first.rpartition(".")
+            return f"{head + '.' if head else ''}{_CALL.sub('', leaf)} (calls {_call_number(first)}–{_call_number(last)})"
+        return f"{first} … {last}"
 
     @property
     def repeat(self) -> int:
@@ -219,32 +227,49 @@ def _output_of(trace: Trace, members: list[str]) -> str:
 
 
 def _fold_runs(trace: Trace, order: list[str], blocks: dict[str, Block], owner: dict[str, str]) -> None:
+    """Fold runs of consecutive, identical sibling groups: modules (``h.0`` … ``h.11``) and calls of
+    one module (``cell``, ``cell#2`` … ``cell#200``: an RNN cell unrolled over its time steps).
+
+    A group is a scope (each call of a module reused is its own). Parameters belong to their
+    module path, so the weights an unrolled cell shares sit in its first call: they are left out
+    of the comparison (every call reads them, none owns them) and folded with the calls.
+    """
     g = trace.graph
-    members: dict[str, list[str]] = {}  # module path -> node keys inside it (at any depth), forward order
+    members: dict[str, list[str]] = {}  # scope path -> node keys inside it (at any depth), forward order
     for k in order:
-        module = trace.node(k).module
-        if not module:
+        scope = _group_path(trace.node(k))
+        if not scope:
             continue
-        parts = module.split(".")
+        parts = scope.split(".")
         for i in range(1, len(parts) + 1):
             members.setdefault(".".join(parts[:i]), []).append(k)
+    shared = _shared_params(trace, members)
     children: dict[str, list[str]] = {}
     for path in members:  # insertion order is forward order of first appearance
         children.setdefault(path.rpartition(".")[0], []).append(path)
+    signatures: dict[str, tuple] = {}
+
+    def same(a: str, b: str) -> bool:
+        for p in (a, b):
+            if p not in signatures:
+                signatures[p] = _signature(trace, [k for k in members[p] if k not in shared])
+        return trace.modules.get(_module_of(a)) == trace.modules.get(_module_of(b)) and signatures[a] == signatures[b]
+
     folded: set[str] = set()
     for parent in sorted(children, key=lambda p: (p.count(".") if p else -1, p)):
         if any(parent == f or parent.startswith(f + ".") for f in folded):
             continue
         run: list[str] = []
         for path in children[parent] + [None]:  # type: ignore[list-item]
-            if run and path is not None and _same_structure(trace, members, run[-1], path) and _feeds(trace, g, members, run[-1], path):
+            if run and path is not None and same(run[-1], path) and _feeds(trace, g, members, run[-1], path):
                 run.append(path)
                 continue
             if len(run) >= 2:
                 keys = [k for p in run for k in members[p]]
                 outputs = [_output_of(trace, members[p]) for p in run]
-                blk = Block(_block_key(trace, "fold", run[0]), list(run), trace.modules.get(run[0], ""), keys, outputs[-1],
-                            [_norm(trace.node(o).grad) for o in outputs])
+                blk = Block(_block_key(trace, "fold", run[0]), list(run), trace.modules.get(_module_of(run[0]), ""), keys,
+                            outputs[-1], [_norm(trace.node(o).grad) for o in outputs],
+                            shared=sum(1 for k in keys if k in shared))
                 blocks[blk.key] = blk
                 for k in keys:
                     owner[k] = blk.key
@@ -252,8 +277,33 @@ def _fold_runs(trace: Trace, order: list[str], blocks: dict[str, Block], owner: 
             run = [path] if path is not None else []
 
 
-def _same_structure(trace: Trace, members: dict[str, list[str]], a: str, b: str) -> bool:
-    return trace.modules.get(a) == trace.modules.get(b) and _signature(trace, members[a]) == _signature(trace, members[b])
+_CALL = re.compile(r"#\d+(?=\.|$)")
+
+
+def _module_of(scope: str) -> str:
+    """The module path of a scope, call numbers dropped: ``cell#2`` -> ``cell``."""
+    return _CALL.sub("", scope)
+
+
+def _call_number(scope: str) -> int:
+    """Which call of its module a scope is: ``cell#7`` -> 7, ``cell`` -> 1."""
+    number = scope.rpartition(".")[2].partition("#")[2]
+    return int(number) if number.isdigit() else 1
+
+
+def _group_path(n: TraceNode) -> str:
+    """The group a node folds with: an op's scope (its call of a module), anything else's module path."""
+    return (n.scope or n.module) if n.kind == "op" else n.module
+
+
+def _shared_params(trace: Trace, members: dict[str, list[str]]) -> set[str]:
+    """The parameters (and other leaves) of each module called more than once: all its calls share them."""
+    calls: dict[str, int] = {}
+    for path in members:
+        module = _module_of(path)
+        calls[module] = calls.get(module, 0) + 1
+    return {k for module, c in calls.items() if c > 1 and module in members for k in members[module]
+            if trace.node(k).kind in ("param", "leaf") and trace.node(k).module == module}
 
 
 def _feeds(trace: Trace, g: object, members: dict[str, list[str]], a: str, b: str) -> bool:
