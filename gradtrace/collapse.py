@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from ._argnames import arg, bare as _bare
 from .errors import RenderError
-from .records import TensorStats, TraceNode
+from .fold import call_number, find_runs, module_of, output_of as _output_of
+from .records import TensorStats
 
 if TYPE_CHECKING:
     from .steptrace import Trace
@@ -43,9 +44,10 @@ class Block:
         if len(self.paths) == 1:
             return self.paths[0]
         first, last = self.paths[0], self.paths[-1]
-        if _module_of(first) == _module_of(last):  # the calls of one module (an RNN cell over time steps)
-            head, _, leaf = first.rpartition(".")
-            return f"{head + '.' if head else ''}{_CALL.sub('', leaf)} (calls {_call_number(first)}–{_call_number(last)})"
+        if module_of(first) == module_of(last):  # the calls of one module, or the steps of a loop ("cell + head")
+            # (the last part's call number goes into the range; a parent's stays: enc#2.cell -> enc (call 2).cell)
+            name = " + ".join(re.sub(r"#\d+$", "", part) for part in first.split(" + "))
+            return f"{name} (calls {call_number(first.split(' + ')[0])}–{call_number(last.split(' + ')[0])})"
         return f"{first} … {last}"
 
     @property
@@ -81,16 +83,6 @@ def _prefix(module: str, depth: int) -> str | None:
 
 def max_module_depth(trace: Trace) -> int:
     return max((len(n.module.split(".")) for n in trace.nodes if n.module), default=0)
-
-
-def _signature(trace: Trace, members: list[str]) -> tuple:
-    """What makes two blocks 'the same structure': the sequence of their ops and parameter shapes."""
-    sig = []
-    for k in members:
-        n = trace.node(k)
-        shape = n.value.shape if n.value is not None else None
-        sig.append((n.kind, n.label.rpartition(".")[2] if n.kind == "param" else n.label, shape))
-    return tuple(sig)
 
 
 def module_nodes(trace: Trace, module: str) -> set[str]:
@@ -217,99 +209,17 @@ def _norm(s: TensorStats | None) -> float | None:
     return None if s is None else s.norm
 
 
-def _output_of(trace: Trace, members: list[str]) -> str:
-    """The member whose output leaves the group (the last such op in forward order)."""
-    inside = set(members)
-    g = trace.graph
-    leaving = [k for k in members if any(s not in inside for s in g.successors(k)) or k == trace.loss]
-    ops = [k for k in leaving if trace.node(k).kind == "op"] or leaving or members
-    return ops[-1]
-
-
 def _fold_runs(trace: Trace, order: list[str], blocks: dict[str, Block], owner: dict[str, str]) -> None:
-    """Fold runs of consecutive, identical sibling groups: modules (``h.0`` … ``h.11``) and calls of
-    one module (``cell``, ``cell#2`` … ``cell#200``: an RNN cell unrolled over its time steps).
-
-    A group is a scope (each call of a module reused is its own). Parameters belong to their
-    module path, so the weights an unrolled cell shares sit in its first call: they are left out
-    of the comparison (every call reads them, none owns them) and folded with the calls.
-    """
-    g = trace.graph
-    members: dict[str, list[str]] = {}  # scope path -> node keys inside it (at any depth), forward order
-    for k in order:
-        scope = _group_path(trace.node(k))
-        if not scope:
-            continue
-        parts = scope.split(".")
-        for i in range(1, len(parts) + 1):
-            members.setdefault(".".join(parts[:i]), []).append(k)
-    shared = _shared_params(trace, members)
-    children: dict[str, list[str]] = {}
-    for path in members:  # insertion order is forward order of first appearance
-        children.setdefault(path.rpartition(".")[0], []).append(path)
-    signatures: dict[str, tuple] = {}
-
-    def same(a: str, b: str) -> bool:
-        for p in (a, b):
-            if p not in signatures:
-                signatures[p] = _signature(trace, [k for k in members[p] if k not in shared])
-        return trace.modules.get(_module_of(a)) == trace.modules.get(_module_of(b)) and signatures[a] == signatures[b]
-
-    folded: set[str] = set()
-    for parent in sorted(children, key=lambda p: (p.count(".") if p else -1, p)):
-        if any(parent == f or parent.startswith(f + ".") for f in folded):
-            continue
-        run: list[str] = []
-        for path in children[parent] + [None]:  # type: ignore[list-item]
-            if run and path is not None and same(run[-1], path) and _feeds(trace, g, members, run[-1], path):
-                run.append(path)
-                continue
-            if len(run) >= 2:
-                keys = [k for p in run for k in members[p]]
-                outputs = [_output_of(trace, members[p]) for p in run]
-                blk = Block(_block_key(trace, "fold", run[0]), list(run), trace.modules.get(_module_of(run[0]), ""), keys,
-                            outputs[-1], [_norm(trace.node(o).grad) for o in outputs],
-                            shared=sum(1 for k in keys if k in shared))
-                blocks[blk.key] = blk
-                for k in keys:
-                    owner[k] = blk.key
-                folded.update(run)
-            run = [path] if path is not None else []
-
-
-_CALL = re.compile(r"#\d+(?=\.|$)")
-
-
-def _module_of(scope: str) -> str:
-    """The module path of a scope, call numbers dropped: ``cell#2`` -> ``cell``."""
-    return _CALL.sub("", scope)
-
-
-def _call_number(scope: str) -> int:
-    """Which call of its module a scope is: ``cell#7`` -> 7, ``cell`` -> 1."""
-    number = scope.rpartition(".")[2].partition("#")[2]
-    return int(number) if number.isdigit() else 1
-
-
-def _group_path(n: TraceNode) -> str:
-    """The group a node folds with: an op's scope (its call of a module), anything else's module path."""
-    return (n.scope or n.module) if n.kind == "op" else n.module
-
-
-def _shared_params(trace: Trace, members: dict[str, list[str]]) -> set[str]:
-    """The parameters (and other leaves) of each module called more than once: all its calls share them."""
-    calls: dict[str, int] = {}
-    for path in members:
-        module = _module_of(path)
-        calls[module] = calls.get(module, 0) + 1
-    return {k for module, c in calls.items() if c > 1 and module in members for k in members[module]
-            if trace.node(k).kind in ("param", "leaf") and trace.node(k).module == module}
-
-
-def _feeds(trace: Trace, g: object, members: dict[str, list[str]], a: str, b: str) -> bool:
-    """Module a's output reaches module b directly: they are consecutive in the data flow."""
-    inside_b = set(members[b])
-    return any(s in inside_b for s in g.successors(_output_of(trace, members[a])))  # type: ignore[attr-defined]
+    """One block per run of repeats (see :func:`gradtrace.fold.find_runs`): identical layers,
+    the calls of a module in a loop, or the steps of a loop."""
+    for run in find_runs(trace, order):
+        first = run.units[0]
+        cls = " + ".join(trace.modules.get(module_of(s), "") for s in first) if len(first) > 1 else trace.modules.get(module_of(first[0]), "")
+        blk = Block(_block_key(trace, "fold", first[0]), [" + ".join(u) for u in run.units], cls, run.members, run.outputs[-1],
+                    [_norm(trace.node(o).grad) for o in run.outputs], parent=run.parent, shared=run.shared)
+        blocks[blk.key] = blk
+        for k in run.members:
+            owner[k] = blk.key
 
 
 def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bool, module: str | None) -> View:

@@ -359,3 +359,62 @@ def test_calls_that_do_not_feed_each_other_do_not_fold():
 
     t = gradtrace.trace(Siamese(), torch.randn(2, 4), torch.randn(2, 4))
     assert not [b for b in build_view(t).blocks.values() if b.repeat > 1]
+
+
+class _Steps(nn.Module):
+    """Loops whose time step is more than one bare call of the cell."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.emb, self.cell, self.head = nn.Embedding(10, 4), nn.RNNCell(4, 8), nn.Linear(8, 2)
+
+    def forward(self, tok: torch.Tensor) -> torch.Tensor:
+        e = self.emb(tok)  # (batch, steps, 4): each step reads e[:, t], an op outside the cell
+        h = torch.zeros(tok.shape[0], 8)
+        outs = []
+        for t in range(tok.shape[1]):
+            h = self.cell(e[:, t], h)
+            if self.kind == "glue":
+                h = h * 0.9  # an op between two calls
+            if self.kind == "head":
+                outs.append(self.head(h))  # a second module called at every step
+        return torch.stack(outs).sum() if outs else self.head(h).sum()
+
+
+@pytest.mark.parametrize("kind,path,repeat", [
+    ("plain", "cell (calls 1–150)", 150),
+    ("glue", "cell (calls 2–150)", 149),  # h * 0.9 joins the call it feeds: call 1 has none before it
+    ("head", "cell + head (calls 1–150)", 150),
+])
+def test_loop_steps_fold_with_their_loose_ops_and_other_calls(kind, path, repeat):
+    torch.manual_seed(0)
+    model = _Steps(kind)
+    tok = torch.randint(0, 10, (3, 150))
+    t = gradtrace.trace(model, tok)
+    view = choose_view(t, depth=None, max_nodes=250, fold=True, module=None)
+    _items_cover_everything(t, view)
+    (fold,) = [b for b in view.blocks.values() if b.repeat > 1]
+    assert (fold.path, fold.repeat) == (path, repeat)
+    assert len(view) <= 30 and not view.note, (len(view), view.note)  # from over 1,000 nodes
+    selects = [k for k in t.forward_order() if t.node(k).label == "select"]
+    assert len(selects) == 150 and sum(view.owner[k] == fold.key for k in selects) >= repeat - 1, "x[t] folds with its step"
+    # per-step gradient norms are torch's: the gradient reaching each step's output h_t
+    e = model.emb(tok).detach().requires_grad_()
+    h, cs = torch.zeros(3, 8), []
+    outs = []
+    for i in range(tok.shape[1]):
+        h = model.cell(e[:, i], h)
+        h.retain_grad()
+        cs.append(h)  # the cell's output at step i: what leaves the folded step
+        if kind == "glue":
+            h = h * 0.9
+        if kind == "head":
+            outs.append(model.head(h))
+    (torch.stack(outs).sum() if outs else model.head(h).sum()).backward()
+    src = t.to_dot().source
+    assert len(_dot_nodes(src)) == len(view)
+    if kind != "head":  # (with a head per step, the step's output is the head's, not h_t)
+        first = 150 - repeat
+        assert fold.block_grad_norms[0] == pytest.approx(cs[first].grad.norm().item(), rel=1e-5, abs=1e-30)
+        assert fold.block_grad_norms[-1] == pytest.approx(cs[-1].grad.norm().item(), rel=1e-5)
