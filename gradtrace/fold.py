@@ -18,7 +18,7 @@ from .records import TraceNode
 if TYPE_CHECKING:
     from .steptrace import Trace
 
-__all__ = ["Run", "find_runs", "module_of", "call_number"]
+__all__ = ["MAX_PERIOD", "Run", "call_number", "find_runs", "group_path", "module_of", "output_of", "signature"]
 
 #: The longest step a loop may have, in sibling module calls (cell, then head: 2).
 MAX_PERIOD = 4

@@ -35,7 +35,8 @@ from .style import ALARM, BANDS, ZERO_GRAD, text_color
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["GRAPH_ID", "GRAPH_SUFFIX", "METRICS", "node_data", "overlay_paths", "to_graph_json", "write_files"]
+__all__ = ["GRAPH_ID", "GRAPH_SUFFIX", "METRICS", "check_graph_path", "encode_graph", "namespace", "node_data", "overlay_paths",
+           "to_graph_json", "write_files"]
 
 #: The id of the one graph gradtrace writes; node-data files are keyed by it.
 GRAPH_ID = "gradtrace"
@@ -229,7 +230,7 @@ def _output_attrs(n: TraceNode, i: int) -> list[dict[str, str]]:
     rows = []
     if s is not None:
         # Model Explorer's own spelling (its PyTorch adapter's): shown as the edge's shape.
-        rows.append({"key": "tensor_shape", "value": s.dtype + json.dumps(list(s.shape))})
+        rows.append({"key": "tensor_shape", "value": s.dtype + "[" + ", ".join(map(str, s.shape)) + "]"})
     rows.append({"key": "value", "value": fmt.summary(value)})
     rows.append({"key": "grad", "value": fmt.summary(grad)})
     return rows
