@@ -96,6 +96,7 @@ def find_runs(trace: Trace, order: list[str]) -> list[Run]:
         for i in range(1, len(parts) + 1):
             members.setdefault(".".join(parts[:i]), []).append(k)
     shared = _shared_params(trace, members)
+    called = _called_again(members)
     children: dict[str, list[str]] = {}
     for path in members:  # insertion order is forward order of first appearance
         children.setdefault(path.rpartition(".")[0], []).append(path)
@@ -108,17 +109,22 @@ def find_runs(trace: Trace, order: list[str]) -> list[Run]:
         kids = children[parent]
         # Loose ops join the call they feed (x[t] before it) or the call they read (h * 0.9 after it):
         # whichever folds more (a step's first call has nothing before it to read).
-        found = max((_scan(trace, g, pos, parent, kids, members, shared, _attach_glue(g, loose.get(parent, []), kids, members, forward))
+        found = max((_scan(trace, g, pos, kids, members, shared, called, _attach_glue(g, loose.get(parent, []), kids, members, forward))
                      for forward in (False, True)), key=lambda rs: sum(len(r.members) for r in rs))
         for run in found:
+            run.parent = parent
             runs.append(run)
             folded.extend(kid for u in run.units for kid in u)
     return runs
 
 
-def _scan(trace: Trace, g: object, pos: dict[str, int], parent: str, kids: list[str], members: dict[str, list[str]],
-          shared: set[str], glue: dict[str, list[str]]) -> list[Run]:
-    """The runs among ``kids`` (sibling scopes in forward order), each unit with its glue."""
+def _scan(trace: Trace, g: object, pos: dict[str, int], kids: list[str], members: dict[str, list[str]],
+          shared: set[str], called: set[str], glue: dict[str, list[str]]) -> list[Run]:
+    """The runs among ``kids`` (sibling scopes in forward order), each unit with its glue.
+
+    A unit of several siblings is a loop's step, so each of them must be a call of a module
+    called again (``cell``, ``head``); distinct layers fold one by one (``Linear, Sigmoid``
+    pairs in a Sequential stay apart: each layer is its own)."""
     unit_keys = {kid: sorted(members[kid] + glue.get(kid, []), key=pos.__getitem__) for kid in kids}
     sigs: dict[str, tuple] = {}
 
@@ -132,7 +138,7 @@ def _scan(trace: Trace, g: object, pos: dict[str, int], parent: str, kids: list[
     while i < len(kids):
         best: tuple[int, int] | None = None  # (period, units)
         for p in range(1, MAX_PERIOD + 1):
-            if i + 2 * p > len(kids):
+            if i + 2 * p > len(kids) or (p > 1 and not all(module_of(k) in called for k in kids[i : i + p])):
                 break
             n = 1
             while i + (n + 1) * p <= len(kids):
@@ -149,7 +155,7 @@ def _scan(trace: Trace, g: object, pos: dict[str, int], parent: str, kids: list[
         units = [tuple(kids[i + u * p : i + (u + 1) * p]) for u in range(n)]
         keys = sorted((k for u in units for kid in u for k in unit_keys[kid]), key=pos.__getitem__)
         outputs = [output_of(trace, [k for kid in u for k in unit_keys[kid]]) for u in units]
-        runs.append(Run(parent, units, keys, outputs, sum(1 for k in keys if k in shared)))
+        runs.append(Run("", units, keys, outputs, sum(1 for k in keys if k in shared)))
         i += p * n
     return runs
 
@@ -184,6 +190,11 @@ def _feeds(g: object, unit_keys: dict[str, list[str]], a: list[str], b: list[str
             elif s not in inside_a and any(t in inside_b for t in g.successors(s)):  # type: ignore[attr-defined]
                 return False
     return fed
+
+
+def _called_again(members: dict[str, list[str]]) -> set[str]:
+    """The module paths called more than once (``cell`` with scopes ``cell``, ``cell#2`` …)."""
+    return {module_of(path) for path in members if module_of(path) != path}
 
 
 def _shared_params(trace: Trace, members: dict[str, list[str]]) -> set[str]:
