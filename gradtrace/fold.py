@@ -103,17 +103,25 @@ def find_runs(trace: Trace, order: list[str]) -> list[Run]:
 
     runs: list[Run] = []
     folded: list[str] = []
+    used: set[str] = set()
     for parent in sorted(children, key=lambda p: (p.count(".") if p else -1, p)):
         if any(parent == f or parent.startswith(f + ".") for f in folded):
             continue
         kids = children[parent]
+        # The ops a parent runs itself between its children's calls; a container that is never
+        # called (a ModuleList) has none, so its children's loop is in the nearest scope that has.
+        above = parent
+        while above and above not in loose:
+            above = above.rpartition(".")[0]
+        own = [k for k in loose.get(above, []) if k not in used]
         # Loose ops join the call they feed (x[t] before it) or the call they read (h * 0.9 after it):
         # whichever folds more (a step's first call has nothing before it to read).
-        found = max((_scan(trace, g, pos, kids, members, shared, called, _attach_glue(g, loose.get(parent, []), kids, members, forward))
+        found = max((_scan(trace, g, pos, kids, members, shared, called, _attach_glue(g, own, kids, members, forward))
                      for forward in (False, True)), key=lambda rs: sum(len(r.members) for r in rs))
         for run in found:
             run.parent = parent
             runs.append(run)
+            used.update(run.members)
             folded.extend(kid for u in run.units for kid in u)
     return runs
 
@@ -161,19 +169,24 @@ def _scan(trace: Trace, g: object, pos: dict[str, int], kids: list[str], members
 
 
 def _attach_glue(g: object, loose: list[str], kids: list[str], members: dict[str, list[str]], forward: bool) -> dict[str, list[str]]:
-    """The parent's own ops attached to the one child scope they feed (``x[t]``, ``cat([x, h])``
-    before a call), or with ``forward`` the one they read from (``h * 0.9`` after it). Walked
-    against the data flow (with the data flow for ``forward``), so a chain of them attaches whole."""
+    """The parent's own ops attached to a child scope: the one child they feed (``x[t]``,
+    ``cat([x, h])`` before a call), or with ``forward`` the latest child they read from (``h * 0.9``
+    after a call; a residual stream's ``x + block(x)`` reads the previous step too). Walked against
+    the data flow (with it for ``forward``), so a chain of them attaches whole."""
+    index = {kid: i for i, kid in enumerate(kids)}
     owner = {k: kid for kid in kids for k in members[kid]}
     attached: dict[str, list[str]] = {}
     for k in (loose if forward else reversed(loose)):
-        near = g.predecessors(k) if forward else g.successors(k)  # type: ignore[attr-defined]
-        # (reading a parameter or an input as well does not tie an op to another group)
-        groups = {owner.get(x) for x in near if not forward or g.nodes[x]["kind"] == "op"}  # type: ignore[attr-defined]
-        if len(groups) == 1 and None not in groups:
-            kid = groups.pop()
-            owner[k] = kid  # type: ignore[assignment]
-            attached.setdefault(kid, []).append(k)  # type: ignore[arg-type]
+        if forward:
+            # (reading a parameter or an input as well does not tie an op to a group)
+            groups = {owner.get(x) for x in g.predecessors(k) if g.nodes[x]["kind"] == "op"}  # type: ignore[attr-defined]
+        else:
+            groups = {owner.get(x) for x in g.successors(k)}  # type: ignore[attr-defined]
+        if not groups or None in groups or (len(groups) > 1 and not forward):
+            continue
+        kid = max(groups, key=index.__getitem__)  # type: ignore[arg-type]
+        owner[k] = kid
+        attached.setdefault(kid, []).append(k)
     return attached
 
 

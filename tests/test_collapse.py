@@ -418,3 +418,46 @@ def test_loop_steps_fold_with_their_loose_ops_and_other_calls(kind, path, repeat
         first = 150 - repeat
         assert fold.block_grad_norms[0] == pytest.approx(cs[first].grad.norm().item(), rel=1e-5, abs=1e-30)
         assert fold.block_grad_norms[-1] == pytest.approx(cs[-1].grad.norm().item(), rel=1e-5)
+
+
+def test_residual_stream_loop_folds_its_layers():
+    """``for blk in self.blocks: x = x + tanh(blk(x))``: the tanh and the add are the parent's own
+    ops, between two layers of a ModuleList that is never called itself; each joins its layer."""
+    torch.manual_seed(0)
+
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(8, 8) for _ in range(24)])
+            self.out = nn.Linear(8, 1)
+
+        def forward(self, x: torch.Tensor, keep: list | None = None) -> torch.Tensor:
+            for b in self.blocks:
+                x = x + torch.tanh(b(x))
+                if keep is not None:
+                    x.retain_grad()
+                    keep.append(x)
+            return self.out(x).sum()
+
+    model, x = Res(), torch.randn(3, 8)
+    t = gradtrace.trace(model, x)
+    view = build_view(t)
+    _items_cover_everything(t, view)
+    (fold,) = [b for b in view.blocks.values() if b.repeat > 1]
+    assert fold.repeat == 24 and fold.path == "blocks.0 … blocks.23" and len(view) < 10
+    assert {t.node(k).label for k in fold.members if not t.node(k).module} == {"tanh", "add"}
+    xs: list[torch.Tensor] = []
+    model(x, keep=xs).backward()
+    assert fold.block_grad_norms[0] == pytest.approx(xs[0].grad.norm().item(), rel=1e-5)
+    assert fold.block_grad_norms[-1] == pytest.approx(xs[-1].grad.norm().item(), rel=1e-5)
+
+
+def test_distinct_layers_in_a_sequential_do_not_fold_in_pairs():
+    """Linear, Sigmoid, Linear, Sigmoid …: each layer is its own module; only a loop's step folds
+    several siblings as one unit (the docs' vanishing-gradient diagram shows them layer by layer)."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(6):
+        layers += [nn.Linear(8, 8), nn.Sigmoid()]
+    t = gradtrace.trace(nn.Sequential(*layers, nn.Linear(8, 1)), torch.randn(3, 8))
+    assert not [b for b in build_view(t).blocks.values() if b.repeat > 1]
