@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._argnames import arg, bare as _bare
 from .errors import RenderError
-from .fold import call_number, find_runs, module_of, output_of as _output_of
+from ._fold import call_number, find_runs, module_of, output_of as _output_of
 from .records import TensorStats
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def _norm(s: TensorStats | None) -> float | None:
 
 
 def _fold_runs(trace: Trace, order: list[str], blocks: dict[str, Block], owner: dict[str, str]) -> None:
-    """One block per run of repeats (see :func:`gradtrace.fold.find_runs`): identical layers,
+    """One block per run of repeats (see :func:`gradtrace._fold.find_runs`): identical layers,
     the calls of a module in a loop, or the steps of a loop."""
     for run in find_runs(trace, order):
         first = run.units[0]
