@@ -263,6 +263,17 @@ def test_rnn_cell_unrolled_200_steps_folds_into_one_item():
     assert "6 ops each, 4 parameters shared by all" in src
 
 
+@pytest.mark.dot
+def test_rnn_cell_unrolled_200_steps_svg(tmp_path):
+    """The SVG itself: Graphviz lays out the folded loop (it timed out at 120 s unfolded)."""
+    model, x = _rnn(200)
+    t = gradtrace.trace(model, x)
+    svg = t.render(tmp_path / "rnn.svg").read_text()
+    assert svg.count('class="node"') == len(choose_view(t, None, 250, True, None)) + 1  # and the legend
+    width, height = (float(v) for v in re.search(r'width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups())
+    assert height < 2000, "one folded item, not 200 boxes stacked (18,000 pt)"
+
+
 def test_folded_calls_carry_their_members_values_and_gradients():
     """The fold's output and its per-call gradient norms are the calls' own, as torch computes them."""
     steps = 200
