@@ -29,7 +29,8 @@ from .render.output import FORMATS, GRAPHVIZ_FORMATS, format_for
 
 __all__ = ["main"]
 
-_EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json": ".json", "text": ".txt", "html": ".html"}
+_EXTENSIONS = {"svg": ".svg", "png": ".png", "pdf": ".pdf", "dot": ".dot", "json": ".json", "text": ".txt", "html": ".html",
+               "model-explorer": ".graph.json"}
 
 #: Exit status of a crash inside gradtrace itself (sysexits.h's EX_SOFTWARE): never a script's or a finding's.
 INTERNAL_ERROR = 70
@@ -181,7 +182,8 @@ def main() -> None:
                    "Default: SCRIPT's name with the format's suffix, in the working directory.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Output format. Default: from OUTPUT's suffix, else svg. 'text' without -o prints a table "
-                   "(the script's own prints then go to standard error).")
+                   "(the script's own prints then go to standard error). 'model-explorer' writes NAME.graph.json "
+                   "for Google's Model Explorer and its overlays beside it (NAME.grad_norm.json, ...).")
 @click.option("--run-to-end", is_flag=True, help="Let the script run on after the traced step instead of stopping it.")
 @click.option("--rankdir", type=click.Choice(RANKDIRS), default="TB", show_default=True, help="Direction data flows in the diagram.")
 @click.option("--no-values", is_flag=True, help="Leave forward values out of the nodes.")
@@ -236,6 +238,13 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
             rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
             module: str | None, no_fold: bool, edge_grads: bool | None) -> None:
     to_stdout = output == "-"
+    if to_stdout and fmt == "model-explorer":  # several files: refused before the script runs, not after
+        from .render.model_explorer import check_graph_path
+
+        try:
+            check_graph_path(Path(output), "-o")
+        except GradtraceError as e:
+            raise click.UsageError(str(e)) from None
     if output is not None and not to_stdout:
         if fmt is None and not Path(output).suffix:
             fmt = "svg"  # as --help says: from OUTPUT's suffix, else svg (-o /dev/stdout, -o diagram)
@@ -276,6 +285,11 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
         total = len(trace.nodes)
         size = f"{total} nodes" if drawn == total else f"{total} nodes drawn as {drawn}"
         click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({size}, step {step})", err=True)
+        if fmt == "model-explorer":
+            from .render.model_explorer import overlay_paths
+
+            beside = ", ".join(p.name for p in overlay_paths(Path(shown)).values())
+            click.echo(f"gradtrace: and its Model Explorer overlays beside it: {beside}", err=True)
         if depth is not None and not ignored:  # (a format that draws no diagram was named above)
             from .collapse import max_module_depth
 
@@ -308,6 +322,7 @@ def _diagram_only_note(fmt: str, depth: int | None, module: str | None, max_node
     if not given:
         return None
     whole = {"json": "a JSON file always holds the whole trace", "html": "the HTML page always shows the whole trace",
+             "model-explorer": "the Model Explorer graph always holds the whole trace (Model Explorer collapses modules itself)",
              "text": "the table lists every node" + (" of the module" if module is not None else "")}[fmt]
     return (f"gradtrace: {', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} only to the diagram formats "
             f"(svg, png, pdf, dot): {whole}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._argnames import arg, bare as _bare
 from .errors import RenderError
+from ._fold import call_number, find_runs, module_of, output_of as _output_of
 from .records import TensorStats
 
 if TYPE_CHECKING:
@@ -35,10 +36,19 @@ class Block:
     output: str | None  # the member whose output leaves the block (the last one in forward order)
     block_grad_norms: list[float | None] = field(default_factory=list)  # per folded block, forward order
     parent: str | None = None  # the module cluster it is drawn in; None: the one above its path
+    shared: int = 0  # members that are parameters every folded call reads (an unrolled RNN cell's weights)
 
     @property
     def path(self) -> str:
-        return self.paths[0] if len(self.paths) == 1 else f"{self.paths[0]} … {self.paths[-1]}"
+        """What a reader calls it: ``h.3``, ``h.0 … h.11`` (a fold of layers), ``cell (calls 1–200)``."""
+        if len(self.paths) == 1:
+            return self.paths[0]
+        first, last = self.paths[0], self.paths[-1]
+        if module_of(first) == module_of(last):  # the calls of one module, or the steps of a loop ("cell + head")
+            # (the last part's call number goes into the range; a parent's stays: enc#2.cell -> enc (call 2).cell)
+            name = " + ".join(re.sub(r"#\d+$", "", part) for part in first.split(" + "))
+            return f"{name} (calls {call_number(first.split(' + ')[0])}–{call_number(last.split(' + ')[0])})"
+        return f"{first} … {last}"
 
     @property
     def repeat(self) -> int:
@@ -73,16 +83,6 @@ def _prefix(module: str, depth: int) -> str | None:
 
 def max_module_depth(trace: Trace) -> int:
     return max((len(n.module.split(".")) for n in trace.nodes if n.module), default=0)
-
-
-def _signature(trace: Trace, members: list[str]) -> tuple:
-    """What makes two blocks 'the same structure': the sequence of their ops and parameter shapes."""
-    sig = []
-    for k in members:
-        n = trace.node(k)
-        shape = n.value.shape if n.value is not None else None
-        sig.append((n.kind, n.label.rpartition(".")[2] if n.kind == "param" else n.label, shape))
-    return tuple(sig)
 
 
 def module_nodes(trace: Trace, module: str) -> set[str]:
@@ -209,57 +209,17 @@ def _norm(s: TensorStats | None) -> float | None:
     return None if s is None else s.norm
 
 
-def _output_of(trace: Trace, members: list[str]) -> str:
-    """The member whose output leaves the group (the last such op in forward order)."""
-    inside = set(members)
-    g = trace.graph
-    leaving = [k for k in members if any(s not in inside for s in g.successors(k)) or k == trace.loss]
-    ops = [k for k in leaving if trace.node(k).kind == "op"] or leaving or members
-    return ops[-1]
-
-
 def _fold_runs(trace: Trace, order: list[str], blocks: dict[str, Block], owner: dict[str, str]) -> None:
-    g = trace.graph
-    members: dict[str, list[str]] = {}  # module path -> node keys inside it (at any depth), forward order
-    for k in order:
-        module = trace.node(k).module
-        if not module:
-            continue
-        parts = module.split(".")
-        for i in range(1, len(parts) + 1):
-            members.setdefault(".".join(parts[:i]), []).append(k)
-    children: dict[str, list[str]] = {}
-    for path in members:  # insertion order is forward order of first appearance
-        children.setdefault(path.rpartition(".")[0], []).append(path)
-    folded: set[str] = set()
-    for parent in sorted(children, key=lambda p: (p.count(".") if p else -1, p)):
-        if any(parent == f or parent.startswith(f + ".") for f in folded):
-            continue
-        run: list[str] = []
-        for path in children[parent] + [None]:  # type: ignore[list-item]
-            if run and path is not None and _same_structure(trace, members, run[-1], path) and _feeds(trace, g, members, run[-1], path):
-                run.append(path)
-                continue
-            if len(run) >= 2:
-                keys = [k for p in run for k in members[p]]
-                outputs = [_output_of(trace, members[p]) for p in run]
-                blk = Block(_block_key(trace, "fold", run[0]), list(run), trace.modules.get(run[0], ""), keys, outputs[-1],
-                            [_norm(trace.node(o).grad) for o in outputs])
-                blocks[blk.key] = blk
-                for k in keys:
-                    owner[k] = blk.key
-                folded.update(run)
-            run = [path] if path is not None else []
-
-
-def _same_structure(trace: Trace, members: dict[str, list[str]], a: str, b: str) -> bool:
-    return trace.modules.get(a) == trace.modules.get(b) and _signature(trace, members[a]) == _signature(trace, members[b])
-
-
-def _feeds(trace: Trace, g: object, members: dict[str, list[str]], a: str, b: str) -> bool:
-    """Module a's output reaches module b directly: they are consecutive in the data flow."""
-    inside_b = set(members[b])
-    return any(s in inside_b for s in g.successors(_output_of(trace, members[a])))  # type: ignore[attr-defined]
+    """One block per run of repeats (see :func:`gradtrace._fold.find_runs`): identical layers,
+    the calls of a module in a loop, or the steps of a loop."""
+    for run in find_runs(trace, order):
+        first = run.units[0]
+        cls = " + ".join(trace.modules.get(module_of(s), "") for s in first) if len(first) > 1 else trace.modules.get(module_of(first[0]), "")
+        blk = Block(_block_key(trace, "fold", first[0]), [" + ".join(u) for u in run.units], cls, run.members, run.outputs[-1],
+                    [_norm(trace.node(o).grad) for o in run.outputs], parent=run.parent, shared=run.shared)
+        blocks[blk.key] = blk
+        for k in run.members:
+            owner[k] = blk.key
 
 
 def choose_view(trace: Trace, depth: int | None, max_nodes: int | None, fold: bool, module: str | None) -> View:

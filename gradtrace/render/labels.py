@@ -282,7 +282,9 @@ def block_label(trace: Trace, b: Block, options: RenderOptions, findings: list[F
     ops = sum(1 for k in b.members if trace.node(k).kind == "op")
     params = sum(1 for k in b.members if trace.node(k).kind == "param")
     each = " each" if b.repeat > 1 else ""
-    rows.append(_row(f"{ops // b.repeat} ops, {params // b.repeat} parameters{each}", 9))
+    own = (params - b.shared) // b.repeat  # an unrolled cell's calls share its weights: not "0 parameters each"
+    counts = f"{ops // b.repeat} ops, {own} parameters{each}" if own or not b.shared else f"{ops // b.repeat} ops{each}"
+    rows.append(_row(counts + (f", {b.shared} parameters shared by all" if b.shared else ""), 9))
     if out is not None and out.value is not None:
         rows.append(_row(f"out {fmt.shape(out.value)} {out.value.dtype}", 9))
         if options.show_values:

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "SUFFIXES", "encode", "format_for", "to_bytes", "write", "write_bytes", "write_counted"]
 
-#: Every output format; the first three need Graphviz's ``dot`` binary.
-FORMATS = ("svg", "png", "pdf", "dot", "json", "text", "html")
+#: Every output format; the first three need Graphviz's ``dot`` binary. ``model-explorer`` writes
+#: several files: ``NAME.graph.json`` and its overlays beside it (see :mod:`.model_explorer`).
+FORMATS = ("svg", "png", "pdf", "dot", "json", "text", "html", "model-explorer")
 GRAPHVIZ_FORMATS = ("svg", "png", "pdf")
 SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot", ".json": "json", ".txt": "text", ".html": "html", ".htm": "html"}
 
@@ -33,6 +34,11 @@ def format_for(path: Path, fmt: str | None, option: str | None = None) -> str:
     """
     option = option or bare("format") + ("=" if not bare("format").startswith("-") else "")
     suffix = path.suffix.lower()
+    if fmt == "model-explorer" or (fmt is None and path.name.lower().endswith(".graph.json")):
+        from .model_explorer import check_graph_path
+
+        check_graph_path(path)  # several files: the name must say where they go
+        return "model-explorer"
     if fmt is not None:
         if fmt not in FORMATS:
             raise RenderError(f"unknown format {fmt!r} (must be one of {list(FORMATS)})")
@@ -66,6 +72,10 @@ def encode(trace: Trace, fmt: str, options: RenderOptions) -> tuple[bytes, int]:
         from .text import to_text
 
         return to_text(trace, options).encode("utf-8"), len(trace.nodes)
+    if fmt == "model-explorer":  # the graph file; write() puts the overlays beside it
+        from .model_explorer import encode_graph
+
+        return encode_graph(trace), len(trace.nodes)
     from .dot import dot_and_view
 
     graph, view = dot_and_view(trace, options)
@@ -90,6 +100,10 @@ def write_counted(trace: Trace, path: Path, fmt: str | None, options: RenderOpti
     Returns the path and how many items the drawing shows.
     """
     if str(path) == "-":
+        if fmt == "model-explorer":
+            from .model_explorer import check_graph_path
+
+            check_graph_path(path)
         if fmt is None:
             raise RenderError(f"writing to standard output ('-') needs a format: pass {bare('format')}"
                               f"{'' if bare('format').startswith('-') else '='} one of {list(FORMATS)}")
@@ -98,6 +112,10 @@ def write_counted(trace: Trace, path: Path, fmt: str | None, options: RenderOpti
         write_bytes(path, data)
         return path, drawn
     fmt = format_for(path, fmt)
+    if fmt == "model-explorer":
+        from .model_explorer import write_files
+
+        return write_files(trace, path)[0], len(trace.nodes)
     if _writes_through(path):  # /dev/stdout into a pipe: no folder to check, nothing to replace
         data, drawn = encode(trace, fmt, options)
         write_bytes(path, data)
