@@ -11,6 +11,7 @@ stderr.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -37,12 +38,24 @@ INTERNAL_ERROR = 70
 INTERRUPTED = 130
 # ctx.meta key: the script's failure after its traced step, reported once the command has written its output.
 _LATE_FAILURE = "gradtrace.script_failed_after_step"
+# ctx.meta key: the last line of a script's failure before its step (what a rank tells the others under torchrun).
+_NO_STEP_WHY = "gradtrace.script_failed_before_step"
 
 
 def _check_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
     if not (0 < value <= MAX_TIMEOUT or value == math.inf):  # (NaN fails both)
         raise click.BadParameter(f"{value:g} is not in the range 0<x<={MAX_TIMEOUT:.0f} (seconds; inf for no limit)")
     return value
+
+
+def _rank_options(f: Any) -> Any:
+    f = click.option("--rank-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+                     metavar="SECONDS", help="Under torchrun: how long a rank waits for the others to finish their step "
+                     "before giving up (a rank that failed is named).")(f)
+    f = click.option("--nproc-per-node", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Run SCRIPT on N local ranks through torch.distributed.run (as torchrun would) and trace "
+                          "every rank; see docs/distributed.md for several nodes.")(f)
+    return f
 
 
 def _script_options(f: Any) -> Any:
@@ -54,14 +67,15 @@ def _script_options(f: Any) -> Any:
 
 
 def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool, *, fmt: str | None = None,
-         stdout_busy: bool = True, on_hard_exit: Callable[[Any, int], None] | None = None) -> Any:
+         stdout_busy: bool = True, on_hard_exit: Callable[[Any, int], None] | None = None,
+         on_session: Callable[[Any], None] | None = None) -> Any:
     """Run the script and return its trace, or end the command with the script's own status.
 
     ``fmt``: the output format; one that needs Graphviz is checked for before
     the script runs, not after a long training script has run. ``stdout_busy``:
     the command writes its own output to standard output (``check`` always
     does), so what the script prints goes to standard error while it runs.
-    ``on_hard_exit``: see :func:`gradtrace.script.run_script`. A script ended
+    ``on_hard_exit``, ``on_session``: see :func:`gradtrace.script.run_script`. A script ended
     by Ctrl-C before its step ends the command with status 130, as Python's.
     """
     from .script import ScriptFailed, run_script
@@ -73,9 +87,11 @@ def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool,
                                    f"(checked before running {Path(script).name}); {INSTALL_HINT}")
     try:
         return run_script(script, script_args, step=step, run_to_end=run_to_end, keep_alive=True,
-                          stdout_to_stderr=stdout_busy, on_hard_exit=on_hard_exit)
+                          stdout_to_stderr=stdout_busy, on_hard_exit=on_hard_exit, on_session=on_session)
     except ScriptFailed as e:
         if e.trace is None:
+            lines = e.report.strip().splitlines()
+            click.get_current_context().meta[_NO_STEP_WHY] = lines[-1] if lines else f"status {e.status}"
             sys.stdout.flush()  # the script's own output first, as it came
             click.echo(e.report, err=True, nl=False)
             if isinstance(e.exc, KeyboardInterrupt):
@@ -156,6 +172,10 @@ class _Command(click.Group):
         try:
             return self.main(*args, **kwargs)
         except SystemExit as e:
+            if os.environ.get("GRADTRACE_STATUS_FILE"):  # a rank started by --nproc-per-node (rank 0 writes it)
+                from .distributed.launch import record_status
+
+                record_status(e.code)
             if "gradtrace._script_process" in sys.modules:
                 from ._script_process import finish
 
@@ -196,9 +216,13 @@ def main() -> None:
 @click.option("--no-fold", is_flag=True, help="Do not fold runs of identical sibling modules (a transformer's layers) into one ×K node.")
 @click.option("--edge-grads/--no-edge-grads", "edge_grads", default=None,
               help="Label each edge with the gradient sent back along it. Default: only on small diagrams (tooltips always say it).")
+@click.option("--every-rank", is_flag=True, help="Under torchrun, for svg/png/pdf/dot/text files: besides rank 0's OUTPUT, "
+              "write each other rank K's as NAME.rankK.SUFFIX (json and html always hold every rank).")
+@_rank_options
 def render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
            rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
-           module: str | None, no_fold: bool, edge_grads: bool | None) -> None:
+           module: str | None, no_fold: bool, edge_grads: bool | None, every_rank: bool, nproc_per_node: int | None,
+           rank_timeout: float) -> None:
     """Run SCRIPT as `python SCRIPT SCRIPT_ARGS` would and draw its training step.
 
     The script is unmodified: gradtrace records the forward that leads to its
@@ -215,6 +239,13 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         gradtrace render train.py -o step.svg -- --lr 0.1 --epochs 5
         gradtrace render train.py --depth 1                # one node per top-level block
         gradtrace render train.py --module encoder.layer.3
+        torchrun --nproc-per-node 2 -m gradtrace render train.py -o step.json   # every rank, one file
+        gradtrace render --nproc-per-node 2 train.py -o step.html             # the same, without torchrun
+
+    \b
+    Under torchrun every rank records the same step and rank 0 writes one
+    file holding all ranks; only rank 0 prints. A rank that fails before its
+    step is named, and every rank exits non-zero (torchrun reports 1).
 
     \b
     Exit status:
@@ -227,14 +258,16 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         70   internal error: a bug in gradtrace (its traceback is printed)
         130  interrupted (Ctrl-C); the file is written first when the step was recorded
     """
+    _launch_if_asked("render", nproc_per_node)
+    ranks = _ranks(every_rank, rank_timeout)
     with cli_names():  # every message and diagram note names --timeout, --max-nodes, not timeout=, max_nodes=
         _render(script, script_args, step, output, fmt, run_to_end, rankdir, no_values, no_grads, theme, timeout, depth,
-                max_nodes, module, no_fold, edge_grads)
+                max_nodes, module, no_fold, edge_grads, ranks)
 
 
 def _render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
             rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
-            module: str | None, no_fold: bool, edge_grads: bool | None) -> None:
+            module: str | None, no_fold: bool, edge_grads: bool | None, ranks: _Ranks | None = None) -> None:
     to_stdout = output == "-"
     if output is not None and not to_stdout:
         if fmt is None and not Path(output).suffix:
@@ -258,7 +291,7 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
     target = Path("-") if to_stdout else Path(os.path.abspath(shown))
     text_table = output is None and fmt == "text"
     ignored = _diagram_only_note(fmt, depth, module, max_nodes, no_fold)
-    if ignored:
+    if ignored and (ranks is None or ranks.info.is_main):
         click.echo(ignored, err=True)
 
     def emit(trace: Any) -> None:
@@ -292,9 +325,116 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
                    err=True)
 
     # gradtrace's own output on stdout (-o -, -o /dev/stdout, a text table) must not be mixed with what the script prints.
-    trace = _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=to_stdout or text_table or _is_stdout(output),
-                 on_hard_exit=before_hard_exit)
+    stdout_busy = to_stdout or text_table or _is_stdout(output)
+    if ranks is not None:
+        multi = _run_ranks(ranks, script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy)
+        if multi is None:
+            return  # not rank 0: its trace went to rank 0, which writes
+        if text_table:
+            click.echo(f"rank 0 of {multi.world_size} (the other ranks: -o FILE.json or FILE.html holds them all)")
+            emit(multi.trace(multi.ranks[0].rank))
+            return
+        from .distributed.output import write_multi
+
+        try:
+            written = write_multi(multi, target, fmt, options, ranks.every_rank)
+        except GradtraceError as e:
+            raise click.ClickException(str(e)) from None
+        total = sum(len(r.trace.nodes) for r in multi.ranks)
+        click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({multi.world_size} rank"
+                   f"{'s' if multi.world_size != 1 else ''}, {total} nodes in all, step {step})", err=True)
+        for path, _ in written[1:]:
+            click.echo(f"gradtrace: wrote {path}", err=True)
+        if ranks.every_rank and fmt in ("json", "html"):
+            click.echo(f"gradtrace: --every-rank writes nothing more for {fmt}: the file holds every rank", err=True)
+        return
+    trace = _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy, on_hard_exit=before_hard_exit)
     emit(trace)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ranks:
+    """A run under torchrun: this process's rank and what the rank options asked."""
+
+    info: Any  # gradtrace.distributed.RankInfo
+    every_rank: bool
+    timeout: float
+
+
+def _ranks(every_rank: bool, timeout: float) -> _Ranks | None:
+    """This process's rank under torchrun (None when not started by it)."""
+    from .distributed.env import rank_info
+
+    try:
+        info = rank_info()
+    except GradtraceError as e:
+        raise click.UsageError(str(e)) from None
+    if info is None:
+        if every_rank:
+            click.echo("gradtrace: --every-rank applies only under torchrun (or with --nproc-per-node): "
+                       "this run has one process", err=True)
+        return None
+    return _Ranks(info, every_rank, timeout)
+
+
+def _launch_if_asked(command: str, nproc: int | None) -> None:
+    """``--nproc-per-node N``: run this same command on N ranks through torch.distributed.run, end with rank 0's status."""
+    if nproc is None:
+        return
+    from .distributed.env import rank_info
+    from .distributed.launch import launch, without_option
+
+    if rank_info() is not None:
+        raise click.UsageError("--nproc-per-node starts the ranks itself: under torchrun, leave it out "
+                               "(torchrun's own --nproc-per-node says how many ranks)")
+    argv = sys.argv[1:]
+    if command not in argv:
+        raise click.UsageError(f"--nproc-per-node works from the command line (`gradtrace {command} --nproc-per-node N SCRIPT`)")
+    try:
+        status = launch(nproc, without_option(argv, "--nproc-per-node"))
+    except GradtraceError as e:
+        raise click.ClickException(str(e)) from None
+    raise SystemExit(status)
+
+
+def _run_ranks(ranks: _Ranks, script: str, script_args: tuple[str, ...], step: int, run_to_end: bool, *, fmt: str | None,
+               stdout_busy: bool) -> Any:
+    """This rank's step, and on rank 0 every rank's: a MultiTrace on rank 0, None on the others.
+
+    A script that fails before its step on this rank ends the command as it
+    would alone, after telling the other ranks; another rank's failure ends
+    this one with status 1, named on rank 0.
+    """
+    from .distributed.gather import RankFailure
+    from .distributed.run import report_failure, run_rank
+
+    info = ranks.info
+    ctx = click.get_current_context()
+
+    def run(on_session: Callable[[Any], None]) -> Any:
+        try:
+            return _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy, on_session=on_session)
+        except (SystemExit, click.ClickException, KeyboardInterrupt) as e:
+            why = ctx.meta.pop(_NO_STEP_WHY, None) or (e.format_message() if isinstance(e, click.ClickException)
+                                                       else "interrupted" if isinstance(e, KeyboardInterrupt)
+                                                       else f"{Path(script).name} exited with status {e.code}")
+            summary = report_failure(info, why, ranks.timeout)
+            sys.stdout.flush()
+            if summary is not None:
+                click.echo(f"gradtrace: {summary}", err=True)
+            else:
+                click.echo(f"gradtrace: rank {info.rank} of {info.world_size} has no step to trace ({why}); "
+                           "rank 0 writes no file", err=True)
+            raise
+
+    try:
+        return run_rank(info, run, step, ranks.timeout)
+    except RankFailure as e:
+        if info.is_main:
+            raise click.ClickException(str(e)) from None
+        raise SystemExit(1) from None
+    except GradtraceError as e:
+        raise click.ClickException(f"rank {info.rank}: {e}") from None
 
 
 def _diagram_only_note(fmt: str, depth: int | None, module: str | None, max_nodes: int, no_fold: bool) -> str | None:

@@ -124,6 +124,10 @@ class BackwardRecorder:
         self._late_variables: dict[NodeKey, Any] = {}  # leaves hooked after the walk (see add())
         #: Keep every gradient a leaf receives (a leaf reached twice, by a nested backward, shows their sum).
         self.keep_leaf_grads = False
+        #: Reduce every held statistic once each leaf has its .grad: a distributed run's collective
+        #: (DDP's all-reduce) writes the reduced average into .grad, and the tensors sharing its memory,
+        #: before the backward returns.
+        self.settle_at_leaves = False
         self._leaf_grads: dict[NodeKey, list[torch.Tensor]] = {}
         self._running: dict[int, NodeKey] = {}  # thread -> the node whose pre-hook ran last there
         for key, node in graph.nodes.items():
@@ -226,6 +230,8 @@ class BackwardRecorder:
                     return None  # (a node runs once; a leaf may be reached again by a nested backward)
                 if key not in self.grads:
                     self.order.append(key)
+                if leaf and self.settle_at_leaves:
+                    self.stats.settle()  # (FSDP2's unsharded parameter is freed again once its gradient is in)
                 if leaf and self.keep_leaf_grads and grad_outputs and grad_outputs[0] is not None:
                     self._leaf_grads.setdefault(key, []).append(grad_outputs[0])
                 waiting = self._waiting.pop(key, None) if leaf else None
@@ -271,9 +277,13 @@ class BackwardRecorder:
                     edge = self._deferred.pop(key)
                     g = node.variable.grad
                     if g is not None:
-                        self.grads[key] = [self.stats.add(g)]
+                        # Read now, not held: code after this hook may write .grad in place before the
+                        # backward returns (DDP copies the all-reduced average into it at the end).
+                        self.grads[key] = [self.stats.add_now(g)]
                         if edge is not None:
                             self.edge_grads[edge[0]][edge[1]] = self.grads[key][0]
+                if self.settle_at_leaves:
+                    self.stats.settle()
             return None
 
         return posthook
