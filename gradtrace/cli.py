@@ -172,15 +172,18 @@ class _Command(click.Group):
         try:
             return self.main(*args, **kwargs)
         except SystemExit as e:
-            if os.environ.get("GRADTRACE_STATUS_FILE"):  # a rank started by --nproc-per-node (rank 0 writes it)
+            if os.environ.get("GRADTRACE_STATUS_FILE"):  # a rank started by --nproc-per-node
                 from .distributed.launch import record_status
 
-                record_status(e.code)
+                if record_status(e.code):
+                    # Rank 0's status goes to the launcher, which ends with it: torchrun, which would turn it
+                    # into 1 with a page of its own traceback, sees a clean exit.
+                    e = SystemExit(0)
             if "gradtrace._script_process" in sys.modules:
                 from ._script_process import finish
 
                 finish(e.code)  # does not return if a stopped script's threads would hang the exit
-            raise
+            raise e from None
 
 
 @click.group(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -460,7 +463,9 @@ EXIT_HEALTHY, EXIT_ALARM, EXIT_USAGE, EXIT_WARNING, EXIT_NO_STEP = 0, 1, 2, 3, 5
 @main.command()
 @_script_options
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON instead of a table. Either way the script's own prints go to standard error.")
-def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -> None:
+@_rank_options
+def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, nproc_per_node: int | None,
+          rank_timeout: float) -> None:
     """Run SCRIPT like `render` does and report where gradients vanish, explode or turn NaN.
 
     Each finding has a severity: an alarm (NaN or inf, named where it starts:
@@ -482,10 +487,23 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -
       130 interrupted (Ctrl-C); a step recorded before it is checked first
 
     \b
+    Under torchrun (or with --nproc-per-node) every rank is checked, and the
+    ranks are compared (where NaN first appears, graphs or reduced gradients
+    that differ, a parameter without gradient on some rank, imbalance); rank
+    0 prints, with the rank of each finding, and exits with the status
+    above over all ranks (torchrun itself reports 1 for any non-zero status;
+    --nproc-per-node passes rank 0's on).
+
+    \b
     Examples:
         gradtrace check train.py
         gradtrace check train.py --step 10 --json
+        torchrun --nproc-per-node 4 -m gradtrace check train.py
     """
+    _launch_if_asked("check", nproc_per_node)
+    ranks = _ranks(False, rank_timeout)
+    if ranks is not None:
+        _check_ranks(ranks, script, script_args, step, as_json)
     try:
         trace = _run(script, script_args, step, False)
     except click.ClickException as e:  # no step was traced: that is not "NaN found" (exit 1)
@@ -504,6 +522,60 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -
     else:
         _echo_findings(trace, findings, step)
     raise SystemExit(status)
+
+
+def _check_ranks(ranks: _Ranks, script: str, script_args: tuple[str, ...], step: int, as_json: bool) -> None:
+    """``check`` under torchrun: every rank's findings and the cross-rank ones, printed by rank 0; ends the command."""
+    info = ranks.info
+    try:
+        multi = _run_ranks(ranks, script, script_args, step, False, fmt=None, stdout_busy=True)
+    except click.ClickException as e:
+        if info.is_main:
+            e.show()
+        raise SystemExit(EXIT_NO_STEP) from None
+    except SystemExit as e:
+        if info.is_main:
+            click.echo(f"gradtrace check: no step to check ({Path(script).name} exited with status {e.code} on rank "
+                       f"{info.rank})", err=True)
+        raise SystemExit(EXIT_NO_STEP) from None
+    if multi is None:
+        raise SystemExit(EXIT_HEALTHY)  # rank 0 speaks for the run
+    pairs = multi.findings()
+    findings = [f for _, f in pairs]
+    status = EXIT_ALARM if any(f.alarm for f in findings) else EXIT_WARNING if any(f.severity == "warning" for f in findings) else EXIT_HEALTHY
+    if as_json:
+        import json
+
+        rows = [dict(f.to_dict(), rank=r, label=multi.trace(r).node(f.node).label) for r, f in pairs]
+        notes = {str(r.rank): list(r.trace.notes) for r in multi.ranks}
+        click.echo(json.dumps({"step": step, "world_size": multi.world_size, "exit_status": status, "findings": rows,
+                               "notes": notes}, indent=1))
+    else:
+        _echo_rank_findings(multi, pairs, step)
+    raise SystemExit(status)
+
+
+def _echo_rank_findings(multi: Any, pairs: list[tuple[int, Any]], step: int) -> None:
+    from .render.inert import inert_trace
+
+    traces = {r.rank: inert_trace(r.trace) for r in multi.ranks}
+    faults = [(r, _printable_finding(f)) for r, f in pairs if f.severity != "note"]
+    total = sum(len(t.nodes) for t in traces.values())
+    if not faults:
+        click.echo(f"gradtrace check: no alarms or warnings in step {step} on any of {multi.world_size} ranks ({total} nodes)")
+    else:
+        header = ("rank", "severity", "kind", "node", "module", "finding")
+        rows = [(str(r), f.severity, f.kind, traces[r].node(f.node).label, f.module or "-", f.message) for r, f in faults]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+        for f, row in zip([None, *faults], [header, *rows]):
+            click.echo("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5])
+            if f is not None and f[1].hint:
+                click.echo(" " * (sum(widths) + 10) + "try: " + f[1].hint)
+    notes = sorted({n for t in traces.values() for n in t.notes})
+    for note in notes:
+        ranks_with = [r for r, t in traces.items() if note in t.notes]
+        where = "every rank" if len(ranks_with) == len(traces) else "rank " + ", ".join(map(str, ranks_with))
+        click.echo(f"note ({where}): {note}")
 
 
 def _echo_findings(trace: Any, findings: list[Any], step: int) -> None:

@@ -72,13 +72,17 @@ def exchange(info: RankInfo, payload: str | None, failure: str | None = None, ti
     store = _store(info, timeout)
     me = info.rank
     store.set(_key(info, "status", me), "ok" if failure is None else "failed:" + failure)
+    if failure is not None and me != 0:
+        # Not waiting for the others: they may be blocked in a collective of the script that waits for this
+        # rank, and only end when it exits (torchrun then stops them). Rank 0, if it is waiting, names it first.
+        _wait_for(store, [_key(info, "ack", me)], min(ACK_WAIT, timeout))
+        raise RankFailure(_failure_message(info, {me: "failed:" + failure}), [me])
     statuses = _wait_for_statuses(store, info, timeout)
     failed = {r: s for r, s in statuses.items() if s != "ok"}
     if failed:
         if me == 0:
-            store.set(_key(info, "ack", 0), "read")
-        elif failure is not None:
-            _wait_for(store, [_key(info, "ack", 0)], ACK_WAIT)  # let rank 0 say which rank failed before torchrun stops it
+            for r in failed:
+                store.set(_key(info, "ack", r), "read")
         raise RankFailure(_failure_message(info, failed), sorted(failed))
     if dist.is_available() and dist.is_initialized():
         return _gather_gloo(info, payload or "", timeout)

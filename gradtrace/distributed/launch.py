@@ -66,11 +66,11 @@ def launch(nproc: int, gradtrace_argv: Sequence[str]) -> int:
             return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 
-def record_status(code: object) -> None:
-    """On rank 0 of a launched run, leave the exit status for :func:`launch` (nothing elsewhere)."""
+def record_status(code: object) -> bool:
+    """On rank 0 of a launched run, leave the exit status for :func:`launch`; True when it was left."""
     path = os.environ.get(STATUS_FILE_VAR)
     if not path or os.environ.get("RANK", "0") != "0":
-        return
+        return False
     from ..script import exit_status
 
     status, _ = exit_status(code)
@@ -78,4 +78,5 @@ def record_status(code: object) -> None:
         with open(path, "w", encoding="ascii") as f:
             f.write(str(status))
     except OSError:
-        pass
+        return False
+    return True

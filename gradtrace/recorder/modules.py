@@ -125,7 +125,8 @@ class ModuleTracker:
         """
         if self._given or not self.roots:
             return {}
-        owners = [prefix for prefix, root in self.roots if any(id(p) in used for p in root.parameters())]
+        owners = [prefix for prefix, root in self.roots
+                  if any(id(p) in used for p in root.parameters()) or any(id(p) in used for _, p in _fsdp_unsharded(root, prefix))]
         bare = owners[0] if len(owners) == 1 else None
         taken = {p for p, _ in self.roots if p}
         out: dict[str, str] = {}
