@@ -1,0 +1,287 @@
+"""gradtrace.distributed in one process: rank detection, the multi-rank file (untrusted input), the cross-rank
+findings, the gather's failure handling, and FSDP2's freed parameters. The real 2-process runs are in
+test_distributed_runs.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from click.testing import CliRunner
+from torch import nn
+
+import gradtrace
+from gradtrace.cli import main
+from gradtrace.distributed import CollectiveGrad, MultiTrace, RankInfo, RankTrace, cross_rank_findings, rank_info
+from gradtrace.distributed.gather import RankFailure, exchange
+from gradtrace.distributed.launch import without_option
+from gradtrace.distributed.output import rank_path, write_multi
+from gradtrace.errors import GradtraceError
+from gradtrace.recorder.stats import stats_of
+from gradtrace.render.options import RenderOptions
+from gradtrace.render.output import to_bytes
+
+# -- rank detection ------------------------------------------------------------------------------
+
+
+def test_rank_info_reads_torchruns_variables() -> None:
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "29400",
+           "TORCHELASTIC_RUN_ID": "job", "TORCHELASTIC_RESTART_COUNT": "2"}
+    info = rank_info(env)
+    assert info == RankInfo(3, 4, 1, "node0", 29400, "job.2")
+    assert not info.is_main
+    assert rank_info({}) is None  # not under torchrun: a plain single-process run
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"WORLD_SIZE": "two"}, ["WORLD_SIZE='two'", "integer"]),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, ["RANK=2", "below WORLD_SIZE=2"]),
+    ({"WORLD_SIZE": "0"}, ["WORLD_SIZE=0", "at least 1"]),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "x"}, ["MASTER_PORT='x'"]),
+])
+def test_rank_info_refuses_a_broken_environment(env: dict[str, str], words: list[str]) -> None:
+    with pytest.raises(GradtraceError) as e:
+        rank_info(env)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_without_option_keeps_the_scripts_own_arguments() -> None:
+    argv = ["check", "--nproc-per-node=4", "t.py", "--step", "2", "--", "--nproc-per-node", "8"]
+    assert without_option(argv, "--nproc-per-node") == ["check", "t.py", "--step", "2", "--", "--nproc-per-node", "8"]
+
+
+# -- the multi-rank trace ---------------------------------------------------------------------------
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # the same weights on every "rank", as DDP broadcasts them
+        self.fc1 = nn.Linear(3, 4)
+        self.fc2 = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def _batch(rank: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(6, 3, generator=torch.Generator().manual_seed(10 + rank)) * scale
+
+
+def _local_grads(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    net = Tiny()
+    net(x).pow(2).mean().backward()
+    return {k: p.grad.clone() for k, p in net.named_parameters()}
+
+
+def _multi(scales: tuple[float, ...] = (1.0, 1.0), reduced_edit: dict[str, torch.Tensor] | None = None) -> MultiTrace:
+    """Two ranks traced in this process, with all-reduce records computed by torch (the mean of the local gradients)."""
+    batches = [_batch(r, s) for r, s in enumerate(scales)]
+    local = [_local_grads(x) for x in batches]
+    mean = {k: sum(g[k] for g in local) / len(local) for k in local[0]}
+    ranks = []
+    for r, x in enumerate(batches):
+        t = gradtrace.trace(Tiny(), x, loss=lambda out: out.pow(2).mean())
+        coll = []
+        for n in t.nodes:
+            if n.kind == "param":
+                g = mean[n.label] if r == 0 or reduced_edit is None else reduced_edit.get(n.label, mean[n.label])
+                coll.append(CollectiveGrad(n.key, "all_reduce", tuple(g.shape), stats_of(g)))
+        ranks.append(RankTrace(r, t, tuple(coll), r))
+    return MultiTrace(tuple(ranks), 1, len(ranks))
+
+
+def test_multi_trace_json_round_trip() -> None:
+    m = _multi()
+    text = m.to_json()
+    back = MultiTrace.from_json(text)
+    assert back.to_json() == text
+    assert back.world_size == 2 and [r.rank for r in back.ranks] == [0, 1]
+    key = back.trace(1).find("fc1.weight")[0]
+    assert back.ranks[1].reduced(key).reduced == m.ranks[1].reduced(key).reduced
+
+
+def test_single_and_multi_rank_files_say_which_loader_to_use() -> None:
+    m = _multi()
+    with pytest.raises(GradtraceError, match="MultiTrace.from_json"):
+        gradtrace.Trace.from_json(m.to_json())
+    with pytest.raises(GradtraceError, match="Trace.from_json"):
+        MultiTrace.from_json(m.ranks[0].trace.to_json())
+
+
+def _edit(doc: dict, path: tuple, value: object) -> str:
+    d = json.loads(json.dumps(doc))
+    target = d
+    for p in path[:-1]:
+        target = target[p]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return json.dumps(d)
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("path, value, words", [
+    (("version",), 2, ["version 2", "not supported"]),
+    (("world_size",), 0, ["world_size", "from 1"]),
+    (("world_size",), 1, ["2 ranks for a world_size of 1"]),
+    (("world_size",), 10**9, ["more than gradtrace writes"]),
+    (("ranks",), [], ["at least one rank"]),
+    (("ranks", 1, "rank"), 0, ["ranks[1] rank", "comes after rank 0"]),
+    (("ranks", 1, "rank"), 5, ["ranks[1] rank", "not below world_size 2"]),
+    (("ranks", 0, "trace"), _DELETE, ["ranks[0]", "'trace' is missing"]),
+    (("ranks", 0, "trace", "format"), "x", ["ranks[0] trace format"]),
+    (("ranks", 1, "trace", "loss"), "nope", ["ranks[1] trace", "'nope' is not the key of any node"]),
+    (("ranks", 0, "collective", 0, "node"), "op999", ["ranks[0] collective[0] node", "'op999'"]),
+    (("ranks", 0, "collective", 0, "op"), "broadcast", ["ranks[0] collective[0] op", "'broadcast'"]),
+    (("ranks", 0, "collective", 0, "shape"), [-1], ["ranks[0] collective[0] shape[0]"]),
+    (("ranks", 0, "collective", 0, "reduced"), {"shape": []}, ["ranks[0] collective[0] reduced"]),
+    (("ranks", 0, "collective"), "all", ["ranks[0] collective", "JSON array"]),
+    (("ranks", 0, "local_rank"), True, ["ranks[0] local_rank"]),
+])
+def test_a_malformed_multi_rank_file_is_a_clear_error(path: tuple, value: object, words: list[str]) -> None:
+    doc = _multi().to_dict()
+    with pytest.raises(GradtraceError) as e:
+        MultiTrace.from_json(_edit(doc, path, value))
+    for w in words:
+        assert w in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["", "[]", '{"format": "gradtrace-multirank"}', '{"format": "gradtrace-multirank", "version": true}',
+                                  '{"format": "gradtrace-multirank", "version": 1, "world_size": 1, "ranks": [[]]}'])
+def test_garbage_never_escapes_as_another_exception(text: str) -> None:
+    with pytest.raises(GradtraceError):
+        MultiTrace.from_json(text)
+
+
+# -- cross-rank findings ----------------------------------------------------------------------------
+
+
+def test_healthy_ranks_raise_nothing() -> None:
+    assert cross_rank_findings(_multi()) == []
+
+
+def test_reduced_gradients_that_differ_across_ranks_are_an_alarm() -> None:
+    doubled = {"fc2.weight": 2 * (_local_grads(_batch(0))["fc2.weight"] + _local_grads(_batch(1))["fc2.weight"]) / 2}
+    found = cross_rank_findings(_multi(reduced_edit=doubled))
+    assert [(r, f.kind, f.severity) for r, f in found] == [(1, "reduced_differs", "alarm")]
+    assert "'fc2.weight'" in found[0][1].message and "rank 0" in found[0][1].message
+
+
+def test_a_rank_with_much_larger_local_gradients_is_an_imbalance_warning() -> None:
+    found = cross_rank_findings(_multi(scales=(1.0, 300.0)))
+    kinds = [(r, f.kind, f.severity) for r, f in found]
+    assert (1, "rank_imbalance", "warning") in kinds
+    ratio = [f for _, f in found if f.kind == "rank_imbalance"][0].numbers["ratio"]
+    # torch's own total norms of the two ranks' local gradients
+    norms = [torch.sqrt(sum(g.pow(2).sum() for g in _local_grads(_batch(r, s)).values())) for r, s in ((0, 1.0), (1, 300.0))]
+    assert ratio == pytest.approx(float(norms[1] / norms[0]), rel=1e-5)
+    assert not any(f.kind == "rank_imbalance" for _, f in cross_rank_findings(_multi(scales=(1.0, 1.5))))
+
+
+def test_a_nonfinite_reduced_gradient_from_finite_ranks_is_named() -> None:
+    bad = {"fc1.bias": torch.tensor([float("inf"), 0.0, 1.0, 2.0])}
+    found = cross_rank_findings(_multi(reduced_edit=bad))
+    origin = [(r, f) for r, f in found if f.kind == "nonfinite_origin_rank"]
+    assert len(origin) == 1 and origin[0][0] == 1 and "reduction made it" in origin[0][1].message
+
+
+def test_a_different_graph_on_one_rank_is_named() -> None:
+    m = _multi()
+    other = gradtrace.trace(lambda x: Tiny()(x).relu(), _batch(1), loss=lambda out: out.pow(2).mean())
+    m2 = MultiTrace((m.ranks[0], RankTrace(1, other)), 1, 2)
+    found = [(r, f.kind) for r, f in cross_rank_findings(m2)]
+    assert (1, "graph_differs") in found
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def test_write_multi_every_rank_and_one_file_formats(tmp_path: Path) -> None:
+    m = _multi()
+    written = write_multi(m, tmp_path / "step.dot", "dot", RenderOptions(), every_rank=True)
+    assert [p.name for p, _ in written] == ["step.dot", "step.rank1.dot"]
+    assert (tmp_path / "step.rank1.dot").read_bytes() == to_bytes(m.ranks[1].trace, "dot", RenderOptions())
+    assert (tmp_path / "step.dot").read_bytes() == to_bytes(m.ranks[0].trace, "dot", RenderOptions())
+    write_multi(m, tmp_path / "all.json", "json", RenderOptions())
+    assert MultiTrace.from_json((tmp_path / "all.json").read_text()).to_json() == m.to_json()
+    assert rank_path(Path("a/b.svg"), 7) == Path("a/b.rank7.svg")
+
+
+# -- the gather ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store() -> dist.TCPStore:
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+
+
+def _info(store: dist.TCPStore, rank: int, world: int, run: str) -> RankInfo:
+    return RankInfo(rank, world, rank, "127.0.0.1", store.port, run)
+
+
+def test_exchange_brings_every_payload_to_rank_0(store: dist.TCPStore) -> None:
+    got: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda r=r: got.__setitem__(r, exchange(_info(store, r, 3, "ok"), f"trace {r}", timeout=30)))
+               for r in (2, 1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == {0: ["trace 0", "trace 1", "trace 2"], 1: None, 2: None}
+
+
+def test_a_rank_that_never_comes_is_named_after_the_timeout(store: dist.TCPStore) -> None:
+    with pytest.raises(RankFailure) as e:
+        exchange(_info(store, 0, 2, "late"), "trace 0", timeout=0.5)
+    assert e.value.ranks == [1] and "rank 1 did not finish its step within 0.5 s" in str(e.value)
+
+
+def test_a_failed_rank_is_named_on_rank_0_and_does_not_wait(store: dist.TCPStore) -> None:
+    failed: list[BaseException] = []
+
+    def rank1() -> None:
+        try:
+            exchange(_info(store, 1, 2, "fail"), None, "ValueError: bad batch", timeout=60)
+        except RankFailure as e:
+            failed.append(e)
+
+    t = threading.Thread(target=rank1)
+    t.start()
+    with pytest.raises(RankFailure) as e:
+        exchange(_info(store, 0, 2, "fail"), "trace 0", timeout=60)
+    t.join(30)
+    assert not t.is_alive() and failed
+    assert e.value.ranks == [1] and "rank 1 failed: ValueError: bad batch" in str(e.value)
+
+
+# -- capture: memory released under a recorded tensor ----------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(4,), (64, 64), (1500, 1500)])  # exact values, held and stacked, reduced at once
+def test_a_tensor_whose_memory_was_released_is_described_without_reading_it(shape: tuple[int, ...]) -> None:
+    # FSDP2 frees each unsharded parameter with untyped_storage().resize_(0) between its uses: reading one
+    # then crashed the whole process (a segmentation fault), not a Python error.
+    t = torch.randn(*shape)
+    view = t[1:]
+    t.untyped_storage().resize_(0)
+    for x in (t, view):
+        s = stats_of(x)
+        assert s.shape == tuple(x.shape) and s.numel == 0 and s.norm is None
+
+
+def test_cli_refuses_nproc_per_node_under_torchrun(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    result = CliRunner().invoke(main, ["check", "--nproc-per-node", "2", str(script)])
+    assert result.exit_code == 2 and "under torchrun, leave it out" in result.output
