@@ -285,3 +285,17 @@ def test_cli_refuses_nproc_per_node_under_torchrun(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("RANK", "0")
     result = CliRunner().invoke(main, ["check", "--nproc-per-node", "2", str(script)])
     assert result.exit_code == 2 and "under torchrun, leave it out" in result.output
+
+
+def test_html_is_one_page_for_every_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradtrace.distributed.output import multi_html
+    from gradtrace.render import html
+
+    m = _multi()
+    seen = []
+    monkeypatch.setattr(html, "to_html_multi", lambda traces, options: seen.append(list(traces)) or "<page>", raising=False)
+    assert multi_html(m, RenderOptions()) == "<page>"
+    assert [(label, t) for label, t in seen[0]] == [("rank 0", m.ranks[0].trace), ("rank 1", m.ranks[1].trace)]
+    # Until the rank-selector page is merged: rank 0's own page.
+    monkeypatch.delattr(html, "to_html_multi")
+    assert multi_html(m, RenderOptions()) == html.to_html(m.ranks[0].trace, RenderOptions())

@@ -197,6 +197,7 @@ class StatsBuffer:
         #: Sparse tensors added (described by their stored values), and tensors whose elements could not be read.
         self.sparse = 0
         self.unreadable = 0
+        self._final = False
         self.freed = 0  # tensors whose memory was released before they could be read (FSDP2's unsharded parameters)
 
     def __len__(self) -> int:
@@ -401,20 +402,20 @@ class StatsBuffer:
 
     # -- reductions ------------------------------------------------------------------
 
-    def settle(self, final: bool = False) -> None:
+    def settle(self) -> None:
         """Reduce every held tensor now; call it before any of them may be changed in place.
 
         A tensor whose memory is released at the moment stays held for a later call, until the
-        ``final`` one (see :func:`_freed`)."""
+        last one, by :meth:`materialize` (see :func:`_freed`)."""
         if not self._held:
             return
         with invisible():
-            self._settle(final)
+            self._settle()
 
-    def _settle(self, final: bool = False) -> None:
+    def _settle(self) -> None:
         freed: list[_Held] = []
         try:
-            self._settle_held(final, freed)
+            self._settle_held(self._final, freed)
         finally:
             self._held.extend(freed)  # (not counted in _held_elements: they hold no memory now)
 
@@ -561,7 +562,11 @@ class StatsBuffer:
             return self._materialize()
 
     def _materialize(self) -> list[TensorStats]:
-        self.settle(final=True)
+        self._final = True  # a tensor whose memory is released now is described as unreadable
+        try:
+            self.settle()
+        finally:
+            self._final = False
         self._packed.finish(self._done)
         for h, source, shape in self._same_as:
             s = self._done[source]
