@@ -1,7 +1,7 @@
 """What comparing the ranks of one step shows (no torch here).
 
 Kinds, each a :class:`~gradtrace.diagnose.Finding` about a node of the rank
-it names (``numbers["rank"]``):
+paired with it (also ``numbers["rank"]``), whose trace holds that node:
 
 - ``nonfinite_origin_rank`` (alarm): the first rank and op where NaN or inf
   appears, before the collective spread it to every rank; or, when no rank's
@@ -230,14 +230,14 @@ def _missing_grads(multi: MultiTrace) -> list[tuple[int, Finding]]:
         lacking = [r.rank for r in multi.ranks if r.rank not in ranks]
         if not lacking:
             continue
-        holder = next(r for r in multi.ranks if r.rank == ranks[0])
+        holder = next(r for r in multi.ranks if r.rank == ranks[0])  # (the finding's node is in a trace that has it)
         out.append(_finding(
-            "missing_grad_rank", lacking[0], holder.trace, params[holder.rank][label].key,
+            "missing_grad_rank", holder.rank, holder.trace, params[holder.rank][label].key,
             f"'{label}' got no gradient on {_ranks(lacking)} (its graph there does not reach it) but did on {_ranks(ranks)}: "
             "the reduced gradient averages the ranks that used it with zeros from the others",
             "if the skip is meant (a rank-dependent branch, a mixture of experts), DDP needs find_unused_parameters=True; "
             "otherwise make every rank use it",
-            {"ranks_without": float(len(lacking))}))
+            {"ranks_without": float(len(lacking)), "first_rank_without": float(lacking[0])}))
     return out
 
 
