@@ -299,3 +299,21 @@ def test_html_is_one_page_for_every_rank(monkeypatch: pytest.MonkeyPatch) -> Non
     # Until the rank-selector page is merged: rank 0's own page.
     monkeypatch.delattr(html, "to_html_multi")
     assert multi_html(m, RenderOptions()) == html.to_html(m.ranks[0].trace, RenderOptions())
+
+
+def test_rank_0_failing_does_not_wait_for_the_others(store: dist.TCPStore) -> None:
+    # Rank 1 may be blocked in the script's own all-reduce, waiting for rank 0: rank 0 must not wait for it.
+    with pytest.raises(RankFailure) as e:
+        exchange(_info(store, 0, 2, "zero"), None, "KeyError: 'data'", timeout=300)
+    assert e.value.ranks == [0] and "rank 0 failed: KeyError: 'data'" in str(e.value)
+
+
+def test_every_rank_without_torchrun_says_it_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    script = tmp_path / "s.py"
+    script.write_text("import torch\nw = torch.ones(2, requires_grad=True)\n(w * 3).sum().backward()\n")
+    result = CliRunner().invoke(main, ["render", str(script), "-o", str(tmp_path / "s.json"), "--every-rank"])
+    assert result.exit_code == 0, result.output
+    assert "--every-rank applies only under torchrun" in result.output
+    gradtrace.Trace.from_json((tmp_path / "s.json").read_text())  # one process: a plain single trace

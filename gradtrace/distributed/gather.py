@@ -72,11 +72,18 @@ def exchange(info: RankInfo, payload: str | None, failure: str | None = None, ti
     store = _store(info, timeout)
     me = info.rank
     store.set(_key(info, "status", me), "ok" if failure is None else "failed:" + failure)
-    if failure is not None and me != 0:
+    if failure is not None:
         # Not waiting for the others: they may be blocked in a collective of the script that waits for this
         # rank, and only end when it exits (torchrun then stops them). Rank 0, if it is waiting, names it first.
-        _wait_for(store, [_key(info, "ack", me)], min(ACK_WAIT, timeout))
-        raise RankFailure(_failure_message(info, {me: "failed:" + failure}), [me])
+        if me != 0:
+            _wait_for(store, [_key(info, "ack", me)], min(ACK_WAIT, timeout))
+            raise RankFailure(_failure_message(info, {me: "failed:" + failure}), [me])
+        # Rank 0 names the failures posted so far (its own and any other rank's), without waiting for the rest.
+        seen = _wait_for_statuses(store, info, 0.0)
+        failed = {r: st for r, st in seen.items() if st.startswith("failed:")}
+        for r in failed:
+            store.set(_key(info, "ack", r), "read")
+        raise RankFailure(_failure_message(info, failed), sorted(failed))
     statuses = _wait_for_statuses(store, info, timeout)
     failed = {r: s for r, s in statuses.items() if s != "ok"}
     if failed:
