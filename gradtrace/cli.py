@@ -333,11 +333,16 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
         multi = _run_ranks(ranks, script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy)
         if multi is None:
             return  # not rank 0: its trace went to rank 0, which writes
+        from .distributed.output import collective_table, write_multi
+
         if text_table:
             click.echo(f"rank 0 of {multi.world_size} (the other ranks: -o FILE.json or FILE.html holds them all)")
             emit(multi.trace(multi.ranks[0].rank))
+            table = collective_table(multi)
+            if table:
+                click.echo("\nthe collective: each parameter's gradient norm on each rank before it, and after it")
+                click.echo(table, nl=False)
             return
-        from .distributed.output import write_multi
 
         try:
             written = write_multi(multi, target, fmt, options, ranks.every_rank)

@@ -317,3 +317,32 @@ def test_every_rank_without_torchrun_says_it_does_nothing(tmp_path: Path, monkey
     assert result.exit_code == 0, result.output
     assert "--every-rank applies only under torchrun" in result.output
     gradtrace.Trace.from_json((tmp_path / "s.json").read_text())  # one process: a plain single trace
+
+
+def test_collective_table_shows_local_norms_per_rank_and_the_reduced_norm() -> None:
+    from gradtrace.distributed.output import collective_table, reduced_norm
+
+    m = _multi()
+    local = [_local_grads(_batch(r)) for r in (0, 1)]
+    mean = (local[0]["fc1.weight"] + local[1]["fc1.weight"]) / 2
+    assert reduced_norm(m, "fc1.weight") == pytest.approx(float(mean.norm()), rel=1e-6)
+    lines = collective_table(m).splitlines()
+    assert lines[0].split()[:2] == ["parameter", "shape"] and "reduced" in lines[0]
+    row = next(ln for ln in lines if ln.startswith("fc1.weight")).split()
+    assert row[1:3] == ["(4,", "3)"]
+    assert [float(x) for x in row[3:]] == pytest.approx([float(local[0]["fc1.weight"].norm()), float(local[1]["fc1.weight"].norm()),
+                                                         float(mean.norm())], rel=1e-3)
+
+
+def test_reduced_norm_of_shards_is_the_whole_gradients_norm() -> None:
+    # FSDP2: each rank holds one shard of the reduced gradient; the whole norm follows from the shards' norms.
+    m = _multi()
+    g = torch.randn(4, 3)
+    ranks = []
+    for r in m.ranks:
+        key = r.trace.find("fc1.weight")[0]
+        shard = torch.chunk(g, 2, dim=0)[r.rank]
+        ranks.append(RankTrace(r.rank, r.trace, (CollectiveGrad(key, "reduce_scatter", (4, 3), stats_of(shard), "(Shard(dim=0),)"),)))
+    from gradtrace.distributed.output import reduced_norm
+
+    assert reduced_norm(MultiTrace(tuple(ranks), 1, 2), "fc1.weight") == pytest.approx(float(g.norm()), rel=1e-6)

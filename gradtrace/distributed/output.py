@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
+from ..render import fmt as _fmt
+from ..render.inert import printable
 from ..render.options import RenderOptions
 from ..render.output import encode, write_bytes, write_counted
 from .multitrace import MultiTrace
 
-__all__ = ["multi_html", "rank_path", "write_multi"]
+__all__ = ["collective_table", "multi_html", "rank_path", "reduced_norm", "write_multi"]
 
 
 def multi_html(multi: MultiTrace, options: RenderOptions) -> str:
@@ -61,3 +65,56 @@ def write_multi(multi: MultiTrace, path: Path, fmt: str, options: RenderOptions,
             write_bytes(target, data)
             written.append((target, drawn))
     return written
+
+
+def reduced_norm(multi: MultiTrace, label: str) -> float | None:
+    """The norm of parameter ``label``'s whole reduced gradient: the all-reduced tensor's, or for a
+    reduce-scatter the root of the sum of its shards' squared norms (no tensor was gathered)."""
+    shards: list[float] = []
+    for r in multi.ranks:
+        for c in r.collective:
+            if r.trace.node(c.node).label != label or c.reduced is None:
+                continue
+            if not c.sharded:
+                return c.reduced.norm
+            if c.reduced.numel:
+                if c.reduced.norm is None or not c.reduced.finite:
+                    return None if c.reduced.norm is None else math.nan
+                shards.append(c.reduced.norm)
+    return math.sqrt(sum(x * x for x in shards)) if shards else None
+
+
+def collective_table(multi: MultiTrace) -> str:
+    """Each parameter's gradient norm on every rank before the collective, and after it.
+
+    >>> print(collective_table(m))                    # doctest: +SKIP
+    parameter   shape   ‖g‖ rank 0  ‖g‖ rank 1  reduced (all_reduce)
+    fc1.weight  [3, 4]  0.249       0.3497      0.2533
+    """
+    labels: list[str] = []
+    local: dict[tuple[str, int], str] = {}
+    shapes: dict[str, str] = {}
+    ops: dict[str, str] = {}
+    for r in multi.ranks:
+        for n in r.trace.nodes:
+            if n.kind != "param":
+                continue
+            if n.label not in shapes:
+                labels.append(n.label)
+                shapes[n.label] = _fmt.shape_of(n.values[0].shape) if n.values and n.values[0] is not None else "?"
+            g = n.grads[0] if n.grads else None
+            local[(n.label, r.rank)] = "-" if g is None else (_fmt.num(g.norm) if g.finite else "NaN/inf")
+        for c in r.collective:
+            ops.setdefault(r.trace.node(c.node).label, c.op)
+    if not labels:
+        return ""
+    op_names = sorted(set(ops.values())) or ["none"]
+    header = ["parameter", "shape"] + [f"‖g‖ rank {r.rank}" for r in multi.ranks] + [f"reduced ({'/'.join(op_names)})"]
+    rows = []
+    for label in labels:
+        norm = reduced_norm(multi, label) if label in ops else None
+        reduced = "-" if norm is None else ("NaN/inf" if math.isnan(norm) else _fmt.num(norm))
+        rows.append([printable(label), shapes[label]] + [local.get((label, r.rank), "-") for r in multi.ranks] + [reduced])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines) + "\n"
