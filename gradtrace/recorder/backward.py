@@ -124,9 +124,9 @@ class BackwardRecorder:
         self._late_variables: dict[NodeKey, Any] = {}  # leaves hooked after the walk (see add())
         #: Keep every gradient a leaf receives (a leaf reached twice, by a nested backward, shows their sum).
         self.keep_leaf_grads = False
-        #: Reduce every held statistic once each leaf has its .grad: a distributed run's collective
-        #: (DDP's all-reduce) writes the reduced average into .grad, and the tensors sharing its memory,
-        #: before the backward returns.
+        #: Reduce every held statistic as each leaf's gradient arrives, and read that gradient as it
+        #: arrives: a distributed run's collective (DDP's all-reduce) writes the reduced average into
+        #: .grad, and the tensors sharing its memory, before the backward returns.
         self.settle_at_leaves = False
         self._leaf_grads: dict[NodeKey, list[torch.Tensor]] = {}
         self._running: dict[int, NodeKey] = {}  # thread -> the node whose pre-hook ran last there
@@ -231,7 +231,9 @@ class BackwardRecorder:
                 if key not in self.grads:
                     self.order.append(key)
                 if leaf and self.settle_at_leaves:
-                    self.stats.settle()  # (FSDP2's unsharded parameter is freed again once its gradient is in)
+                    # Read what is held before this leaf's AccumulateGrad and the collective's hooks run: DDP
+                    # reduces .grad in place (a bucket view), FSDP2 frees the unsharded parameter again.
+                    self.stats.settle()
                 if leaf and self.keep_leaf_grads and grad_outputs and grad_outputs[0] is not None:
                     self._leaf_grads.setdefault(key, []).append(grad_outputs[0])
                 waiting = self._waiting.pop(key, None) if leaf else None
@@ -239,7 +241,10 @@ class BackwardRecorder:
                 if waiting is not None and grad_outputs and grad_outputs[0] is not None \
                         and waiting[2]() is grad_outputs[0] and waiting[3] == grad_outputs[0]._version:
                     edge = waiting[:2]  # the leaf receives the very tensor its one edge sent
-                if key in self._variables and self._takes_over(key) and grad_outputs and grad_outputs[0] is not None:
+                # (Not in a distributed run: its collective writes .grad in place, in its own hooks after this
+                # one, or on its own thread; the gradient arriving here is read now, the rank's own.)
+                if key in self._variables and self._takes_over(key) and grad_outputs and grad_outputs[0] is not None \
+                        and not self.settle_at_leaves:
                     # The post-hook reads the same values from .grad (see __init__).
                     self.grads[key] = [None]
                     self._deferred[key] = edge
@@ -277,13 +282,9 @@ class BackwardRecorder:
                     edge = self._deferred.pop(key)
                     g = node.variable.grad
                     if g is not None:
-                        # Read now, not held: code after this hook may write .grad in place before the
-                        # backward returns (DDP copies the all-reduced average into it at the end).
-                        self.grads[key] = [self.stats.add_now(g)]
+                        self.grads[key] = [self.stats.add(g)]
                         if edge is not None:
                             self.edge_grads[edge[0]][edge[1]] = self.grads[key][0]
-                if self.settle_at_leaves:
-                    self.stats.settle()
             return None
 
         return posthook

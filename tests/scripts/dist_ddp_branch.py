@@ -1,5 +1,5 @@
 """A DDP step on gloo/CPU where rank 1 takes a branch rank 0 does not: its graph differs, and the
-branch's parameters get a gradient on rank 1 only (find_unused_parameters=True). Run under torchrun."""
+branch's parameters get a gradient on rank 1 only (find_unused_parameters=True); gradients are views of DDP's buckets. Run under torchrun."""
 
 import torch
 import torch.distributed as dist
@@ -33,7 +33,7 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     net, x, y = build(rank)
-    model = DDP(net, find_unused_parameters=True)
+    model = DDP(net, find_unused_parameters=True, gradient_as_bucket_view=True)  # .grad is reduced in place
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(2):
         opt.zero_grad()
