@@ -346,3 +346,27 @@ def test_reduced_norm_of_shards_is_the_whole_gradients_norm() -> None:
     from gradtrace.distributed.output import reduced_norm
 
     assert reduced_norm(MultiTrace(tuple(ranks), 1, 2), "fc1.weight") == pytest.approx(float(g.norm()), rel=1e-6)
+
+
+def test_a_multi_rank_file_loads_checks_and_renders_without_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.json"
+    path.write_text(_multi(scales=(1.0, 300.0)).to_json())
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+from gradtrace.distributed import MultiTrace
+from gradtrace.distributed.output import collective_table, write_multi
+from gradtrace.render.options import RenderOptions
+from pathlib import Path
+m = MultiTrace.from_json(open({str(path)!r}).read())
+write_multi(m, Path({str(tmp_path / 'out.dot')!r}), "dot", RenderOptions(), every_rank=True)
+print(sorted({{f.kind for _, f in m.findings()}}), len(collective_table(m).splitlines()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**__import__("os").environ,
+                         "PYTHONPATH": str(Path(gradtrace.__file__).parent.parent)})
+    assert out.returncode == 0, out.stderr
+    assert "rank_imbalance" in out.stdout and out.stdout.split()[-1] == "5"
+    assert (tmp_path / "out.rank1.dot").read_text().startswith("digraph")
