@@ -116,7 +116,7 @@ def assemble(session: Session) -> Trace:
     if session.stats.freed:
         session.notes.append(
             f"{session.stats.freed} tensor(s) have no statistics: their memory was released before gradtrace could read "
-            "them (FSDP2 frees each unsharded parameter after use; its shards are described instead)"
+            "them (FSDP2 frees each unsharded parameter between its uses)"
         )
     param_names = session.modules.named_parameters()
     fwd = session.recorder.nodes

@@ -103,8 +103,8 @@ class Session:
         #: Called once the recorded backward has returned, with every leaf the graph reached (graph key ->
         #: tensor), before the optimizer may change them: gradtrace.distributed reads the reduced gradients here.
         self.after_backward: list[Callable[[dict[NodeKey, torch.Tensor]], None]] = []
-        #: Set by gradtrace.distributed: read the statistics held so far as each leaf gets its .grad, before a
-        #: collective writes the reduced gradient into it (see BackwardRecorder.settle_at_leaves).
+        #: Set by gradtrace.distributed: read each leaf's gradient, and the statistics held so far, as the gradient
+        #: arrives, before a collective writes the reduced gradient into .grad (see BackwardRecorder.settle_at_leaves).
         self.settle_at_leaves = False
         #: graph key -> the node's key in the Trace, set by build_trace.
         self.trace_keys: dict[NodeKey, str] = {}
