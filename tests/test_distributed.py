@@ -370,3 +370,17 @@ print(sorted({{f.kind for _, f in m.findings()}}), len(collective_table(m).split
     assert out.returncode == 0, out.stderr
     assert "rank_imbalance" in out.stdout and out.stdout.split()[-1] == "5"
     assert (tmp_path / "out.rank1.dot").read_text().startswith("digraph")
+
+
+def test_a_step_without_ddp_or_fsdp_says_whose_gradients_are_drawn(tmp_path: Path) -> None:
+    from gradtrace.distributed.collective import CollectiveRecorder
+    from gradtrace.script import run_script
+
+    script = tmp_path / "plain.py"
+    script.write_text("import torch\nw = torch.ones(3, requires_grad=True)\n(w * 2).sum().backward()\n")
+    rec = CollectiveRecorder(world_size=2)
+    trace, records = rec.records(run_script(script, on_session=rec.attach))
+    assert records == ()
+    assert any("no DistributedDataParallel or FSDP2" in n and "this rank's own" in n for n in trace.notes)
+    [leaf] = [n for n in trace.nodes if n.kind != "op"]
+    assert leaf.grads[0].values == (2.0, 2.0, 2.0)  # torch: d(sum(2w))/dw

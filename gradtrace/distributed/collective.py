@@ -39,6 +39,8 @@ FSDP_NOTE = ("distributed (FSDP2, {world} ranks): the gradient drawn at each par
              "whole (unsharded) parameter, before the reduce-scatter; after it this rank holds one shard of the reduced "
              "gradient, described in the multi-rank file's 'collective' records by the parameter's full shape and the "
              "statistics of the shard")
+PLAIN_NOTE = ("distributed ({world} ranks): no DistributedDataParallel or FSDP2 (fully_shard) model took part in this step: "
+              "the gradients drawn are this rank's own; a reduction the script does itself after backward() is not recorded")
 NO_SYNC_NOTE = ("DDP did not reduce this step's gradients (no_sync(), or require_backward_grad_sync off): the gradients "
                 "are this rank's own")
 
@@ -115,6 +117,8 @@ class CollectiveRecorder:
             self.notes.append(FSDP_NOTE.format(world=self.world_size))
         elif self._found:
             self.notes.append(DDP_NOTE.format(world=self.world_size))
+        elif not ddps:
+            self.notes.append(PLAIN_NOTE.format(world=self.world_size))
 
     def records(self, trace: Trace) -> tuple[Trace, tuple[CollectiveGrad, ...]]:
         """``trace`` (built by the attached session) with the collective's notes added, and the records
