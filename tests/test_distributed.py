@@ -384,3 +384,25 @@ def test_a_step_without_ddp_or_fsdp_says_whose_gradients_are_drawn(tmp_path: Pat
     assert any("no DistributedDataParallel or FSDP2" in n and "this rank's own" in n for n in trace.notes)
     [leaf] = [n for n in trace.nodes if n.kind != "op"]
     assert leaf.grads[0].values == (2.0, 2.0, 2.0)  # torch: d(sum(2w))/dw
+
+
+def test_fsdp_state_that_cannot_be_read_leaves_the_record_out_with_a_note() -> None:
+    from types import SimpleNamespace
+
+    from gradtrace.distributed.collective import UNREAD_NOTE, CollectiveRecorder
+
+    unsharded = nn.Parameter(torch.ones(2))
+
+    class Broken:
+        _unsharded_param = unsharded
+
+        @property
+        def sharded_param(self) -> None:
+            raise AttributeError("renamed in a later torch")
+
+    root = nn.Linear(2, 2)
+    root._get_fsdp_state = lambda: SimpleNamespace(_fsdp_param_group=SimpleNamespace(fsdp_params=[Broken()]))  # type: ignore[attr-defined]
+    session = SimpleNamespace(modules=SimpleNamespace(roots=[("", root)]))
+    rec = CollectiveRecorder(world_size=2)
+    rec._after_backward(session, {(1, "AccumulateGrad"): unsharded})  # type: ignore[arg-type]
+    assert rec._found == {} and rec.notes == [UNREAD_NOTE]  # (not "no FSDP2 model took part": one did)

@@ -41,6 +41,7 @@ FSDP_NOTE = ("distributed (FSDP2, {world} ranks): the gradient drawn at each par
              "statistics of the shard")
 PLAIN_NOTE = ("distributed ({world} ranks): no DistributedDataParallel or FSDP2 (fully_shard) model took part in this step: "
               "the gradients drawn are this rank's own; a reduction the script does itself after backward() is not recorded")
+UNREAD_NOTE = "an FSDP2 parameter's reduced gradient could not be read from FSDP2's state: it is left out"
 NO_SYNC_NOTE = ("DDP did not reduce this step's gradients (no_sync(), or require_backward_grad_sync off): the gradients "
                 "are this rank's own")
 
@@ -102,11 +103,16 @@ class CollectiveRecorder:
         with torch.no_grad(), invisible():
             for key, var in leaves.items():
                 if id(var) in fsdp:
-                    sharded = fsdp[id(var)].sharded_param
-                    grad = sharded.grad
+                    try:
+                        sharded = fsdp[id(var)].sharded_param
+                        grad = sharded.grad
+                        shape = tuple(sharded.shape)
+                        placements = str(getattr(grad if grad is not None else sharded, "placements", ""))
+                    except Exception:  # FSDP2's private state changed shape: the trace stands without this record
+                        self.notes.append(UNREAD_NOTE)
+                        continue
                     handle = None if grad is None else self._stats.add(_local(grad))
-                    placements = str(getattr(grad if grad is not None else sharded, "placements", ""))
-                    self._found[key] = ("reduce_scatter", tuple(sharded.shape), handle, placements)
+                    self._found[key] = ("reduce_scatter", shape, handle, placements)
                 elif id(var) in ddp_ids:
                     grad = var.grad
                     handle = None if grad is None else self._stats.add(grad)
@@ -117,8 +123,9 @@ class CollectiveRecorder:
             self.notes.append(FSDP_NOTE.format(world=self.world_size))
         elif self._found:
             self.notes.append(DDP_NOTE.format(world=self.world_size))
-        elif not ddps:
+        elif not ddps and not fsdp:
             self.notes.append(PLAIN_NOTE.format(world=self.world_size))
+        self.notes = list(dict.fromkeys(self.notes))  # (one note per kind, however many parameters it concerns)
 
     def records(self, trace: Trace) -> tuple[Trace, tuple[CollectiveGrad, ...]]:
         """``trace`` (built by the attached session) with the collective's notes added, and the records
