@@ -169,8 +169,10 @@ def test_nan_on_rank_1_only_named_by_check_with_alarm_status(runs: dict[str, _Ru
     doc = json.loads(out)
     assert doc["world_size"] == 2 and doc["exit_status"] == 1
     origin = [f for f in doc["findings"] if f["kind"] == "nonfinite_origin_rank"]
-    assert len(origin) == 1 and origin[0]["rank"] == 1 and origin[0]["label"] == "log"
+    assert len(origin) == 1 and origin[0]["rank"] == 1 and origin[0]["label"] == "sqrt"
     assert "first on rank 1" in origin[0]["message"] and "Rank 0 computed finite values" in origin[0]["message"]
+    # The all-reduce averaged rank 1's NaN gradients into every rank's.
+    assert "the collective spread it: the reduced gradients on ranks 0, 1 hold NaN/inf" in origin[0]["message"]
     # Rank 0's own step is finite: only rank 1's trace holds the forward NaN.
     own = {(f["rank"], f["kind"]) for f in doc["findings"]}
     assert (1, "nan_forward") in own and (0, "nan_forward") not in own

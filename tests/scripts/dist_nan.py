@@ -1,4 +1,5 @@
-"""A DDP step where rank 1 alone makes a NaN (log of a negative number); the all-reduce spreads it."""
+"""A DDP step where rank 1 alone makes a NaN (the square root of a negative number, whose gradient is NaN too);
+the all-reduce spreads it to every rank's gradients."""
 
 import torch
 import torch.distributed as dist
@@ -13,6 +14,6 @@ if __name__ == "__main__":
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.rand(5, 4)
     shift = -10.0 if rank == 1 else 10.0
-    loss = torch.log(model(x) + shift).mean()
+    loss = torch.sqrt(model(x) + shift).mean()
     loss.backward()
     opt.step()
