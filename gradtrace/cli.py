@@ -333,7 +333,7 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
         multi = _run_ranks(ranks, script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy)
         if multi is None:
             return  # not rank 0: its trace went to rank 0, which writes
-        from .distributed.output import collective_table, write_multi
+        from .distributed.output import collective_table, has_rank_selector, rank_path, write_multi
 
         if text_table:
             click.echo(f"rank 0 of {multi.world_size} (the other ranks: -o FILE.json or FILE.html holds them all)")
@@ -348,13 +348,25 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
             written = write_multi(multi, target, fmt, options, ranks.every_rank)
         except GradtraceError as e:
             raise click.ClickException(str(e)) from None
-        total = sum(len(r.trace.nodes) for r in multi.ranks)
-        click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({multi.world_size} rank"
-                   f"{'s' if multi.world_size != 1 else ''}, {total} nodes in all, step {step})", err=True)
-        for path, _ in written[1:]:
-            click.echo(f"gradtrace: wrote {path}", err=True)
-        if ranks.every_rank and fmt in ("json", "html"):
-            click.echo(f"gradtrace: --every-rank writes nothing more for {fmt}: the file holds every rank", err=True)
+        world = multi.world_size
+        if fmt in ("json", "html"):
+            if fmt == "html" and not has_rank_selector():
+                click.echo("gradtrace: this page shows rank 0 only (this gradtrace has no rank-selector page yet); "
+                           "-o FILE.json holds every rank", err=True)
+            total = sum(len(r.trace.nodes) for r in multi.ranks)
+            click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({world} rank{'s' if world != 1 else ''}, "
+                       f"{total} nodes in all, step {step})", err=True)
+            if ranks.every_rank:
+                click.echo(f"gradtrace: --every-rank writes nothing more for {fmt}: the file holds every rank", err=True)
+            return
+        for (path, drawn), r in zip(written, multi.ranks):
+            n = len(r.trace.nodes)
+            size = f"{n} nodes" if drawn == n else f"{n} nodes drawn as {drawn}"
+            name = ("standard output" if to_stdout else shown) if r is multi.ranks[0] else str(rank_path(Path(shown), r.rank))
+            click.echo(f"gradtrace: wrote {name} (rank {r.rank} of {world}: {size}, step {step})", err=True)
+        if not ranks.every_rank and world > 1:
+            click.echo("gradtrace: the diagram is rank 0's; --every-rank also writes NAME.rankK.SUFFIX for each other "
+                       "rank, and -o FILE.json or FILE.html holds every rank", err=True)
         return
     trace = _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy, on_hard_exit=before_hard_exit)
     emit(trace)

@@ -19,7 +19,14 @@ from ..render.options import RenderOptions
 from ..render.output import encode, write_bytes, write_counted
 from .multitrace import MultiTrace
 
-__all__ = ["collective_table", "multi_html", "rank_path", "reduced_norm", "write_multi"]
+__all__ = ["collective_table", "has_rank_selector", "multi_html", "rank_path", "reduced_norm", "write_multi"]
+
+
+def has_rank_selector() -> bool:
+    """Whether the HTML page can show every rank (``render.html.to_html_multi``); else it shows rank 0."""
+    from ..render import html
+
+    return getattr(html, "to_html_multi", None) is not None
 
 
 def multi_html(multi: MultiTrace, options: RenderOptions) -> str:
