@@ -406,3 +406,27 @@ def test_fsdp_state_that_cannot_be_read_leaves_the_record_out_with_a_note() -> N
     rec = CollectiveRecorder(world_size=2)
     rec._after_backward(session, {(1, "AccumulateGrad"): unsharded})  # type: ignore[arg-type]
     assert rec._found == {} and rec.notes == [UNREAD_NOTE]  # (not "no FSDP2 model took part": one did)
+
+
+def test_the_same_nodes_in_another_backward_order_are_named() -> None:
+    w1 = torch.tensor([1.0, 2.0], requires_grad=True)
+    w2 = torch.tensor([3.0, 4.0], requires_grad=True)
+
+    def first_a(x: torch.Tensor) -> torch.Tensor:
+        a = (x * w1).exp()
+        b = (x * w2).sin()
+        return a.sum() + b.sum()
+
+    def first_b(x: torch.Tensor) -> torch.Tensor:
+        b = (x * w2).sin()
+        a = (x * w1).exp()
+        return a.sum() + b.sum()
+
+    x = torch.tensor([0.5, -0.5])
+    t0, t1 = gradtrace.trace(first_a, x), gradtrace.trace(first_b, x)
+    sig = lambda t: sorted((n.kind, n.label, n.grad_fn or "") for n in t.nodes)  # noqa: E731
+    assert sig(t0) == sig(t1)  # the same nodes ...
+    m = MultiTrace((RankTrace(0, t0), RankTrace(1, t1)), 1, 2)
+    found = [f for _, f in cross_rank_findings(m) if f.kind == "graph_differs"]
+    assert len(found) == 1 and "in another order" in found[0].message  # ... visited in another order
+    assert cross_rank_findings(MultiTrace((RankTrace(0, t0), RankTrace(1, gradtrace.trace(first_a, x))), 1, 2)) == []
