@@ -11,6 +11,7 @@ stderr.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -38,12 +39,24 @@ INTERNAL_ERROR = 70
 INTERRUPTED = 130
 # ctx.meta key: the script's failure after its traced step, reported once the command has written its output.
 _LATE_FAILURE = "gradtrace.script_failed_after_step"
+# ctx.meta key: the last line of a script's failure before its step (what a rank tells the others under torchrun).
+_NO_STEP_WHY = "gradtrace.script_failed_before_step"
 
 
 def _check_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
     if not (0 < value <= MAX_TIMEOUT or value == math.inf):  # (NaN fails both)
         raise click.BadParameter(f"{value:g} is not in the range 0<x<={MAX_TIMEOUT:.0f} (seconds; inf for no limit)")
     return value
+
+
+def _rank_options(f: Any) -> Any:
+    f = click.option("--rank-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+                     metavar="SECONDS", help="Under torchrun: how long a rank waits for the others to finish their step "
+                     "before giving up (a rank that failed is named).")(f)
+    f = click.option("--nproc-per-node", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Run SCRIPT on N local ranks through torch.distributed.run (as torchrun would) and trace "
+                          "every rank; see docs/distributed.md for several nodes.")(f)
+    return f
 
 
 def _script_options(f: Any) -> Any:
@@ -55,14 +68,15 @@ def _script_options(f: Any) -> Any:
 
 
 def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool, *, fmt: str | None = None,
-         stdout_busy: bool = True, on_hard_exit: Callable[[Any, int], None] | None = None) -> Any:
+         stdout_busy: bool = True, on_hard_exit: Callable[[Any, int], None] | None = None,
+         on_session: Callable[[Any], None] | None = None) -> Any:
     """Run the script and return its trace, or end the command with the script's own status.
 
     ``fmt``: the output format; one that needs Graphviz is checked for before
     the script runs, not after a long training script has run. ``stdout_busy``:
     the command writes its own output to standard output (``check`` always
     does), so what the script prints goes to standard error while it runs.
-    ``on_hard_exit``: see :func:`gradtrace.script.run_script`. A script ended
+    ``on_hard_exit``, ``on_session``: see :func:`gradtrace.script.run_script`. A script ended
     by Ctrl-C before its step ends the command with status 130, as Python's.
     """
     from .script import ScriptFailed, run_script
@@ -74,9 +88,11 @@ def _run(script: str, script_args: tuple[str, ...], step: int, run_to_end: bool,
                                    f"(checked before running {Path(script).name}); {INSTALL_HINT}")
     try:
         return run_script(script, script_args, step=step, run_to_end=run_to_end, keep_alive=True,
-                          stdout_to_stderr=stdout_busy, on_hard_exit=on_hard_exit)
+                          stdout_to_stderr=stdout_busy, on_hard_exit=on_hard_exit, on_session=on_session)
     except ScriptFailed as e:
         if e.trace is None:
+            lines = e.report.strip().splitlines()
+            click.get_current_context().meta[_NO_STEP_WHY] = lines[-1] if lines else f"status {e.status}"
             sys.stdout.flush()  # the script's own output first, as it came
             click.echo(e.report, err=True, nl=False)
             if isinstance(e.exc, KeyboardInterrupt):
@@ -157,11 +173,18 @@ class _Command(click.Group):
         try:
             return self.main(*args, **kwargs)
         except SystemExit as e:
+            if os.environ.get("GRADTRACE_STATUS_FILE"):  # a rank started by --nproc-per-node
+                from .distributed.launch import record_status
+
+                if record_status(e.code):
+                    # Rank 0's status goes to the launcher, which ends with it: torchrun, which would turn it
+                    # into 1 with a page of its own traceback, sees a clean exit.
+                    e = SystemExit(0)
             if "gradtrace._script_process" in sys.modules:
                 from ._script_process import finish
 
                 finish(e.code)  # does not return if a stopped script's threads would hang the exit
-            raise
+            raise e from None
 
 
 @click.group(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -198,9 +221,13 @@ def main() -> None:
 @click.option("--no-fold", is_flag=True, help="Do not fold runs of identical sibling modules (a transformer's layers) into one ×K node.")
 @click.option("--edge-grads/--no-edge-grads", "edge_grads", default=None,
               help="Label each edge with the gradient sent back along it. Default: only on small diagrams (tooltips always say it).")
+@click.option("--every-rank", is_flag=True, help="Under torchrun, for svg/png/pdf/dot/text files: besides rank 0's OUTPUT, "
+              "write each other rank K's as NAME.rankK.SUFFIX (json and html always hold every rank).")
+@_rank_options
 def render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
            rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
-           module: str | None, no_fold: bool, edge_grads: bool | None) -> None:
+           module: str | None, no_fold: bool, edge_grads: bool | None, every_rank: bool, nproc_per_node: int | None,
+           rank_timeout: float) -> None:
     """Run SCRIPT as `python SCRIPT SCRIPT_ARGS` would and draw its training step.
 
     The script is unmodified: gradtrace records the forward that leads to its
@@ -217,6 +244,13 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         gradtrace render train.py -o step.svg -- --lr 0.1 --epochs 5
         gradtrace render train.py --depth 1                # one node per top-level block
         gradtrace render train.py --module encoder.layer.3
+        torchrun --nproc-per-node 2 -m gradtrace render train.py -o step.json   # every rank, one file
+        gradtrace render --nproc-per-node 2 train.py -o step.html             # the same, without torchrun
+
+    \b
+    Under torchrun every rank records the same step and rank 0 writes one
+    file holding all ranks; only rank 0 prints. A rank that fails before its
+    step is named, and every rank exits non-zero (torchrun reports 1).
 
     \b
     Exit status:
@@ -229,14 +263,16 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         70   internal error: a bug in gradtrace (its traceback is printed)
         130  interrupted (Ctrl-C); the file is written first when the step was recorded
     """
+    _launch_if_asked("render", nproc_per_node)
+    ranks = _ranks(every_rank, rank_timeout)
     with cli_names():  # every message and diagram note names --timeout, --max-nodes, not timeout=, max_nodes=
         _render(script, script_args, step, output, fmt, run_to_end, rankdir, no_values, no_grads, theme, timeout, depth,
-                max_nodes, module, no_fold, edge_grads)
+                max_nodes, module, no_fold, edge_grads, ranks)
 
 
 def _render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
             rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
-            module: str | None, no_fold: bool, edge_grads: bool | None) -> None:
+            module: str | None, no_fold: bool, edge_grads: bool | None, ranks: _Ranks | None = None) -> None:
     to_stdout = output == "-"
     if to_stdout and fmt == "model-explorer":  # several files: refused before the script runs, not after
         from .render.model_explorer import check_graph_path
@@ -267,7 +303,7 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
     target = Path("-") if to_stdout else Path(os.path.abspath(shown))
     text_table = output is None and fmt == "text"
     ignored = _diagram_only_note(fmt, depth, module, max_nodes, no_fold)
-    if ignored:
+    if ignored and (ranks is None or ranks.info.is_main):
         click.echo(ignored, err=True)
 
     def emit(trace: Any) -> None:
@@ -306,9 +342,133 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
                    err=True)
 
     # gradtrace's own output on stdout (-o -, -o /dev/stdout, a text table) must not be mixed with what the script prints.
-    trace = _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=to_stdout or text_table or _is_stdout(output),
-                 on_hard_exit=before_hard_exit)
+    stdout_busy = to_stdout or text_table or _is_stdout(output)
+    if ranks is not None:
+        multi = _run_ranks(ranks, script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy)
+        if multi is None:
+            return  # not rank 0: its trace went to rank 0, which writes
+        from .distributed.output import collective_table, has_rank_selector, rank_path, write_multi
+
+        if text_table:
+            click.echo(f"rank 0 of {multi.world_size} (the other ranks: -o FILE.json or FILE.html holds them all)")
+            emit(multi.trace(multi.ranks[0].rank))
+            table = collective_table(multi)
+            if table:
+                click.echo("\nthe collective: each parameter's gradient norm on each rank before it, and after it")
+                click.echo(table, nl=False)
+            return
+
+        try:
+            written = write_multi(multi, target, fmt, options, ranks.every_rank)
+        except GradtraceError as e:
+            raise click.ClickException(str(e)) from None
+        world = multi.world_size
+        if fmt in ("json", "html"):
+            if fmt == "html" and not has_rank_selector():
+                click.echo("gradtrace: this page shows rank 0 only (this gradtrace has no rank-selector page yet); "
+                           "-o FILE.json holds every rank", err=True)
+            total = sum(len(r.trace.nodes) for r in multi.ranks)
+            click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({world} rank{'s' if world != 1 else ''}, "
+                       f"{total} nodes in all, step {step})", err=True)
+            if ranks.every_rank:
+                click.echo(f"gradtrace: --every-rank writes nothing more for {fmt}: the file holds every rank", err=True)
+            return
+        for (path, drawn), r in zip(written, multi.ranks):
+            n = len(r.trace.nodes)
+            size = f"{n} nodes" if drawn == n else f"{n} nodes drawn as {drawn}"
+            name = ("standard output" if to_stdout else shown) if r is multi.ranks[0] else str(rank_path(Path(shown), r.rank))
+            click.echo(f"gradtrace: wrote {name} (rank {r.rank} of {world}: {size}, step {step})", err=True)
+        if not ranks.every_rank and world > 1:
+            click.echo("gradtrace: the diagram is rank 0's; --every-rank also writes NAME.rankK.SUFFIX for each other "
+                       "rank, and -o FILE.json or FILE.html holds every rank", err=True)
+        return
+    trace = _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy, on_hard_exit=before_hard_exit)
     emit(trace)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ranks:
+    """A run under torchrun: this process's rank and what the rank options asked."""
+
+    info: Any  # gradtrace.distributed.RankInfo
+    every_rank: bool
+    timeout: float
+
+
+def _ranks(every_rank: bool, timeout: float) -> _Ranks | None:
+    """This process's rank under torchrun (None when not started by it)."""
+    from .distributed.env import rank_info
+
+    try:
+        info = rank_info()
+    except GradtraceError as e:
+        raise click.UsageError(str(e)) from None
+    if info is None:
+        if every_rank:
+            click.echo("gradtrace: --every-rank applies only under torchrun (or with --nproc-per-node): "
+                       "this run has one process", err=True)
+        return None
+    return _Ranks(info, every_rank, timeout)
+
+
+def _launch_if_asked(command: str, nproc: int | None) -> None:
+    """``--nproc-per-node N``: run this same command on N ranks through torch.distributed.run, end with rank 0's status."""
+    if nproc is None:
+        return
+    from .distributed.env import rank_info
+    from .distributed.launch import launch, without_option
+
+    if rank_info() is not None:
+        raise click.UsageError("--nproc-per-node starts the ranks itself: under torchrun, leave it out "
+                               "(torchrun's own --nproc-per-node says how many ranks)")
+    argv = sys.argv[1:]
+    if command not in argv:
+        raise click.UsageError(f"--nproc-per-node works from the command line (`gradtrace {command} --nproc-per-node N SCRIPT`)")
+    try:
+        status = launch(nproc, without_option(argv, "--nproc-per-node"))
+    except GradtraceError as e:
+        raise click.ClickException(str(e)) from None
+    raise SystemExit(status)
+
+
+def _run_ranks(ranks: _Ranks, script: str, script_args: tuple[str, ...], step: int, run_to_end: bool, *, fmt: str | None,
+               stdout_busy: bool) -> Any:
+    """This rank's step, and on rank 0 every rank's: a MultiTrace on rank 0, None on the others.
+
+    A script that fails before its step on this rank ends the command as it
+    would alone, after telling the other ranks; another rank's failure ends
+    this one with status 1, named on rank 0.
+    """
+    from .distributed.gather import RankFailure
+    from .distributed.run import report_failure, run_rank
+
+    info = ranks.info
+    ctx = click.get_current_context()
+
+    def run(on_session: Callable[[Any], None]) -> Any:
+        try:
+            return _run(script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy, on_session=on_session)
+        except (SystemExit, click.ClickException, KeyboardInterrupt) as e:
+            why = ctx.meta.pop(_NO_STEP_WHY, None) or (e.format_message() if isinstance(e, click.ClickException)
+                                                       else "interrupted" if isinstance(e, KeyboardInterrupt)
+                                                       else f"{Path(script).name} exited with status {e.code}")
+            summary = report_failure(info, why, ranks.timeout)
+            sys.stdout.flush()
+            if summary is not None:
+                click.echo(f"gradtrace: {summary}", err=True)
+            else:
+                click.echo(f"gradtrace: rank {info.rank} of {info.world_size} has no step to trace ({why}); "
+                           "rank 0 writes no file", err=True)
+            raise
+
+    try:
+        return run_rank(info, run, step, ranks.timeout)
+    except RankFailure as e:
+        if info.is_main:
+            raise click.ClickException(str(e)) from None
+        raise SystemExit(1) from None
+    except GradtraceError as e:
+        raise click.ClickException(f"rank {info.rank}: {e}") from None
 
 
 def _diagram_only_note(fmt: str, depth: int | None, module: str | None, max_nodes: int, no_fold: bool) -> str | None:
@@ -335,7 +495,9 @@ EXIT_HEALTHY, EXIT_ALARM, EXIT_USAGE, EXIT_WARNING, EXIT_NO_STEP = 0, 1, 2, 3, 5
 @main.command()
 @_script_options
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON instead of a table. Either way the script's own prints go to standard error.")
-def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -> None:
+@_rank_options
+def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, nproc_per_node: int | None,
+          rank_timeout: float) -> None:
     """Run SCRIPT like `render` does and report where gradients vanish, explode or turn NaN.
 
     Each finding has a severity: an alarm (NaN or inf, named where it starts:
@@ -357,10 +519,23 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -
       130 interrupted (Ctrl-C); a step recorded before it is checked first
 
     \b
+    Under torchrun (or with --nproc-per-node) every rank is checked, and the
+    ranks are compared (where NaN first appears, graphs or reduced gradients
+    that differ, a parameter without gradient on some rank, imbalance); rank
+    0 prints, with the rank of each finding, and exits with the status
+    above over all ranks (torchrun itself reports 1 for any non-zero status;
+    --nproc-per-node passes rank 0's on).
+
+    \b
     Examples:
         gradtrace check train.py
         gradtrace check train.py --step 10 --json
+        torchrun --nproc-per-node 4 -m gradtrace check train.py
     """
+    _launch_if_asked("check", nproc_per_node)
+    ranks = _ranks(False, rank_timeout)
+    if ranks is not None:
+        _check_ranks(ranks, script, script_args, step, as_json)
     try:
         trace = _run(script, script_args, step, False)
     except click.ClickException as e:  # no step was traced: that is not "NaN found" (exit 1)
@@ -379,6 +554,60 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -
     else:
         _echo_findings(trace, findings, step)
     raise SystemExit(status)
+
+
+def _check_ranks(ranks: _Ranks, script: str, script_args: tuple[str, ...], step: int, as_json: bool) -> None:
+    """``check`` under torchrun: every rank's findings and the cross-rank ones, printed by rank 0; ends the command."""
+    info = ranks.info
+    try:
+        multi = _run_ranks(ranks, script, script_args, step, False, fmt=None, stdout_busy=True)
+    except click.ClickException as e:
+        if info.is_main:
+            e.show()
+        raise SystemExit(EXIT_NO_STEP) from None
+    except SystemExit as e:
+        if info.is_main:
+            click.echo(f"gradtrace check: no step to check ({Path(script).name} exited with status {e.code} on rank "
+                       f"{info.rank})", err=True)
+        raise SystemExit(EXIT_NO_STEP) from None
+    if multi is None:
+        raise SystemExit(EXIT_HEALTHY)  # rank 0 speaks for the run
+    pairs = multi.findings()
+    findings = [f for _, f in pairs]
+    status = EXIT_ALARM if any(f.alarm for f in findings) else EXIT_WARNING if any(f.severity == "warning" for f in findings) else EXIT_HEALTHY
+    if as_json:
+        import json
+
+        rows = [dict(f.to_dict(), rank=r, label=multi.trace(r).node(f.node).label) for r, f in pairs]
+        notes = {str(r.rank): list(r.trace.notes) for r in multi.ranks}
+        click.echo(json.dumps({"step": step, "world_size": multi.world_size, "exit_status": status, "findings": rows,
+                               "notes": notes}, indent=1))
+    else:
+        _echo_rank_findings(multi, pairs, step)
+    raise SystemExit(status)
+
+
+def _echo_rank_findings(multi: Any, pairs: list[tuple[int, Any]], step: int) -> None:
+    from .render.inert import inert_trace
+
+    traces = {r.rank: inert_trace(r.trace) for r in multi.ranks}
+    faults = [(r, _printable_finding(f)) for r, f in pairs if f.severity != "note"]
+    total = sum(len(t.nodes) for t in traces.values())
+    if not faults:
+        click.echo(f"gradtrace check: no alarms or warnings in step {step} on any of {multi.world_size} ranks ({total} nodes)")
+    else:
+        header = ("rank", "severity", "kind", "node", "module", "finding")
+        rows = [(str(r), f.severity, f.kind, traces[r].node(f.node).label, f.module or "-", f.message) for r, f in faults]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+        for f, row in zip([None, *faults], [header, *rows]):
+            click.echo("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5])
+            if f is not None and f[1].hint:
+                click.echo(" " * (sum(widths) + 10) + "try: " + f[1].hint)
+    notes = sorted({n for t in traces.values() for n in t.notes})
+    for note in notes:
+        ranks_with = [r for r, t in traces.items() if note in t.notes]
+        where = "every rank" if len(ranks_with) == len(traces) else "rank " + ", ".join(map(str, ranks_with))
+        click.echo(f"note ({where}): {note}")
 
 
 def _echo_findings(trace: Any, findings: list[Any], step: int) -> None:

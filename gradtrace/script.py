@@ -102,7 +102,8 @@ def _calls(n: int) -> str:
 
 def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step: int = 1, run_to_end: bool = False,
                keep_alive: bool = False, stdout_to_stderr: bool = False,
-               on_hard_exit: Callable[[Trace, int], None] | None = None) -> Trace:
+               on_hard_exit: Callable[[Trace, int], None] | None = None,
+               on_session: Callable[[Any], None] | None = None) -> Trace:
     """Run ``script`` with ``args`` and return the trace of its ``step``-th backward().
 
     Raises ScriptError when the script ends (status 0) before that backward,
@@ -123,7 +124,9 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
     ``stdout_to_stderr`` sends what the script prints to standard error while
     it runs (``sys.stdout`` and file descriptor 1), for a caller whose own
     output goes to standard output. A KeyboardInterrupt (Ctrl-C) ends the
-    script like an error, with status :data:`INTERRUPTED`. ``on_hard_exit``
+    script like an error, with status :data:`INTERRUPTED`. ``on_session`` is
+    called with the recording session before the script starts (the
+    distributed side attaches its collective recorder there). ``on_hard_exit``
     is called with the trace and the status when the script calls
     ``os._exit()`` after the step was recorded, just before the process ends
     (it cannot return to the caller).
@@ -153,6 +156,8 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
 
     session.on_optimizer_done = stop
     session.on_backward_after_recorded = stop
+    if on_session is not None:
+        on_session(session)
 
     def hard_exit(status: int) -> None:
         if on_hard_exit is not None and session.backward_recorded:

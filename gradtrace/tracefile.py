@@ -16,9 +16,10 @@ from .errors import GradtraceError
 from .records import OptimizerStep, TraceEdge, TraceFileError, TraceNode, _list, _obj, _str
 
 if TYPE_CHECKING:
+    from .distributed.multitrace import MultiTrace
     from .steptrace import Trace
 
-__all__ = ["read_trace"]
+__all__ = ["read_multi_trace", "read_trace", "trace_from_dict"]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -81,29 +82,73 @@ def _check_graph(nodes: tuple[TraceNode, ...], edges: tuple[TraceEdge, ...], los
 
 def read_trace(cls: type[Trace], text: str | bytes) -> Trace:
     """The trace in ``text`` (JSON from ``Trace.to_json``), checked; else a GradtraceError saying why."""
-    from .steptrace import JSON_FORMAT, JSON_VERSION
+    from .distributed.multitrace import MULTI_FORMAT
+    from .steptrace import JSON_FORMAT
 
     d = _parse(text)
+    if isinstance(d, dict) and d.get("format") == MULTI_FORMAT:
+        raise GradtraceError("this file holds the traces of every rank of a distributed run (\"format\": "
+                             f"\"{MULTI_FORMAT}\"): load it with gradtrace.distributed.MultiTrace.from_json")
     if not isinstance(d, dict) or d.get("format") != JSON_FORMAT:
         raise GradtraceError(f"not a gradtrace trace: expected a JSON object with \"format\": \"{JSON_FORMAT}\"")
-    if d.get("version") != JSON_VERSION or isinstance(d.get("version"), bool):
-        raise GradtraceError(f"trace JSON version {d.get('version')!r} is not supported (this gradtrace reads version {JSON_VERSION})")
+    _check_version(d, "trace JSON", "version")
     try:
-        for name in ("nodes", "edges", "loss"):
-            if name not in d:
-                raise TraceFileError(f"the field {name!r} is missing")
-        nodes = tuple(TraceNode.from_dict(n, f"nodes[{i}]") for i, n in enumerate(_list(d["nodes"], "nodes")))
-        edges = tuple(TraceEdge.from_dict(e, f"edges[{i}]") for i, e in enumerate(_list(d["edges"], "edges")))
-        loss = _str(d["loss"], "loss")
-        modules = {}
-        for k, v in _obj(d.get("modules", {}), "modules").items():
-            modules[k] = _str(v, f"modules[{k!r}] (the class of module {k!r})")
-        opt = d.get("optimizer")
-        optimizer = None if opt is None else OptimizerStep.from_dict(opt, "optimizer")
-        notes = tuple(_str(x, f"notes[{i}]") for i, x in enumerate(_list(d.get("notes", []), "notes")))
-        _check_graph(nodes, edges, loss)
+        return trace_from_dict(cls, d, "")
     except TraceFileError as e:
         raise GradtraceError(f"malformed gradtrace trace JSON: {e}") from None
+
+
+def _check_version(d: dict[str, Any], what: str, where: str) -> None:
+    from .steptrace import JSON_VERSION
+
+    if d.get("version") != JSON_VERSION or isinstance(d.get("version"), bool):
+        raise GradtraceError(f"{what} {where} {d.get('version')!r} is not supported (this gradtrace reads version {JSON_VERSION})")
+
+
+def trace_from_dict(cls: type[Trace], d: Any, where: str) -> Trace:
+    """The trace in the parsed document ``d``; a TraceFileError names the field (prefixed by ``where``)."""
+    from .steptrace import JSON_FORMAT, JSON_VERSION
+
+    at = f"{where} " if where else ""
+    d = _obj(d, where or "the document")
+    if where:  # (a top-level document's format and version were checked by read_trace, with their own messages)
+        if d.get("format") != JSON_FORMAT:
+            raise TraceFileError(f"{where} format: expected {JSON_FORMAT!r}, found {d.get('format')!r}")
+        if d.get("version") != JSON_VERSION or isinstance(d.get("version"), bool):
+            raise TraceFileError(f"{where} version: expected {JSON_VERSION}, found {d.get('version')!r}")
+    for name in ("nodes", "edges", "loss"):
+        if name not in d:
+            raise TraceFileError(f"{at}the field {name!r} is missing")
+    nodes = tuple(TraceNode.from_dict(n, f"{at}nodes[{i}]") for i, n in enumerate(_list(d["nodes"], f"{at}nodes")))
+    edges = tuple(TraceEdge.from_dict(e, f"{at}edges[{i}]") for i, e in enumerate(_list(d["edges"], f"{at}edges")))
+    loss = _str(d["loss"], f"{at}loss")
+    modules = {}
+    for k, v in _obj(d.get("modules", {}), f"{at}modules").items():
+        modules[k] = _str(v, f"{at}modules[{k!r}] (the class of module {k!r})")
+    opt = d.get("optimizer")
+    optimizer = None if opt is None else OptimizerStep.from_dict(opt, f"{at}optimizer")
+    notes = tuple(_str(x, f"{at}notes[{i}]") for i, x in enumerate(_list(d.get("notes", []), f"{at}notes")))
+    try:
+        _check_graph(nodes, edges, loss)
+    except TraceFileError as e:
+        raise TraceFileError(f"{at}{e}") from None
     return cls(nodes=nodes, edges=edges, loss=loss, modules=modules, optimizer=optimizer, notes=notes)
+
+
+def read_multi_trace(cls: type[MultiTrace], text: str | bytes) -> MultiTrace:
+    """The multi-rank trace in ``text`` (JSON from ``MultiTrace.to_json``), checked as strictly as a single trace."""
+    from .distributed.multitrace import MULTI_FORMAT, MULTI_VERSION
+
+    d = _parse(text)
+    if not isinstance(d, dict) or d.get("format") != MULTI_FORMAT:
+        raise GradtraceError(f"not a gradtrace multi-rank trace: expected a JSON object with \"format\": \"{MULTI_FORMAT}\""
+                             " (a single rank's trace loads with gradtrace.Trace.from_json)")
+    if d.get("version") != MULTI_VERSION or isinstance(d.get("version"), bool):
+        raise GradtraceError(f"multi-rank trace JSON version {d.get('version')!r} is not supported "
+                             f"(this gradtrace reads version {MULTI_VERSION})")
+    try:
+        return cls.from_dict(d)
+    except TraceFileError as e:
+        raise GradtraceError(f"malformed gradtrace multi-rank trace JSON: {e}") from None
 
 

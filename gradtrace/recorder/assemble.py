@@ -113,6 +113,11 @@ def assemble(session: Session) -> Trace:
             f"{session.stats.unreadable} tensor(s) (nested, or wrapped by a torch.func transform such as vmap or grad) "
             "have no statistics: their elements are not plain memory gradtrace can read"
         )
+    if session.stats.freed:
+        session.notes.append(
+            f"{session.stats.freed} tensor(s) have no statistics: their memory was released before gradtrace could read "
+            "them (FSDP2 frees each unsharded parameter between its uses)"
+        )
     param_names = session.modules.named_parameters()
     fwd = session.recorder.nodes
     # Roots named in the order they were first called are renamed now that the step says which is the model.
@@ -128,6 +133,7 @@ def assemble(session: Session) -> Trace:
     keys.update({k: f"param{i}" for i, k in enumerate(params)})
     others = [k for k in leaves if k not in keys]
     keys.update({k: f"leaf{i}" for i, k in enumerate(others)})
+    session.trace_keys = dict(keys)
     backward_step = {k: i + 1 for i, k in enumerate(bwd.order)}
 
     def stats_list(handles: dict[int, int] | list[int | None], n: int) -> tuple[Any, ...]:

@@ -124,6 +124,10 @@ class BackwardRecorder:
         self._late_variables: dict[NodeKey, Any] = {}  # leaves hooked after the walk (see add())
         #: Keep every gradient a leaf receives (a leaf reached twice, by a nested backward, shows their sum).
         self.keep_leaf_grads = False
+        #: Reduce every held statistic as each leaf's gradient arrives, and read that gradient as it
+        #: arrives: a distributed run's collective (DDP's all-reduce) writes the reduced average into
+        #: .grad, and the tensors sharing its memory, before the backward returns.
+        self.settle_at_leaves = False
         self._leaf_grads: dict[NodeKey, list[torch.Tensor]] = {}
         self._running: dict[int, NodeKey] = {}  # thread -> the node whose pre-hook ran last there
         for key, node in graph.nodes.items():
@@ -226,6 +230,10 @@ class BackwardRecorder:
                     return None  # (a node runs once; a leaf may be reached again by a nested backward)
                 if key not in self.grads:
                     self.order.append(key)
+                if leaf and self.settle_at_leaves:
+                    # Read what is held before this leaf's AccumulateGrad and the collective's hooks run: DDP
+                    # reduces .grad in place (a bucket view), FSDP2 frees the unsharded parameter again.
+                    self.stats.settle()
                 if leaf and self.keep_leaf_grads and grad_outputs and grad_outputs[0] is not None:
                     self._leaf_grads.setdefault(key, []).append(grad_outputs[0])
                 waiting = self._waiting.pop(key, None) if leaf else None
@@ -233,7 +241,10 @@ class BackwardRecorder:
                 if waiting is not None and grad_outputs and grad_outputs[0] is not None \
                         and waiting[2]() is grad_outputs[0] and waiting[3] == grad_outputs[0]._version:
                     edge = waiting[:2]  # the leaf receives the very tensor its one edge sent
-                if key in self._variables and self._takes_over(key) and grad_outputs and grad_outputs[0] is not None:
+                # (Not in a distributed run: its collective writes .grad in place, in its own hooks after this
+                # one, or on its own thread; the gradient arriving here is read now, the rank's own.)
+                if key in self._variables and self._takes_over(key) and grad_outputs and grad_outputs[0] is not None \
+                        and not self.settle_at_leaves:
                     # The post-hook reads the same values from .grad (see __init__).
                     self.grads[key] = [None]
                     self._deferred[key] = edge

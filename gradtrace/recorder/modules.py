@@ -125,7 +125,8 @@ class ModuleTracker:
         """
         if self._given or not self.roots:
             return {}
-        owners = [prefix for prefix, root in self.roots if any(id(p) in used for p in root.parameters())]
+        owners = [prefix for prefix, root in self.roots
+                  if any(id(p) in used for p in root.parameters()) or any(id(p) in used for _, p in _fsdp_unsharded(root, prefix))]
         bare = owners[0] if len(owners) == 1 else None
         taken = {p for p, _ in self.roots if p}
         out: dict[str, str] = {}
@@ -149,7 +150,32 @@ class ModuleTracker:
         for prefix, root in self.roots:
             for name, p in root.named_parameters(prefix=prefix):
                 names.setdefault(id(p), name)
+            for name, p in _fsdp_unsharded(root, prefix):
+                names.setdefault(id(p), name)
         return names
+
+
+def _fsdp_unsharded(root: nn.Module, prefix: str) -> list[tuple[str, nn.Parameter]]:
+    """FSDP2 (``fully_shard``) parameters as the autograd graph holds them: the unsharded parameter
+    the forward used, under the name of the sharded one the module registers between steps."""
+    out: list[tuple[str, nn.Parameter]] = []
+    for path, module in root.named_modules(prefix=prefix):
+        get_state = getattr(module, "_get_fsdp_state", None)
+        if get_state is None:
+            continue
+        try:
+            group = get_state()._fsdp_param_group
+        except Exception:  # a private API: whatever changed in it, naming stays as without it
+            continue
+        for fsdp_param in getattr(group, "fsdp_params", None) or ():
+            info = getattr(fsdp_param, "_module_info", None)
+            unsharded = getattr(fsdp_param, "_unsharded_param", None)
+            if info is None or unsharded is None:
+                continue
+            owner = next((n for n, m in module.named_modules(prefix=path) if m is info.module), None)
+            if owner is not None:
+                out.append((f"{owner}.{info.param_name}" if owner else info.param_name, unsharded))
+    return out
 
 
 def rename_path(path: str, prefixes: dict[str, str]) -> str:

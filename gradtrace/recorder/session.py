@@ -100,6 +100,14 @@ class Session:
         self._leaf_names: dict[int, str] = {}
         self.notes: list[str] = []
         self.grad_notes = GradNotes(model)  # what the gradient shown is (clipped, accumulated, closure, DDP)
+        #: Called once the recorded backward has returned, with every leaf the graph reached (graph key ->
+        #: tensor), before the optimizer may change them: gradtrace.distributed reads the reduced gradients here.
+        self.after_backward: list[Callable[[dict[NodeKey, torch.Tensor]], None]] = []
+        #: Set by gradtrace.distributed: read each leaf's gradient, and the statistics held so far, as the gradient
+        #: arrives, before a collective writes the reduced gradient into .grad (see BackwardRecorder.settle_at_leaves).
+        self.settle_at_leaves = False
+        #: graph key -> the node's key in the Trace, set by build_trace.
+        self.trace_keys: dict[NodeKey, str] = {}
 
     # -- installing and removing -------------------------------------------------
 
@@ -341,6 +349,7 @@ class Session:
             self._backward = BackwardRecorder(graph, self.stats)
             # A reentrant checkpoint runs a second backward inside this one, which reaches some leaves
             # again: keep each gradient they receive, to show their sum as .grad gets it.
+            self._backward.settle_at_leaves = self.settle_at_leaves
             self._backward.keep_leaf_grads = any(type(n).__name__ == "CheckpointFunctionBackward" for n in graph.nodes.values())
             self._in_backward = True
             with invisible():  # (the notes' own tensor work, hidden from the user's modes as the rest)
@@ -351,6 +360,9 @@ class Session:
                 result = run()
                 with invisible():
                     self.grad_notes.backward_finished()
+                    leaves = {k: n.variable for k, n in graph.nodes.items() if k[1] == "AccumulateGrad"}
+                    for callback in self.after_backward:
+                        callback(leaves)
                 return result
             finally:
                 self._in_backward = False

@@ -137,6 +137,20 @@ def invisible() -> Iterator[None]:
             torch._C._push_on_torch_dispatch_stack(mode)
 
 
+def _freed(t: torch.Tensor) -> bool:
+    """Whether the memory under ``t`` was released after it was made: FSDP2 frees an unsharded
+    parameter with ``untyped_storage().resize_(0)`` between its uses, and reading it then crashes the
+    process (no Python error: a segmentation fault)."""
+    if t.is_meta or t.numel() == 0:
+        return False
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # no plain storage (a wrapper subclass): not ours to read this way
+        return False
+    end = t.storage_offset() + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) + 1
+    return storage.nbytes() < end * t.element_size()
+
+
 def _version(t: torch.Tensor) -> int:
     try:
         return t._version
@@ -183,6 +197,8 @@ class StatsBuffer:
         #: Sparse tensors added (described by their stored values), and tensors whose elements could not be read.
         self.sparse = 0
         self.unreadable = 0
+        self._final = False
+        self.freed = 0  # tensors whose memory was released before they could be read (FSDP2's unsharded parameters)
 
     def __len__(self) -> int:
         return len(self._done)
@@ -340,9 +356,17 @@ class StatsBuffer:
             shape = ()
         self._done[handle] = empty_stats(Meta(shape, _dtype_name(x.dtype), _device_name(x.device), 0, False))
 
+    def _unreadable_freed(self, handle: int, t: torch.Tensor, label: str | None) -> None:
+        self.freed += 1
+        name = label.lstrip("!") if label is not None else (_DTYPE_NAMES.get(t.dtype) or _dtype_name(t.dtype))
+        self._done[handle] = empty_stats(Meta(tuple(t.shape), name, _device_name(t.device), 0, False))
+
     def _add_other(self, handle: int, tensor: torch.Tensor, n: int) -> None:
         if tensor.is_meta:
             raise CaptureError(_META)
+        if _freed(tensor):
+            self._unreadable_freed(handle, tensor, None)
+            return
         x = tensor.detach()
         dtype_name = _DTYPE_NAMES.get(x.dtype) or _dtype_name(x.dtype)
         keep_values = not x.is_complex()
@@ -379,13 +403,23 @@ class StatsBuffer:
     # -- reductions ------------------------------------------------------------------
 
     def settle(self) -> None:
-        """Reduce every held tensor now; call it before any of them may be changed in place."""
+        """Reduce every held tensor now; call it before any of them may be changed in place.
+
+        A tensor whose memory is released at the moment stays held for a later call, until the
+        last one, by :meth:`materialize` (see :func:`_freed`)."""
         if not self._held:
             return
         with invisible():
             self._settle()
 
     def _settle(self) -> None:
+        freed: list[_Held] = []
+        try:
+            self._settle_held(self._final, freed)
+        finally:
+            self._held.extend(freed)  # (not counted in _held_elements: they hold no memory now)
+
+    def _settle_held(self, final: bool, freed: list[_Held]) -> None:
         held, self._held, self._held_elements, self._packed_elements = self._held, [], 0, 0
         self._small_elements = 0
         self._held_storages, self._storages_known = set(), 0
@@ -393,6 +427,12 @@ class StatsBuffer:
         packs: dict[tuple[torch.device, torch.dtype], list[tuple[int, Meta, torch.Tensor]]] = {}
         for entry in held:
             handle, t, version, label = entry
+            if _freed(t):
+                if final:
+                    self._unreadable_freed(handle, t, label)
+                else:  # (freed between uses: FSDP2 gathers a parameter again for the backward; read it then)
+                    freed.append(entry)
+                continue
             if t.is_cpu and not self._accelerator_path:
                 groups.setdefault((t.shape, t.dtype, t.device, label), []).append(entry)
                 continue
@@ -522,7 +562,11 @@ class StatsBuffer:
             return self._materialize()
 
     def _materialize(self) -> list[TensorStats]:
-        self.settle()
+        self._final = True  # a tensor whose memory is released now is described as unreadable
+        try:
+            self.settle()
+        finally:
+            self._final = False
         self._packed.finish(self._done)
         for h, source, shape in self._same_as:
             s = self._done[source]

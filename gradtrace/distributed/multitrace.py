@@ -1,0 +1,202 @@
+"""Every rank's trace of one step in one container, and its JSON (no torch here).
+
+The multi-rank file (``"format": "gradtrace-multirank"``) holds, per rank,
+that rank's whole single-rank trace (the ``gradtrace-trace`` document,
+unchanged) and what the collective did to each parameter's gradient::
+
+    {"format": "gradtrace-multirank", "version": 1, "world_size": 2, "step": 1,
+     "ranks": [{"rank": 0, "local_rank": 0,
+                "trace": {"format": "gradtrace-trace", ...},
+                "collective": [{"node": "param0", "op": "all_reduce",
+                                "shape": [3, 4], "placements": "",
+                                "reduced": {<TensorStats>}}, ...]},
+               {"rank": 1, ...}]}
+
+In each rank's trace the gradient of a parameter node is that rank's local
+gradient, before the collective; ``collective`` gives, per parameter node,
+the gradient after it: DDP's all-reduced average (``op`` ``all_reduce``,
+the whole tensor, the same on every rank), or FSDP2's reduce-scattered
+shard (``op`` ``reduce_scatter``: ``reduced`` describes this rank's shard
+only, ``shape`` is the parameter's full logical shape and ``placements``
+the DTensor placements, as ``str(dtensor.placements)``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import GradtraceError
+from ..records import TensorStats, TraceFileError, _field, _int, _list, _obj, _str
+from ..steptrace import Trace
+
+if TYPE_CHECKING:
+    from ..diagnose import Finding
+
+__all__ = ["COLLECTIVE_OPS", "MULTI_FORMAT", "MULTI_VERSION", "CollectiveGrad", "MultiTrace", "RankTrace"]
+
+MULTI_FORMAT = "gradtrace-multirank"
+MULTI_VERSION = 1
+#: What reduced a parameter's gradient across ranks: DDP's all-reduce (every rank ends with the whole
+#: average) or FSDP2's reduce-scatter (every rank ends with its shard of it).
+COLLECTIVE_OPS = ("all_reduce", "reduce_scatter")
+#: More ranks than this is not a file gradtrace wrote (and a bound on what a hostile file makes us build).
+MAX_RANKS = 65536
+
+
+@dataclass(frozen=True)
+class CollectiveGrad:
+    """A parameter's gradient after the collective, on one rank.
+
+    ``node`` is the parameter's key in that rank's trace; ``shape`` its full
+    logical shape; ``reduced`` the statistics of the reduced gradient this
+    rank holds (for ``reduce_scatter``, its shard only); ``placements`` the
+    DTensor placements of a sharded gradient, ``""`` otherwise.
+
+    >>> CollectiveGrad("param0", "all_reduce", (3,), None).sharded
+    False
+    """
+
+    node: str
+    op: str
+    shape: tuple[int, ...]
+    reduced: TensorStats | None
+    placements: str = ""
+
+    @property
+    def sharded(self) -> bool:
+        """True when ``reduced`` describes this rank's shard, not the whole gradient."""
+        return self.op == "reduce_scatter"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "op": self.op, "shape": list(self.shape), "placements": self.placements,
+                "reduced": None if self.reduced is None else self.reduced.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> CollectiveGrad:
+        d = _obj(d, where)
+        op = _str(_field(d, "op", where), f"{where} op")
+        if op not in COLLECTIVE_OPS:
+            raise TraceFileError(f"{where} op: expected one of {list(COLLECTIVE_OPS)}, found {op!r}")
+        shape = _list(_field(d, "shape", where), f"{where} shape")
+        reduced = _field(d, "reduced", where)
+        return cls(node=_str(_field(d, "node", where), f"{where} node"), op=op,
+                   shape=tuple(_int(n, f"{where} shape[{i}]") for i, n in enumerate(shape)),
+                   reduced=None if reduced is None else TensorStats.from_dict(reduced, f"{where} reduced"),
+                   placements=_str(d.get("placements", ""), f"{where} placements"))
+
+
+@dataclass(frozen=True, eq=False)
+class RankTrace:
+    """One rank's step: its trace (local gradients) and its parameters' gradients after the collective."""
+
+    rank: int
+    trace: Trace
+    collective: tuple[CollectiveGrad, ...] = ()
+    local_rank: int = 0
+
+    def reduced(self, key: str) -> CollectiveGrad | None:
+        """The collective record of parameter node ``key``, or None (not reduced, or not a parameter)."""
+        return next((c for c in self.collective if c.node == key), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "local_rank": self.local_rank, "trace": self.trace.to_dict(),
+                "collective": [c.to_dict() for c in self.collective]}
+
+
+@dataclass(frozen=True, eq=False)
+class MultiTrace:
+    """One training step on every rank of a distributed run (torchrun), rank 0 first.
+
+    >>> m = MultiTrace.from_json(open("step.json").read())      # doctest: +SKIP
+    >>> m.world_size, m.trace(1).loss                            # doctest: +SKIP
+    (2, 'op0')
+    >>> [f.message for f in m.findings()]                        # doctest: +SKIP
+    """
+
+    ranks: tuple[RankTrace, ...]
+    step: int = 1
+    world_size: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        if not self.ranks:
+            raise GradtraceError("a multi-rank trace needs at least one rank")
+        numbers = [r.rank for r in self.ranks]
+        if numbers != sorted(set(numbers)):
+            raise GradtraceError(f"the ranks of a multi-rank trace must be distinct and in order, got {numbers}")
+        if not self.world_size:
+            object.__setattr__(self, "world_size", len(self.ranks))
+        if numbers[-1] >= self.world_size:
+            raise GradtraceError(f"rank {numbers[-1]} is not below the world size {self.world_size}")
+        for r in self.ranks:
+            keys = {n.key for n in r.trace.nodes}
+            for c in r.collective:
+                if c.node not in keys:
+                    raise GradtraceError(f"rank {r.rank}: the collective record names node {c.node!r}, "
+                                         "which that rank's trace does not have")
+
+    def trace(self, rank: int) -> Trace:
+        """The trace of ``rank``."""
+        for r in self.ranks:
+            if r.rank == rank:
+                return r.trace
+        raise KeyError(f"no rank {rank} in this trace (ranks {[r.rank for r in self.ranks]})")
+
+    def findings(self) -> list[tuple[int, Finding]]:
+        """Each rank's own findings, then the cross-rank ones: ``(rank, finding)``, the rank whose node the
+        finding is about. See :mod:`gradtrace.distributed.findings`."""
+        from .findings import cross_rank_findings
+
+        out: list[tuple[int, Finding]] = [(r.rank, f) for r in self.ranks for f in r.trace.diagnose()]
+        return out + cross_rank_findings(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": MULTI_FORMAT, "version": MULTI_VERSION, "world_size": self.world_size, "step": self.step,
+                "ranks": [r.to_dict() for r in self.ranks]}
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Every rank as one JSON document (valid JSON: NaN and infinities are written as strings)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> MultiTrace:
+        """Load a multi-rank file; untrusted input, checked as strictly as a single trace
+        (each rank's trace by :meth:`Trace.from_json`'s rules), a GradtraceError saying where and why."""
+        from ..tracefile import read_multi_trace
+
+        return read_multi_trace(cls, text)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> MultiTrace:
+        """Build from a parsed document (see :meth:`from_json`); raises TraceFileError naming the field."""
+        from ..tracefile import trace_from_dict
+
+        d = _obj(d, "the document")
+        world = _int(_field(d, "world_size", "the document"), "world_size", minimum=1)
+        if world > MAX_RANKS:
+            raise TraceFileError(f"world_size: {world} ranks is more than gradtrace writes (at most {MAX_RANKS})")
+        step = _int(d.get("step", 1), "step", minimum=1)
+        ranks_in = _list(_field(d, "ranks", "the document"), "ranks")
+        if not ranks_in:
+            raise TraceFileError("ranks: expected at least one rank, found an empty list")
+        if len(ranks_in) > world:
+            raise TraceFileError(f"ranks: {len(ranks_in)} ranks for a world_size of {world}")
+        ranks = []
+        for i, r in enumerate(ranks_in):
+            where = f"ranks[{i}]"
+            r = _obj(r, where)
+            rank = _int(_field(r, "rank", where), f"{where} rank")
+            if rank >= world:
+                raise TraceFileError(f"{where} rank: {rank} is not below world_size {world}")
+            if ranks and rank <= ranks[-1].rank:
+                raise TraceFileError(f"{where} rank: {rank} comes after rank {ranks[-1].rank} (ranks are listed once each, in order)")
+            trace = trace_from_dict(Trace, _field(r, "trace", where), f"{where} trace")
+            coll = tuple(CollectiveGrad.from_dict(c, f"{where} collective[{j}]")
+                         for j, c in enumerate(_list(r.get("collective", []), f"{where} collective")))
+            keys = {n.key for n in trace.nodes}
+            for j, c in enumerate(coll):
+                if c.node not in keys:
+                    raise TraceFileError(f"{where} collective[{j}] node: {c.node!r} is not the key of any node of rank {rank}'s trace")
+            ranks.append(RankTrace(rank, trace, coll, _int(r.get("local_rank", 0), f"{where} local_rank")))
+        return cls(tuple(ranks), step, world)
