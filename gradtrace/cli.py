@@ -347,7 +347,7 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
         multi = _run_ranks(ranks, script, script_args, step, run_to_end, fmt=fmt, stdout_busy=stdout_busy)
         if multi is None:
             return  # not rank 0: its trace went to rank 0, which writes
-        from .distributed.output import collective_table, has_rank_selector, rank_path, write_multi
+        from .distributed.output import collective_table, rank_path, write_multi
 
         if text_table:
             click.echo(f"rank 0 of {multi.world_size} (the other ranks: -o FILE.json or FILE.html holds them all)")
@@ -364,9 +364,6 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
             raise click.ClickException(str(e)) from None
         world = multi.world_size
         if fmt in ("json", "html"):
-            if fmt == "html" and not has_rank_selector():
-                click.echo("gradtrace: this page shows rank 0 only (this gradtrace has no rank-selector page yet); "
-                           "-o FILE.json holds every rank", err=True)
             total = sum(len(r.trace.nodes) for r in multi.ranks)
             click.echo(f"gradtrace: wrote {'standard output' if to_stdout else shown} ({world} rank{'s' if world != 1 else ''}, "
                        f"{total} nodes in all, step {step})", err=True)

@@ -5,6 +5,7 @@ test_distributed_runs.py."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -287,18 +288,16 @@ def test_cli_refuses_nproc_per_node_under_torchrun(monkeypatch: pytest.MonkeyPat
     assert result.exit_code == 2 and "under torchrun, leave it out" in result.output
 
 
-def test_html_is_one_page_for_every_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_html_is_one_page_for_every_rank() -> None:
     from gradtrace.distributed.output import multi_html
-    from gradtrace.render import html
 
     m = _multi()
-    seen = []
-    monkeypatch.setattr(html, "to_html_multi", lambda traces, options: seen.append(list(traces)) or "<page>", raising=False)
-    assert multi_html(m, RenderOptions()) == "<page>"
-    assert [(label, t) for label, t in seen[0]] == [("rank 0", m.ranks[0].trace), ("rank 1", m.ranks[1].trace)]
-    # Until the rank-selector page is merged: rank 0's own page.
-    monkeypatch.delattr(html, "to_html_multi")
-    assert multi_html(m, RenderOptions()) == html.to_html(m.ranks[0].trace, RenderOptions())
+    page = multi_html(m, RenderOptions())
+    # One page, every rank's trace in it, under its label (the rank selector's options).
+    data = json.loads(re.search(r'<script type="application/json" id="gradtrace-data">(.*?)</script>', page, re.S).group(1))
+    assert [t["label"] for t in data["traces"]] == ["rank 0", "rank 1"]
+    nodes = [{n["k"] for n in t["data"]["nodes"]} for t in data["traces"]]
+    assert nodes == [{n.key for n in r.trace.nodes} for r in m.ranks]
 
 
 def test_rank_0_failing_does_not_wait_for_the_others(store: dist.TCPStore) -> None:

@@ -19,23 +19,13 @@ from ..render.options import RenderOptions
 from ..render.output import encode, write_bytes, write_counted
 from .multitrace import MultiTrace
 
-__all__ = ["collective_table", "has_rank_selector", "multi_html", "rank_path", "reduced_norm", "write_multi"]
-
-
-def has_rank_selector() -> bool:
-    """Whether the HTML page can show every rank (``render.html.to_html_multi``); else it shows rank 0."""
-    from ..render import html
-
-    return getattr(html, "to_html_multi", None) is not None
+__all__ = ["collective_table", "multi_html", "rank_path", "reduced_norm", "write_multi"]
 
 
 def multi_html(multi: MultiTrace, options: RenderOptions) -> str:
     """The replay page of every rank, with a rank selector."""
-    from ..render import html
+    from ..render.html import to_html_multi
 
-    to_html_multi = getattr(html, "to_html_multi", None)
-    if to_html_multi is None:  # (until the rank-selector page is merged: rank 0's page; the lead removes this)
-        return html.to_html(multi.trace(multi.ranks[0].rank), options)
     return str(to_html_multi([(f"rank {r.rank}", r.trace) for r in multi.ranks], options))
 
 
