@@ -186,7 +186,7 @@ class TensorStats:
         numel = _int(_field(d, "numel", where), f"{where} numel")
         if values is not None and (not isinstance(values, list) or len(values) != numel):
             raise _bad(f"{where} values", f"null or a list of numel={numel} numbers", values)
-        return cls(
+        stats = cls(
             shape=tuple(_int(n, f"{where} shape[{i}]") for i, n in enumerate(shape)),
             dtype=_str(_field(d, "dtype", where), f"{where} dtype"),
             device=_str(_field(d, "device", where), f"{where} device"),
@@ -202,6 +202,21 @@ class TensorStats:
                 _float_from_json(_not_null(v, f"{where} values[{i}]"), f"{where} values[{i}]")
                 for i, v in enumerate(_list(values, f"{where} values"))),
         )
+        stats._check_domain(where)
+        return stats
+
+    def _check_domain(self, where: str) -> None:
+        """What no tensor can have: a negative norm or spread, a minimum above the maximum, more NaN and
+        inf elements than elements. (A loaded file's numbers feed ratios and logarithms downstream.)"""
+        for name in ("std", "norm"):
+            x = getattr(self, name)
+            if x is not None and x < 0:  # (NaN loads: traces written before statistics skipped NaN elements hold it)
+                raise _bad(f"{where} {name}", "a number >= 0, 'inf', 'nan' or null (a norm or spread is never negative)", x)
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise TraceFileError(f"{where}: min {self.min!r} is above max {self.max!r} (expected min <= max)")
+        if self.nan + self.inf > self.numel:
+            raise TraceFileError(f"{where}: nan + inf = {self.nan + self.inf} is more than numel={self.numel} "
+                                 "(they count elements of the tensor)")
 
 
 _STATS_FIELDS = tuple(TensorStats.__dataclass_fields__)

@@ -2,7 +2,8 @@
 
 Every way a document can be wrong (not JSON, nested too deep, a wrong type, a
 missing field, a duplicate key, a number out of range, an edge to no node, an
-output index the node does not have, a cycle) becomes one
+output index the node does not have, an edge given twice, a cycle, a
+negative norm) becomes one
 :class:`~gradtrace.errors.GradtraceError` that says where, what was found and
 what was expected. What loads renders: the graph is a DAG over known nodes.
 """
@@ -53,7 +54,12 @@ def _check_graph(nodes: tuple[TraceNode, ...], edges: tuple[TraceEdge, ...], los
         raise TraceFileError(f"loss: {loss!r} is not the key of any node")
     succ: dict[str, list[str]] = {k: [] for k in by_key}
     indegree = dict.fromkeys(by_key, 0)
+    seen_edges: set[tuple[str, str, int]] = set()
     for i, e in enumerate(edges):
+        if (e.src, e.dst, e.output) in seen_edges:  # (an output used twice by one node is one edge with uses=2)
+            raise TraceFileError(f"edges[{i}] ({e.src!r} -> {e.dst!r}, output {e.output}) is given twice "
+                                 "(one edge per output and consumer; its 'uses' counts repeated use)")
+        seen_edges.add((e.src, e.dst, e.output))
         for end in (e.src, e.dst):
             if end not in by_key:
                 raise TraceFileError(f"edges[{i}] ({e.src!r} -> {e.dst!r}): no node has the key {end!r}")

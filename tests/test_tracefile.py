@@ -92,6 +92,13 @@ CASES = [
     (lambda d: d["optimizer"].pop("name"), ["optimizer", "'name'", "missing"]),
     (lambda d: d.update(optimizer="SGD"), ["optimizer", "JSON object"]),
     (lambda d: d["nodes"].__setitem__(0, "op0"), ["nodes[0]", "JSON object"]),
+    # Numbers outside what a tensor can have: downstream they feed logarithms and ratios (diff crashed on a negative norm).
+    (lambda d: _node(d)["values"][0].update(norm=-1.0), ["values[0] norm", ">= 0", "-1.0"]),
+    (lambda d: _node(d)["values"][0].update(std=-0.5), ["values[0] std", ">= 0", "-0.5"]),
+    (lambda d: _node(d)["values"][0].update(norm="-inf"), ["values[0] norm", ">= 0", "-inf"]),
+    (lambda d: _node(d)["values"][0].update(min=5.0, max=1.0), ["min 5.0 is above max 1.0"]),
+    (lambda d: _node(d)["values"][0].update(nan=2**40), ["nan + inf", "more than numel"]),
+    (lambda d: d["edges"].append(copy.deepcopy(d["edges"][0])), ["edges[", "twice", "one edge"]),
 ]
 
 
