@@ -143,7 +143,14 @@ def test_two_ranks_of_a_multi_rank_file(files, tmp_path):
     assert r.exit_code == EXIT_USAGE and "needs a multi-rank file" in r.output
     (tmp_path / "broken.json").write_text('{"format": "gradtrace-multirank", "ranks": [{"rank": 0, "trace": {"nodes": 1}}]}')
     r = run(tmp_path / "broken.json", files / "a.json", "--rank-a", 0)
-    assert r.exit_code == EXIT_USAGE and "not a gradtrace trace" in r.output
+    assert r.exit_code == EXIT_USAGE and "is not a trace gradtrace can read" in r.output and "multi-rank" in r.output
+    # The whole file is checked, not only the rank asked for: rank 1's collective record names no node.
+    doc = json.loads(multi.read_text())
+    doc["ranks"][1]["collective"] = [{"node": "ghost", "op": "all_reduce", "shape": [1],
+                                      "reduced": None}]
+    (tmp_path / "ghost.json").write_text(json.dumps(doc))
+    r = run(tmp_path / "ghost.json", files / "a.json", "--rank-a", 0)
+    assert r.exit_code == EXIT_USAGE and "'ghost'" in r.output, r.output
 
 
 @pytest.mark.dot

@@ -147,6 +147,10 @@ _DELETE = object()
     (("ranks", 0, "collective", 0, "reduced"), {"shape": []}, ["ranks[0] collective[0] reduced"]),
     (("ranks", 0, "collective"), "all", ["ranks[0] collective", "JSON array"]),
     (("ranks", 0, "local_rank"), True, ["ranks[0] local_rank"]),
+    # What no real capture writes: fewer ranks than the world, a record contradicting its parameter.
+    (("world_size",), 5, ["2 ranks for a world_size of 5", "every rank"]),
+    (("ranks", 0, "collective", 0, "shape"), [3, 3], ["ranks[0] collective[0] shape", "[3, 3]", "is not the shape"]),
+    (("ranks", 0, "collective", 0, "reduced", "norm"), -2.0, ["ranks[0] collective[0] reduced norm", ">= 0"]),
 ])
 def test_a_malformed_multi_rank_file_is_a_clear_error(path: tuple, value: object, words: list[str]) -> None:
     doc = _multi().to_dict()
@@ -154,6 +158,13 @@ def test_a_malformed_multi_rank_file_is_a_clear_error(path: tuple, value: object
         MultiTrace.from_json(_edit(doc, path, value))
     for w in words:
         assert w in str(e.value)
+
+
+def test_a_parameter_with_two_collective_records_is_refused() -> None:
+    doc = _multi().to_dict()
+    doc["ranks"][0]["collective"].append(doc["ranks"][0]["collective"][0])
+    with pytest.raises(GradtraceError, match=r"ranks\[0\] collective\[\d+\] node: .* two collective records"):
+        MultiTrace.from_json(json.dumps(doc))
 
 
 @pytest.mark.parametrize("text", ["", "[]", '{"format": "gradtrace-multirank"}', '{"format": "gradtrace-multirank", "version": true}',

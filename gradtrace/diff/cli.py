@@ -46,41 +46,37 @@ def load_trace(path: str, param: str, rank: int | None = None) -> Trace:
         raise click.BadParameter(f"cannot read {path!r}: {e.strerror or e}", param_hint=param) from None
     try:
         ranked = _rank_trace(data, rank, param)
-        return Trace.from_json(ranked if ranked is not None else data)
+        return ranked if ranked is not None else Trace.from_json(data)
     except GradtraceError as e:
         raise click.BadParameter(f"{path!r} is not a trace gradtrace can read: {e} "
                                  f"(write one with `gradtrace render SCRIPT -o step.json` or Trace.render('step.json'))",
                                  param_hint=param) from None
 
 
-def _rank_trace(data: bytes, rank: int | None, param: str) -> str | None:
-    """The JSON of rank ``rank``'s trace when ``data`` is a multi-rank file, else None (a single
-    trace; ``rank`` must then be None). Each rank's trace is then checked like any trace file."""
-    import json
+def _rank_trace(data: bytes, rank: int | None, param: str) -> Trace | None:
+    """Rank ``rank``'s trace when ``data`` is a multi-rank file, else None (a single trace; ``rank``
+    must then be None). The whole multi-rank file is checked by its own loader, the same one
+    ``MultiTrace.from_json`` uses: a file is valid or not whichever rank is asked for."""
+    from ..distributed.multitrace import MultiTrace
+    from ..tracefile import _parse
 
     option = f"--rank-{param.lower()}"
     if b'"gradtrace-multirank"' not in data[:4096] and rank is None:
         return None  # (the format field comes first in files gradtrace writes; Trace.from_json checks the rest)
-    from ..tracefile import _parse
-
     doc = _parse(data)
     if not isinstance(doc, dict) or doc.get("format") != MULTI_FORMAT:
         if rank is None:
             return None
         raise GradtraceError(f"{option} {rank} needs a multi-rank file (\"format\": \"{MULTI_FORMAT}\", written under "
                              "torchrun); this file holds one trace")
-    ranks = doc.get("ranks")
-    if not isinstance(ranks, list) or not all(isinstance(r, dict) for r in ranks):
-        raise GradtraceError("malformed multi-rank file: \"ranks\" must be a list of objects")
-    numbers = [r.get("rank") for r in ranks]
+    multi = MultiTrace.from_json(data)
+    numbers = [r.rank for r in multi.ranks]
+    listed = f"{numbers[:16]}{' …' if len(numbers) > 16 else ''}"
     if rank is None:
-        raise GradtraceError(f"it holds the traces of ranks {numbers[:16]}{' …' if len(numbers) > 16 else ''}: "
-                             f"choose one with {option} K")
-    for r in ranks:
-        if r.get("rank") == rank and not isinstance(r.get("rank"), bool):
-            return json.dumps(r.get("trace"), allow_nan=False)
-    raise GradtraceError(f"{option} {rank}: the file holds no rank {rank} (its ranks: {numbers[:16]}"
-                         f"{' …' if len(numbers) > 16 else ''})")
+        raise GradtraceError(f"it holds the traces of ranks {listed}: choose one with {option} K")
+    if rank not in numbers:
+        raise GradtraceError(f"{option} {rank}: the file holds no rank {rank} (its ranks: {listed})")
+    return multi.trace(rank)
 
 
 def _check_factor(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

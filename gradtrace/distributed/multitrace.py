@@ -180,8 +180,9 @@ class MultiTrace:
         ranks_in = _list(_field(d, "ranks", "the document"), "ranks")
         if not ranks_in:
             raise TraceFileError("ranks: expected at least one rank, found an empty list")
-        if len(ranks_in) > world:
-            raise TraceFileError(f"ranks: {len(ranks_in)} ranks for a world_size of {world}")
+        if len(ranks_in) != world:  # (rank 0 writes a file only when every rank sent its trace)
+            raise TraceFileError(f"ranks: {len(ranks_in)} rank{'s' if len(ranks_in) != 1 else ''} for a world_size of "
+                                 f"{world} (a multi-rank file holds every rank's trace)")
         ranks = []
         for i, r in enumerate(ranks_in):
             where = f"ranks[{i}]"
@@ -194,9 +195,18 @@ class MultiTrace:
             trace = trace_from_dict(Trace, _field(r, "trace", where), f"{where} trace")
             coll = tuple(CollectiveGrad.from_dict(c, f"{where} collective[{j}]")
                          for j, c in enumerate(_list(r.get("collective", []), f"{where} collective")))
-            keys = {n.key for n in trace.nodes}
+            nodes = {n.key: n for n in trace.nodes}
+            named: set[str] = set()
             for j, c in enumerate(coll):
-                if c.node not in keys:
+                if c.node not in nodes:
                     raise TraceFileError(f"{where} collective[{j}] node: {c.node!r} is not the key of any node of rank {rank}'s trace")
+                if c.node in named:
+                    raise TraceFileError(f"{where} collective[{j}] node: {c.node!r} has two collective records "
+                                         "(one per parameter)")
+                named.add(c.node)
+                shapes = [v.shape for v in nodes[c.node].values if v is not None]
+                if shapes and c.shape != shapes[0]:
+                    raise TraceFileError(f"{where} collective[{j}] shape: {list(c.shape)} is not the shape of parameter "
+                                         f"{c.node!r}, {list(shapes[0])} (the record describes that parameter's gradient)")
             ranks.append(RankTrace(rank, trace, coll, _int(r.get("local_rank", 0), f"{where} local_rank")))
         return cls(tuple(ranks), step, world)
