@@ -70,6 +70,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, _Run]:
         ("fsdp", ["render", str(SCRIPTS / "dist_fsdp.py"), "-o", "step.json"], False),
         ("nan", ["check", "--json", str(SCRIPTS / "dist_nan.py")], True),
         ("fail", ["render", str(SCRIPTS / "dist_fail.py"), "-o", "step.json", "--rank-timeout", "60"], False),
+        ("hang", ["render", str(SCRIPTS / "dist_hang.py"), "-o", "step.json", "--rank-timeout", "5"], True),
     ]:
         (base / name).mkdir()
         started[name] = _Run(args, base / name, launcher)
@@ -184,3 +185,12 @@ def test_one_rank_failing_ends_every_rank_with_the_rank_named(runs: dict[str, _R
     assert "rank 1 could not load its batch" in err  # the script's own traceback, from rank 1
     assert "rank 1" in err and "no step to trace" in err
     assert not (runs["fail"].cwd / "step.json").exists()
+
+
+def test_a_hanging_rank_ends_the_run_after_the_rank_timeout(runs: dict[str, _Run]) -> None:
+    # Rank 1 sleeps an hour before its step. Rank 0 gives up after --rank-timeout and must end with a failure
+    # status: exiting 0 (as a launched rank 0 does when every rank is done) left torchrun waiting on rank 1.
+    rc, out, err = runs["hang"].result()
+    assert rc == 1, err[-2000:]
+    assert "rank 1 did not finish its step within 5 s" in err
+    assert not (runs["hang"].cwd / "step.json").exists()

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from ..errors import GradtraceError
 
-__all__ = ["STATUS_FILE_VAR", "launch", "record_status", "without_option"]
+__all__ = ["STATUS_FILE_VAR", "all_ranks_done", "launch", "record_status", "without_option"]
 
 #: The environment variable naming the file where rank 0 writes its exit status for the launcher.
 STATUS_FILE_VAR = "GRADTRACE_STATUS_FILE"
@@ -66,8 +66,23 @@ def launch(nproc: int, gradtrace_argv: Sequence[str]) -> int:
             return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 
+_ALL_RANKS_DONE = False
+
+
+def all_ranks_done() -> None:
+    """Say that every rank sent its trace (rank 0 has them all): no rank is left running its step.
+
+    Until then rank 0 ends with its real status: when a rank failed, hangs, or waits in a collective
+    for a rank that failed, a non-zero exit of rank 0 is the one signal on which torchrun stops them."""
+    global _ALL_RANKS_DONE
+    _ALL_RANKS_DONE = True
+
+
 def record_status(code: object) -> bool:
-    """On rank 0 of a launched run, leave the exit status for :func:`launch`; True when it was left."""
+    """On rank 0 of a launched run, leave the exit status for :func:`launch`; True when it was left and
+    rank 0 may exit 0 (torchrun then prints no failure page of its own for a verdict such as check's 3).
+    False unless every rank sent its trace (:func:`all_ranks_done`): a clean exit of rank 0 would leave
+    torchrun waiting on a rank that hangs."""
     path = os.environ.get(STATUS_FILE_VAR)
     if not path or os.environ.get("RANK", "0") != "0":
         return False
@@ -79,4 +94,4 @@ def record_status(code: object) -> bool:
             f.write(str(status))
     except OSError:
         return False
-    return True
+    return _ALL_RANKS_DONE

@@ -35,6 +35,9 @@ def run_rank(info: RankInfo, run: Callable[[Callable[[Any], None]], Trace], step
     payloads = exchange(info, payload, None, timeout)
     if payloads is None:
         return None
+    from .launch import all_ranks_done
+
+    all_ranks_done()  # (rank 0 may now exit 0 under --nproc-per-node: no rank is left waiting)
     doc = {"format": MULTI_FORMAT, "version": MULTI_VERSION, "world_size": info.world_size, "step": step,
            "ranks": [json.loads(p) for p in payloads]}
     return MultiTrace.from_dict(doc)
