@@ -320,7 +320,13 @@ EXIT_HEALTHY, EXIT_ALARM, EXIT_USAGE, EXIT_WARNING, EXIT_NO_STEP = 0, 1, 2, 3, 5
 @main.command()
 @_script_options
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON instead of a table. Either way the script's own prints go to standard error.")
-def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -> None:
+@click.option("--every-step", is_flag=True,
+              help="Run the whole training with a cheap sentinel on every step (loss, gradients, update ratio); at the first "
+                   "broken step, print it and write that step's full trace (see docs/watch.md).")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
+              help="With --every-step: where to write the broken step's trace (format from the suffix; default "
+                   "SCRIPT-stepK.html).")
+def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, every_step: bool, output: str | None) -> None:
     """Run SCRIPT like `render` does and report where gradients vanish, explode or turn NaN.
 
     Each finding has a severity: an alarm (NaN or inf, named where it starts:
@@ -342,10 +348,31 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool) -
       130 interrupted (Ctrl-C); a step recorded before it is checked first
 
     \b
+    With --every-step (the whole run, a sentinel on every optimizer step):
+      0  every step was healthy and the script ran to its end
+      1  a step went wrong (loss, gradients non-finite, or the update larger
+         than the weights): its number and finding are printed and its full
+         trace is written (the script is re-run to that step and checked to
+         reproduce it)
+      5  no broken step, but the script raised, exited non-zero or made no
+         step (its message or traceback is printed)
+      2, 70 and 130 as above; 3 is not used
+
+    \b
     Examples:
         gradtrace check train.py
         gradtrace check train.py --step 10 --json
+        gradtrace check train.py --every-step -o first_bad.html
     """
+    if every_step:
+        if step != 1:
+            raise click.UsageError("--step and --every-step do not go together: --every-step checks every step")
+        from .watch.cli import check_every_step
+
+        check_every_step(script, script_args, output, as_json)
+        return
+    if output is not None:
+        raise click.UsageError("-o/--output is for --every-step (the broken step's trace); check alone prints its findings")
     try:
         trace = _run(script, script_args, step, False)
     except click.ClickException as e:  # no step was traced: that is not "NaN found" (exit 1)
@@ -400,3 +427,52 @@ def _printable_finding(f: Any) -> Any:
     changes = {name: printable(getattr(f, name)) for name in ("message", "module", "hint")
                if isinstance(getattr(f, name, None), str)}
     return dataclasses.replace(f, **changes)
+
+
+@main.command("watch", context_settings={"ignore_unknown_options": False})
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
+              help="File to write: .html (the offline page), .json or .csv. Default: SCRIPT's name with .html.")
+@click.option("--format", "fmt", type=click.Choice(("html", "json", "csv")), default=None,
+              help="Output format. Default: from OUTPUT's suffix, else html.")
+@click.option("--every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Sample every Nth optimizer step. Default: adaptive, so the sampled steps add about 3 % to the run.")
+@click.option("--steps", "steps", default=None, metavar="A:B", help="Sample only steps A to B (e.g. 100:200, 100:).")
+@click.option("--trace-steps", "trace_steps", default=None, metavar="N,M,...",
+              help="Embed the full trace of these steps (e.g. 1,100,1000).")
+@click.option("--no-alarm-trace", is_flag=True,
+              help="Do not check every step's loss and gradients, nor re-run the script to trace the first step with an alarm.")
+def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: str | None, every: int | None, steps: str | None,
+          trace_steps: str | None, no_alarm_trace: bool) -> None:
+    """Run SCRIPT to its end and record the training's history, every N steps.
+
+    Per module (output RMS, non-finite outputs, gradient norm) and per
+    parameter (gradient norm and RMS, value norm, update ratio |dw|/|w|,
+    non-finite gradients), the loss, the learning rates, gradient clipping
+    and GradScaler's skipped steps. A step is an optimizer step() (see
+    docs/watch.md for accumulation, several optimizers, no optimizer). The
+    first step with an alarm gets its full trace (the script is run again to
+    it). Arguments for the script follow SCRIPT; put those that look like
+    options after `--`.
+
+    \b
+    Examples:
+        gradtrace watch train.py                        # writes train.html
+        gradtrace watch train.py -o run.json --every 10
+        gradtrace watch train.py -o run.csv --steps 100:200
+        gradtrace watch train.py --trace-steps 1,100 -- --epochs 5
+
+    \b
+    Exit status:
+        0    the history was written (alarms are in it; they do not change the status)
+        N    the script's own non-zero status, passed through, after the history is written
+        1    gradtrace could not write the history (the script made no step), or the script raised
+             (its traceback is printed after the history is written)
+        2    usage error (a bad option, a missing script)
+        70   internal error: a bug in gradtrace (its traceback is printed)
+        130  interrupted (Ctrl-C)
+    """
+    from .watch.cli import parse_steps, parse_trace_steps, run_watch
+
+    run_watch(script, script_args, output, fmt, every, parse_steps(steps), parse_trace_steps(trace_steps), not no_alarm_trace)
