@@ -440,8 +440,6 @@ class Watcher:
                                     f"{scale * scaler.get_backoff_factor():g}", "module": None, "param": None,
                             "optimizer": o.name})
         o.pre = o.before = o.sentinel_pre = None
-        self._micro.clear()
-        self._micro_calls.clear()
         self._end_step(o, o.count, False)
 
     def _drop_pseudo(self) -> None:
