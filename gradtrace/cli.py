@@ -367,7 +367,7 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, e
     if every_step:
         if step != 1:
             raise click.UsageError("--step and --every-step do not go together: --every-step checks every step")
-        from .watch.cli import check_every_step
+        from .watching.cli import check_every_step
 
         check_every_step(script, script_args, output, as_json)
         return
@@ -473,6 +473,6 @@ def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: st
         70   internal error: a bug in gradtrace (its traceback is printed)
         130  interrupted (Ctrl-C)
     """
-    from .watch.cli import parse_steps, parse_trace_steps, run_watch
+    from .watching.cli import parse_steps, parse_trace_steps, run_watch
 
     run_watch(script, script_args, output, fmt, every, parse_steps(steps), parse_trace_steps(trace_steps), not no_alarm_trace)

@@ -13,7 +13,8 @@ from torch import nn
 
 import gradtrace
 from gradtrace.errors import GradtraceError
-from gradtrace.watch import History, watch
+from gradtrace import watch
+from gradtrace.watching import History
 
 from .watch_schema import validate
 
@@ -268,8 +269,8 @@ def test_steps_range_and_history_formats(tmp_path):
 
 
 def test_trace_steps_embed_the_full_trace_of_that_step():
-    from gradtrace.watch.engine import Watcher
-    from gradtrace.watch.assemble import assemble_history
+    from gradtrace.watching.engine import Watcher
+    from gradtrace.watching.assemble import assemble_history
 
     model = mlp()
     twin = copy.deepcopy(model)
@@ -295,3 +296,10 @@ def test_trace_steps_embed_the_full_trace_of_that_step():
     i = h.steps.index(3)
     assert close(h.loss[i], loss.item())
     assert gradtrace.Trace  # (the embedded trace is a gradtrace.Trace)
+
+
+def test_gradtrace_watch_is_the_function_after_the_package_is_imported():
+    import gradtrace.watching.engine  # noqa: F401  (a submodule import sets the package as an attribute of gradtrace)
+
+    assert gradtrace.watch is watch and callable(gradtrace.watch) and "watch" in gradtrace.__all__
+    assert gradtrace.watch.__module__ == "gradtrace.watching"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from gradtrace import Trace
-from gradtrace.watch import History
+from gradtrace.watching import History
 
 from .watch_schema import validate
 

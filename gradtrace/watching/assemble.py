@@ -1,4 +1,4 @@
-"""Turn what a :class:`~gradtrace.watch.engine.Watcher` read to the host into the history document."""
+"""Turn what a :class:`~gradtrace.watching.engine.Watcher` read to the host into the history document."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Run a user's unmodified script under a :class:`~gradtrace.watch.engine.Watcher`, as ``python SCRIPT ARGS`` would.
+"""Run a user's unmodified script under a :class:`~gradtrace.watching.engine.Watcher`, as ``python SCRIPT ARGS`` would.
 
 The same process set-up as ``gradtrace render`` (:mod:`gradtrace._script_process`):
 ``__name__ == "__main__"``, the script's ``sys.argv``, its folder on ``sys.path``,

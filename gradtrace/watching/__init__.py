@@ -1,4 +1,6 @@
-"""Watch a whole training run: statistics every N steps, and a sentinel that finds the first broken step.
+"""Watch a whole training run (``gradtrace.watch``, ``gradtrace watch``, ``gradtrace check --every-step``).
+
+Statistics every N steps, and a sentinel that finds the first broken step.
 
 >>> with gradtrace.watch(model, every=10) as w:        # doctest: +SKIP
 ...     for x, y in loader:

@@ -5,7 +5,7 @@ again from outside it (the batch, the closure over the loss, the data
 iterator's state all live in the user's frames), so "record what a replay
 needs" would mean copying the model, the optimizer state and the RNG states
 every step *and* still not having a way to run the step again. A fresh run
-with the same seeds (see :func:`gradtrace.watch.runner.seed_everything`)
+with the same seeds (see :func:`gradtrace.watching.runner.seed_everything`)
 reaches the same step with nothing copied during the first run; its cost is
 paid once, and only when something went wrong. ``benchmarks/watch_bench.py``
 measures what a per-step snapshot of the parameters and optimizer state
@@ -72,7 +72,7 @@ def replay_step(script: str, args: Sequence[str], backward_call: int, step: int,
     with tempfile.TemporaryDirectory(prefix="gradtrace-replay-") as tmp:
         out = os.path.join(tmp, "replay.json")
         spec = json.dumps({"script": os.path.abspath(script), "args": list(args), "backward_call": backward_call, "out": out})
-        proc = subprocess.run([sys.executable, "-c", "from gradtrace.watch.replay import _child; _child()", spec],
+        proc = subprocess.run([sys.executable, "-c", "from gradtrace.watching.replay import _child; _child()", spec],
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if not os.path.exists(out):
             tail = proc.stdout.decode("utf-8", "replace")[-4000:]
