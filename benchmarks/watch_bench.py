@@ -144,12 +144,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small models (a dry run)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="gpt,resnet", help="which rows: gpt, resnet or both (comma-separated)")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, {args.steps} steps, median of {args.repeats}")
     names = ["plain", "watch default", "watch every 1", "check sentinel", "+ activations", "snapshot"]
     print(f"{'model':<26}" + "".join(f"{n:>16}" for n in names))
+    chosen = set(args.models.split(","))
     for label, build in (("gpt-like 6L×512 s128 b4", gpt), ("resnet-18-like 128px b8", resnet)):
+        if build.__name__ not in chosen:
+            continue
         if args.quick:
             label = label.split()[0] + " (quick)"
         t = measure(build, device, args.quick, args.steps, args.repeats)

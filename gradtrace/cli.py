@@ -442,7 +442,7 @@ def _printable_finding(f: Any) -> Any:
 @click.option("--trace-steps", "trace_steps", default=None, metavar="N,M,...",
               help="Embed the full trace of these steps (e.g. 1,100,1000).")
 @click.option("--no-alarm-trace", is_flag=True,
-              help="Do not check every step's loss and gradients, nor re-run the script to trace the first step with an alarm.")
+              help="Do not re-run the script to embed the full trace of the first step with an alarm.")
 def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: str | None, every: int | None, steps: str | None,
           trace_steps: str | None, no_alarm_trace: bool) -> None:
     """Run SCRIPT to its end and record the training's history, every N steps.

@@ -303,3 +303,50 @@ def test_gradtrace_watch_is_the_function_after_the_package_is_imported():
 
     assert gradtrace.watch is watch and callable(gradtrace.watch) and "watch" in gradtrace.__all__
     assert gradtrace.watch.__module__ == "gradtrace.watching"
+
+
+def test_sentinel_finds_the_first_broken_step_of_each_kind():
+    from gradtrace.watching.engine import Watcher
+
+    # no optimizer: the loss of step 7 is NaN (a sqrt of a value that went negative)
+    w_ = torch.tensor([3.0], requires_grad=True)
+    with Watcher(sentinel=True, sample=False) as w:
+        for step in range(1, 12):
+            loss = torch.sqrt(w_ - 0.5 * step + 0.25).sum()
+            loss.backward()
+            w_.grad = None
+    oracle = next(s for s in range(1, 12) if not math.isfinite(torch.sqrt(torch.tensor([3.0]) - 0.5 * s + 0.25).item()))
+    assert w.alarm is not None and (w.alarm.step, w.alarm.backward_call) == (oracle, oracle) == (7, 7)
+    assert w.alarm.text == "loss is NaN"
+    assert len(w.fingerprints) == 11  # every step, read in one batch at the end
+
+    # the update larger than the weights: SGD with an absurd learning rate at step 4
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ratios = []
+    with Watcher(model, sentinel=True, sample=False) as w:
+        for step in range(1, 7):
+            opt.param_groups[0]["lr"] = 1e4 if step == 4 else 0.01
+            opt.zero_grad()
+            x, y = data(step)
+            F.cross_entropy(model(x), y).backward()
+            before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+            opt.step()
+            after = torch.cat([p.detach().flatten() for p in model.parameters()])
+            ratios.append(((after - before).norm() / before.norm()).item())
+    first = next(i + 1 for i, r in enumerate(ratios) if r > 1)
+    assert first == 4 and w.alarm is not None and w.alarm.step == 4 and "update ratio" in w.alarm.text
+    assert math.isclose(float(w.alarm.text.split("= ")[1].split(" ")[0]), ratios[3], rel_tol=1e-2)
+
+    # the loss finite, a gradient not: an inf in the data of step 2 (tanh saturates in the forward)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with Watcher(model, sentinel=True, sample=False) as w:
+        for step in range(1, 4):
+            opt.zero_grad()
+            x, y = data(step)
+            if step == 2:
+                x[0, 0] = math.inf
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert w.alarm is not None and w.alarm.step == 2 and w.alarm.text.startswith("gradients are not finite")

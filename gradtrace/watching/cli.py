@@ -82,7 +82,9 @@ def run_watch(script: str, script_args: tuple[str, ...], output: str | None, fmt
         except ImportError:
             raise click.ClickException("the watch page (gradtrace.render.watch_html) is not in this gradtrace: "
                                        "write -o RUN.json or -o RUN.csv") from None
-    watcher = Watcher(every=every, steps=steps, sentinel=alarm_trace, trace_steps=trace_steps, script=Path(script).name)
+    # No sentinel here: its per-step reductions would cost more than watch's budget. Every step's loss is kept
+    # anyway, which finds a loss going non-finite at its exact step; gradients and outputs are checked on samples.
+    watcher = Watcher(every=every, steps=steps, trace_steps=trace_steps, script=Path(script).name)
     try:
         outcome = run_watched(script, script_args, watcher, stdout_to_stderr=_is_stdout(output), keep_alive=True)
     except GradtraceError as e:
@@ -94,21 +96,24 @@ def run_watch(script: str, script_args: tuple[str, ...], output: str | None, fmt
                                    "nothing to watch")
     traces: dict[int, dict[str, Any]] = dict(watcher.traces)
     extra: list[dict[str, Any]] = []
-    first_bad = watcher.alarm
-    if alarm_trace and first_bad is not None and first_bad.step not in traces:
+    alarms = [e for e in watcher.alarm_events() if e["kind"] == "alarm"]
+    first = min(alarms, key=lambda e: e["step"]) if alarms else None
+    call = watcher.call_to_trace(first["step"]) if first is not None else None
+    if alarm_trace and first is not None and call is not None and first["step"] not in traces:
         from .replay import replay_step
 
-        click.echo(f"gradtrace: step {first_bad.step} raised an alarm ({first_bad.text}); running "
-                   f"{Path(script).name} again to trace it", err=True)
+        step = first["step"]
+        click.echo(f"gradtrace: step {step} raised an alarm ({first['text']}); running {Path(script).name} again to "
+                   f"trace it (backward() call {call})", err=True)
         try:
-            replayed = replay_step(script, script_args, first_bad.backward_call, first_bad.step, watcher.fingerprints)
-            traces[first_bad.step] = replayed.trace.to_dict()
+            replayed = replay_step(script, script_args, call, step, watcher.loss_fingerprints())
+            traces[step] = replayed.trace.to_dict()
             if replayed.mismatch:
-                extra.append({"step": first_bad.step, "kind": "warning", "module": None, "param": None,
+                extra.append({"step": step, "kind": "warning", "module": None, "param": None,
                               "text": f"the re-run that traced this step differed from the watched run ({replayed.mismatch}): "
                                       "the script is not deterministic, and the trace may not be of the same numbers"})
         except GradtraceError as e:
-            extra.append({"step": first_bad.step, "kind": "warning", "module": None, "param": None,
+            extra.append({"step": step, "kind": "warning", "module": None, "param": None,
                           "text": f"could not trace this step: {e}"})
     history = assemble_history(watcher, traces, extra_events=extra)
     try:

@@ -142,7 +142,11 @@ class Watcher:
         self._host_rows: list[tuple[_Row, list[float]]] = []
         self._module_rows: dict[int, dict[str, tuple[float, float]]] = {}
         self._module_dev: list[tuple[int, str, torch.Tensor, int]] = []
-        self._loss_dev: list[tuple[int, torch.Tensor]] = []
+        self._loss_dev: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        #: The backward() calls of each step of the lead optimizer (host ints), to trace a step's right call later.
+        self.step_calls: dict[int, list[int]] = {}
+        #: The micro-steps' losses of the steps whose loss was not finite.
+        self.bad_micro_losses: dict[int, list[float]] = {}
         self.loss_all: list[tuple[int, float]] = []
         self._clip_dev: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._clip_now: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -397,6 +401,12 @@ class Watcher:
         if sampled:
             self._record_pre(o, params, step)
             self._record_post(o, step, [None])
+        if self.sentinel:
+            if params:
+                with torch.no_grad(), invisible():
+                    gn = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm([p.grad for p in params])]))
+                o.sentinel_pre = [gn, gn]
+            self._sentinel_row(o, step)
         self._end_step(o, step, sampled)
 
     def _opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -450,6 +460,8 @@ class Watcher:
         self.fingerprints = [r for r in self.fingerprints if r[1] != "backward"]
         self.sampled, self._module_dev, self._loss_dev, self.loss_all = [], [], [], []
         self._module_rows.clear()
+        self.step_calls.clear()
+        self.bad_micro_losses.clear()
         self._pseudo.count = 0
         self._next_sample = self.first
         self._forward_on = True
@@ -465,14 +477,14 @@ class Watcher:
             gn = [n.float() for n in torch._foreach_norm(grads)]
             bad = [torch.logical_not(torch.isfinite(g)).sum().float() for g in grads]
             wn = [n.float() for n in torch._foreach_norm([p.detach() for p in params])]
-            if o.before is None:
+            if o.before is None and o is not self._pseudo:
                 o.before = [p.detach().clone() for p in params]
             o.pre = [*gn, *bad, *wn]
 
     def _record_post(self, o: _Opt, step: int, lrs: list[float | None]) -> None:
         params, pre, before = o.params, o.pre or [], o.before
         with torch.no_grad(), invisible():
-            if params and before is not None and o.ref is not None:
+            if params and before is not None and o is not self._pseudo:
                 dn = [n.float() for n in torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], before))]
             else:
                 dn = [torch.full((), math.nan) for _ in params]
@@ -503,6 +515,8 @@ class Watcher:
                 dn = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(
                     torch._foreach_sub([p.detach() for p in o.params], o.before))]))
                 row = torch.stack([loss, gn, dn / wn])
+            elif o.sentinel_pre is not None:  # no optimizer: no update to measure
+                row = torch.stack([loss, o.sentinel_pre[0], torch.zeros(())])
             else:
                 row = torch.stack([loss, torch.zeros(()), torch.zeros(())])
             micro = torch.stack(self._micro) if self._micro else None
@@ -514,7 +528,9 @@ class Watcher:
     def _end_step(self, o: _Opt, step: int, sampled: bool) -> None:
         if o.name in ("opt0", "backward") and self._micro:
             with torch.no_grad(), invisible():
-                self._loss_dev.append((step, torch.stack(self._micro).mean()))
+                micro = torch.stack(self._micro)
+                self._loss_dev.append((step, micro.mean(), micro))
+            self.step_calls[step] = list(self._micro_calls)
             if len(self._loss_dev) >= BATCH:
                 self._read_losses()
         self._micro = []
@@ -556,8 +572,29 @@ class Watcher:
     def _read_losses(self) -> None:
         losses, self._loss_dev = self._loss_dev, []
         if losses:
-            values = torch.stack([v for _, v in losses]).cpu().tolist()
-            self.loss_all.extend((s, v) for (s, _), v in zip(losses, values))
+            values = torch.stack([v for _, v, _ in losses]).cpu().tolist()
+            self.loss_all.extend((s, v) for (s, _, _), v in zip(losses, values))
+            for (s, _, micro), v in zip(losses, values):
+                if not math.isfinite(v):
+                    self.bad_micro_losses[s] = micro.cpu().tolist()
+
+    def call_to_trace(self, step: int) -> int | None:
+        """The ``backward()`` call whose full trace shows what went wrong at ``step`` of the lead optimizer: the first
+        micro-step whose loss is not finite, else the step's last (its gradients are the sum of all micro-steps')."""
+        calls = self.step_calls.get(step)
+        if not calls:
+            return None
+        micro = self.bad_micro_losses.get(step)
+        if micro is not None:
+            for call, loss in zip(calls, micro):
+                if not math.isfinite(loss):
+                    return call
+        return calls[-1]
+
+    def loss_fingerprints(self) -> list[tuple[int, str, float, float | None]]:
+        """(step, lead optimizer, loss, None) of every step: what a re-run's sentinel must reproduce, bit for bit."""
+        lead = "backward" if self._no_optimizer else "opt0"
+        return [(s, lead, v, None) for s, v in self.loss_all]
 
     def _read_sentinel(self) -> None:
         rows, self._sentinel_dev = self._sentinel_dev, []

@@ -35,7 +35,7 @@ from ..steptrace import Trace
 
 __all__ = ["Replayed", "compare_fingerprints", "replay_step"]
 
-Fingerprint = tuple[int, str, float, float]
+Fingerprint = tuple[int, str, float, "float | None"]  # (step, optimizer, loss, total gradient norm or None)
 
 
 @dataclass
@@ -61,7 +61,7 @@ def compare_fingerprints(first: Sequence[Fingerprint], again: Sequence[Fingerpri
         (l1, g1), (l2, g2) = a[key], b[key]
         if _bits(l1) != _bits(l2):
             return f"step {key[0]}: loss {l1!r} in the first run, {l2!r} in the re-run"
-        if _bits(g1) != _bits(g2):
+        if g1 is not None and g2 is not None and _bits(g1) != _bits(g2):
             return f"step {key[0]}: total gradient norm {g1!r} in the first run, {g2!r} in the re-run"
     return None
 
