@@ -350,3 +350,18 @@ def test_sentinel_finds_the_first_broken_step_of_each_kind():
             F.cross_entropy(model(x), y).backward()
             opt.step()
     assert w.alarm is not None and w.alarm.step == 2 and w.alarm.text.startswith("gradients are not finite")
+
+
+def test_sentinel_quiet_on_weights_that_start_at_zero():
+    """A teaching example starts from w = 0: ‖Δw‖/‖w‖ is no ratio there, and no alarm."""
+    from gradtrace.watching.engine import Watcher
+
+    w_ = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.SGD([w_], lr=0.1)
+    x, y = torch.randn(16, 3), torch.randn(16)
+    with Watcher(sentinel=True, sample=False) as w:
+        for _ in range(20):
+            opt.zero_grad()
+            ((x @ w_ - y) ** 2).mean().backward()
+            opt.step()
+    assert w.alarm is None and len(w.fingerprints) == 20

@@ -514,11 +514,11 @@ class Watcher:
                 gn, wn = o.sentinel_pre
                 dn = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(
                     torch._foreach_sub([p.detach() for p in o.params], o.before))]))
-                row = torch.stack([loss, gn, dn / wn])
+                row = torch.stack([loss, gn, dn, wn])
             elif o.sentinel_pre is not None:  # no optimizer: no update to measure
-                row = torch.stack([loss, o.sentinel_pre[0], torch.zeros(())])
+                row = torch.stack([loss, o.sentinel_pre[0], torch.zeros(()), torch.zeros(())])
             else:
-                row = torch.stack([loss, torch.zeros(()), torch.zeros(())])
+                row = torch.stack([loss, torch.zeros(()), torch.zeros(()), torch.zeros(())])
             micro = torch.stack(self._micro) if self._micro else None
         self._sentinel_dev.append((step, o.name, list(self._micro_calls) or [self.backward_calls], row, micro))
         o.before = o.sentinel_pre = None
@@ -602,7 +602,7 @@ class Watcher:
             return
         values = torch.stack([r[3] for r in rows]).cpu().tolist()
         micro = [r[4].cpu().tolist() if r[4] is not None else [] for r in rows]
-        for (step, opt, calls, _, _), (loss, gn, ratio), losses in zip(rows, values, micro):
+        for (step, opt, calls, _, _), (loss, gn, dn, wn), losses in zip(rows, values, micro):
             self.fingerprints.append((step, opt, loss, gn))
             if self.alarm is not None:
                 continue
@@ -615,8 +615,10 @@ class Watcher:
                     text += f" (micro-step {calls.index(first) + 1} of {len(calls)})"
             elif not math.isfinite(gn):
                 text = f"gradients are not finite (total gradient norm {_word(gn)})"
-            elif not math.isfinite(ratio) or ratio > UPDATE_RATIO_ALARM:
-                text = (f"update ratio |dw|/|w| = {ratio:.3g} over all parameters of {opt}: the step changed the weights "
+            elif not math.isfinite(dn):
+                text = f"the weights of {opt} are not finite after its step"
+            elif wn > 0 and dn / wn > UPDATE_RATIO_ALARM:  # (weights all zero, as a teaching example starts: no ratio)
+                text = (f"update ratio |dw|/|w| = {dn / wn:.3g} over all parameters of {opt}: the step changed the weights "
                         "by more than their own size")
             if text is not None:
                 self.alarm = Alarm(step, text, call, opt)
