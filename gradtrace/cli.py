@@ -433,7 +433,8 @@ def _printable_finding(f: Any) -> Any:
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
-              help="File to write: .html (the offline page), .json or .csv. Default: SCRIPT's name with .html.")
+              help="File to write: .html (the offline page), .json or .csv ('-': JSON on standard output, the script's "
+                   "prints then go to standard error). Default: SCRIPT's name with .html.")
 @click.option("--format", "fmt", type=click.Choice(("html", "json", "csv")), default=None,
               help="Output format. Default: from OUTPUT's suffix, else html.")
 @click.option("--every", type=click.IntRange(min=1), default=None, metavar="N",

@@ -176,3 +176,11 @@ def test_watch_passes_the_script_status_through_after_writing(tmp_path):
     assert [round(x, 6) for x in d["loss"]] == [2.0, round(2 * 0.8 ** 2, 6), round(2 * 0.64 ** 2, 6)]
     proc = gradtrace_cli("watch", script, "-o", tmp_path / "run.txt", cwd=tmp_path)
     assert proc.returncode == 2 and ".json" in proc.stderr
+
+
+def test_watch_to_standard_output(tmp_path):
+    proc = gradtrace_cli("watch", SCRIPTS / "healthy.py", "-o", "-", "--every", "5", "--", "12", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)  # only the history on stdout: the script's print went to stderr
+    validate(d)
+    assert d["steps"] == [1, 6, 11] and "final loss" in proc.stderr

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import GradtraceError
-from .history import WATCH_FORMATS, watch_format_for
+from .history import watch_format_for
 
 __all__ = ["check_every_step", "parse_steps", "parse_trace_steps", "run_watch"]
 
@@ -54,6 +54,8 @@ def parse_trace_steps(value: str | None) -> tuple[int, ...]:
 
 
 def _target(output: str | None, fmt: str | None, script: str, default_fmt: str) -> tuple[Path, str, str]:
+    if output == "-":  # standard output: JSON unless --format says otherwise
+        return Path("-"), fmt or "json", "standard output"
     if output is None:
         fmt = fmt or default_fmt
         shown = f"{Path(script).stem}.{fmt}"
@@ -86,7 +88,8 @@ def run_watch(script: str, script_args: tuple[str, ...], output: str | None, fmt
     # anyway, which finds a loss going non-finite at its exact step; gradients and outputs are checked on samples.
     watcher = Watcher(every=every, steps=steps, trace_steps=trace_steps, script=Path(script).name)
     try:
-        outcome = run_watched(script, script_args, watcher, stdout_to_stderr=_is_stdout(output), keep_alive=True)
+        outcome = run_watched(script, script_args, watcher, stdout_to_stderr=output == "-" or _is_stdout(output),
+                              keep_alive=True)
     except GradtraceError as e:
         raise click.ClickException(str(e)) from None
     if watcher.steps_run == 0 and not watcher.backward_calls:
@@ -117,7 +120,11 @@ def run_watch(script: str, script_args: tuple[str, ...], output: str | None, fmt
                           "text": f"could not trace this step: {e}"})
     history = assemble_history(watcher, traces, extra_events=extra)
     try:
-        history.save(target, fmt)
+        if str(target) == "-":
+            sys.stdout.write({"json": history.to_json, "csv": history.to_csv, "html": history.to_html}[fmt]())
+            sys.stdout.flush()
+        else:
+            history.save(target, fmt)
     except (GradtraceError, OSError) as e:
         raise click.ClickException(f"cannot write {shown!r}: {e}") from None
     sampled = len(history.steps)
@@ -227,5 +234,3 @@ def _is_stdout(path: str | None) -> bool:
 
     return is_stdout(path)
 
-
-WATCH_FORMAT_CHOICES = WATCH_FORMATS
