@@ -318,7 +318,7 @@ def test_sentinel_finds_the_first_broken_step_of_each_kind():
     oracle = next(s for s in range(1, 12) if not math.isfinite(torch.sqrt(torch.tensor([3.0]) - 0.5 * s + 0.25).item()))
     assert w.alarm is not None and (w.alarm.step, w.alarm.backward_call) == (oracle, oracle) == (7, 7)
     assert w.alarm.text == "loss is NaN"
-    assert len(w.fingerprints) == 11  # every step, read in one batch at the end
+    assert len(w.fingerprints) == 11  # every step
 
     # the update larger than the weights: SGD with an absurd learning rate at step 4
     model = mlp()

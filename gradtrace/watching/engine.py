@@ -522,7 +522,8 @@ class Watcher:
             micro = torch.stack(self._micro) if self._micro else None
         self._sentinel_dev.append((step, o.name, list(self._micro_calls) or [self.backward_calls], row, micro))
         o.before = o.sentinel_pre = None
-        if len(self._sentinel_dev) >= BATCH:
+        # On the CPU reading is free (nothing to wait for): the script is stopped right after the broken step.
+        if len(self._sentinel_dev) >= BATCH or row.device.type == "cpu":
             self._read_sentinel()
 
     def _end_step(self, o: _Opt, step: int, sampled: bool) -> None:
