@@ -47,12 +47,12 @@ from torch.optim import optimizer as optimizer_hooks
 from ..errors import GradtraceError
 from ..recorder.intercept import install
 from ..recorder.stats import invisible
+from .patches import patch_clip, patch_scaler
+from .sentinel import BATCH, Alarm, Sentinel, word
 from .tracing import StepTracer
 
-__all__ = ["BATCH", "BUDGET", "Alarm", "Watcher"]
+__all__ = ["BATCH", "BUDGET", "Alarm", "Watcher"]  # (Alarm: from .sentinel, named here too)
 
-#: Steps whose device statistics are read to the host at once.
-BATCH = 32
 #: The share of a plain run the adaptive sampling aims to add (under the 5 % target).
 BUDGET = 0.03
 #: Period of the adaptive sampling before the first measurement.
@@ -60,18 +60,6 @@ START_EVERY = 10
 MAX_EVERY = 1000
 #: The default sampling never takes more than about one step in ``1 + step // THIN``.
 THIN = 500
-#: The sentinel's update-ratio alarm: the whole update larger than the weights themselves.
-UPDATE_RATIO_ALARM = 1.0
-
-
-@dataclass
-class Alarm:
-    """The first step the sentinel found broken: step number, what, and the ``backward()`` call to trace."""
-
-    step: int
-    text: str
-    backward_call: int
-    optimizer: str | None = None
 
 
 @dataclass
@@ -120,8 +108,7 @@ class Watcher:
         self._period = every if every is not None else START_EVERY
         self.first, self.last = steps
         self.sample = sample
-        self.sentinel = sentinel
-        self.on_alarm = on_alarm
+        self.sentinel = Sentinel(on_alarm) if sentinel else None
         self.trace_steps = set(trace_steps)
         self.tracer = StepTracer(self.trace_steps) if trace_steps else None
         self.names: dict[int, str] = {}  # id(module) -> path
@@ -152,10 +139,6 @@ class Watcher:
         self._clip_now: tuple[torch.Tensor, torch.Tensor] | None = None
         self.clip: dict[int, tuple[float, float]] = {}
         self.events: list[dict[str, Any]] = []
-        self.fingerprints: list[tuple[int, str, float, float]] = []  # sentinel: (step, opt, loss, grad norm)
-        self._sentinel_dev: list[tuple[int, str, list[int], torch.Tensor, torch.Tensor | None]] = []
-        self.alarm: Alarm | None = None
-        self._alarm_told = False
         self._step_times: list[float] = []
         self._sample_extra: list[float] = []
         self._last_boundary: float | None = None
@@ -184,8 +167,8 @@ class Watcher:
             self._undo.append(h.remove)
             self._real_backward = torch.autograd.backward
             self._undo.append(install(torch.autograd, "backward", self._backward))
-            self._patch_scaler()
-            self._patch_clip()
+            self._undo.extend(patch_scaler(self))
+            self._undo.extend(patch_clip(self))
         except BaseException:
             self.close()
             raise
@@ -205,6 +188,26 @@ class Watcher:
                 u()
             except Exception:  # remove all the rest whatever one of them does
                 pass
+
+    @property
+    def alarm(self) -> Alarm | None:
+        """The sentinel's first broken step (None: none, or no sentinel)."""
+        return self.sentinel.alarm if self.sentinel is not None else None
+
+    @property
+    def fingerprints(self) -> list[tuple[int, str, float, float]]:
+        """The sentinel's (step, optimizer, loss, total gradient norm) of every step so far."""
+        return self.sentinel.fingerprints if self.sentinel is not None else []
+
+    @property
+    def on_alarm(self) -> Callable[[Alarm], None] | None:
+        return self.sentinel.on_alarm if self.sentinel is not None else None
+
+    @on_alarm.setter
+    def on_alarm(self, fn: Callable[[Alarm], None] | None) -> None:
+        if self.sentinel is None:
+            raise GradtraceError("on_alarm needs the sentinel: Watcher(..., sentinel=True)")
+        self.sentinel.on_alarm = fn
 
     @property
     def traces(self) -> dict[int, dict[str, Any]]:
@@ -230,49 +233,6 @@ class Watcher:
         self._scaled.clear()
         self._micro.clear()
         self._pending_modules.clear()
-
-    def _patch_scaler(self) -> None:
-        scaler_cls = torch.amp.GradScaler
-        real_scale, real_step = scaler_cls.scale, scaler_cls.step
-        watcher = self
-
-        def scale(scaler: Any, outputs: Any) -> Any:
-            out = real_scale(scaler, outputs)
-            if isinstance(outputs, torch.Tensor) and isinstance(out, torch.Tensor) and out.numel() == 1:
-                watcher._scaled[id(out)] = (weakref.ref(out), outputs.detach())
-            return out
-
-        def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
-            watcher._in_scaler_step.append(optimizer)
-            o = watcher._opt(optimizer)
-            o.stepped_in_scaler = False
-            try:
-                return real_step(scaler, optimizer, *args, **kwargs)
-            finally:
-                watcher._in_scaler_step.pop()
-                if not o.stepped_in_scaler and scaler.is_enabled():
-                    watcher._skipped(o, scaler)
-
-        self._undo.append(install(scaler_cls, "scale", scale))
-        self._undo.append(install(scaler_cls, "step", step))
-
-    def _patch_clip(self) -> None:
-        real = torch.nn.utils.clip_grad_norm_
-        watcher = self
-
-        def clip_grad_norm_(parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> torch.Tensor:
-            total = real(parameters, max_norm, *args, **kwargs)
-            if isinstance(total, torch.Tensor):
-                with torch.no_grad(), invisible():
-                    t = total.detach().float()
-                    coef = torch.clamp(float(max_norm) / (t + 1e-6), max=1.0)
-                    watcher._clip_now = (t, t * coef)
-            return total
-
-        self._undo.append(install(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_))
-        import torch.nn.utils.clip_grad as clip_module
-
-        self._undo.append(install(clip_module, "clip_grad_norm_", clip_grad_norm_))
 
     # -- names ---------------------------------------------------------------------
 
@@ -401,11 +361,8 @@ class Watcher:
         if sampled:
             self._record_pre(o, params, step)
             self._record_post(o, step, [None])
-        if self.sentinel:
-            if params:
-                with torch.no_grad(), invisible():
-                    gn = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm([p.grad for p in params])]))
-                o.sentinel_pre = [gn, gn]
+        if self.sentinel is not None:
+            o.sentinel_pre = self.sentinel.before_step(params, weights=False)
             self._sentinel_row(o, step)
         self._end_step(o, step, sampled)
 
@@ -419,13 +376,9 @@ class Watcher:
         step = o.count + 1
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None and not p.grad.is_sparse]
         o.params = params
-        if self.sentinel and params:
-            with torch.no_grad(), invisible():
-                grads = [p.grad for p in params]
-                gn = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
-                wn = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm([p.detach() for p in params])]))
-                o.before = [p.detach().clone() for p in params]
-                o.sentinel_pre = [gn, wn]
+        if self.sentinel is not None and params:
+            o.sentinel_pre = self.sentinel.before_step(params)
+            o.before = [p.detach().clone() for p in params]
         if self.is_sampled(step):
             self._record_pre(o, params, step)
 
@@ -438,7 +391,7 @@ class Watcher:
         if sampled:
             lrs = [_lr(g) for g in opt.param_groups]
             self._record_post(o, step, lrs)
-        if self.sentinel:
+        if self.sentinel is not None:
             self._sentinel_row(o, step)
         self._end_step(o, step, sampled)
 
@@ -456,8 +409,8 @@ class Watcher:
         # An optimizer stepped after all: the backward() calls before it were micro-steps, not steps.
         self._rows = [r for r in self._rows if r.opt != "backward"]
         self._host_rows = [r for r in self._host_rows if r[0].opt != "backward"]
-        self._sentinel_dev = [r for r in self._sentinel_dev if r[1] != "backward"]
-        self.fingerprints = [r for r in self.fingerprints if r[1] != "backward"]
+        if self.sentinel is not None:
+            self.sentinel.drop("backward")
         self.sampled, self._module_dev, self._loss_dev, self.loss_all = [], [], [], []
         self._module_rows.clear()
         self.step_calls.clear()
@@ -502,29 +455,15 @@ class Watcher:
             self._module_dev.append((step, path, torch.stack([sq, bad]), sum(k for _, k, _ in calls)))
         self._pending_modules = {}
         o.pre = None
-        if not self.sentinel:
+        if self.sentinel is None:
             o.before = None
         if len(self._rows) >= BATCH:
             self._read_rows()
 
     def _sentinel_row(self, o: _Opt, step: int) -> None:
-        with torch.no_grad(), invisible():
-            loss = torch.stack(self._micro).mean() if self._micro else torch.zeros(())
-            if o.sentinel_pre is not None and o.before is not None:
-                gn, wn = o.sentinel_pre
-                dn = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(
-                    torch._foreach_sub([p.detach() for p in o.params], o.before))]))
-                row = torch.stack([loss, gn, dn, wn])
-            elif o.sentinel_pre is not None:  # no optimizer: no update to measure
-                row = torch.stack([loss, o.sentinel_pre[0], torch.zeros(()), torch.zeros(())])
-            else:
-                row = torch.stack([loss, torch.zeros(()), torch.zeros(()), torch.zeros(())])
-            micro = torch.stack(self._micro) if self._micro else None
-        self._sentinel_dev.append((step, o.name, list(self._micro_calls) or [self.backward_calls], row, micro))
+        self.sentinel.after_step(step, o.name, list(self._micro_calls) or [self.backward_calls], self._micro, o.params,
+                                 o.before, o.sentinel_pre)
         o.before = o.sentinel_pre = None
-        # On the CPU reading is free (nothing to wait for): the script is stopped right after the broken step.
-        if len(self._sentinel_dev) >= BATCH or row.device.type == "cpu":
-            self._read_sentinel()
 
     def _end_step(self, o: _Opt, step: int, sampled: bool) -> None:
         if o.name in ("opt0", "backward") and self._micro:
@@ -547,8 +486,8 @@ class Watcher:
         """Read every statistic still on the device (one copy per kind)."""
         self._read_rows()
         self._read_losses()
-        if self.sentinel:
-            self._read_sentinel()
+        if self.sentinel is not None:
+            self.sentinel.read()
 
     def _read_rows(self) -> None:
         rows, self._rows = self._rows, []
@@ -597,36 +536,6 @@ class Watcher:
         lead = "backward" if self._no_optimizer else "opt0"
         return [(s, lead, v, None) for s, v in self.loss_all]
 
-    def _read_sentinel(self) -> None:
-        rows, self._sentinel_dev = self._sentinel_dev, []
-        if not rows:
-            return
-        values = torch.stack([r[3] for r in rows]).cpu().tolist()
-        micro = [r[4].cpu().tolist() if r[4] is not None else [] for r in rows]
-        for (step, opt, calls, _, _), (loss, gn, dn, wn), losses in zip(rows, values, micro):
-            self.fingerprints.append((step, opt, loss, gn))
-            if self.alarm is not None:
-                continue
-            text, call = None, calls[-1]
-            bad = [c for c, v in zip(calls, losses) if not math.isfinite(v)]
-            if bad or not math.isfinite(loss):
-                first = bad[0] if bad else call
-                text, call = f"loss is {_word(loss)}", first
-                if len(calls) > 1:
-                    text += f" (micro-step {calls.index(first) + 1} of {len(calls)})"
-            elif not math.isfinite(gn):
-                text = f"gradients are not finite (total gradient norm {_word(gn)})"
-            elif not math.isfinite(dn):
-                text = f"the weights of {opt} are not finite after its step"
-            elif wn > 0 and dn / wn > UPDATE_RATIO_ALARM:  # (weights all zero, as a teaching example starts: no ratio)
-                text = (f"update ratio |dw|/|w| = {dn / wn:.3g} over all parameters of {opt}: the step changed the weights "
-                        "by more than their own size")
-            if text is not None:
-                self.alarm = Alarm(step, text, call, opt)
-        if self.alarm is not None and not self._alarm_told and self.on_alarm is not None:
-            self._alarm_told = True
-            self.on_alarm(self.alarm)
-
     # -- the result -----------------------------------------------------------------------
 
     def alarm_events(self) -> list[dict[str, Any]]:
@@ -635,7 +544,7 @@ class Watcher:
         seen_loss = False
         for step, loss in self.loss_all:
             if not math.isfinite(loss) and not seen_loss:
-                events.append({"step": step, "kind": "alarm", "text": f"loss is {_word(loss)}", "module": None, "param": None})
+                events.append({"step": step, "kind": "alarm", "text": f"loss is {word(loss)}", "module": None, "param": None})
                 seen_loss = True
         names = self.param_names()
         for r, values in self._host_rows:
@@ -676,10 +585,6 @@ def _any_optimizer() -> bool:
 
     base = torch.optim.Optimizer
     return any(issubclass(type(o), base) for o in gc.get_objects())  # (type(): no lazy module's __getattr__ runs)
-
-
-def _word(x: float) -> str:
-    return "NaN" if math.isnan(x) else "inf" if x > 0 else "-inf" if math.isinf(x) else f"{x:.3g}"
 
 
 def _module_of(param: str) -> str:
