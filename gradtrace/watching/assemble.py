@@ -6,9 +6,10 @@ import math
 from typing import Any
 
 from .engine import Watcher
+from .sentinel import word
 from .history import FORMAT, VERSION, History, json_number
 
-__all__ = ["assemble_history"]
+__all__ = ["alarm_events", "assemble_history", "param_names"]
 
 
 def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None, *,
@@ -18,7 +19,7 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
     steps = sorted(set(w.sampled))
     index = {s: i for i, s in enumerate(steps)}
     n = len(steps)
-    names = w.param_names()
+    names = param_names(w)
     shapes: dict[str, list[int]] = {}
     for m in w._modules:
         for name, p in m.named_parameters(prefix=w.names.get(id(m), "")):
@@ -116,6 +117,49 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
         data["clip"] = {"before": [json_number(w.clip[s][0]) if s in w.clip else None for s in steps],
                         "after": [json_number(w.clip[s][1]) if s in w.clip else None for s in steps]}
     return History(data)
+
+
+def alarm_events(w: Watcher) -> list[dict[str, Any]]:
+    """Alarms read off the sampled steps and every step's loss: non-finite loss, gradients, outputs."""
+    events: list[dict[str, Any]] = []
+    seen_loss = False
+    for step, loss in w.loss_all:
+        if not math.isfinite(loss) and not seen_loss:
+            events.append({"step": step, "kind": "alarm", "text": f"loss is {word(loss)}", "module": None, "param": None})
+            seen_loss = True
+    names = param_names(w)
+    for r, values in w._host_rows:
+        n = len(r.param_ids)
+        bad = [i for i in range(n) if values[n + i] > 0]
+        if bad:
+            name = names.get(r.param_ids[bad[0]], "?")
+            events.append({"step": r.step, "kind": "alarm", "param": name, "module": _module_of(name),
+                           "text": f"gradient of {name} has {int(values[n + bad[0]])} non-finite values"
+                                   + (f" ({len(bad)} parameters affected)" if len(bad) > 1 else "")})
+    for step in sorted(w._module_rows):
+        for path, (_, bad) in w._module_rows[step].items():
+            if bad > 0:
+                events.append({"step": step, "kind": "alarm", "module": path, "param": None,
+                               "text": f"output of {path or 'the model'} has {int(bad)} non-finite values"})
+                break
+    return events
+
+
+def param_names(w: Watcher) -> dict[int, str]:
+    """id(parameter) -> its name: the models' own names, else ``opt0.group0.param3`` (a tensor only an optimizer holds)."""
+    names: dict[int, str] = {}
+    for m in w._modules:
+        prefix = w.names.get(id(m), "")
+        for name, p in m.named_parameters(prefix=prefix):
+            names.setdefault(id(p), name)
+    for o in w.opts.values():
+        opt = o.ref()
+        if opt is None:
+            continue
+        for gi, g in enumerate(opt.param_groups):
+            for pi, p in enumerate(g["params"]):
+                names.setdefault(id(p), f"{o.name}.group{gi}.param{pi}")
+    return names
 
 
 def _module_of(param: str) -> str:

@@ -539,44 +539,16 @@ class Watcher:
     # -- the result -----------------------------------------------------------------------
 
     def alarm_events(self) -> list[dict[str, Any]]:
-        """Alarms read off the sampled steps and every step's loss: non-finite loss, gradients, outputs."""
-        events: list[dict[str, Any]] = []
-        seen_loss = False
-        for step, loss in self.loss_all:
-            if not math.isfinite(loss) and not seen_loss:
-                events.append({"step": step, "kind": "alarm", "text": f"loss is {word(loss)}", "module": None, "param": None})
-                seen_loss = True
-        names = self.param_names()
-        for r, values in self._host_rows:
-            n = len(r.param_ids)
-            bad = [i for i in range(n) if values[n + i] > 0]
-            if bad:
-                name = names.get(r.param_ids[bad[0]], "?")
-                events.append({"step": r.step, "kind": "alarm", "param": name, "module": _module_of(name),
-                               "text": f"gradient of {name} has {int(values[n + bad[0]])} non-finite values"
-                                       + (f" ({len(bad)} parameters affected)" if len(bad) > 1 else "")})
-        for step in sorted(self._module_rows):
-            for path, (_, bad) in self._module_rows[step].items():
-                if bad > 0:
-                    events.append({"step": step, "kind": "alarm", "module": path, "param": None,
-                                   "text": f"output of {path or 'the model'} has {int(bad)} non-finite values"})
-                    break
-        return events
+        """Alarms read off every step's loss and the sampled steps (see :func:`.assemble.alarm_events`)."""
+        from .assemble import alarm_events
+
+        return alarm_events(self)
 
     def param_names(self) -> dict[int, str]:
-        names: dict[int, str] = {}
-        for m in self._modules:
-            prefix = self.names.get(id(m), "")
-            for name, p in m.named_parameters(prefix=prefix):
-                names.setdefault(id(p), name)
-        for o in self.opts.values():
-            opt = o.ref()
-            if opt is None:
-                continue
-            for gi, g in enumerate(opt.param_groups):
-                for pi, p in enumerate(g["params"]):
-                    names.setdefault(id(p), f"{o.name}.group{gi}.param{pi}")
-        return names
+        """id(parameter) -> its name (the model's, else ``opt0.group0.param3``)."""
+        from .assemble import param_names
+
+        return param_names(self)
 
 
 def _any_optimizer() -> bool:
@@ -585,10 +557,6 @@ def _any_optimizer() -> bool:
 
     base = torch.optim.Optimizer
     return any(issubclass(type(o), base) for o in gc.get_objects())  # (type(): no lazy module's __getattr__ runs)
-
-
-def _module_of(param: str) -> str:
-    return param.rsplit(".", 1)[0] if "." in param else ""
 
 
 def _lr(group: dict[str, Any]) -> float | None:
