@@ -365,3 +365,10 @@ def test_sentinel_quiet_on_weights_that_start_at_zero():
             ((x @ w_ - y) ** 2).mean().backward()
             opt.step()
     assert w.alarm is None and len(w.fingerprints) == 20
+
+
+def test_no_optimizer_even_with_another_optimizer_alive():
+    """An optimizer elsewhere in the process (a notebook's earlier one) does not make this loop's backward() a micro-step."""
+    other = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    test_no_optimizer_a_step_is_a_backward()
+    assert other.param_groups  # (kept alive through the loop)

@@ -344,9 +344,10 @@ class Watcher:
                 self._micro.append(root.detach().float().reshape(()).clone())
             self._micro_calls.append(self.backward_calls)
         self._scaled.clear()
+        leaves = _graph_leaves(tensors) if self._no_optimizer is None and not self.opts else set()
         result = self._real_backward(tensors, *args, **kwargs)
         if self._no_optimizer is None:
-            self._no_optimizer = not self.opts and not _any_optimizer()
+            self._no_optimizer = not self.opts and not _optimizer_holding(leaves)
         if self._no_optimizer:  # a script without an optimizer: a step is a backward()
             self._pseudo_step()
         return result
@@ -551,12 +552,37 @@ class Watcher:
         return param_names(self)
 
 
-def _any_optimizer() -> bool:
-    """Whether any optimizer exists in the process (looked for once, at the first backward())."""
+def _graph_leaves(tensors: Any) -> set[int]:
+    """id() of the tensors a backward from ``tensors`` accumulates gradients into (walked once, at the first backward())."""
+    roots = [tensors] if isinstance(tensors, torch.Tensor) else [t for t in tensors if isinstance(t, torch.Tensor)] \
+        if isinstance(tensors, (list, tuple)) else []
+    todo = [t.grad_fn for t in roots if t.grad_fn is not None]
+    seen: set[int] = set()
+    leaves: set[int] = set()
+    while todo:  # (iterative: graphs reach tens of thousands of nodes)
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            leaves.add(id(variable))
+        todo.extend(n for n, _ in node.next_functions if n is not None)
+    return leaves
+
+
+def _optimizer_holding(leaves: set[int]) -> bool:
+    """Whether an optimizer holds any of ``leaves``: then its step(), not the backward(), ends a step. (Any other
+    optimizer alive in the process, a notebook's earlier one, says nothing about this loop.)"""
     import gc
 
     base = torch.optim.Optimizer
-    return any(issubclass(type(o), base) for o in gc.get_objects())  # (type(): no lazy module's __getattr__ runs)
+    for o in gc.get_objects():
+        if issubclass(type(o), base):  # (type(): no lazy module's __getattr__ runs)
+            groups = getattr(o, "param_groups", None) or []
+            if any(id(p) in leaves for g in groups for p in g.get("params", ())):
+                return True
+    return False
 
 
 def _lr(group: dict[str, Any]) -> float | None:
