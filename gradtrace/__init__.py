@@ -3,6 +3,7 @@
 >>> import gradtrace                                    # doctest: +SKIP
 >>> t = gradtrace.trace(net, x, loss=lambda out: F.nll_loss(out, y))   # doctest: +SKIP
 >>> t.render("step.svg")                                # doctest: +SKIP
+>>> with gradtrace.watch(model) as w: ...               # doctest: +SKIP
 
 torch is imported lazily: ``Trace.from_json`` and rendering work without it.
 """
@@ -18,6 +19,7 @@ from .steptrace import Trace
 
 if TYPE_CHECKING:
     from .recorder import Capture, capture, trace
+    from .watching import watch
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,7 @@ __all__ = [
     "__version__",
     "capture",
     "trace",
+    "watch",
 ]
 
 _CAPTURE_NAMES = ("Capture", "capture", "trace")
@@ -49,4 +52,9 @@ def __getattr__(name: str) -> Any:
         from . import recorder as _capture
 
         return getattr(_capture, name)
+    if name == "watch":
+        # (the package is gradtrace.watching: a submodule named watch would replace this function once imported)
+        from .watching import watch
+
+        return watch
     raise AttributeError(f"module 'gradtrace' has no attribute {name!r}")

@@ -237,6 +237,7 @@ def test_cli_edge_grads_flag(course, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     import gradtrace.cli
+    import gradtrace.cli._render
 
     *_, f = course
     k = keys_of(f)
@@ -244,7 +245,7 @@ def test_cli_edge_grads_flag(course, tmp_path, monkeypatch):
     script = tmp_path / "s.py"
     script.write_text("")
     for trace, flag, labelled in ((f, [], True), (f, ["--no-edge-grads"], False), (big, [], False), (big, ["--edge-grads"], True)):
-        monkeypatch.setattr(gradtrace.cli, "_run", lambda *a, t=trace, **kw: t)
+        monkeypatch.setattr(gradtrace.cli._render, "_run", lambda *a, t=trace, **kw: t)
         out = tmp_path / "o.dot"
         result = CliRunner().invoke(gradtrace.cli.main, ["render", str(script), "-o", str(out), *flag])
         assert result.exit_code == 0, result.output

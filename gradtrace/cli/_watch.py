@@ -1,0 +1,56 @@
+"""``gradtrace watch``: the whole run's history (the engine is :mod:`gradtrace.watching`)."""
+
+from __future__ import annotations
+
+import click
+
+
+
+@click.command("watch", context_settings={"ignore_unknown_options": False})
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
+              help="File to write: .html (the offline page), .json or .csv ('-': JSON on standard output, the script's "
+                   "prints then go to standard error). Default: SCRIPT's name with .html.")
+@click.option("--format", "fmt", type=click.Choice(("html", "json", "csv")), default=None,
+              help="Output format. Default: from OUTPUT's suffix, else html.")
+@click.option("--every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Sample every Nth optimizer step. Default: adaptive, so the sampled steps add about 3 % to the run.")
+@click.option("--steps", "steps", default=None, metavar="A:B", help="Sample only steps A to B (e.g. 100:200, 100:).")
+@click.option("--trace-steps", "trace_steps", default=None, metavar="N,M,...",
+              help="Embed the full trace of these steps (e.g. 1,100,1000).")
+@click.option("--no-alarm-trace", is_flag=True,
+              help="Do not re-run the script to embed the full trace of the first step with an alarm.")
+def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: str | None, every: int | None, steps: str | None,
+          trace_steps: str | None, no_alarm_trace: bool) -> None:
+    """Run SCRIPT to its end and record the training's history, every N steps.
+
+    Per module (output RMS, non-finite outputs, gradient norm) and per
+    parameter (gradient norm and RMS, value norm, update ratio |dw|/|w|,
+    non-finite gradients), the loss, the learning rates, gradient clipping
+    and GradScaler's skipped steps. A step is an optimizer step() (see
+    docs/watch.md for accumulation, several optimizers, no optimizer). The
+    first step with an alarm gets its full trace (the script is run again to
+    it). Arguments for the script follow SCRIPT; put those that look like
+    options after `--`.
+
+    \b
+    Examples:
+        gradtrace watch train.py                        # writes train.html
+        gradtrace watch train.py -o run.json --every 10
+        gradtrace watch train.py -o run.csv --steps 100:200
+        gradtrace watch train.py --trace-steps 1,100 -- --epochs 5
+
+    \b
+    Exit status:
+        0    the history was written (alarms are in it; they do not change the status)
+        N    the script's own non-zero status, passed through, after the history is written
+        1    gradtrace could not write the history (the script made no step), or the script raised
+             (its traceback is printed after the history is written)
+        2    usage error (a bad option, a missing script)
+        70   internal error: a bug in gradtrace (its traceback is printed)
+        130  interrupted (Ctrl-C)
+    """
+    from ..watching.cli import parse_steps, parse_trace_steps, run_watch
+
+    run_watch(script, script_args, output, fmt, every, parse_steps(steps), parse_trace_steps(trace_steps), not no_alarm_trace)

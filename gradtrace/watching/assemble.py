@@ -1,0 +1,172 @@
+"""Turn what a :class:`~gradtrace.watching.engine.Watcher` read to the host into the history document."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .engine import Watcher
+from .sentinel import word
+from .history import FORMAT, VERSION, History, json_number
+
+__all__ = ["alarm_events", "assemble_history", "param_names"]
+
+
+def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None, *,
+                     extra_events: list[dict[str, Any]] | None = None, plain_s: float | None = None) -> History:
+    """The history of ``w`` (closed, or flushed) with ``traces`` (step -> ``Trace.to_dict()``) embedded."""
+    w.flush()
+    steps = sorted(set(w.sampled))
+    index = {s: i for i, s in enumerate(steps)}
+    n = len(steps)
+    names = param_names(w)
+    shapes: dict[str, list[int]] = {}
+    for m in w._modules:
+        for name, p in m.named_parameters(prefix=w.names.get(id(m), "")):
+            shapes.setdefault(name, list(p.shape))
+
+    param_series: dict[str, dict[str, list[Any]]] = {}
+    loss: list[Any] = [None] * n
+    losses_by_opt: dict[str, list[Any]] = {}
+    lr: dict[str, list[Any]] = {}
+    grad_sq: dict[int, dict[str, float]] = {}  # step -> param name -> grad norm², for module norms
+    for r, values in w._host_rows:
+        if r.step not in index:
+            continue
+        i = index[r.step]
+        k = len(r.param_ids)
+        for j, pid in enumerate(r.param_ids):
+            name = names.get(pid, f"{r.opt}.param{j}")
+            gn, bad, vn, dn = values[j], values[k + j], values[2 * k + j], values[3 * k + j]
+            series = param_series.setdefault(name, {m: [None] * n for m in ("grad_norm", "grad_rms", "value_norm", "update_ratio", "grad_nonfinite")})
+            series["grad_norm"][i] = json_number(gn)
+            series["grad_rms"][i] = json_number(gn / math.sqrt(r.numels[j]) if r.numels[j] else math.nan)
+            series["value_norm"][i] = json_number(vn)
+            # (no optimizer: the change the user's own code makes is not seen; a missing sample, not a NaN)
+            ratio = None if r.opt == "backward" else dn / vn if vn else (0.0 if dn == 0 else math.inf)
+            series["update_ratio"][i] = json_number(ratio)
+            series["grad_nonfinite"][i] = int(bad) if math.isfinite(bad) else None
+            grad_sq.setdefault(r.step, {})[name] = gn * gn
+        row_loss = values[-1]
+        if row_loss is not None:
+            losses_by_opt.setdefault(r.opt, [None] * n)[i] = json_number(row_loss)
+        for gi, v in enumerate(r.lrs):
+            lr.setdefault(f"{r.opt}/group{gi}", [None] * n)[i] = json_number(v)
+    lead = "opt0" if "opt0" in losses_by_opt else "backward" if "backward" in losses_by_opt else None
+    if lead is not None:
+        loss = losses_by_opt[lead]
+    loss_all = {s: v for s, v in w.loss_all}
+    for s, i in index.items():  # a sampled step whose row had no loss (no backward seen): take it from every step's
+        if loss[i] is None and s in loss_all:
+            loss[i] = json_number(loss_all[s])
+
+    module_paths = sorted(w.classes, key=lambda p: (w.root_of.get(p, ""), p))
+    module_series: dict[str, dict[str, list[Any]]] = {}
+    for path in module_paths:
+        series = {"out_rms": [None] * n, "out_nonfinite": [None] * n, "grad_norm": [None] * n}
+        for s, i in index.items():
+            out = w._module_rows.get(s, {}).get(path)
+            if out is not None:
+                series["out_rms"][i] = json_number(out[0])
+                series["out_nonfinite"][i] = int(out[1])
+            sq = grad_sq.get(s)
+            if sq:
+                own = [v for name, v in sq.items() if path == "" and w.root_of.get(_module_of(name), "") == "" or name.startswith(path + ".")]
+                if own:
+                    series["grad_norm"][i] = json_number(math.sqrt(sum(own)))
+        module_series[path] = series
+
+    modules = []
+    for path in module_paths:
+        root = w.root_of.get(path, "")
+        if path == root:
+            parent, depth = None, 0
+        else:
+            inner = path[len(root) + 1:] if root else path
+            parent = path.rsplit(".", 1)[0] if "." in inner else root
+            depth = inner.count(".") + 1
+        modules.append({"path": path, "type": w.classes[path], "parent": parent, "depth": depth})
+
+    optimizers = []
+    for o in w.opts.values():
+        opt = o.ref()
+        optimizers.append({"name": o.name, "type": type(opt).__name__ if opt is not None else "?",
+                           "params": sum(len(g["params"]) for g in opt.param_groups) if opt is not None else None,
+                           "steps": o.count})
+
+    events = sorted([*w.events, *w.alarm_events(), *(extra_events or [])], key=lambda e: (e["step"], e["kind"] != "alarm"))
+    alarms = [e["step"] for e in events if e["kind"] == "alarm"]
+    if w.alarm is not None:
+        alarms.append(w.alarm.step)
+    data: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "script": w.script,
+        "every": w.every if w.every is not None else w._period,
+        "every_rule": "fixed" if w.every is not None else f"adaptive: sampled steps add about {round(100 * _budget())} % to the run",
+        "steps_run": w.steps_run, "steps": steps, "loss": loss,
+        "loss_all": [[s, json_number(v)] for s, v in w.loss_all],
+        "lr": lr, "optimizers": optimizers, "modules": modules,
+        "params": [{"name": name, "module": _module_of(name), "shape": shapes.get(name)} for name in param_series],
+        "series": {"module": module_series, "param": param_series},
+        "events": events, "first_alarm": min(alarms) if alarms else None,
+        "traces": {str(k): v for k, v in sorted((traces or {}).items())},
+        "overhead": {"plain_s": plain_s, "watched_s": w.elapsed},
+    }
+    if len(losses_by_opt) > 1:
+        data["losses"] = losses_by_opt  # (added field) each optimizer's own loss, e.g. a GAN's D and G
+    if w.clip:
+        data["clip"] = {"before": [json_number(w.clip[s][0]) if s in w.clip else None for s in steps],
+                        "after": [json_number(w.clip[s][1]) if s in w.clip else None for s in steps]}
+    return History(data)
+
+
+def alarm_events(w: Watcher) -> list[dict[str, Any]]:
+    """Alarms read off the sampled steps and every step's loss: non-finite loss, gradients, outputs."""
+    events: list[dict[str, Any]] = []
+    seen_loss = False
+    for step, loss in w.loss_all:
+        if not math.isfinite(loss) and not seen_loss:
+            events.append({"step": step, "kind": "alarm", "text": f"loss is {word(loss)}", "module": None, "param": None})
+            seen_loss = True
+    names = param_names(w)
+    for r, values in w._host_rows:
+        n = len(r.param_ids)
+        bad = [i for i in range(n) if values[n + i] > 0]
+        if bad:
+            name = names.get(r.param_ids[bad[0]], "?")
+            events.append({"step": r.step, "kind": "alarm", "param": name, "module": _module_of(name),
+                           "text": f"gradient of {name} has {int(values[n + bad[0]])} non-finite values"
+                                   + (f" ({len(bad)} parameters affected)" if len(bad) > 1 else "")})
+    for step in sorted(w._module_rows):
+        for path, (_, bad) in w._module_rows[step].items():
+            if bad > 0:
+                events.append({"step": step, "kind": "alarm", "module": path, "param": None,
+                               "text": f"output of {path or 'the model'} has {int(bad)} non-finite values"})
+                break
+    return events
+
+
+def param_names(w: Watcher) -> dict[int, str]:
+    """id(parameter) -> its name: the models' own names, else ``opt0.group0.param3`` (a tensor only an optimizer holds)."""
+    names: dict[int, str] = {}
+    for m in w._modules:
+        prefix = w.names.get(id(m), "")
+        for name, p in m.named_parameters(prefix=prefix):
+            names.setdefault(id(p), name)
+    for o in w.opts.values():
+        opt = o.ref()
+        if opt is None:
+            continue
+        for gi, g in enumerate(opt.param_groups):
+            for pi, p in enumerate(g["params"]):
+                names.setdefault(id(p), f"{o.name}.group{gi}.param{pi}")
+    return names
+
+
+def _module_of(param: str) -> str:
+    return param.rsplit(".", 1)[0] if "." in param else ""
+
+
+def _budget() -> float:
+    from .engine import BUDGET
+
+    return BUDGET

@@ -1,0 +1,127 @@
+"""Run a user's unmodified script under a :class:`~gradtrace.watching.engine.Watcher`, as ``python SCRIPT ARGS`` would.
+
+The same process set-up as ``gradtrace render`` (:mod:`gradtrace._script_process`):
+``__name__ == "__main__"``, the script's ``sys.argv``, its folder on ``sys.path``,
+what gradtrace depends on put back after. The script runs to its end unless
+the watcher asks it to stop (the sentinel found a broken step): then it is
+stopped at its next optimizer step or ``backward()`` by an exception it cannot
+catch by accident.
+
+Before the script, torch, ``random`` and numpy are seeded with :data:`SEED`
+(a script's own seed replaces it): two runs of a script that does not seed
+itself draw the same numbers, which is what replaying a step needs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import runpy
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .. import _script_process
+from ..errors import ScriptError
+from ..script import INTERRUPTED, _user_traceback, exit_status
+from .engine import Watcher
+
+__all__ = ["SEED", "Outcome", "run_watched", "seed_everything"]
+
+SEED = 0
+
+
+class StopScript(BaseException):
+    """Raised inside the script to end it once the sentinel has found its step."""
+
+
+@dataclass
+class Outcome:
+    """How the script ended: ``status`` as Python would report it (0 for a stop by gradtrace), ``report`` what to
+    print (its traceback or exit message, '' when none), ``stopped`` whether gradtrace stopped it."""
+
+    status: int
+    report: str
+    stopped: bool
+    interrupted: bool = False
+    raised: bool = False
+
+
+def seed_everything(seed: int = SEED) -> None:
+    """Seed torch, ``random`` and numpy (when installed) as a script that seeds nothing would find them in both runs."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy
+    except ImportError:
+        return
+    numpy.random.seed(seed)
+
+
+class _Hooks:
+    """What a child process forked by the script (a DataLoader worker) drops: the watcher's hooks, nothing read."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+
+    def close(self) -> None:
+        self.watcher.drop_hooks()
+
+
+def run_watched(script: str | os.PathLike[str], args: Sequence[str], watcher: Watcher, *, stdout_to_stderr: bool = False,
+                seed: bool = True, keep_alive: bool = False) -> Outcome:
+    """Run ``script`` with ``watcher`` installed, to its end or until ``watcher.stop_requested``.
+
+    ``keep_alive``: as :func:`gradtrace.script.run_script`'s. Errors raised by gradtrace's own code in a hook are raised again here (they are not the script's).
+    """
+    path = Path(script)
+    if not path.is_file():
+        raise ScriptError(f"{str(path)!r} is not a file")
+    runner_pid = os.getpid()
+    runner_thread = threading.current_thread()
+
+    def maybe_stop(step: int) -> None:
+        if watcher.stop_requested and os.getpid() == runner_pid and threading.current_thread() is runner_thread:
+            raise StopScript()
+
+    watcher.on_step_end = maybe_stop
+    ended: BaseException | None = None
+    stopped = False
+    with _script_process.ScriptProcess(path, args, _Hooks(watcher), stdout_to_stderr=stdout_to_stderr) as proc:
+        with watcher:
+            if seed:
+                seed_everything()
+            try:
+                proc.kept = runpy.run_path(str(path), run_name="__main__")
+            except StopScript as e:
+                stopped, proc.kept = True, e
+            except (SystemExit, KeyboardInterrupt, Exception) as e:
+                ended = proc.kept = e
+        if keep_alive:  # (the command line: the process then ends like `python SCRIPT`, see run_script)
+            proc.keep()
+    del proc
+    from ..script import _raised_by_gradtrace
+
+    if isinstance(ended, Exception) and _raised_by_gradtrace(ended):
+        raise ended
+    if isinstance(ended, SystemExit):
+        status, message = exit_status(ended.code)
+        return Outcome(status, message + "\n" if message else "", False)
+    if isinstance(ended, KeyboardInterrupt):
+        return Outcome(INTERRUPTED, _user_traceback(ended), False, interrupted=True)
+    if ended is not None:
+        return Outcome(1, _user_traceback(ended), False, raised=True)
+    return Outcome(0, "", stopped)
+
+
+def describe(outcome: Outcome, name: str) -> str:
+    """One line about how the script ended, for a message."""
+    if outcome.interrupted:
+        return f"{name} was interrupted"
+    if outcome.raised:
+        return f"{name} raised an exception"
+    return f"{name} exited with status {outcome.status}"
+

@@ -1,0 +1,127 @@
+"""The sentinel of ``check --every-step``: every step reduced to one row on the device, read in batches.
+
+A row is (loss, total gradient norm, ‖Δw‖, ‖w‖) over all the parameters an
+optimizer stepped: one fused ``torch._foreach_norm`` per kind, no host sync.
+Rows reach the host every :data:`BATCH` steps on an accelerator, at once on
+the CPU (where reading costs nothing). The first row that is broken (a
+non-finite loss or gradient norm, non-finite weights after the step, or an
+update larger than the weights themselves) is the :class:`Alarm`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..recorder.stats import invisible
+
+__all__ = ["BATCH", "UPDATE_RATIO_ALARM", "Alarm", "Sentinel"]
+
+#: Steps whose device statistics are read to the host at once.
+BATCH = 32
+#: The update-ratio alarm: the whole update larger than the weights themselves.
+UPDATE_RATIO_ALARM = 1.0
+
+Fingerprint = tuple[int, str, float, float]
+
+
+@dataclass
+class Alarm:
+    """The first step the sentinel found broken: step number, what, and the ``backward()`` call to trace."""
+
+    step: int
+    text: str
+    backward_call: int
+    optimizer: str | None = None
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(tensors)]))
+
+
+class Sentinel:
+    """Checks every step; ``on_alarm`` is called once, with the first broken step."""
+
+    def __init__(self, on_alarm: Callable[[Alarm], None] | None = None) -> None:
+        self.on_alarm = on_alarm
+        self.alarm: Alarm | None = None
+        self.fingerprints: list[Fingerprint] = []
+        self._rows: list[tuple[int, str, list[int], torch.Tensor, torch.Tensor | None]] = []
+        self._told = False
+
+    def before_step(self, params: list[torch.Tensor], *, weights: bool = True) -> list[torch.Tensor] | None:
+        """The gradients' total norm (and the weights', for the update ratio) before the optimizer step."""
+        if not params:
+            return None
+        with torch.no_grad(), invisible():
+            gn = _total_norm([p.grad for p in params])
+            return [gn, _total_norm([p.detach() for p in params]) if weights else torch.zeros(())]
+
+    def after_step(self, step: int, opt: str, calls: list[int], micro: list[torch.Tensor], params: list[torch.Tensor],
+                   before: list[torch.Tensor] | None, pre: list[torch.Tensor] | None) -> None:
+        """Add the step's row: its micro-steps' losses, and the update the step made (``before``: the weights' copies)."""
+        with torch.no_grad(), invisible():
+            losses = torch.stack(micro) if micro else None
+            loss = losses.mean() if losses is not None else torch.zeros(())
+            zero = torch.zeros((), device=loss.device)
+            if pre is not None and before is not None:
+                dn = _total_norm(torch._foreach_sub([p.detach() for p in params], before))
+                row = torch.stack([loss, pre[0].to(loss.device), dn.to(loss.device), pre[1].to(loss.device)])
+            elif pre is not None:  # no optimizer: no update to measure
+                row = torch.stack([loss, pre[0].to(loss.device), zero, zero])
+            else:
+                row = torch.stack([loss, zero, zero, zero])
+        self._rows.append((step, opt, calls, row, losses))
+        if len(self._rows) >= BATCH or row.device.type == "cpu":
+            self.read()
+
+    def drop(self, opt: str) -> None:
+        """Forget the rows of ``opt`` (the backward()-steps of a script that turned out to have an optimizer)."""
+        self._rows = [r for r in self._rows if r[1] != opt]
+        self.fingerprints = [f for f in self.fingerprints if f[1] != opt]
+
+    def read(self) -> None:
+        """Bring the waiting rows to the host (one copy) and look for the first broken step."""
+        rows, self._rows = self._rows, []
+        if not rows:
+            return
+        values = torch.stack([r[3] for r in rows]).cpu().tolist()
+        micro = [r[4].cpu().tolist() if r[4] is not None else [] for r in rows]
+        for (step, opt, calls, _, _), (loss, gn, dn, wn), losses in zip(rows, values, micro):
+            self.fingerprints.append((step, opt, loss, gn))
+            if self.alarm is None:
+                found = _finding(opt, calls, losses, loss, gn, dn, wn)
+                if found is not None:
+                    self.alarm = Alarm(step, found[0], found[1], opt)
+        if self.alarm is not None and not self._told and self.on_alarm is not None:
+            self._told = True
+            self.on_alarm(self.alarm)
+
+
+def _finding(opt: str, calls: list[int], losses: list[float], loss: float, gn: float, dn: float,
+             wn: float) -> tuple[str, int] | None:
+    """What is broken in one row, and the backward() call whose trace shows it (None: healthy)."""
+    call = calls[-1]
+    bad = [c for c, v in zip(calls, losses) if not math.isfinite(v)]
+    if bad or not math.isfinite(loss):
+        first = bad[0] if bad else call
+        text = f"loss is {word(loss)}"
+        if len(calls) > 1:
+            text += f" (micro-step {calls.index(first) + 1} of {len(calls)})"
+        return text, first
+    if not math.isfinite(gn):
+        return f"gradients are not finite (total gradient norm {word(gn)})", call
+    if not math.isfinite(dn):
+        return f"the weights of {opt} are not finite after its step", call
+    if wn > 0 and dn / wn > UPDATE_RATIO_ALARM:  # (weights all zero, as a teaching example starts: no ratio)
+        return (f"update ratio |dw|/|w| = {dn / wn:.3g} over all parameters of {opt}: the step changed the weights by "
+                "more than their own size"), call
+    return None
+
+
+def word(x: float) -> str:
+    """A number as an alarm says it: NaN, inf, -inf or three digits."""
+    return "NaN" if math.isnan(x) else "inf" if x > 0 and math.isinf(x) else "-inf" if math.isinf(x) else f"{x:.3g}"
