@@ -184,3 +184,20 @@ def test_watch_to_standard_output(tmp_path):
     d = json.loads(proc.stdout)  # only the history on stdout: the script's print went to stderr
     validate(d)
     assert d["steps"] == [1, 6, 11] and "final loss" in proc.stderr
+
+
+def test_watch_and_every_step_under_torchrun_are_refused_clearly(tmp_path, monkeypatch):
+    """Under torchrun (RANK and WORLD_SIZE set) watch and check --every-step say they run in one process, before the
+    script runs, rather than every rank writing the same file."""
+    from click.testing import CliRunner
+
+    from gradtrace.cli import main
+
+    script = tmp_path / "s.py"
+    script.write_text("raise SystemExit('the script must not run')\n")
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    for args in (["watch", str(script)], ["check", "--every-step", str(script)]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and "one process" in r.output and "must not run" not in r.output, r.output

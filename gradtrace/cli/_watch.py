@@ -51,6 +51,10 @@ def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: st
         70   internal error: a bug in gradtrace (its traceback is printed)
         130  interrupted (Ctrl-C)
     """
+    from ..distributed.env import rank_info
     from ..watching.cli import parse_steps, parse_trace_steps, run_watch
 
+    if rank_info() is not None:  # every rank would write the same file, and the alarm's re-run needs every rank
+        raise click.UsageError("watch runs in one process for now: under torchrun, use `render` or `check` (every rank "
+                               "traced), or watch one process of the script")
     run_watch(script, script_args, output, fmt, every, parse_steps(steps), parse_trace_steps(trace_steps), not no_alarm_trace)
