@@ -162,24 +162,33 @@ def _untangle(groups: list[Group], node_group: list[int], edges: list[tuple[int,
             if xa != yb:
                 succ.setdefault(xa, set()).add(yb)
         cut: set[int] = set()
+        direct = set(node_group)  # groups that hold a node of their own
         for comp in _cycles(succ):
             inside = [c - n for c in comp if c >= n]
-            hollow = [j for j in inside if not any(node_group[i] == j for i in range(n))] if len(inside) > 1 else []
+            hollow = [j for j in inside if j not in direct] if len(inside) > 1 else []
             cut.update(hollow or inside)
         if not cut:
             return dead
-        for j in sorted(cut, key=lambda j: -depth[j]):  # innermost first, so each moves to a live parent
-            up = groups[j].parent
-            for c in groups:
-                if c.parent == j:
-                    c.parent = up
-                    if groups[j].kind == "module" and c.kind == "module":
-                        c.title = f"{groups[j].title}.{c.title}"
-            for i, g in enumerate(node_group):
-                if g == j:
-                    node_group[i] = up
+
+        def live(p: int) -> int:
+            while p in cut:
+                p = groups[p].parent
+            return p
+
+        for c in groups:  # children of a dissolved group move to the nearest live group around it
+            if c.parent in cut:
+                p = c.parent
+                while p in cut:
+                    if groups[p].kind == "module" and c.kind == "module":
+                        c.title = f"{groups[p].title}.{c.title}"
+                    p = groups[p].parent
+                c.parent = p
+        for i, g in enumerate(node_group):
+            if g in cut:
+                node_group[i] = live(g)
+        for j in cut:
             groups[j].parent = -2  # (no longer anyone's parent or child)
-            dead.add(j)
+        dead |= cut
 
 
 def _cycles(succ: dict[int, set[int]]) -> list[list[int]]:
