@@ -95,6 +95,37 @@ class DirectCalls(nn.Module):
         return self.enc.l3(h)
 
 
+class Inner(nn.Module):
+    """Called itself, but loops over a ModuleDict with functional ops between its members."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict({"a": nn.Linear(6, 6), "b": nn.Linear(6, 6)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for key in ("a", "b"):
+            x = torch.tanh(self.parts[key](x))
+        return x
+
+
+class Nested(nn.Module):
+    """A tangled container one level down, a module called twice around a parent op, side taps summed into the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Inner()
+        self.shared = nn.Linear(6, 6)
+        self.taps = nn.ModuleList([nn.Linear(6, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.shared(F.relu(self.shared(self.inner(x))))
+        aux = h.new_zeros(())
+        for tap in self.taps:
+            aux = aux + tap(h).mean()
+            h = h * 0.5
+        return h.sum(dim=-1) + aux
+
+
 def sequential() -> nn.Module:
     return nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
 
@@ -105,6 +136,7 @@ CASES = {
     "transformer-blocks": (Transformerish, (2, 3, 4)),
     "sequential": (sequential, (3, 5)),
     "parent-calls-sub-layers": (DirectCalls, (3, 5)),
+    "nested-dict-shared-taps": (Nested, (3, 6)),
 }
 
 # The page's laid-out boxes of what shows, and its drawn edges, read back by item key.
