@@ -4,7 +4,12 @@ A trace node sits in the group of its scope (``enc#2.attn``: the second call of
 ``enc``, its ``attn``), nested one group per path part. Runs of identical
 sibling modules (a transformer's layers) are folded into one ``×K`` group whose
 members are those modules, found by :mod:`gradtrace.collapse`'s fold logic at
-every level, so the page and the SVG agree on what a repeat is. A group with
+every level, so the page and the SVG agree on what a repeat is; a fold holds
+the ops between its calls too (a loop's relu, a residual add). A group joined
+to itself through its siblings (a ModuleList the parent loops over, a module
+whose children the parent calls) is dissolved into its parent, its name kept
+in its children's titles: as one box it would draw a chain as parallel
+branches with edges running back up. A group with
 more than :data:`RUN_MAX` direct children (a flat script of 30,000 ops) has
 them cut into consecutive runs in forward order, so that no group the page lays
 out at once is bigger than that. Plain data out; no torch, no drawing.
