@@ -272,6 +272,7 @@ def test_an_embedded_trace_opens_and_its_script_runs(history, page_file):
         page.click(f'#traces button[data-step="{history["first_alarm"]}"]')
         frame = page.frame_locator("#traceframe")
         frame.locator("#graph .node").first.wait_for()
+        frame.locator("#fit").click()  # (a graph too tall to read fitted opens at the loss: fit shows every node)
         assert frame.locator("#graph .node").count() == len(trace.nodes), "the replay page drew its graph: its script ran"
         alarms = {n.key for n in trace.nodes if any(s is not None and not s.finite for s in n.values + n.grads)}
         assert alarms and frame.locator("#graph .node.alarm").count() >= 1

@@ -148,3 +148,16 @@ svg.addEventListener("wheel", function (ev) {
 if (window.ResizeObserver) new ResizeObserver(function () { redraw(); }).observe(canvasBox);
 
 showTrace(0, false);
+
+// Read-only view of the layout for tests: the boxes of what shows and the edges drawn, by item key.
+// With `depth`, first opens exactly the groups up to that depth below the root (a collapsed view).
+window.gradtraceLayout = function (depth) {
+  if (depth !== undefined) {
+    M.open.fill(0); M.open[0] = 1; M.lay = new Array(M.G);
+    for (var j = 1; j < M.G; j++) if (M.depth[M.N + j] <= depth) M.open[j] = 1;
+    refresh(); redraw();
+  }
+  var box = {}, closed = 0;
+  M.shown.forEach(function (x) { box[itemKey(x)] = [M.ax[x], M.ay[x], M.aw[x], M.ah[x]]; if (!isNode(x)) closed++; });
+  return { box: box, closed: closed, edges: M.shownEdges.map(function (e) { return [itemKey(e.a), itemKey(e.b)]; }) };
+};

@@ -12,9 +12,42 @@ function sizeOf(x) {
   return [l.w + 2 * PAD, l.h + TITLE + PAD];
 }
 
+// A group's children in an order every edge between them follows (forward order where free):
+// forward order alone is not one (a module's parameters are recorded before the input it reads,
+// so the module's box comes first by forward index and the input's edge into it would go up).
+// Children joined by a cycle (none after the hierarchy's own check) keep forward order.
+function flowOrder(j) {
+  var items = M.children[j], n = items.length, idx = new Map(), indeg = new Int32Array(n), succ = [], k;
+  items.forEach(function (c, q) { idx.set(c, q); succ.push([]); });
+  var pairs = new Set();
+  M.gedges[j].forEach(function (e) {
+    var a = idx.get(e[0]), b = idx.get(e[1]);
+    if (a === b || pairs.has(a * n + b)) return;
+    pairs.add(a * n + b); succ[a].push(b); indeg[b]++;
+  });
+  var out = [], done = new Uint8Array(n), ready = [];  // ready: kept sorted, so the smallest forward index goes first
+  for (k = 0; k < n; k++) if (!indeg[k]) ready.push(k);
+  while (out.length < n) {
+    if (!ready.length) {  // a cycle: take the first child left in forward order
+      for (k = 0; done[k]; k++) {}
+      ready.push(k); indeg[k] = 0;
+    }
+    var a = ready.shift();
+    if (done[a]) continue;
+    done[a] = 1; out.push(items[a]);
+    succ[a].forEach(function (b) {
+      if (done[b] || --indeg[b] !== 0) return;
+      var lo = 0, hi = ready.length;
+      while (lo < hi) { var mid = (lo + hi) >> 1; if (ready[mid] < b) lo = mid + 1; else hi = mid; }
+      ready.splice(lo, 0, b);
+    });
+  }
+  return out;
+}
+
 function layoutGroup(j) {
   if (M.lay[j]) return M.lay[j];
-  var items = M.children[j], n = items.length, idx = new Map(), i;
+  var items = flowOrder(j), n = items.length, idx = new Map(), i;
   items.forEach(function (c, k) { idx.set(c, k); });
   var preds = [], succs = [], size = [];
   for (i = 0; i < n; i++) { preds.push([]); succs.push([]); size.push(sizeOf(items[i])); }
@@ -22,7 +55,7 @@ function layoutGroup(j) {
   M.gedges[j].forEach(function (e) {
     var a = idx.get(e[0]), b = idx.get(e[1]);
     if (a === b) return;
-    if (a > b) { var t = a; a = b; b = t; }  // children are in forward order: an edge back (a module called twice) lays out forward
+    if (a > b) { var t = a; a = b; b = t; }  // items are in flow order: only an edge of a cycle between children goes back, and lays out forward
     if (pairs.has(a * n + b)) return;
     pairs.add(a * n + b); succs[a].push(b); preds[b].push(a);
   });
