@@ -7,7 +7,9 @@ with two optimizers stepping once per iteration (a GAN's D and G), step N
 holds both, each parameter sampled at its own optimizer's step. The run's
 step count is the largest count. A ``GradScaler.step(opt)`` that skips the
 optimizer (an inf in the scaled gradients) is still that optimizer's step:
-it is recorded as a ``skipped`` event, not an alarm. A script without any
+it is recorded as a ``skipped`` event, not an alarm, and never sampled: a
+sample due on it is taken at that optimizer's next real step (``_Opt.owed``;
+the plan waits, ``is_sampled`` uses ``>=``). A script without any
 optimizer: a step is a ``backward()``.
 
 What it costs: nothing is hooked per op. A step that is not sampled costs a
