@@ -39,3 +39,44 @@ def test_csv_escapes_surrogate_names_and_keeps_torchs_numbers(tmp_path):
     assert all(close(v, n) for (_, v), n in zip(got, norms))
     assert w.history.to_csv().encode("utf-8")  # (the text itself is writable anywhere: standard output for -o -)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+OS_EXIT = """
+import os, torch, torch.nn as nn
+torch.manual_seed(0)
+m = nn.Linear(4, 1); opt = torch.optim.SGD(m.parameters(), lr=0.1)
+for s in range(40):
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(s))
+    loss = m(x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+    if s == 20: os._exit(5)
+"""
+
+
+def test_os_exit_mid_run_writes_the_history_then_passes_its_status(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ex_osexit.py"
+    script.write_text(OS_EXIT)
+    out = tmp_path / "ex.json"
+    r = subprocess.run([sys.executable, "-m", "gradtrace", "watch", str(script), "-o", str(out), "--every", "1"],
+                       capture_output=True, text=True, timeout=120, env=os.environ.copy(), cwd=tmp_path)
+    assert r.returncode == 5, r.stderr
+    assert "wrote" in r.stderr
+    d = json.loads(out.read_text())
+    # torch, independently: the same 21 steps
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    losses = []
+    for s in range(21):
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(s))
+        loss = m(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert d["steps_run"] == 21 and d["steps"] == list(range(1, 22))
+    assert all(close(a, b) for a, b in zip(d["loss"], losses))
