@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import GradtraceError
 from .history import watch_format_for
+
+if TYPE_CHECKING:
+    from .runner import Outcome
 
 __all__ = ["check_every_step", "parse_steps", "parse_trace_steps", "run_watch"]
 
@@ -87,11 +90,30 @@ def run_watch(script: str, script_args: tuple[str, ...], output: str | None, fmt
     # No sentinel here: its per-step reductions would cost more than watch's budget. Every step's loss is kept
     # anyway, which finds a loss going non-finite at its exact step; gradients and outputs are checked on samples.
     watcher = Watcher(every=every, steps=steps, trace_steps=trace_steps, script=Path(script).name)
+
+    def before_hard_exit(outcome: Outcome) -> None:
+        # os._exit(N) in the script: the history is written now (the process ends right after, with the script's N).
+        try:
+            _write_history(script, script_args, watcher, outcome, target, fmt, shown, alarm_trace)
+        except click.ClickException as e:
+            e.show()
+        except SystemExit:  # (the status passes through: os._exit ends the process with it next)
+            pass
+
     try:
         outcome = run_watched(script, script_args, watcher, stdout_to_stderr=output == "-" or _is_stdout(output),
-                              keep_alive=True)
+                              keep_alive=True, on_hard_exit=before_hard_exit)
     except GradtraceError as e:
         raise click.ClickException(str(e)) from None
+    _write_history(script, script_args, watcher, outcome, target, fmt, shown, alarm_trace)
+
+
+def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outcome: Outcome, target: Path, fmt: str,
+                   shown: str, alarm_trace: bool) -> None:
+    """After the run (or at the script's ``os._exit``): trace the first alarm, write the history, say so, pass the
+    script's status through."""
+    from .assemble import assemble_history
+
     if watcher.steps_run == 0 and not watcher.backward_calls:
         sys.stdout.flush()
         click.echo(outcome.report, err=True, nl=False)

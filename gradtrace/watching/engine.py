@@ -7,7 +7,9 @@ with two optimizers stepping once per iteration (a GAN's D and G), step N
 holds both, each parameter sampled at its own optimizer's step. The run's
 step count is the largest count. A ``GradScaler.step(opt)`` that skips the
 optimizer (an inf in the scaled gradients) is still that optimizer's step:
-it is recorded as a ``skipped`` event, not an alarm. A script without any
+it is recorded as a ``skipped`` event, not an alarm, and never sampled: a
+sample due on it is taken at that optimizer's next real step (``_Opt.owed``;
+the plan waits, ``is_sampled`` uses ``>=``). A script without any
 optimizer: a step is a ``backward()``.
 
 What it costs: nothing is hooked per op. A step that is not sampled costs a
@@ -72,6 +74,8 @@ class _Opt:
     pre: list[torch.Tensor] | None = None  # device tensors of a sampled step, waiting for the post-step half
     sentinel_pre: list[torch.Tensor] | None = None
     stepped_in_scaler: bool = False
+    #: A sample fell on a step GradScaler skipped: this optimizer's next real step is sampled instead.
+    owed: bool = False
 
 
 @dataclass
@@ -266,7 +270,15 @@ class Watcher:
             return True
         if step < self.first or (self.last is not None and step > self.last):
             return False
-        return step == self._next_sample or step in self.sampled
+        # ``>=``: a due sample stays due until a step is really sampled (a step GradScaler skipped is never sampled,
+        # so the sample moves to the next real step instead of being lost, and with it every later one).
+        return step >= self._next_sample or step in self.sampled
+
+    def _sampled_for(self, o: _Opt, step: int) -> bool:
+        """Whether optimizer ``o``'s step ``step`` is sampled: the run's plan, or a sample ``o`` owes from a skipped step."""
+        if self.is_sampled(step):
+            return True
+        return o.owed and self.sample and (self.last is None or step <= self.last)
 
     @property
     def steps_run(self) -> int:
@@ -277,10 +289,10 @@ class Watcher:
         counts = [o.count for o in self.opts.values()] or [self._pseudo.count]
         return sorted({min(counts) + 1, max(counts) + 1})
 
-    def _boundary(self, o: _Opt, sampled: bool) -> None:
+    def _boundary(self, o: _Opt, sampled: bool, skipped: bool = False) -> None:
         """After optimizer ``o`` finished its step ``o.count``: time it, plan the next sample."""
         now = time.perf_counter()
-        if self._last_boundary is not None and o.count > 1:
+        if self._last_boundary is not None and o.count > 1 and not skipped:  # (a skipped step has no update: not plain)
             dt = now - self._last_boundary
             if sampled:
                 if self._step_times:
@@ -293,7 +305,8 @@ class Watcher:
         ahead = self._under_way()
         if self.tracer is not None:
             self.tracer.arm(min(ahead))
-        self._forward_on = any(self.is_sampled(s) for s in ahead) or max(ahead) <= 2
+        self._forward_on = any(self.is_sampled(s) for s in ahead) or max(ahead) <= 2 or \
+            any(x.owed for x in self.opts.values())
         if self.on_step_end is not None:
             self.on_step_end(o.count)
 
@@ -380,7 +393,7 @@ class Watcher:
         if self.sentinel is not None and params:
             o.sentinel_pre = self.sentinel.before_step(params)
             o.before = [p.detach().clone() for p in params]
-        if self.is_sampled(step):
+        if self._sampled_for(o, step):
             self._record_pre(o, params, step)
 
     def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -390,6 +403,7 @@ class Watcher:
         sampled = o.pre is not None
         lrs: list[float | None] = []
         if sampled:
+            o.owed = False
             lrs = [_lr(g) for g in opt.param_groups]
             self._record_post(o, step, lrs)
         if self.sentinel is not None:
@@ -404,7 +418,9 @@ class Watcher:
                                     f"{scale * scaler.get_backoff_factor():g}", "module": None, "param": None,
                             "optimizer": o.name})
         o.pre = o.before = o.sentinel_pre = None
-        self._end_step(o, o.count, False)
+        if self._sampled_for(o, o.count):  # the sample due here is owed: taken at this optimizer's next real step
+            o.owed = True
+        self._end_step(o, o.count, False, skipped=True)
 
     def _drop_pseudo(self) -> None:
         # An optimizer stepped after all: the backward() calls before it were micro-steps, not steps.
@@ -466,7 +482,7 @@ class Watcher:
                                  o.before, o.sentinel_pre)
         o.before = o.sentinel_pre = None
 
-    def _end_step(self, o: _Opt, step: int, sampled: bool) -> None:
+    def _end_step(self, o: _Opt, step: int, sampled: bool, skipped: bool = False) -> None:
         if o.name in ("opt0", "backward") and self._micro:
             with torch.no_grad(), invisible():
                 micro = torch.stack(self._micro)
@@ -479,7 +495,7 @@ class Watcher:
         if not sampled:
             self._pending_modules = {}
         self._clip_now = None
-        self._boundary(o, sampled)
+        self._boundary(o, sampled, skipped)
 
     # -- reading to the host, in batches ---------------------------------------------------
 

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,6 +42,11 @@ def json_number(x: float | None) -> float | str | None:
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
     return x
+
+
+def printable(name: str) -> str:
+    """``name`` as UTF-8 can write it: a lone surrogate (torch accepts any str as a module name) becomes ``\\ud83d``."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def read_number(x: Any) -> float | None:
@@ -159,19 +165,19 @@ class History:
         steps = d["steps"]
 
         def cell(x: Any) -> Any:
-            return "" if x is None else x
+            return "" if x is None else printable(x) if isinstance(x, str) else x
 
         for i, s in enumerate(steps):
             yield s, "run", "", "loss", cell(d["loss"][i])
             for key, values in d.get("lr", {}).items():
-                yield s, "run", key, "lr", cell(values[i])
+                yield s, "run", cell(key), "lr", cell(values[i])
             if "clip" in d:
                 yield s, "run", "", "clip_before", cell(d["clip"]["before"][i])
                 yield s, "run", "", "clip_after", cell(d["clip"]["after"][i])
             for kind in ("module", "param"):
                 for name, metrics in d["series"][kind].items():
                     for metric, values in metrics.items():
-                        yield s, kind, name, metric, cell(values[i])
+                        yield s, kind, cell(name), metric, cell(values[i])
 
     def save(self, path: str | Path, fmt: str | None = None) -> Path:
         """Write the history to ``path`` as JSON, CSV or the HTML page (format from the suffix unless ``fmt``)."""
@@ -183,7 +189,13 @@ class History:
             text = self.to_csv()
         else:
             text = self.to_html()
-        path.write_text(text, encoding="utf-8")
+        # Whole or not at all: a file half-written (or left empty by a failed encode) is worse than none.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def to_html(self) -> str:

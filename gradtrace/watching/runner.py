@@ -20,7 +20,7 @@ import runpy
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .. import _script_process
 from ..errors import ScriptError
@@ -72,10 +72,13 @@ class _Hooks:
 
 
 def run_watched(script: str | os.PathLike[str], args: Sequence[str], watcher: Watcher, *, stdout_to_stderr: bool = False,
-                seed: bool = True, keep_alive: bool = False) -> Outcome:
+                seed: bool = True, keep_alive: bool = False,
+                on_hard_exit: Callable[[Outcome], None] | None = None) -> Outcome:
     """Run ``script`` with ``watcher`` installed, to its end or until ``watcher.stop_requested``.
 
-    ``keep_alive``: as :func:`gradtrace.script.run_script`'s. Errors raised by gradtrace's own code in a hook are raised again here (they are not the script's).
+    ``keep_alive``: as :func:`gradtrace.script.run_script`'s. ``on_hard_exit``: called when the script calls
+    ``os._exit(N)``, with the watcher closed (everything read) and the Outcome of status N, before the process
+    ends: the last chance to write what was recorded. Errors raised by gradtrace's own code in a hook are raised again here (they are not the script's).
     """
     path = Path(script)
     if not path.is_file():
@@ -90,7 +93,14 @@ def run_watched(script: str | os.PathLike[str], args: Sequence[str], watcher: Wa
     watcher.on_step_end = maybe_stop
     ended: BaseException | None = None
     stopped = False
-    with _script_process.ScriptProcess(path, args, _Hooks(watcher), stdout_to_stderr=stdout_to_stderr) as proc:
+    def hard_exit(status: int) -> None:
+        watcher.close()  # (idempotent: hooks off, the device batches read)
+        if on_hard_exit is not None:
+            message = exit_status(status)[1]
+            on_hard_exit(Outcome(status & 0xFF, message + "\n" if message else "", False))
+
+    with _script_process.ScriptProcess(path, args, _Hooks(watcher), stdout_to_stderr=stdout_to_stderr,
+                                       on_hard_exit=hard_exit if on_hard_exit is not None else None) as proc:
         with watcher:
             if seed:
                 seed_everything()
