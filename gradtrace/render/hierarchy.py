@@ -66,13 +66,16 @@ def _folds(trace: Trace, order: list[str]) -> list[Block]:
         for blk in blocks.values():
             found.append(blk)
             # A member may hold a run of its own (a stage of equal blocks): look inside each, in one pass.
+            # Members are told apart by scope, not module: the calls of one RNN cell (cell, cell#2, ...)
+            # are one module, and looking "inside" all of them at once found the same fold again, forever.
             depth = blk.paths[0].count(".") + 1
             inside: dict[str, list[str]] = {p: [] for p in blk.paths}
             for k in blk.members:
-                prefix = ".".join(trace.node(k).module.split(".")[:depth])
+                n = trace.node(k)
+                prefix = ".".join((n.scope or n.module).split(".")[:depth])
                 if prefix in inside:
                     inside[prefix].append(k)
-            todo.extend(inside.values())
+            todo.extend(sub for sub in inside.values() if len(sub) < len(keys))
     return found
 
 
@@ -113,7 +116,8 @@ def build_hierarchy(trace: Trace, order: list[str], title: str = "model") -> Hie
     # that a loop's calls and the ops between them fold together under the parent.
     dead = _untangle(groups, node_group, edges)
     for blk in sorted(_folds(trace, order), key=lambda b: (b.paths[0].count("."), b.paths[0])):
-        members = [by_scope.get(scope_of_module.get(p, ""), 0) for p in blk.paths]
+        # A fold's paths are module paths (h.0, h.1) or, for the calls of one module, scopes (cell, cell#2).
+        members = [by_scope.get(p) or by_scope.get(scope_of_module.get(p, ""), 0) for p in blk.paths]
         parents = {groups[m].parent for m in members}
         if 0 in members or dead & set(members) or len(set(members)) != len(members) or len(parents) != 1:
             continue  # a member that is no group of its own (or spread out): leave them unfolded
