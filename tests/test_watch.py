@@ -266,6 +266,8 @@ def test_steps_range_and_history_formats(tmp_path):
         h.save(tmp_path / "run.txt")
     with pytest.raises(GradtraceError, match="every must be"):
         watch(model, every=0)
+    with pytest.raises(GradtraceError, match="needs the model as an nn.Module.*got str"):  # was an AttributeError
+        watch("model")
 
 
 def test_trace_steps_embed_the_full_trace_of_that_step():

@@ -103,6 +103,9 @@ class Watcher:
     def __init__(self, model: nn.Module | None = None, *, every: int | None = None, steps: tuple[int, int | None] = (1, None),
                  sentinel: bool = False, sample: bool = True, on_alarm: Callable[[Alarm], None] | None = None,
                  trace_steps: tuple[int, ...] = (), script: str = "<python>") -> None:
+        if model is not None and not isinstance(model, nn.Module):
+            raise GradtraceError(f"watch needs the model as an nn.Module (or None: the modules called name themselves), "
+                                 f"got {type(model).__name__}")
         if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
             raise GradtraceError(f"every must be a positive integer (a sampling period in steps) or None (adaptive), got {every!r}")
         if steps[0] < 1 or (steps[1] is not None and steps[1] < steps[0]):
