@@ -10,11 +10,8 @@ and sets classes.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import math
-from importlib import resources
 from typing import TYPE_CHECKING
 
 from .diff_dot import check_by, diff_dot, node_id
@@ -22,6 +19,7 @@ from .diff_text import describe_node, factor, summary_line
 from .execute import run_dot
 from .fmt import num, shape_of
 from .inert import inert_text
+from .page import asset, csp, csp_hash
 
 if TYPE_CHECKING:
     from ..diff import NodeChange, TraceDiff
@@ -31,14 +29,6 @@ __all__ = ["MAX_ROWS", "to_html"]
 
 #: Rows of the table of changes; the rest are counted (the JSON output has every one).
 MAX_ROWS = 500
-
-
-def _asset(name: str) -> str:
-    return resources.files("gradtrace.render").joinpath("assets", name).read_text(encoding="utf-8")
-
-
-def _csp_hash(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
 def _e(text: str) -> str:
@@ -136,16 +126,15 @@ def to_html(d: TraceDiff, by: str = "grad", timeout: float | None = 120.0) -> st
     True
     """
     by = check_by(by)
-    script, style = _asset("diff.js"), _asset("diff.css")
-    csp = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
-           "connect-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'")
+    script, style = asset("diff.js"), asset("diff.css")
+    policy = csp([csp_hash(script)], [csp_hash(style)])
     na, nb = (_e(x) for x in d.names)
     what = "gradient norm" if by == "grad" else "value RMS"
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta http-equiv="Content-Security-Policy" content="{policy}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>gradtrace diff · {na} → {nb}</title>
 <style>{style}</style>

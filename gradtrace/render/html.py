@@ -13,13 +13,8 @@ page with ``textContent`` (or paints them on a canvas).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
-import json
 import math
-import re
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import RenderError
@@ -31,6 +26,7 @@ from .hierarchy import Hierarchy, build_hierarchy
 from .inert import inert_trace, printable
 from .labels import caption
 from .options import RenderOptions
+from .page import asset, csp, csp_hash, joined_script, script_json
 from .style import ALARM, BANDS, MASKED_INF, NO_GRAD, ZERO_GRAD, band_for
 
 if TYPE_CHECKING:
@@ -60,14 +56,6 @@ def _stats(s: TensorStats | None) -> list[Any] | None:
 
 
 STATS_FIELDS = ("shape", "dtype", "device", "numel", "min", "max", "mean", "std", "norm", "nan", "inf", "values")
-
-
-def _asset(name: str) -> str:
-    return resources.files("gradtrace.render").joinpath("assets", name).read_text(encoding="utf-8")
-
-
-def _csp_hash(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
 _ZERO_MEANS_NOTHING = ("a", "nan", "ops", "params")
@@ -163,32 +151,14 @@ def _groups(trace: Trace, order: list[str], hier: Hierarchy, alarms: list[bool])
     return out
 
 
-_SCRIPT_UNSAFE = re.compile("[<>&\u2028\u2029\ud800-\udfff]")
-
-
-def _script_json(obj: Any) -> str:
-    """JSON that is safe inside <script>: no '<', '>' or '&' survive as such (so no ``</script>``
-    or ``<!--``), U+2028/U+2029 are escaped, and so is a lone surrogate (a node key from a trace
-    file may hold one; UTF-8 cannot, a ``\\u`` escape can)."""
-    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return _SCRIPT_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def _script() -> str:
-    """The page's script: the asset modules joined in one function scope (each declares the few
-    functions the others call), so the page still has one inline script, allowed by its hash."""
-    return '(function () {\n"use strict";\n' + "\n".join(_asset(name) for name in SCRIPTS) + "\n})();\n"
-
-
 def _page(title: str, payload: dict[str, Any], theme: str) -> str:
-    script, style = _script(), _asset("replay.css")
-    csp = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
-           "connect-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'")
+    script, style = joined_script(SCRIPTS), asset("replay.css")
+    policy = csp([csp_hash(script)], [csp_hash(style)])
     return f"""<!DOCTYPE html>
 <html lang="en" class="{'dark' if theme == 'dark' else 'light'}">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta http-equiv="Content-Security-Policy" content="{policy}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
 <style>{style}</style>
@@ -217,7 +187,7 @@ def _page(title: str, payload: dict[str, Any], theme: str) -> str:
 <aside id="side"><div id="panel"></div><h3 id="findings-title">findings</h3><ol id="findings"></ol></aside>
 <div id="caption"></div>
 </div>
-<script type="application/json" id="gradtrace-data">{_script_json(payload)}</script>
+<script type="application/json" id="gradtrace-data">{script_json(payload)}</script>
 <script>{script}</script>
 </body>
 </html>

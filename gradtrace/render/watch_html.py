@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import array
 import base64
-import hashlib
 import html
 import json
 import math
 import re
 import sys
-from importlib import resources
 from typing import Any
 
 from ..errors import GradtraceError
 from .html import to_html
 from .inert import inert_text
+from .page import asset, csp, csp_hash, joined_script, script_json
 
 __all__ = ["WatchFileError", "to_watch_html", "to_watch_iframe"]
 
@@ -38,26 +37,6 @@ SCRIPTS = ("watch_plot.js", "watch_tree.js", "watch.js")
 _NONFINITE = ("NaN", "inf", "-inf")
 _CSP_META = re.compile(r'<meta\s+http-equiv="Content-Security-Policy"\s+content="([^"]*)"', re.I)
 _INLINE = re.compile(r"<(script|style)(\s[^>]*)?>(.*?)</\1>", re.S | re.I)
-
-
-# The page's own plumbing, kept here rather than borrowed from html.py's private helpers: the replay
-# page's internals change on their own schedule, and this page uses only its public ``to_html``.
-_SCRIPT_UNSAFE = re.compile("[<>&\u2028\u2029\ud800-\udfff]")
-
-
-def _asset(name: str) -> str:
-    return resources.files("gradtrace.render").joinpath("assets", name).read_text(encoding="utf-8")
-
-
-def _csp_hash(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
-
-
-def _script_json(obj: Any) -> str:
-    """JSON safe inside ``<script>``: no '<', '>' or '&' as such (no ``</script>``, no ``<!--``),
-    U+2028/U+2029 and lone surrogates written as ``\\u`` escapes."""
-    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return _SCRIPT_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class WatchFileError(GradtraceError):
@@ -261,9 +240,9 @@ def _page_hashes(page: str) -> tuple[set[str], set[str]]:
             (scripts if name == "script-src" else styles if name == "style-src" else set()).update(hashes)
     for tag, attrs, body in _INLINE.findall(page):
         if tag.lower() == "style":
-            styles.add(_csp_hash(body))
+            styles.add(csp_hash(body))
         elif "application/json" not in (attrs or ""):
-            scripts.add(_csp_hash(body))
+            scripts.add(csp_hash(body))
     return scripts, styles
 
 
@@ -340,18 +319,15 @@ def to_watch_html(history: dict[str, Any] | Any) -> str:
     if not isinstance(history, dict) and callable(getattr(history, "to_dict", None)):
         history = history.to_dict()
     data, trace_scripts, trace_styles = page_data(history)
-    script = "(function () {\n\"use strict\";\n" + "\n".join(_asset(n) for n in SCRIPTS) + "\n})();\n"
-    style = _asset("watch.css")
-    script_src = " ".join([_csp_hash(script), *sorted(trace_scripts)])
-    style_src = " ".join([_csp_hash(style), *sorted(trace_styles)])
-    csp = (f"default-src 'none'; script-src {script_src}; style-src {style_src}; img-src data:; "
-           "connect-src 'none'; font-src 'none'; base-uri 'none'; form-action 'none'")
+    script, style = joined_script(SCRIPTS), asset("watch.css")
+    # The embedded replay pages run in srcdoc frames, which take this page's policy: their hashes join it.
+    policy = csp([csp_hash(script), *sorted(trace_scripts)], [csp_hash(style), *sorted(trace_styles)])
     title = html.escape(f"gradtrace watch · {data['script'] or 'run'} · {len(data['steps'])} sampled steps")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta http-equiv="Content-Security-Policy" content="{policy}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>{style}</style>
@@ -383,7 +359,7 @@ def to_watch_html(history: dict[str, Any] | Any) -> str:
 </aside>
 <div id="tracepane" hidden><div id="tracebar"><span id="tracetitle"></span><button id="traceclose" title="close (Esc)">close</button></div><iframe id="traceframe" sandbox="allow-scripts" title="step trace"></iframe></div>
 </div>
-<script type="application/json" id="gradtrace-watch-data">{_script_json(data)}</script>
+<script type="application/json" id="gradtrace-watch-data">{script_json(data)}</script>
 <script>{script}</script>
 </body>
 </html>
