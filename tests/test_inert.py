@@ -109,6 +109,25 @@ def test_hostile_strings_are_text_in_dot_and_svg(strings, view):
 
 
 @pytest.mark.dot
+@pytest.mark.parametrize("view", range(len(VIEWS)))
+def test_graphviz_escapes_in_labels_show_as_written(view):
+    """Graphviz expands \\N (the node's id), \\G, \\L, \\E, \\T, \\H inside HTML labels too: a node
+    labelled ``\\N&amp;`` read ``_x3c61…`` in the SVG (found by the hypothesis test above). Every
+    backslash sequence in a label, module title or class name must show as written."""
+    for text in ["\\N&amp;", "mod\\G", "C:\\Users\\Lee\\T.py", "a\\\\b", "\\E\\H\\l\\r"]:
+        t = hostile_trace([text])  # every string of the trace: labels, modules, classes, notes
+        source = t.to_dot(VIEWS[view]).source
+        proc = subprocess.run(["dot", "-Tsvg"], input=source.encode("utf-8"), capture_output=True, timeout=60)
+        assert proc.returncode == 0 and not proc.stderr, proc.stderr.decode(errors="replace")
+        # What the diagram shows: <text> elements (a <title> holds the node's id by design).
+        texts = [e.text for e in ET.fromstring(proc.stdout).iter("{http://www.w3.org/2000/svg}text") if e.text and e.text.strip()]
+        # Each drawn input/op label is the text as written (its title line may add " · loss").
+        titles = [x for x in texts if x.startswith(text)]
+        assert titles, (text, texts[:8])
+        assert not any("_x" in x for x in texts), f"a node id was drawn in place of {text!r}: {texts[:8]}"
+
+
+@pytest.mark.dot
 def test_a_focused_module_with_a_hostile_name_is_inert():
     t = hostile_trace([PAYLOADS[0], "\x1b[2J", "a\\"])
     source = t.to_dot(module=t.nodes[1].module).source

@@ -68,8 +68,10 @@ def cap_text(text: str, limit: int = MAX_TOOLTIP) -> str:
 def h(text: str, limit: int = MAX_LABEL_TEXT) -> str:
     """Escape text for an HTML-like Graphviz label, cut to ``limit`` characters first (see
     :func:`cap_text`); empty text becomes a no-break space, because Graphviz rejects an empty
-    ``<B></B>`` or ``<FONT></FONT>`` as a syntax error."""
-    out = html.escape(cap_text(text, limit), quote=True)
+    ``<B></B>`` or ``<FONT></FONT>`` as a syntax error. Backslashes are doubled: Graphviz expands
+    ``\\N``, ``\\G``, ``\\L``... inside HTML labels too (a label ``\\N`` showed the node's DOT id),
+    even when written as ``&#92;``; ``\\\\`` is one backslash."""
+    out = html.escape(cap_text(text, limit), quote=True).replace("\\", "\\\\")
     if out.strip("]") == "" and out:  # Graphviz 2.43's HTML lexer fails on text that is only "]"s
         return out.replace("]", "&#93;")
     return out or "&#160;"
