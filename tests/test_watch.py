@@ -374,3 +374,69 @@ def test_no_optimizer_even_with_another_optimizer_alive():
     other = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
     test_no_optimizer_a_step_is_a_backward()
     assert other.param_groups  # (kept alive through the loop)
+
+
+def test_overflowing_norms_of_finite_values_count_no_nonfinite_and_a_real_nan_counts_exactly():
+    # The non-finite counts are only computed where a norm is not finite (cheap.py): a norm can overflow to inf over
+    # values that are all finite, and then the count must still be torch's (0), not the norm's word for it.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(1e20)  # outputs ~1e20: the output's norm (sum of squares in float32) overflows
+    x = torch.ones(3, 4)
+    with watch(model, every=1) as w:
+        model(x).sum().backward()  # no optimizer: a step is a backward()
+        model.zero_grad()
+        xn = x.clone()
+        xn[1, 2] = math.nan
+        model(xn).sum().backward()
+    d = w.history.to_dict()
+    out0 = model[0](x).detach()
+    assert torch.isfinite(out0).all() and not torch.isfinite(torch.linalg.vector_norm(out0))  # the case really arises
+    mods, params = d["series"]["module"], d["series"]["param"]
+    assert mods["0"]["out_nonfinite"][0] == 0 and mods["1"]["out_nonfinite"][0] == 0
+    g = torch.autograd.grad(model(x).sum(), model[1].weight)[0]
+    assert torch.isfinite(g).all() and not torch.isfinite(torch.linalg.vector_norm(g))
+    assert params["1.weight"]["grad_nonfinite"][0] == 0
+    # step 2: one NaN input poisons one row of every output and the first layer's weight gradient column-wise
+    assert mods["0"]["out_nonfinite"][1] == int((~torch.isfinite(model[0](xn))).sum()) == 4
+    gw = torch.autograd.grad(model(xn).sum(), model[0].weight)[0]
+    assert params["0.weight"]["grad_nonfinite"][1] == int((~torch.isfinite(gw)).sum()) > 0
+
+
+def test_update_ratio_stays_exact_when_the_weight_copies_are_reused_across_steps():
+    # On the CPU the weights' copies are kept and overwritten each step (cheap.Before); with two optimizers over
+    # different parameters, and the sentinel beside the sampling, every step's ratio must still be torch's.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3))
+    twin = copy.deepcopy(model)
+    opts = [torch.optim.AdamW(model[0].parameters(), lr=0.05), torch.optim.SGD(model[2].parameters(), lr=0.3, momentum=0.9)]
+    topts = [torch.optim.AdamW(twin[0].parameters(), lr=0.05), torch.optim.SGD(twin[2].parameters(), lr=0.3, momentum=0.9)]
+    expect: list[dict[str, float]] = []
+    for step in range(1, 6):
+        x, y = data(step)
+        for o in topts:
+            o.zero_grad()
+        F.cross_entropy(twin(x), y).backward()
+        ratios = {}
+        for o in topts:
+            before = {n: p.detach().clone() for n, p in twin.named_parameters()}
+            o.step()
+            ratios.update({n: (p.detach() - before[n]).norm().item() / before[n].norm().item()
+                           for n, p in twin.named_parameters() if not torch.equal(p.detach(), before[n])})
+        expect.append(ratios)
+    with gradtrace.watching.engine.Watcher(model, every=1, sentinel=True) as w:
+        for step in range(1, 6):
+            x, y = data(step)
+            for o in opts:
+                o.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            for o in opts:
+                o.step()
+    from gradtrace.watching.assemble import assemble_history
+
+    d = assemble_history(w).to_dict()
+    for name, ratios in ((n, [e[n] for e in expect]) for n in expect[0]):
+        got = d["series"]["param"][name]["update_ratio"]
+        assert all(close(a, b, rel=1e-4) for a, b in zip(got, ratios)), (name, got, ratios)
+    assert w.alarm is None

@@ -50,6 +50,7 @@ from ..errors import GradtraceError
 from ..recorder.intercept import install
 from ..recorder.stats import invisible
 from .patches import patch_clip, patch_scaler
+from .cheap import Before, nonfinite_count, nonfinite_counts
 from .sentinel import BATCH, Alarm, Sentinel, word
 from .tracing import StepTracer
 
@@ -70,6 +71,7 @@ class _Opt:
     ref: Any  # weakref to the optimizer
     count: int = 0
     before: list[torch.Tensor] | None = None
+    delta: list[torch.Tensor] | None = None  # ‖Δw‖ per parameter once the step is done (computed once, used twice)
     params: list[torch.Tensor] = field(default_factory=list)
     pre: list[torch.Tensor] | None = None  # device tensors of a sampled step, waiting for the post-step half
     sentinel_pre: list[torch.Tensor] | None = None
@@ -153,6 +155,7 @@ class Watcher:
         self._undo: list[Callable[[], None]] = []
         self._in_scaler_step: list[Any] = []
         self._scaled: dict[int, tuple[Any, torch.Tensor]] = {}
+        self._before = Before()
         self._pseudo = _Opt("backward", None)  # steps when no optimizer ever steps
         self._no_optimizer: bool | None = None  # decided at the first backward()
         self.started = time.perf_counter()
@@ -235,8 +238,9 @@ class Watcher:
 
     def _release(self) -> None:
         for o in self.opts.values():
-            o.before = o.pre = o.sentinel_pre = None
+            o.before = o.delta = o.pre = o.sentinel_pre = None
             o.params = []
+        self._before.clear()
         self._scaled.clear()
         self._micro.clear()
         self._pending_modules.clear()
@@ -342,7 +346,7 @@ class Watcher:
         with torch.no_grad(), invisible():
             d = t.detach()
             norm = torch.linalg.vector_norm(d.float() if d.dtype in (torch.float16, torch.bfloat16) else d)
-            bad = torch.logical_not(torch.isfinite(d)).sum()
+            bad = nonfinite_count(d, norm)
         self._pending_modules.setdefault(self.names.get(id(module), type(module).__name__), []).append((norm, d.numel(), bad))
 
     def _backward(self, tensors: Any, *args: Any, **kwargs: Any) -> Any:
@@ -395,7 +399,8 @@ class Watcher:
         o.params = params
         if self.sentinel is not None and params:
             o.sentinel_pre = self.sentinel.before_step(params)
-            o.before = [p.detach().clone() for p in params]
+            with torch.no_grad(), invisible():
+                o.before = self._before.take(params)
         if self._sampled_for(o, step):
             self._record_pre(o, params, step)
 
@@ -420,7 +425,7 @@ class Watcher:
                             "text": f"GradScaler skipped the step (inf or NaN in the scaled gradients); scale {scale:g} -> "
                                     f"{scale * scaler.get_backoff_factor():g}", "module": None, "param": None,
                             "optimizer": o.name})
-        o.pre = o.before = o.sentinel_pre = None
+        o.pre = o.before = o.delta = o.sentinel_pre = None
         if self._sampled_for(o, o.count):  # the sample due here is owed: taken at this optimizer's next real step
             o.owed = True
         self._end_step(o, o.count, False, skipped=True)
@@ -448,17 +453,17 @@ class Watcher:
                 return
             grads = [p.grad for p in params]
             gn = [n.float() for n in torch._foreach_norm(grads)]
-            bad = [torch.logical_not(torch.isfinite(g)).sum().float() for g in grads]
+            bad = nonfinite_counts(grads, gn)
             wn = [n.float() for n in torch._foreach_norm([p.detach() for p in params])]
             if o.before is None and o is not self._pseudo:
-                o.before = [p.detach().clone() for p in params]
+                o.before = self._before.take(params)
             o.pre = [*gn, *bad, *wn]
 
     def _record_post(self, o: _Opt, step: int, lrs: list[float | None]) -> None:
         params, pre, before = o.params, o.pre or [], o.before
         with torch.no_grad(), invisible():
             if params and before is not None and o is not self._pseudo:
-                dn = [n.float() for n in torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], before))]
+                dn = self._delta(o)
             else:
                 dn = [torch.full((), math.nan) for _ in params]
             values = torch.stack([*pre, *dn]) if params else torch.zeros(0)
@@ -476,14 +481,23 @@ class Watcher:
         self._pending_modules = {}
         o.pre = None
         if self.sentinel is None:
-            o.before = None
+            o.before = o.delta = None
         if len(self._rows) >= BATCH:
             self._read_rows()
 
+    def _delta(self, o: _Opt) -> list[torch.Tensor]:
+        """‖Δw‖ per parameter of ``o``'s step just done (its weights' copies are spent on the first call)."""
+        if o.delta is None and o.before is not None:
+            with torch.no_grad(), invisible():
+                o.delta = Before.delta_norms(o.params, o.before)
+            o.before = None
+        return o.delta or []
+
     def _sentinel_row(self, o: _Opt, step: int) -> None:
-        self.sentinel.after_step(step, o.name, list(self._micro_calls) or [self.backward_calls], self._micro, o.params,
-                                 o.before, o.sentinel_pre)
-        o.before = o.sentinel_pre = None
+        delta = self._delta(o) if o.before is not None or o.delta is not None else None
+        self.sentinel.after_step(step, o.name, list(self._micro_calls) or [self.backward_calls], self._micro, delta,
+                                 o.sentinel_pre)
+        o.before = o.delta = o.sentinel_pre = None
 
     def _end_step(self, o: _Opt, step: int, sampled: bool, skipped: bool = False) -> None:
         if o.name in ("opt0", "backward") and self._micro:

@@ -60,15 +60,15 @@ class Sentinel:
             gn = _total_norm([p.grad for p in params])
             return [gn, _total_norm([p.detach() for p in params]) if weights else torch.zeros(())]
 
-    def after_step(self, step: int, opt: str, calls: list[int], micro: list[torch.Tensor], params: list[torch.Tensor],
-                   before: list[torch.Tensor] | None, pre: list[torch.Tensor] | None) -> None:
-        """Add the step's row: its micro-steps' losses, and the update the step made (``before``: the weights' copies)."""
+    def after_step(self, step: int, opt: str, calls: list[int], micro: list[torch.Tensor], delta: list[torch.Tensor] | None,
+                   pre: list[torch.Tensor] | None) -> None:
+        """Add the step's row: its micro-steps' losses, and the update the step made (``delta``: ‖Δw‖ per parameter)."""
         with torch.no_grad(), invisible():
             losses = torch.stack(micro) if micro else None
             loss = losses.mean() if losses is not None else torch.zeros(())
             zero = torch.zeros((), device=loss.device)
-            if pre is not None and before is not None:
-                dn = _total_norm(torch._foreach_sub([p.detach() for p in params], before))
+            if pre is not None and delta is not None:
+                dn = torch.linalg.vector_norm(torch.stack([d.to(loss.device) for d in delta])) if delta else zero
                 row = torch.stack([loss, pre[0].to(loss.device), dn.to(loss.device), pre[1].to(loss.device)])
             elif pre is not None:  # no optimizer: no update to measure
                 row = torch.stack([loss, pre[0].to(loss.device), zero, zero])
