@@ -140,7 +140,8 @@ def test_user_strings_are_escaped():
     unquoted = re.sub(r'"(?:[^"\\]|\\.)*"', '""', source)
     assert "<b>&" not in unquoted
     assert "<img" not in unquoted
-    assert 'tooltip="<b>&\\"x\\" (Linear)"' in source
+    # '&' written as &amp;: Graphviz decodes entities inside quoted strings too (see the test below)
+    assert 'tooltip="<b>&amp;\\"x\\" (Linear)"' in source
 
 
 @pytest.mark.dot
@@ -154,6 +155,30 @@ def test_escaped_svg_is_valid_and_inert(tmp_path):
     titles = [v for e in root.iter() for k, v in e.attrib.items() if k.endswith("title")]
     assert any("back\\slash" in v for v in titles), "a backslash in a name survives into the tooltip"
     assert any("grad:" in v and "norm" in v for v in titles), "tooltips carry full statistics"
+
+
+class Entities(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.add_module("a&lt;b&#65;&amp;", nn.Linear(2, 2))
+
+    def forward(self, x):
+        return next(iter(self.children()))(x)
+
+
+@pytest.mark.dot
+@pytest.mark.parametrize("opts", [{}, {"depth": 0}, {"max_nodes": 3}])
+def test_text_that_looks_like_an_entity_is_shown_as_written(tmp_path, opts):
+    # Graphviz decodes HTML entities in quoted strings (tooltips, cluster and caption labels), not only in HTML labels:
+    # a module named 'a&lt;b&#65;&amp;' showed as 'a<bA&' in its tooltip. What the user wrote is what they must read.
+    t = gradtrace.trace(Entities(), torch.randn(3, 2))
+    root = ET.parse(t.render(tmp_path / "e.svg", **opts)).getroot()
+    shown = [v for e in root.iter() for k, v in e.attrib.items() if k.endswith("title")]
+    shown += [e.text for e in root.iter(f"{SVG}text") if e.text]
+    shown += [e.text for e in root.iter(f"{SVG}title") if e.text]
+    named = [s for s in shown if "a&lt;b" in s or "a<b" in s]
+    assert named, shown
+    assert all("a&lt;b&#65;&amp;" in s for s in named), named
 
 
 @pytest.mark.dot

@@ -81,8 +81,19 @@ def escape_tooltip(text: str) -> str:
     """Escape text for a Graphviz escString attribute (tooltip, plain label): backslashes are escapes
     there, and a value that looks like ``<...>`` must stay a quoted string, never become an HTML label
     (``graphviz.escape`` marks it so: a tooltip ``<x> [URL="javascript:..."] <y>`` stays one string).
-    Cut to :data:`MAX_TOOLTIP` characters first, so the quoted string stays under Graphviz's limit."""
-    return graphviz.escape(cap_text(text))
+    Graphviz also decodes HTML entities in quoted strings (``&lt;`` in a tooltip shows ``<``), so every
+    ``&`` is written ``&amp;``: the text reads as the user wrote it. Cut to :data:`MAX_TOOLTIP`
+    characters first (less when the ``&`` make it long), so the quoted string stays under Graphviz's limit.
+
+    >>> str(escape_tooltip("a&lt;b"))
+    'a&amp;lt;b'
+    """
+    limit = MAX_TOOLTIP
+    while True:
+        out = graphviz.escape(cap_text(text, limit).replace("&", "&amp;"))
+        if len(out) <= 2 * MAX_TOOLTIP or limit <= 100:
+            return out
+        limit //= 2
 
 
 def _more(items: Sequence[str], limit: int, what: str) -> list[str]:
