@@ -20,12 +20,12 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import GradtraceError
 from .replay import Fingerprint, compare_fingerprints
 
-__all__ = ["RanksReplayed", "TORCHRUN_VARS", "replay_ranks"]
+__all__ = ["RanksReplayed", "TORCHRUN_VARS", "replay_ranks", "rerun_env"]
 
 #: What torchrun tells its workers: the re-run's own torchrun sets them afresh, none may leak from the first run.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
@@ -41,6 +41,15 @@ class RanksReplayed:
     mismatch: str | None
 
 
+def rerun_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The re-run's environment: this one without what the first run's torchrun told its workers.
+
+    >>> rerun_env({"PATH": "/bin", "MASTER_PORT": "29500", "RANK": "0"})
+    {'PATH': '/bin'}
+    """
+    return {k: v for k, v in environ.items() if k not in TORCHRUN_VARS}
+
+
 def replay_ranks(script: str, args: Sequence[str], world_size: int, backward_call: int, step: int,
                  first: dict[int, Sequence[Fingerprint]], timeout: float) -> RanksReplayed:
     """Run ``script`` again on ``world_size`` fresh local ranks and return every rank's trace of its
@@ -50,7 +59,7 @@ def replay_ranks(script: str, args: Sequence[str], world_size: int, backward_cal
     with tempfile.TemporaryDirectory(prefix="gradtrace-rank-replay-") as tmp:
         spec = json.dumps({"script": os.path.abspath(script), "args": list(args), "backward_call": backward_call,
                            "dir": tmp, "timeout": timeout})
-        env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+        env = rerun_env(os.environ)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
                "-m", "gradtrace.watching.rankreplay", spec]
         try:
