@@ -162,6 +162,13 @@ def _trace_and_report(script: str, script_args: tuple[str, ...], info: RankInfo,
 
     name = Path(script).name
     step = first.step
+    local = os.environ.get("LOCAL_WORLD_SIZE", str(info.world_size))
+    if local != str(info.world_size):  # several nodes: the re-run starts its ranks on this machine only
+        click.echo(f"gradtrace check: step {step} is the first broken step, on rank {first.rank}: {first.text}")
+        click.echo(f"gradtrace check: not re-run to trace it: the run spans several nodes ({info.world_size} ranks, "
+                   f"{local} here) and the re-run starts ranks on this machine only; trace it with the same torchrun "
+                   f"command line and `-m gradtrace check --step {first.backward_call} {name}`", err=True)
+        return
     try:
         replayed = replay_ranks(script, script_args, info.world_size, first.backward_call, step, fingerprints, timeout)
     except GradtraceError as e:
