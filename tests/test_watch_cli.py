@@ -186,9 +186,9 @@ def test_watch_to_standard_output(tmp_path):
     assert d["steps"] == [1, 6, 11] and "final loss" in proc.stderr
 
 
-def test_watch_and_every_step_under_torchrun_are_refused_clearly(tmp_path, monkeypatch):
-    """Under torchrun (RANK and WORLD_SIZE set) watch and check --every-step say they run in one process, before the
-    script runs, rather than every rank writing the same file."""
+def test_watch_and_every_step_under_torchrun_check_their_options_before_the_script_runs(tmp_path, monkeypatch):
+    """Under torchrun (RANK and WORLD_SIZE set) watch and check --every-step run on every rank (the real runs are in
+    test_distributed_watch_runs.py); a bad output or --nproc-per-node inside torchrun is refused before the script runs."""
     from click.testing import CliRunner
 
     from gradtrace.cli import main
@@ -198,6 +198,9 @@ def test_watch_and_every_step_under_torchrun_are_refused_clearly(tmp_path, monke
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": "29500", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(name, value)
-    for args in (["watch", str(script)], ["check", "--every-step", str(script)]):
+    for args, words in ((["watch", str(script), "-o", "run.txt"], "suffix"),
+                        (["check", "--every-step", str(script), "-o", "bad.xyz"], "xyz"),
+                        (["watch", "--nproc-per-node", "2", str(script)], "leave it out"),
+                        (["check", "--every-step", "--nproc-per-node", "2", str(script)], "leave it out")):
         r = CliRunner().invoke(main, args)
-        assert r.exit_code == 2 and "one process" in r.output and "must not run" not in r.output, r.output
+        assert r.exit_code == 2 and words in r.output and "must not run" not in r.output, (args, r.output)

@@ -61,7 +61,9 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, e
       1  a step went wrong (loss, gradients non-finite, or the update larger
          than the weights): its number and finding are printed and its full
          trace is written (the script is re-run to that step and checked to
-         reproduce it)
+         reproduce it); under torchrun the ranks stop at the same step, every
+         rank is re-run in a fresh group and traced, and the rank and op
+         where it first went wrong are printed
       5  no broken step, but the script raised, exited non-zero or made no
          step (its message or traceback is printed)
       2, 70 and 130 as above; 3 is not used
@@ -72,15 +74,20 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, e
         gradtrace check train.py --step 10 --json
         torchrun --nproc-per-node 4 -m gradtrace check train.py
         gradtrace check train.py --every-step -o first_bad.html
+        torchrun --nproc-per-node 2 -m gradtrace check train.py --every-step
     """
     if every_step:
         if step != 1:
             raise click.UsageError("--step and --every-step do not go together: --every-step checks every step")
-        if nproc_per_node is not None or _ranks(False, rank_timeout) is not None:
-            raise click.UsageError("--every-step runs in one process for now: under torchrun, check one step on every "
-                                   "rank with `check --step N`, or run --every-step on one process of the script")
-        from ..watching.cli import check_every_step
+        from ..watching.cli import check_every_step, check_trace_output
 
+        check_trace_output(output)
+        _launch_if_asked("check", nproc_per_node)
+        ranks = _ranks(False, rank_timeout)
+        if ranks is not None:
+            from ..watching.rankcheck import check_every_step_ranks
+
+            check_every_step_ranks(ranks.info, script, script_args, output, as_json, rank_timeout)
         check_every_step(script, script_args, output, as_json)
         return
     if output is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ._common import _rank_options
 
 
 @click.command("watch", context_settings={"ignore_unknown_options": False})
@@ -21,8 +22,9 @@ import click
               help="Embed the full trace of these steps (e.g. 1,100,1000).")
 @click.option("--no-alarm-trace", is_flag=True,
               help="Do not re-run the script to embed the full trace of the first step with an alarm.")
+@_rank_options
 def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: str | None, every: int | None, steps: str | None,
-          trace_steps: str | None, no_alarm_trace: bool) -> None:
+          trace_steps: str | None, no_alarm_trace: bool, nproc_per_node: int | None, rank_timeout: float) -> None:
     """Run SCRIPT to its end and record the training's history, every N steps.
 
     Per module (output RMS, non-finite outputs, gradient norm) and per
@@ -40,6 +42,16 @@ def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: st
         gradtrace watch train.py -o run.json --every 10
         gradtrace watch train.py -o run.csv --steps 100:200
         gradtrace watch train.py --trace-steps 1,100 -- --epochs 5
+        torchrun --nproc-per-node 2 -m gradtrace watch train.py -o run.json
+        gradtrace watch --nproc-per-node 2 train.py -o run.html
+
+    \b
+    Under torchrun (or with --nproc-per-node) every rank records its history
+    (the same sampled steps on every rank) and rank 0 writes one file holding
+    all ranks, with the spread of the loss and of each module's output RMS
+    across ranks; a rank that failed is in it with the steps it made. The
+    first alarm is not re-run to be traced under torchrun: use `check
+    --every-step` for that (see docs/watch.md).
 
     \b
     Exit status:
@@ -51,10 +63,17 @@ def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: st
         70   internal error: a bug in gradtrace (its traceback is printed)
         130  interrupted (Ctrl-C)
     """
-    from ..distributed.env import rank_info
-    from ..watching.cli import parse_steps, parse_trace_steps, run_watch
+    from ..watching.cli import parse_steps, parse_trace_steps, run_watch, watch_target
+    from ._ranks import _launch_if_asked, _ranks
 
-    if rank_info() is not None:  # every rank would write the same file, and the alarm's re-run needs every rank
-        raise click.UsageError("watch runs in one process for now: under torchrun, use `render` or `check` (every rank "
-                               "traced), or watch one process of the script")
+    _launch_if_asked("watch", nproc_per_node)
+    ranks = _ranks(False, rank_timeout)
+    if ranks is not None:
+        # Every rank records its own history; rank 0 writes one file holding all ranks (docs/watch.md). The first alarm
+        # is not re-run to be traced here: `check --every-step` does that on every rank.
+        from ..watching.rankwatch import run_watch_ranks
+
+        target, kind, shown = watch_target(output, fmt, script, "html")
+        run_watch_ranks(ranks.info, script, script_args, target, kind, shown, every, parse_steps(steps),
+                        parse_trace_steps(trace_steps), rank_timeout)
     run_watch(script, script_args, output, fmt, every, parse_steps(steps), parse_trace_steps(trace_steps), not no_alarm_trace)

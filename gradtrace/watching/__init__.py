@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from .history import History
+from .rankhistory import RankHistories, load_history
 
-__all__ = ["History", "Watch", "watch"]
+__all__ = ["History", "RankHistories", "Watch", "load_history", "watch"]
 
 
 class Watch:

@@ -15,7 +15,7 @@ from .history import watch_format_for
 if TYPE_CHECKING:
     from .runner import Outcome
 
-__all__ = ["check_every_step", "parse_steps", "parse_trace_steps", "run_watch"]
+__all__ = ["check_every_step", "check_trace_output", "parse_steps", "parse_trace_steps", "run_watch", "watch_target"]
 
 
 def parse_steps(value: str | None) -> tuple[int, int | None]:
@@ -56,7 +56,8 @@ def parse_trace_steps(value: str | None) -> tuple[int, ...]:
     return steps
 
 
-def _target(output: str | None, fmt: str | None, script: str, default_fmt: str) -> tuple[Path, str, str]:
+def watch_target(output: str | None, fmt: str | None, script: str, default_fmt: str) -> tuple[Path, str, str]:
+    """Where ``watch`` writes (``-``: standard output), in which format, and the name to show; checked before the run."""
     if output == "-":  # standard output: JSON unless --format says otherwise
         return Path("-"), fmt or "json", "standard output"
     if output is None:
@@ -80,7 +81,7 @@ def run_watch(script: str, script_args: tuple[str, ...], output: str | None, fmt
     from .engine import Watcher
     from .runner import run_watched
 
-    target, fmt, shown = _target(output, fmt, script, "html")
+    target, fmt, shown = watch_target(output, fmt, script, "html")
     if fmt == "html":
         try:
             from ..render import watch_html  # noqa: F401  (checked before a long run, not after)
@@ -159,13 +160,8 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
         raise SystemExit(outcome.status)
 
 
-def check_every_step(script: str, script_args: tuple[str, ...], output: str | None, as_json: bool) -> None:
-    """``gradtrace check --every-step``: the sentinel on every step; the full trace of the first broken one."""
-    from ..cli import EXIT_ALARM, EXIT_HEALTHY, EXIT_NO_STEP, INTERRUPTED
-    from .engine import Watcher
-    from .replay import replay_step
-    from .runner import run_watched
-
+def check_trace_output(output: str | None) -> None:
+    """``check --every-step -o OUTPUT``: a format gradtrace can write and a folder that exists, checked before the run."""
     if output is not None and output != "-":
         from ..render.output import format_for
 
@@ -175,6 +171,16 @@ def check_every_step(script: str, script_args: tuple[str, ...], output: str | No
             raise click.UsageError(str(e)) from None
         if not Path(output).parent.is_dir():
             raise click.ClickException(f"cannot write {output!r}: the folder {str(Path(output).parent)!r} does not exist")
+
+
+def check_every_step(script: str, script_args: tuple[str, ...], output: str | None, as_json: bool) -> None:
+    """``gradtrace check --every-step``: the sentinel on every step; the full trace of the first broken one."""
+    from ..cli import EXIT_ALARM, EXIT_HEALTHY, EXIT_NO_STEP, INTERRUPTED
+    from .engine import Watcher
+    from .replay import replay_step
+    from .runner import run_watched
+
+    check_trace_output(output)
     watcher = Watcher(sentinel=True, sample=False, script=Path(script).name)
     watcher.on_alarm = lambda alarm: setattr(watcher, "stop_requested", True)
     name = Path(script).name

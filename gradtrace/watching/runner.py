@@ -135,3 +135,9 @@ def describe(outcome: Outcome, name: str) -> str:
         return f"{name} raised an exception"
     return f"{name} exited with status {outcome.status}"
 
+
+
+def why_ended(outcome: Outcome, name: str) -> str:
+    """:func:`describe`, with the last line of the script's traceback or exit message when it has one."""
+    lines = outcome.report.strip().splitlines()
+    return describe(outcome, name) + (f" ({lines[-1].strip()})" if lines else "")

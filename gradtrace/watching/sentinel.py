@@ -51,6 +51,9 @@ class Sentinel:
         self.fingerprints: list[Fingerprint] = []
         self._rows: list[tuple[int, str, list[int], torch.Tensor, torch.Tensor | None]] = []
         self._told = False
+        #: Under torchrun: called at each read with this batch's first broken step (or None) and the batch's last
+        #: step; returns the step every rank agreed on (or None). Set by gradtrace.watching.rankcheck.
+        self.agree: Callable[[Alarm | None, int], Alarm | None] | None = None
 
     def before_step(self, params: list[torch.Tensor], *, weights: bool = True) -> list[torch.Tensor] | None:
         """The gradients' total norm (and the weights', for the update ratio) before the optimizer step."""
@@ -96,6 +99,8 @@ class Sentinel:
                 found = _finding(opt, calls, losses, loss, gn, dn, wn)
                 if found is not None:
                     self.alarm = Alarm(step, found[0], found[1], opt)
+        if self.agree is not None:  # (every rank reads at the same step counts, so every rank calls it there)
+            self.alarm = self.agree(self.alarm, rows[-1][0])
         if self.alarm is not None and not self._told and self.on_alarm is not None:
             self._told = True
             self.on_alarm(self.alarm)
