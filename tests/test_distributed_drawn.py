@@ -377,3 +377,38 @@ def test_hostile_placements_and_dtype_are_inert_in_svg_and_page(payload: str) ->
     assert "<" not in data
     node = next(n for n in page_data(again, RenderOptions())["nodes"] if n.get("rd"))
     assert node["rd"]["op"] == "reduce_scatter"
+
+
+# -- in one process: the alarm colour and Model Explorer ---------------------------------------------
+
+
+def test_a_nan_the_collective_brought_colours_the_parameter_as_an_alarm() -> None:
+    from gradtrace.render.style import ALARM
+
+    from .test_distributed import _multi
+
+    healthy = _multi()
+    nan = torch.full((1, 4), float("nan"))
+    sick = _multi(reduced_edit={"fc2.weight": nan})  # rank 1's reduced fc2.weight is NaN; its local one is finite
+    for m, alarm in ((healthy, False), (sick, True)):
+        t = m.trace(1)
+        key = t.find("fc2.weight")[0]
+        assert t.node(key).grad.finite
+        node = next(line for line in t.to_dot().source.splitlines() if line.lstrip().startswith(f"{key} "))
+        assert (f'BGCOLOR="{ALARM}"' in node) is alarm
+        assert bool(next(n for n in page_data(t, RenderOptions())["nodes"] if n["k"] == key).get("a")) is alarm
+
+
+def test_model_explorer_node_attributes_show_both_gradients() -> None:
+    from gradtrace.render.model_explorer import to_graph_json
+
+    from .test_distributed import _batch, _local_grads, _multi
+
+    m = _multi()
+    mean = (_local_grads(_batch(0))["fc1.bias"] + _local_grads(_batch(1))["fc1.bias"]) / 2
+    doc = to_graph_json(m.trace(1))
+    nodes = [n for g in doc["graphs"] for n in g["nodes"] if n["label"] == "fc1.bias"]
+    attrs = dict((a["key"], a["value"]) for a in nodes[0]["attrs"])
+    assert "∇ local (rank 1)" in attrs
+    _close_values(attrs["∇ reduced (all_reduce, avg of 2 ranks)"], mean)
+    assert float(attrs["reduced grad norm"]) == pytest.approx(float(mean.double().norm()), rel=1e-5)
