@@ -412,3 +412,30 @@ def test_model_explorer_node_attributes_show_both_gradients() -> None:
     assert "∇ local (rank 1)" in attrs
     _close_values(attrs["∇ reduced (all_reduce, avg of 2 ranks)"], mean)
     assert float(attrs["reduced grad norm"]) == pytest.approx(float(mean.double().norm()), rel=1e-5)
+
+
+@pytest.mark.parametrize("shard, words", [
+    ([2, 2], ["shard: [2, 2] is not a shard of a reduce_scatter", "k < n"]),
+    ([0, 3], ["3 shards is more than the 2 ranks"]),
+    ("0/2", ["shard: expected null or [k, n]"]),
+    ([0], ["shard: expected null or [k, n]"]),
+    ([-1, 2], ["shard[0]", "integer from 0"]),
+    ([0, True], ["shard[1]", "integer from 1"]),
+])
+def test_a_malformed_shard_in_the_multi_rank_file_is_a_clear_error(runs: Any, shard: Any, words: list[str]) -> None:
+    doc = json.loads((runs["fsdp"][1] / "step.json").read_text())
+    doc["ranks"][1]["collective"][0]["shard"] = shard
+    with pytest.raises(GradtraceError) as e:
+        MultiTrace.from_json(json.dumps(doc))
+    for w in words:
+        assert w in str(e.value), str(e.value)
+    doc["ranks"][1]["collective"][0].pop("shard")  # a file written before the field: loads, the label says "this rank's shard"
+    t = MultiTrace.from_json(json.dumps(doc)).trace(1)
+    assert "this rank's shard of" in t.to_dot().source
+
+
+def test_a_shard_on_an_all_reduce_record_is_refused(runs: Any) -> None:
+    doc = json.loads((runs["ddp"][1] / "step.json").read_text())
+    doc["ranks"][0]["collective"][0]["shard"] = [0, 2]
+    with pytest.raises(GradtraceError, match="an all_reduce has none"):
+        MultiTrace.from_json(json.dumps(doc))

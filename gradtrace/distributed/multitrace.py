@@ -18,7 +18,13 @@ the gradient after it: DDP's all-reduced average (``op`` ``all_reduce``,
 the whole tensor, the same on every rank), or FSDP2's reduce-scattered
 shard (``op`` ``reduce_scatter``: ``reduced`` describes this rank's shard
 only, ``shape`` is the parameter's full logical shape and ``placements``
-the DTensor placements, as ``str(dtensor.placements)``).
+the DTensor placements, as ``str(dtensor.placements)``, and ``shard``
+``[k, n]`` which shard this rank holds, of how many, numbered from 0; written
+only when known, and ignored by readers that predate it).
+
+The ranks' traces stay as recorded; :meth:`MultiTrace.trace` attaches each
+record to its parameter node (``TraceNode.reduced``), which is what every
+drawing shows beside the local gradient.
 """
 
 from __future__ import annotations
