@@ -136,20 +136,21 @@ def reduced_titles(r: ReducedGrad) -> dict[str, str]:
     '∇ reduced (all_reduce, avg of 2 ranks)'
     """
     before = "all-reduce" if r.op == "all_reduce" else "reduce-scatter"
+    ranks = f"{r.world_size} rank{'s' if r.world_size != 1 else ''}"
     out = {"local": f"∇ local (rank {r.rank})",
            "local_long": f"gradient, local (rank {r.rank}'s own, before the {before})",
-           "reduced": f"∇ reduced ({r.op}, avg of {r.world_size} rank{'s' if r.world_size != 1 else ''})", "shard": ""}
+           "reduced": f"∇ reduced ({r.op}, avg of {ranks})", "shard": ""}
     if not r.sharded:
-        out["reduced_long"] = (f"gradient, reduced (after the {before}: the average over {r.world_size} ranks, the whole tensor, "
+        out["reduced_long"] = (f"gradient, reduced (after the {before}: the average over {ranks}, the whole tensor, "
                                "the same on every rank; what the optimizer used)")
         return out
     which = "this rank's shard" if r.shards is None else f"shard {r.shard}/{r.shards}"
     places = placements_text(r.placements)
     out["shard"] = f"{which} of {fmt.shape_of(r.shape)}" + (f", placements {places}" if places else "")
     of = "this rank's shard" if r.shards is None else f"shard {r.shard} of {r.shards} (numbered from 0)"
-    out["reduced_long"] = (f"gradient, reduced (after the {before}: the average over {r.world_size} ranks; rank {r.rank} holds "
+    out["reduced_long"] = (f"gradient, reduced (after the {before}: the average over {ranks}; rank {r.rank} holds "
                            f"{of} of the full {fmt.shape_of(r.shape)}" + (f", placements {r.placements}" if r.placements else "")
-                           + "; the statistics are of that shard only, no full tensor was gathered)")
+                           + ", what the optimizer used for it; the statistics are of that shard only, no full tensor was gathered)")
     return out
 
 
