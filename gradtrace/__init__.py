@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import CaptureError, DotNotFoundError, GradtraceError, RenderError, RenderTimeoutError, ScriptError
-from .records import OptimizerStep, TensorStats, TraceEdge, TraceNode
+from .records import OptimizerStep, ReducedGrad, TensorStats, TraceEdge, TraceNode
 from .render.options import RenderOptions
 from .steptrace import Trace
 
@@ -29,6 +29,7 @@ __all__ = [
     "DotNotFoundError",
     "GradtraceError",
     "OptimizerStep",
+    "ReducedGrad",
     "RenderError",
     "RenderOptions",
     "RenderTimeoutError",

@@ -19,7 +19,8 @@ def build_graph(nodes: Iterable[TraceNode], edges: Iterable[TraceEdge]) -> nx.Di
     """A DiGraph whose edges run the way data flows (input/parameter -> op -> ... -> loss).
 
     Node attributes are the contract's: kind, label, grad_fn, module, value,
-    grad, values, grads, forward_step, backward_step, update, update_ratio, source, args, scope, sgd_update.
+    grad, values, grads, forward_step, backward_step, update, update_ratio, source, args, scope, sgd_update,
+    reduced (a data-parallel parameter's gradient after the collective, else None).
     Edge attributes: ``output`` (which output of the source), ``shape``
     (that output's shape, when its value was recorded), ``grad`` (the gradient
     sent back along the edge) and ``uses`` (inputs of the target it fed).
@@ -31,7 +32,7 @@ def build_graph(nodes: Iterable[TraceNode], edges: Iterable[TraceEdge]) -> nx.Di
             n.key, kind=n.kind, label=n.label, grad_fn=n.grad_fn, module=n.module, value=n.value, grad=n.grad,
             values=n.values, grads=n.grads, forward_step=n.forward_step, backward_step=n.backward_step,
             update=n.update, update_ratio=n.update_ratio, source=n.source, args=n.args, scope=n.scope or n.module,
-            sgd_update=n.sgd_update,
+            sgd_update=n.sgd_update, reduced=n.reduced,
         )
         for i, v in enumerate(n.values):
             if v is not None:

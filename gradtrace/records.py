@@ -11,11 +11,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["NODE_KINDS", "OptimizerStep", "TensorStats", "TraceEdge", "TraceNode"]
+__all__ = ["COLLECTIVE_OPS", "NODE_KINDS", "OptimizerStep", "ReducedGrad", "TensorStats", "TraceEdge", "TraceNode"]
 
 #: The kinds a node can have: an autograd node, a named parameter, another
 #: tensor that requires grad, a tensor handed to the model that does not.
 NODE_KINDS = ("op", "param", "leaf", "input")
+
+#: What reduced a parameter's gradient across ranks: DDP's all-reduce (every rank ends with the whole
+#: average) or FSDP2's reduce-scatter (every rank ends with its shard of it).
+COLLECTIVE_OPS = ("all_reduce", "reduce_scatter")
+#: More ranks than this is not a run gradtrace recorded (and a bound on what a hostile file describes).
+MAX_RANKS = 65536
 
 #: Tensors with at most this many elements keep their exact values.
 EXACT_VALUES_MAX = 16
@@ -235,6 +241,71 @@ def _stats_from_json(x: Any, where: str) -> TensorStats | None:
 
 
 @dataclass(frozen=True)
+class ReducedGrad:
+    """A parameter's gradient after the data-parallel collective, as rank ``rank`` of ``world_size`` holds it.
+
+    The node's own ``grads`` are the rank's local gradient, before the collective; this is the
+    gradient the optimizer used. ``op`` ``all_reduce`` (DDP): ``stats`` describe the whole average
+    over the ranks. ``reduce_scatter`` (FSDP2): ``stats`` describe this rank's shard only, shard
+    ``shard`` of ``shards`` (numbered from 0) of a gradient whose full logical shape is ``shape``,
+    split as the DTensor ``placements`` say (``(Shard(dim=0),)``).
+
+    >>> ReducedGrad("all_reduce", 1, 2, (3,), None).sharded
+    False
+    """
+
+    op: str
+    rank: int
+    world_size: int
+    shape: tuple[int, ...]
+    stats: TensorStats | None
+    placements: str = ""
+    shard: int | None = None
+    shards: int | None = None
+
+    @property
+    def sharded(self) -> bool:
+        """True when ``stats`` describe this rank's shard, not the whole gradient."""
+        return self.op == "reduce_scatter"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "rank": self.rank, "world_size": self.world_size, "shape": list(self.shape),
+                "placements": self.placements, "shard": self.shard, "shards": self.shards,
+                "stats": None if self.stats is None else self.stats.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "reduced") -> ReducedGrad:
+        """Read what :meth:`to_dict` wrote; a wrong field raises ``TraceFileError`` naming it."""
+        d = _obj(d, where)
+        op = _str(_field(d, "op", where), f"{where} op")
+        if op not in COLLECTIVE_OPS:
+            raise _bad(f"{where} op", f"one of {list(COLLECTIVE_OPS)}", op)
+        world = _int(_field(d, "world_size", where), f"{where} world_size", minimum=1)
+        if world > MAX_RANKS:
+            raise _bad(f"{where} world_size", f"at most {MAX_RANKS} ranks", world)
+        rank = _int(_field(d, "rank", where), f"{where} rank")
+        if rank >= world:
+            raise TraceFileError(f"{where} rank: {rank} is not below world_size {world}")
+        shape = tuple(_int(n, f"{where} shape[{i}]") for i, n in enumerate(_list(_field(d, "shape", where), f"{where} shape")))
+        shard = _int(d.get("shard"), f"{where} shard", optional=True)
+        shards = _int(d.get("shards"), f"{where} shards", minimum=1, optional=True)
+        if (shard is None) != (shards is None):
+            raise TraceFileError(f"{where}: shard and shards go together (both null, or shard k of shards n), "
+                                 f"found shard={shard!r}, shards={shards!r}")
+        if shards is not None and (shards > world or shard >= shards):
+            raise TraceFileError(f"{where}: shard {shard} of {shards} is not a shard of {world} ranks "
+                                 "(expected 0 <= shard < shards <= world_size)")
+        if shard is not None and op != "reduce_scatter":
+            raise TraceFileError(f"{where}: an {op} leaves every rank the whole gradient, not a shard (shard must be null)")
+        stats = _stats_from_json(_field(d, "stats", where), f"{where} stats")
+        if stats is not None and op == "all_reduce" and stats.shape != shape:
+            raise TraceFileError(f"{where} stats shape: {list(stats.shape)} is not the shape {list(shape)} "
+                                 "(an all_reduce leaves every rank the whole gradient)")
+        return cls(op=op, rank=rank, world_size=world, shape=shape, stats=stats,
+                   placements=_str(d.get("placements", ""), f"{where} placements"), shard=shard, shards=shards)
+
+
+@dataclass(frozen=True)
 class TraceNode:
     """One node of the traced graph.
 
@@ -255,6 +326,8 @@ class TraceNode:
     (``pool#2`` for the second call of ``pool``): the clusters a drawing shows.
     ``sgd_update`` is −lr·grad for a parameter of a plain SGD step, beside the
     applied ``update``, so "Δw = −lr × grad" can be checked by hand.
+    ``reduced`` is, for a parameter of a data-parallel run (DDP, FSDP2), its gradient after the
+    all-reduce or reduce-scatter (``grads`` are this rank's own, before it); ``None`` elsewhere.
     """
 
     key: str
@@ -272,6 +345,7 @@ class TraceNode:
     args: str = ""
     scope: str = ""
     sgd_update: TensorStats | None = None
+    reduced: ReducedGrad | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in NODE_KINDS:
@@ -286,7 +360,7 @@ class TraceNode:
         return self.grads[0] if self.grads else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "key": self.key,
             "kind": self.kind,
             "label": self.label,
@@ -303,6 +377,11 @@ class TraceNode:
             "scope": self.scope,
             "sgd_update": None if self.sgd_update is None else self.sgd_update.to_dict(),
         }
+        # Only where there is one: a single-process trace's file stays as it was, and older gradtrace,
+        # which ignores fields it does not know, still reads a rank's trace (without the reduced gradient).
+        if self.reduced is not None:
+            out["reduced"] = self.reduced.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "node") -> TraceNode:
@@ -314,7 +393,7 @@ class TraceNode:
         if kind not in NODE_KINDS:
             raise _bad(f"{where} kind", f"one of {list(NODE_KINDS)}", kind)
         module = _str(d.get("module", ""), f"{where} module")
-        return cls(
+        node = cls(
             key=key,
             kind=kind,
             label=_str(_field(d, "label", where), f"{where} label"),
@@ -330,7 +409,25 @@ class TraceNode:
             args=_str(d.get("args", ""), f"{where} args"),
             scope=_str(d.get("scope", module), f"{where} scope"),
             sgd_update=_stats_from_json(d.get("sgd_update"), f"{where} sgd_update"),
+            reduced=_reduced_from_json(d.get("reduced"), kind, f"{where} reduced"),
         )
+        r = node.reduced
+        if r is not None and node.value is not None and r.shape != node.value.shape:
+            raise TraceFileError(f"{where} reduced shape: {list(r.shape)} is not the shape of the parameter, "
+                                 f"{list(node.value.shape)} (the record describes that parameter's gradient)")
+        if r is not None and r.stats is not None and r.stats.numel > math.prod(r.shape):
+            raise TraceFileError(f"{where} reduced stats: {r.stats.numel} elements is more than the whole gradient "
+                                 f"of shape {list(r.shape)} holds (a shard is a part of it)")
+        return node
+
+
+def _reduced_from_json(x: Any, kind: str, where: str) -> ReducedGrad | None:
+    if x is None:
+        return None
+    if kind not in ("param", "leaf"):  # a collective reduces what the optimizer updates: a leaf's gradient
+        raise TraceFileError(f"{where}: a {kind} node has no gradient after a collective (only a parameter or "
+                             "another leaf tensor does); expected null")
+    return ReducedGrad.from_dict(x, where)
 
 
 @dataclass(frozen=True)

@@ -221,8 +221,9 @@ def test_write_multi_every_rank_and_one_file_formats(tmp_path: Path) -> None:
     m = _multi()
     written = write_multi(m, tmp_path / "step.dot", "dot", RenderOptions(), every_rank=True)
     assert [p.name for p, _ in written] == ["step.dot", "step.rank1.dot"]
-    assert (tmp_path / "step.rank1.dot").read_bytes() == to_bytes(m.ranks[1].trace, "dot", RenderOptions())
-    assert (tmp_path / "step.dot").read_bytes() == to_bytes(m.ranks[0].trace, "dot", RenderOptions())
+    # Each rank's diagram is its trace with the collective records on their parameters (MultiTrace.trace).
+    assert (tmp_path / "step.rank1.dot").read_bytes() == to_bytes(m.trace(1), "dot", RenderOptions())
+    assert (tmp_path / "step.dot").read_bytes() == to_bytes(m.trace(0), "dot", RenderOptions())
     write_multi(m, tmp_path / "all.json", "json", RenderOptions())
     assert MultiTrace.from_json((tmp_path / "all.json").read_text()).to_json() == m.to_json()
     assert rank_path(Path("a/b.svg"), 7) == Path("a/b.rank7.svg")

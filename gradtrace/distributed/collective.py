@@ -32,13 +32,13 @@ from .multitrace import CollectiveGrad
 
 __all__ = ["CollectiveRecorder"]
 
-DDP_NOTE = ("distributed (DDP, {world} ranks): the gradient drawn at each parameter is this rank's local gradient, before "
-            "the all-reduce; the reduced gradient (the average over the ranks, which the optimizer used) is in the "
-            "multi-rank file's 'collective' records")
-FSDP_NOTE = ("distributed (FSDP2, {world} ranks): the gradient drawn at each parameter is this rank's local gradient of the "
-             "whole (unsharded) parameter, before the reduce-scatter; after it this rank holds one shard of the reduced "
-             "gradient, described in the multi-rank file's 'collective' records by the parameter's full shape and the "
-             "statistics of the shard")
+DDP_NOTE = ("distributed (DDP, {world} ranks): each parameter shows two gradients: this rank's local gradient, before "
+            "the all-reduce (its node's grad), and the reduced gradient after it (the average over the ranks, which the "
+            "optimizer used), drawn beside it and kept in the multi-rank file's 'collective' records")
+FSDP_NOTE = ("distributed (FSDP2, {world} ranks): each parameter shows this rank's local gradient of the whole (unsharded) "
+             "parameter, before the reduce-scatter (its node's grad), and beside it the shard of the reduced gradient this "
+             "rank holds after it, described by the parameter's full shape, the placements and the statistics of the "
+             "shard only (no full tensor is gathered); the multi-rank file's 'collective' records keep the same")
 PLAIN_NOTE = ("distributed ({world} ranks): no DistributedDataParallel or FSDP2 (fully_shard) model took part in this step: "
               "the gradients drawn are this rank's own; a reduction the script does itself after backward() is not recorded")
 UNREAD_NOTE = "an FSDP2 parameter's reduced gradient could not be read from FSDP2's state: it is left out"
@@ -81,8 +81,8 @@ class CollectiveRecorder:
     def __init__(self, world_size: int) -> None:
         self.world_size = world_size
         self._stats = StatsBuffer()
-        # graph key -> (op, full shape, stats handle or None, placements)
-        self._found: dict[NodeKey, tuple[str, tuple[int, ...], int | None, str]] = {}
+        # graph key -> (op, full shape, stats handle or None, placements, (shard, shards) or None)
+        self._found: dict[NodeKey, tuple[str, tuple[int, ...], int | None, str, tuple[int, int] | None]] = {}
         self.notes: list[str] = []
         self._session: Session | None = None
 
@@ -112,11 +112,11 @@ class CollectiveRecorder:
                         self.notes.append(UNREAD_NOTE)
                         continue
                     handle = None if grad is None else self._stats.add(_local(grad))
-                    self._found[key] = ("reduce_scatter", shape, handle, placements)
+                    self._found[key] = ("reduce_scatter", shape, handle, placements, _shard_of(grad if grad is not None else sharded))
                 elif id(var) in ddp_ids:
                     grad = var.grad
                     handle = None if grad is None else self._stats.add(grad)
-                    self._found[key] = ("all_reduce", tuple(var.shape), handle, "")
+                    self._found[key] = ("all_reduce", tuple(var.shape), handle, "", None)
             # Read now: the optimizer's zero_grad(set_to_none=False) would write these tensors in place.
             self._stats.settle()
         if any(op == "reduce_scatter" for op, *_ in self._found.values()):
@@ -135,10 +135,11 @@ class CollectiveRecorder:
             return trace, ()
         stats = self._stats.materialize()
         out = []
-        for key, (op, shape, handle, placements) in self._found.items():
+        for key, (op, shape, handle, placements, shard) in self._found.items():
             node = session.trace_keys.get(key)
             if node is not None:
-                out.append(CollectiveGrad(node, op, shape, None if handle is None else stats[handle], placements))
+                k, n = shard if shard is not None else (None, None)
+                out.append(CollectiveGrad(node, op, shape, None if handle is None else stats[handle], placements, k, n))
         order = {n.key: i for i, n in enumerate(trace.nodes)}
         out.sort(key=lambda c: order[c.node])
         if self.notes:
@@ -152,3 +153,19 @@ def _local(grad: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor gradient (never the gathered whole), or the tensor itself."""
     to_local = getattr(grad, "to_local", None)
     return to_local() if callable(to_local) else grad
+
+
+def _shard_of(dtensor: Any) -> tuple[int, int] | None:
+    """Which shard of a DTensor this rank holds, and of how many (numbered from 0): its coordinate on
+    the mesh dimension of its one ``Shard`` placement. None where that is not one number: no mesh
+    coordinate, no Shard placement, or several (a 2-D mesh sharding on two dimensions)."""
+    try:
+        from torch.distributed.tensor.placement_types import Shard
+
+        dims = [i for i, p in enumerate(dtensor.placements) if isinstance(p, Shard)]
+        coordinate = dtensor.device_mesh.get_coordinate()
+        if len(dims) != 1 or coordinate is None:
+            return None
+        return int(coordinate[dims[0]]), int(dtensor.device_mesh.size(dims[0]))
+    except Exception:  # not a DTensor, or DTensor's API moved: the record stands without the index
+        return None

@@ -18,31 +18,34 @@ the gradient after it: DDP's all-reduced average (``op`` ``all_reduce``,
 the whole tensor, the same on every rank), or FSDP2's reduce-scattered
 shard (``op`` ``reduce_scatter``: ``reduced`` describes this rank's shard
 only, ``shape`` is the parameter's full logical shape and ``placements``
-the DTensor placements, as ``str(dtensor.placements)``).
+the DTensor placements, as ``str(dtensor.placements)``, and ``shard``
+``[k, n]`` which shard this rank holds, of how many, numbered from 0; written
+only when known, and ignored by readers that predate it).
+
+The ranks' traces stay as recorded; :meth:`MultiTrace.trace` attaches each
+record to its parameter node (``TraceNode.reduced``), which is what every
+drawing shows beside the local gradient.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GradtraceError
-from ..records import TensorStats, TraceFileError, _field, _int, _list, _obj, _str
+from ..records import COLLECTIVE_OPS, MAX_RANKS, ReducedGrad, TensorStats, TraceFileError, _field, _int, _list, _obj, _str
 from ..steptrace import Trace
 
 if TYPE_CHECKING:
     from ..diagnose import Finding
 
-__all__ = ["COLLECTIVE_OPS", "MULTI_FORMAT", "MULTI_VERSION", "CollectiveGrad", "MultiTrace", "RankTrace"]
+__all__ = ["COLLECTIVE_OPS", "MULTI_FORMAT", "MULTI_VERSION", "CollectiveGrad", "MultiTrace", "RankTrace", "with_reduced"]
 
 MULTI_FORMAT = "gradtrace-multirank"
 MULTI_VERSION = 1
-#: What reduced a parameter's gradient across ranks: DDP's all-reduce (every rank ends with the whole
-#: average) or FSDP2's reduce-scatter (every rank ends with its shard of it).
-COLLECTIVE_OPS = ("all_reduce", "reduce_scatter")
-#: More ranks than this is not a file gradtrace wrote (and a bound on what a hostile file makes us build).
-MAX_RANKS = 65536
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,9 @@ class CollectiveGrad:
     ``node`` is the parameter's key in that rank's trace; ``shape`` its full
     logical shape; ``reduced`` the statistics of the reduced gradient this
     rank holds (for ``reduce_scatter``, its shard only); ``placements`` the
-    DTensor placements of a sharded gradient, ``""`` otherwise.
+    DTensor placements of a sharded gradient, ``""`` otherwise; ``shard`` and
+    ``shards``: which shard this rank holds, of how many (numbered from 0; None
+    for an all-reduce, or where the run did not say).
 
     >>> CollectiveGrad("param0", "all_reduce", (3,), None).sharded
     False
@@ -63,6 +68,8 @@ class CollectiveGrad:
     shape: tuple[int, ...]
     reduced: TensorStats | None
     placements: str = ""
+    shard: int | None = None
+    shards: int | None = None
 
     @property
     def sharded(self) -> bool:
@@ -70,8 +77,15 @@ class CollectiveGrad:
         return self.op == "reduce_scatter"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "op": self.op, "shape": list(self.shape), "placements": self.placements,
-                "reduced": None if self.reduced is None else self.reduced.to_dict()}
+        out = {"node": self.node, "op": self.op, "shape": list(self.shape), "placements": self.placements,
+               "reduced": None if self.reduced is None else self.reduced.to_dict()}
+        if self.shards is not None:  # (older readers ignore the field; they read the rest as before)
+            out["shard"] = [self.shard, self.shards]
+        return out
+
+    def on_node(self, rank: int, world_size: int) -> ReducedGrad:
+        """This record as the parameter node's :class:`~gradtrace.records.ReducedGrad`, which every drawing shows."""
+        return ReducedGrad(self.op, rank, world_size, self.shape, self.reduced, self.placements, self.shard, self.shards)
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> CollectiveGrad:
@@ -81,15 +95,26 @@ class CollectiveGrad:
             raise TraceFileError(f"{where} op: expected one of {list(COLLECTIVE_OPS)}, found {op!r}")
         shape = _list(_field(d, "shape", where), f"{where} shape")
         reduced = _field(d, "reduced", where)
+        shard = d.get("shard")
+        if shard is not None and not (isinstance(shard, list) and len(shard) == 2):
+            raise TraceFileError(f"{where} shard: expected null or [k, n] (shard k of n, numbered from 0), found {shard!r:.60}")
+        k, n = (None, None) if shard is None else (_int(shard[0], f"{where} shard[0]"), _int(shard[1], f"{where} shard[1]", minimum=1))
+        if n is not None and (k >= n or op != "reduce_scatter"):
+            raise TraceFileError(f"{where} shard: [{k}, {n}] is not a shard of a reduce_scatter "
+                                 "(expected k < n, and an all_reduce has none)")
         return cls(node=_str(_field(d, "node", where), f"{where} node"), op=op,
                    shape=tuple(_int(n, f"{where} shape[{i}]") for i, n in enumerate(shape)),
                    reduced=None if reduced is None else TensorStats.from_dict(reduced, f"{where} reduced"),
-                   placements=_str(d.get("placements", ""), f"{where} placements"))
+                   placements=_str(d.get("placements", ""), f"{where} placements"), shard=k, shards=n)
 
 
 @dataclass(frozen=True, eq=False)
 class RankTrace:
-    """One rank's step: its trace (local gradients) and its parameters' gradients after the collective."""
+    """One rank's step: its trace as recorded (local gradients) and its parameters' gradients after the collective.
+
+    :meth:`MultiTrace.trace` gives the trace with each collective record attached to its parameter
+    node (:attr:`~gradtrace.records.TraceNode.reduced`), as every drawing shows it.
+    """
 
     rank: int
     trace: Trace
@@ -137,11 +162,19 @@ class MultiTrace:
                                          "which that rank's trace does not have")
 
     def trace(self, rank: int) -> Trace:
-        """The trace of ``rank``."""
+        """The trace of ``rank``, each parameter's gradient after the collective attached to its node
+        (:attr:`~gradtrace.records.TraceNode.reduced`, beside the local gradient the node records):
+        what its diagram, page and JSON show."""
         for r in self.ranks:
             if r.rank == rank:
-                return r.trace
+                if rank not in self._drawn:
+                    self._drawn[rank] = with_reduced(r.trace, r.collective, rank, self.world_size)
+                return self._drawn[rank]
         raise KeyError(f"no rank {rank} in this trace (ranks {[r.rank for r in self.ranks]})")
+
+    @cached_property
+    def _drawn(self) -> dict[int, Trace]:
+        return {}
 
     def findings(self) -> list[tuple[int, Finding]]:
         """Each rank's own findings, then the cross-rank ones: ``(rank, finding)``, the rank whose node the
@@ -204,9 +237,25 @@ class MultiTrace:
                     raise TraceFileError(f"{where} collective[{j}] node: {c.node!r} has two collective records "
                                          "(one per parameter)")
                 named.add(c.node)
+                if nodes[c.node].kind not in ("param", "leaf"):
+                    raise TraceFileError(f"{where} collective[{j}] node: {c.node!r} is a {nodes[c.node].kind} node "
+                                         "(a collective reduces a parameter's gradient)")
+                if c.shards is not None and c.shards > world:
+                    raise TraceFileError(f"{where} collective[{j}] shard: {c.shards} shards is more than the {world} ranks")
                 shapes = [v.shape for v in nodes[c.node].values if v is not None]
                 if shapes and c.shape != shapes[0]:
                     raise TraceFileError(f"{where} collective[{j}] shape: {list(c.shape)} is not the shape of parameter "
                                          f"{c.node!r}, {list(shapes[0])} (the record describes that parameter's gradient)")
             ranks.append(RankTrace(rank, trace, coll, _int(r.get("local_rank", 0), f"{where} local_rank")))
         return cls(tuple(ranks), step, world)
+
+
+def with_reduced(trace: Trace, collective: tuple[CollectiveGrad, ...], rank: int, world_size: int) -> Trace:
+    """``trace`` with each record of ``collective`` attached to its parameter node as ``reduced``
+    (``trace`` itself when there are none, as in a run without DDP or FSDP2)."""
+    by_node = {c.node: c for c in collective}
+    if not by_node:
+        return trace
+    nodes = tuple(dataclasses.replace(n, reduced=by_node[n.key].on_node(rank, world_size)) if n.key in by_node else n
+                  for n in trace.nodes)
+    return dataclasses.replace(trace, nodes=nodes)

@@ -5,6 +5,10 @@
 - the diagram and table formats (svg, png, pdf, dot, text): rank 0's, at the
   path asked for; with ``every_rank``, also ``NAME.rankK.SUFFIX`` for each
   other rank K, beside it.
+
+Every drawing and page shows, at each parameter, the rank's local gradient and
+beside it the gradient after the collective: each rank's trace as
+:meth:`MultiTrace.trace` gives it, the collective records attached to their nodes.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def multi_html(multi: MultiTrace, options: RenderOptions) -> str:
     """The replay page of every rank, with a rank selector."""
     from ..render.html import to_html_multi
 
-    return str(to_html_multi([(f"rank {r.rank}", r.trace) for r in multi.ranks], options))
+    return str(to_html_multi([(f"rank {r.rank}", multi.trace(r.rank)) for r in multi.ranks], options))
 
 
 def rank_path(path: Path, rank: int) -> Path:
@@ -50,14 +54,14 @@ def write_multi(multi: MultiTrace, path: Path, fmt: str, options: RenderOptions,
         write_bytes(path, data)
         return [(path, sum(len(r.trace.nodes) for r in multi.ranks))]
     first = multi.ranks[0]
-    written = [write_counted(first.trace, path, fmt, options)]
+    written = [write_counted(multi.trace(first.rank), path, fmt, options)]
     if every_rank:
         if str(path) == "-":
             from ..errors import RenderError
 
             raise RenderError("one file per rank needs a file name to number (step.svg -> step.rank1.svg), not '-'")
         for r in multi.ranks[1:]:
-            data, drawn = encode(r.trace, fmt, options)
+            data, drawn = encode(multi.trace(r.rank), fmt, options)
             target = rank_path(path, r.rank)
             write_bytes(target, data)
             written.append((target, drawn))

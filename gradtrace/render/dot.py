@@ -21,7 +21,7 @@ from . import fmt
 from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_module, scope_title, sent_back, show_edge_grads
 from .inert import MAX_ID, dot_id, inert_text, inert_trace
 from .labels import (HtmlLabel, block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, mark, node_label,
-                     node_tooltip)
+                     node_tooltip, nonfinite)
 from .options import RenderOptions
 from .style import ALARM, FINDING, THEME_COLORS
 
@@ -199,7 +199,7 @@ def dot_and_view(trace: Trace, options: RenderOptions) -> tuple[graphviz.Digraph
             attrs = dict(_KIND_STYLE[n.kind])
             if item == trace.loss:
                 attrs.update(peripheries="2", penwidth="1.5")
-            if any(s is not None and not s.finite for s in n.values + n.grads) and item not in quiet:
+            if nonfinite(n) and item not in quiet:
                 attrs.update(color=ALARM, penwidth="2.5")
             sums = grad_sum_lines(trace, item)
             sent = [f"to {_named(trace, dst)}: {edge_grad_text(grad, uses)}"

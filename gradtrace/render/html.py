@@ -24,7 +24,7 @@ from ..collapse import _output_of
 from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_title, sent_back
 from .hierarchy import Hierarchy, build_hierarchy
 from .inert import inert_trace, printable
-from .labels import caption
+from .labels import caption, nonfinite, reduced_titles
 from .options import RenderOptions
 from .page import asset, csp, csp_hash, joined_script, script_json
 from .style import ALARM, BANDS, MASKED_INF, NO_GRAD, ZERO_GRAD, band_for
@@ -86,7 +86,7 @@ def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
     for key in order:
         n = trace.node(key)
         color, _ = band_for(n.grad)
-        alarm = any(s is not None and not s.finite for s in n.values + n.grads) and key not in quiet
+        alarm = nonfinite(n) and key not in quiet
         color = ALARM if alarm else MASKED_INF if key in quiet else color
         alarms.append(alarm)
         value = n.value
@@ -102,6 +102,7 @@ def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
             "vs": [_stats(s) for s in n.values], "gs": [_stats(s) for s in n.grads], "up": _stats(n.update),
             "sgd": _stats(n.sgd_update), "sums": grad_sum_lines(trace, key),
             "sent": [[index[dst], edge_grad_text(grad, uses)] for dst, _, grad, uses in sent_back(trace, key) if grad is not None],
+            "rd": _reduced(n),
         }))
     hier = build_hierarchy(trace, order)
     groups = _groups(trace, order, hier, alarms)
@@ -121,6 +122,16 @@ def page_data(trace: Trace, options: RenderOptions) -> dict[str, Any]:
         "openItems": min(OPEN_ITEMS, options.max_nodes or OPEN_ITEMS),
         "theme": options.theme,
     }
+
+
+def _reduced(n: Any) -> dict[str, Any] | None:
+    """A parameter's gradient after the collective, for the panel: what the local and the reduced
+    gradient are called, and the reduced one's statistics (of this rank's shard, for a reduce-scatter).
+    None for every node of a run without one, so a single process's page data are as before."""
+    if n.reduced is None:
+        return None
+    titles = reduced_titles(n.reduced)
+    return {"op": n.reduced.op, "lt": titles["local_long"], "t": titles["reduced_long"], "s": _stats(n.reduced.stats)}
 
 
 def _groups(trace: Trace, order: list[str], hier: Hierarchy, alarms: list[bool]) -> list[dict[str, Any]]:

@@ -106,6 +106,8 @@ def _value(v: Any) -> Any:
         return _stats(v)
     if isinstance(v, tuple):
         return tuple(_value(x) for x in v)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):  # a record inside a node (its reduced gradient)
+        return dataclasses.replace(v, **{f.name: _value(getattr(v, f.name)) for f in dataclasses.fields(v)})
     return v
 
 
@@ -147,6 +149,9 @@ def _texts(v: Any, out: list[str]) -> None:
     elif isinstance(v, tuple):
         for x in v:
             _texts(x, out)
+    elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+        for f in dataclasses.fields(v):
+            _texts(getattr(v, f.name), out)
 
 
 def _strings(trace: Trace) -> list[str]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 from .._argnames import either
 from ..collapse import Block, fmt_norms
 from ..diagnose import Finding
-from ..records import TraceNode
+from ..records import ReducedGrad, TraceNode
 from . import fmt
 from .flow import scope_title
 from .options import RenderOptions
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..steptrace import Trace
 
 __all__ = ["HtmlLabel", "block_label", "block_tooltip", "boundary_label", "cap_text", "caption", "escape_tooltip", "h", "legend", "mark",
-           "node_label", "node_tooltip"]
+           "node_label", "node_tooltip", "nonfinite", "placements_text", "reduced_titles"]
 
 MAX_LEGEND_FINDINGS = 8
 #: Graphviz's lexer refuses any string longer than 16,384 characters (a syntax error), so every
@@ -120,6 +120,51 @@ _BADGES = {
 }
 
 
+def nonfinite(n: TraceNode) -> bool:
+    """The node holds NaN or inf: in a value, its gradient, or its gradient after the collective
+    (an all-reduce spreads one rank's NaN to every rank)."""
+    stats = n.values + n.grads + ((n.reduced.stats,) if n.reduced is not None else ())
+    return any(s is not None and not s.finite for s in stats)
+
+
+def placements_text(placements: str) -> str:
+    """``(Shard(dim=0),)`` -> ``Shard(dim=0)``: DTensor placements as a label reads them.
+
+    >>> placements_text("(Replicate(), Shard(dim=0))")
+    'Replicate(), Shard(dim=0)'
+    """
+    text = placements.strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1].rstrip().removesuffix(",")
+    return text
+
+
+def reduced_titles(r: ReducedGrad) -> dict[str, str]:
+    """What a parameter's two gradients are called, compact (``local``, ``reduced``, ``shard``, for a
+    label) and in full (``local_long``, ``reduced_long``, for a tooltip or the page's panel).
+
+    >>> reduced_titles(ReducedGrad("all_reduce", 1, 2, (3,), None))["reduced"]
+    '∇ reduced (all_reduce, avg of 2 ranks)'
+    """
+    before = "all-reduce" if r.op == "all_reduce" else "reduce-scatter"
+    ranks = f"{r.world_size} rank{'s' if r.world_size != 1 else ''}"
+    out = {"local": f"∇ local (rank {r.rank})",
+           "local_long": f"gradient, local (rank {r.rank}'s own, before the {before})",
+           "reduced": f"∇ reduced ({r.op}, avg of {ranks})", "shard": ""}
+    if not r.sharded:
+        out["reduced_long"] = (f"gradient, reduced (after the {before}: the average over {ranks}, the whole tensor, "
+                               "the same on every rank; what the optimizer used)")
+        return out
+    which = "this rank's shard" if r.shards is None else f"shard {r.shard}/{r.shards}"
+    places = placements_text(r.placements)
+    out["shard"] = f"{which} of {fmt.shape_of(r.shape)}" + (f", placements {places}" if places else "")
+    of = "this rank's shard" if r.shards is None else f"shard {r.shard} of {r.shards} (numbered from 0)"
+    out["reduced_long"] = (f"gradient, reduced (after the {before}: the average over {ranks}; rank {r.rank} holds "
+                           f"{of} of the full {fmt.shape_of(r.shape)}" + (f", placements {r.placements}" if r.placements else "")
+                           + ", what the optimizer used for it; the statistics are of that shard only, no full tensor was gathered)")
+    return out
+
+
 def mark(f: Finding) -> str:
     """⚠ for an alarm or a warning, ⓘ for a note."""
     return "ⓘ" if f.severity == "note" else "⚠"
@@ -134,7 +179,7 @@ def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Se
     ``quiet``: the node's infinities are an intended mask (diagnose's ``masked_inf``): a quiet colour, not alarm red.
     """
     color, _ = band_for(n.grad)
-    if any(s is not None and not s.finite for s in n.values + n.grads):
+    if nonfinite(n):
         color = MASKED_INF if quiet else ALARM
     title = f"<B>{h(n.label)}{' · loss' if is_loss else ''}</B>"
     if n.args:  # the op's constants, in plain type beside its bold name
@@ -150,7 +195,16 @@ def node_label(n: TraceNode, options: RenderOptions, is_loss: bool, findings: Se
     lines: list[str] = []
     if options.show_values:
         lines += _outputs_lines("value", n.values)
-    if options.show_grads and n.kind != "input":
+    if options.show_grads and n.kind != "input" and n.reduced is not None:
+        # A parameter of a data-parallel run: the rank's own gradient and, beside it, the one after the collective.
+        titles = reduced_titles(n.reduced)
+        lines.append(f"{titles['local']} {fmt.summary(n.grad)}")
+        if titles["shard"]:
+            lines += [titles["reduced"], f"{titles['shard']}: {fmt.summary(n.reduced.stats)}"]
+        else:
+            lines.append(f"{titles['reduced']} {fmt.summary(n.reduced.stats)}")
+        lines += _more(sums, MAX_SUM_LINES, "gradient sums (in the tooltip)")
+    elif options.show_grads and n.kind != "input":
         lines += _outputs_lines("grad", n.grads)
         lines += _more(sums, MAX_SUM_LINES, "gradient sums (in the tooltip)")
     if n.update is not None:
@@ -186,11 +240,15 @@ def node_tooltip(n: TraceNode, sums: Sequence[str] = (), sent: Sequence[str] = (
     if len(n.values) > MAX_OUTPUTS:
         lines.append(f"… {len(n.values) - MAX_OUTPUTS} more outputs ({len(n.values)} in all)")
     if n.kind != "input":
+        titles = reduced_titles(n.reduced) if n.reduced is not None else None
         for i, s in enumerate(n.grads[:MAX_OUTPUTS]):
-            lines.append(f"grad{'' if len(n.grads) == 1 else f'[{i}]'}:")
+            lines.append(f"{titles['local_long']}:" if titles else f"grad{'' if len(n.grads) == 1 else f'[{i}]'}:")
             lines += ["  " + x for x in fmt.stats_lines(s)]
         if len(n.grads) > MAX_OUTPUTS:
             lines.append(f"… {len(n.grads) - MAX_OUTPUTS} more output gradients")
+        if titles and n.reduced is not None:
+            lines.append(f"{titles['reduced_long']}:")
+            lines += ["  " + x for x in fmt.stats_lines(n.reduced.stats)]
         lines += _more(sums, 2 * MAX_SUM_LINES, "gradient sums")
         if sent:
             lines.append("gradient sent back along each edge:")

@@ -30,6 +30,7 @@ from ..records import TensorStats, TraceNode
 from . import fmt
 from .flow import edge_grad_text, scope_title
 from .inert import dot_id, inert_text, inert_trace
+from .labels import reduced_titles
 from .style import ALARM, BANDS, ZERO_GRAD, text_color
 
 if TYPE_CHECKING:
@@ -206,11 +207,16 @@ def _attrs(trace: Trace, n: TraceNode) -> list[tuple[str, str]]:
         rows.append(("forward step", str(n.forward_step)))
     if n.backward_step is not None:
         rows.append(("backprop step", f"#{n.backward_step}" + (" (the loss: backprop starts here)" if n.key == trace.loss else "")))
-    for name, s in (("value", n.value), ("grad", n.grad)):
+    titles = reduced_titles(n.reduced) if n.reduced is not None else None
+    for name, s in (("value", n.value), (titles["local"] if titles else "grad", n.grad)):
         if s is not None:
             rows.append((name, fmt.summary(s)))
     if n.grad is not None and n.grad.norm is not None:
         rows.append(("grad norm", fmt.num(n.grad.norm, 6)))
+    if titles and n.reduced is not None:  # a data-parallel run: the gradient after the collective, beside the local one
+        rows.append((titles["reduced"] + (f", {titles['shard']}" if titles["shard"] else ""), fmt.summary(n.reduced.stats)))
+        if n.reduced.stats is not None and n.reduced.stats.norm is not None:
+            rows.append(("reduced grad norm" + (" (this shard)" if n.reduced.sharded else ""), fmt.num(n.reduced.stats.norm, 6)))
     bad = _nonfinite(n)
     if bad:
         rows.append(("NaN/inf elements", str(bad)))

@@ -71,7 +71,17 @@ function nodePanel(x) {
     html("p", (f.sev === "note" ? "(i) " : "⚠ ") + f.sev + " " + f.kind + ": " + f.msg, panel, "finding");
   });
   (n.vs || []).forEach(function (s, i) { statsTable(n.vs.length > 1 ? "value [" + i + "]" : "value", stats(s), panel); });
-  if (n.t !== "input") (n.gs || []).forEach(function (s, i) { statsTable(n.gs.length > 1 ? "gradient [" + i + "]" : "gradient", stats(s), panel); });
+  // A parameter of a data-parallel run has two gradients: this rank's own, before the collective, and the
+  // one after it (the average over the ranks, or this rank's shard of it), which the optimizer used.
+  var rd = n.rd;
+  if (n.t !== "input") (n.gs || []).forEach(function (s, i) {
+    statsTable(rd ? rd.lt : n.gs.length > 1 ? "gradient [" + i + "]" : "gradient", stats(s), panel);
+    if (rd) panel.lastElementChild.setAttribute("data-grad", "local");
+  });
+  if (rd) {
+    statsTable(rd.t, stats(rd.s), panel);
+    panel.lastElementChild.setAttribute("data-grad", "reduced");
+  }
   // The chain rule at a node with several consumers: its gradient is the sum of what each sent back.
   (n.sums || []).forEach(function (line) { html("p", line, panel, "sum"); });
   if (n.sent && n.sent.length) {
