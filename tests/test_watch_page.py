@@ -548,3 +548,65 @@ def test_a_real_watched_run_shows_in_the_page(tmp_path):
         for m, values in history["series"]["module"]["2.0"].items():
             assert_shows(page.text_content(f'#stepbox td[data-field="{m}"]'), values[i])
         assert_shows(page.text_content('#stepbox td[data-field="loss"]'), history["loss"][i])
+
+
+# -- axes, heat-map labels, several optimizers, the header (tryout 07, 08, 11) --------------------
+
+def minimal_history(steps, loss, lr=None, grad=None, **extra):
+    """The smallest history the page draws: one model, its grad_norm, the loss and one lr group."""
+    n = len(steps)
+    h = {"format": "gradtrace-watch", "version": 1, "script": "t.py", "every": 1, "steps_run": steps[-1] if steps else 0,
+         "steps": steps, "loss": loss, "lr": {"opt0/group0": lr if lr is not None else [1e-3] * n},
+         "optimizers": [{"name": "opt0", "type": "SGD"}], "modules": [{"path": "", "type": "Net", "parent": None, "depth": 0}],
+         "params": [], "series": {"module": {"": {"grad_norm": grad if grad is not None else [1.0] * n}}, "param": {}},
+         "events": [], "first_alarm": None, "traces": {}}
+    h.update(extra)
+    return h
+
+
+def overlapping(boxes, pad=1.0):
+    """The pairs of label boxes (x, y, w, h in CSS pixels) that overlap or come within ``pad`` of each other."""
+    bad = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a["x"] < b["x"] + b["w"] + pad and b["x"] < a["x"] + a["w"] + pad and \
+                    a["y"] < b["y"] + b["h"] + pad and b["y"] < a["y"] + a["h"] + pad:
+                bad.append((a["text"], b["text"]))
+    return bad
+
+
+AXIS_CASES = {
+    # name: (steps, values): the loss, the lr and the grad norm all take the values (log where they fit, lr linear)
+    "narrow log 0.080 -> 0.027 (tryout 11)": (list(range(1, 7)), [0.080, 0.061, 0.047, 0.038, 0.031, 0.027]),
+    "wide, nine decades": (list(range(1, 41)), [10.0 ** (3 - 9 * i / 39) for i in range(40)]),
+    "one value": (list(range(1, 6)), [0.5] * 5),
+    "one step": ([7], [0.25]),
+    "linear, negative": (list(range(1, 31)), [-3 + 5 * i / 29 for i in range(30)]),
+    "linear, tiny span": (list(range(1, 11)), [1e-3 + 1e-9 * i for i in range(10)]),
+    "long run, big step numbers": (list(range(1000, 200001, 1000)), [2.0 / (1 + i) for i in range(200)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AXIS_CASES))
+def test_tick_labels_never_overlap_on_any_chart(case, tmp_path):
+    steps, values = AXIS_CASES[case]
+    h = minimal_history(steps, values, lr=values, grad=values, loss_all=[[s, v] for s, v in zip(steps, values)])
+    path = tmp_path / "axes.html"
+    path.write_text(to_watch_html(h), encoding="utf-8")
+    for width in (1400, 820):
+        with chromium_page(width=width, height=900) as page:
+            errors, _, _ = open_page(page, path)
+            assert errors == []
+            for chart in ("chart", "losschart", "lrchart"):
+                boxes = json.loads(page.get_attribute(f"#{chart}", "data-ticks"))
+                ys = [b for b in boxes if b["axis"] == "y"]
+                xs = [b for b in boxes if b["axis"] == "x"]
+                assert len(ys) >= 2 and len(xs) >= 1, (chart, boxes)
+                assert overlapping(boxes) == [], (case, width, chart, overlapping(boxes))
+                canvas_w, canvas_h = page.eval_on_selector(f"#{chart}", "c => [c.clientWidth, c.clientHeight]")
+                assert all(b["x"] >= 0 and b["x"] + b["w"] <= canvas_w and b["y"] >= 0 and b["y"] + b["h"] <= canvas_h
+                           for b in boxes), ("every label inside its canvas", chart, boxes)
+                # Distinct labels, and each one the number at its place on the axis (read back from the texts).
+                assert len({b["text"] for b in ys}) == len(ys) and len({b["text"] for b in xs}) == len(xs), boxes
+                texts = [float(b["text"]) for b in sorted(ys, key=lambda b: -b["y"])]
+                assert texts == sorted(texts), (chart, texts)
