@@ -610,3 +610,76 @@ def test_tick_labels_never_overlap_on_any_chart(case, tmp_path):
                 assert len({b["text"] for b in ys}) == len(ys) and len({b["text"] for b in xs}) == len(xs), boxes
                 texts = [float(b["text"]) for b in sorted(ys, key=lambda b: -b["y"])]
                 assert texts == sorted(texts), (chart, texts)
+
+
+def heat_labels(page):
+    """The heat map's row labels: (row index, text, tooltip, top, bottom relative to the heat map's top)."""
+    return page.evaluate("""() => {
+        const top = document.getElementById('heat').getBoundingClientRect().top;
+        return [...document.querySelectorAll('#heatlabels .hl')].map(e => {
+            const b = e.getBoundingClientRect();
+            return {row: Number(e.dataset.row), text: e.textContent, title: e.title, top: b.top - top, bottom: b.bottom - top,
+                    cls: e.className};
+        });
+    }""")
+
+
+def check_heat_labels(labels, names, row_h):
+    """Each label names its row (the tail of the name where it is cut, the whole name in its tooltip), sits
+    on its row, and clears the others."""
+    for lab in labels:
+        full = names[lab["row"]]
+        assert lab["title"] == full, lab
+        assert lab["text"] == full or (lab["text"].startswith("…") and full.endswith(lab["text"][1:])), lab
+        centre = (lab["row"] + 0.5) * row_h
+        assert lab["top"] - 0.5 <= centre <= lab["bottom"] + 0.5, ("the label is on its row", lab, row_h)
+    spans = sorted((lab["top"], lab["bottom"]) for lab in labels)
+    assert all(b[0] >= a[1] - 0.5 for a, b in zip(spans, spans[1:])), spans
+
+
+def test_heat_map_rows_are_labelled_with_their_names(history, page_file, tmp_path):
+    mods = [m["path"] or "(model)" for m in history["modules"]]
+    # A few rows: every one labelled. The synthetic GPT (78 rows): labels where there is room. 30 blocks
+    # (366 rows of 3 px): still a label every few rows, and the hovered row's always.
+    few = minimal_history([1, 2, 3], [1.0, 0.5, 0.25], modules=[
+        {"path": "", "type": "Net", "parent": None, "depth": 0},
+        {"path": "encoder", "type": "Enc", "parent": "", "depth": 1},
+        {"path": "encoder.a_rather_long_layer_name_that_cannot_fit.proj", "type": "Linear", "parent": "encoder", "depth": 2},
+        {"path": "head", "type": "Linear", "parent": "", "depth": 1}],
+        series={"module": {p: {"grad_norm": [1.0, 2.0, 3.0]} for p in
+                           ("", "encoder", "encoder.a_rather_long_layer_name_that_cannot_fit.proj", "head")}, "param": {}})
+    few_path = tmp_path / "few.html"
+    few_path.write_text(to_watch_html(few), encoding="utf-8")
+    big = build_history(steps=20, layers=30, nan_at=None, skipped_at=None, traces=False)
+    big_path = tmp_path / "big.html"
+    big_path.write_text(to_watch_html(big), encoding="utf-8")
+    with chromium_page(width=1100) as page:
+        open_page(page, few_path)
+        page.evaluate("() => document.querySelectorAll('#tree .row').forEach(r => r.click())")  # (opens every row)
+        page.evaluate("() => [...document.querySelectorAll('#tree .tog')].forEach(t => t.textContent === '▸' && t.click())")
+        names = ["(model)", "encoder", "encoder.a_rather_long_layer_name_that_cannot_fit.proj", "head"]
+        assert int(page.get_attribute("#heat", "data-rows")) == 4
+        labels = heat_labels(page)
+        assert sorted(lab["row"] for lab in labels) == [0, 1, 2, 3], labels
+        box = page.locator("#heat").bounding_box()
+        check_heat_labels(labels, names, box["height"] / 4)
+        assert any(lab["text"].startswith("…") for lab in labels), "the long name is cut to fit, keeping its tail"
+        for path, n_rows in ((page_file, len(mods)), (big_path, len(big["modules"]))):
+            open_page(page, path)
+            names = [m["path"] or "(model)" for m in (history if path == page_file else big)["modules"]]
+            assert int(page.get_attribute("#heat", "data-rows")) == n_rows
+            box = page.locator("#heat").bounding_box()
+            row_h = box["height"] / n_rows
+            labels = heat_labels(page)
+            check_heat_labels(labels, names, row_h)
+            # Labels are 12 px tall and 1 px apart, on their rows: one every ceil(13 / row height) rows at least.
+            assert len(labels) >= n_rows // math.ceil(13 / row_h) - 1, (len(labels), n_rows, "labels wherever there is room")
+            for k in (1, n_rows // 2 + 1, n_rows - 2):  # rows that may fall between labels: the hovered one is shown
+                page.evaluate("([k, h]) => { document.getElementById('main').scrollTop += "
+                              "document.getElementById('heat').getBoundingClientRect().top + (k + 0.5) * h - 450; }", [k, row_h])
+                box = page.locator("#heat").bounding_box()
+                page.mouse.move(box["x"] + box["width"] / 2, box["y"] + (k + 0.5) * row_h)
+                labels = heat_labels(page)
+                hovered = [lab for lab in labels if "hover" in lab["cls"]]
+                assert [lab["row"] for lab in hovered] == [k] and hovered[0]["title"] == names[k], (k, hovered)
+                check_heat_labels(labels, names, row_h)

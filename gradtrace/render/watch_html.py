@@ -350,7 +350,7 @@ def to_watch_html(history: dict[str, Any] | Any) -> str:
 <section class="chart"><h3>learning rate<span class="legend" id="lrlegend"></span></h3><canvas id="lrchart" height="120"></canvas></section>
 <section class="chart" id="clipbox"><h3>total grad norm, clipping<span class="legend" id="cliplegend"></span></h3><canvas id="clipchart" height="120"></canvas></section>
 </div>
-<section id="heatbox"><h3 id="heattitle"></h3><canvas id="heat"></canvas><div id="heatread"></div></section>
+<section id="heatbox"><h3 id="heattitle"></h3><div id="heatwrap"><div id="heatlabels"></div><canvas id="heat"></canvas></div><div id="heatread"></div></section>
 </main>
 <aside id="side">
 <section id="stepbox"></section>

@@ -156,6 +156,53 @@ function drawHeat() {
   heatGeo = heatMap($("heat"), heatRows.map(function (r) { return r.s[state.metric]; }), nSteps, log, heatRowH);
   $("heat").dataset.rows = String(heatRows.length);
   heatCursor();
+  heatLabels();
+}
+
+// The heat map's row labels, left of it: as many rows as there is room for (a label is 12 px tall,
+// rows may be 3), always the selected row and the hovered one; a long name keeps its tail ("…attn.q"),
+// the whole name in the label's tooltip and in the read-out under the map.
+var heatHover = null, LABEL_H = 12, measurer = document.createElement("canvas").getContext("2d");
+function fitTail(text, width) {
+  measurer.font = "11px sans-serif";
+  if (measurer.measureText(text).width <= width) return text;
+  var lo = 0, hi = text.length;  // the longest tail that fits after "…"
+  while (lo < hi) {
+    var mid = (lo + hi + 1) >> 1;
+    if (measurer.measureText("…" + text.slice(text.length - mid)).width <= width) lo = mid; else hi = mid - 1;
+  }
+  var tail = text.slice(text.length - lo), first = tail.charCodeAt(0);
+  if (first >= 0xDC00 && first <= 0xDFFF) tail = tail.slice(1);  // never half a surrogate pair
+  return "…" + tail;
+}
+var heatLabelsFor = null;  // the selected row the labels were placed for
+function heatLabels() {
+  heatLabelsFor = state.row;
+  var box = $("heatlabels"), height = $("heat").clientHeight, width = box.clientWidth - 6;
+  box.textContent = "";
+  box.style.height = height + "px";
+  if (width < 12 || !heatRows.length) return;
+  var selected = heatRows.indexOf(data.rows[state.row]), kept = [];
+  function topOf(k) { return Math.max(0, Math.min(height - LABEL_H, Math.round((k + 0.5) * heatRowH - LABEL_H / 2))); }
+  function place(k) {
+    if (k === null || k < 0 || k >= heatRows.length) return;
+    var top = topOf(k);
+    for (var j = 0; j < kept.length; j++) if (kept[j].k === k || Math.abs(kept[j].top - top) < LABEL_H + 1) return;
+    kept.push({ k: k, top: top });
+  }
+  place(heatHover);
+  place(selected);
+  var stride = Math.max(1, Math.ceil((LABEL_H + 1) / heatRowH));
+  for (var k = 0; k < heatRows.length; k += stride) place(k);
+  kept.forEach(function (l) {
+    var r = heatRows[l.k], full = r.full || "(model)", el = document.createElement("div");
+    el.className = "hl" + (l.k === heatHover ? " hover" : "") + (l.k === selected ? " selected" : "");
+    el.textContent = fitTail(full, width);
+    el.title = full;
+    el.dataset.row = String(l.k);
+    el.style.top = l.top + "px";
+    box.appendChild(el);
+  });
 }
 function heatCursor() {
   var canvas = $("heat"), w = canvas.clientWidth, cur = $("heatcursor"), band = $("heatband");
@@ -168,6 +215,7 @@ function heatCursor() {
   band.style.left = canvas.offsetLeft + "px";
   band.style.width = w + "px";
   band.style.height = heatRowH + "px";
+  if (heatLabelsFor !== state.row) heatLabels();
 }
 (function () {
   var cur = document.createElement("div"), band = document.createElement("div");
@@ -182,9 +230,11 @@ function heatCell(ev) {
   return c.row >= 0 && c.row < heatRows.length ? { row: heatRows[c.row], index: c.index } : null;
 }
 $("heat").addEventListener("mousemove", function (ev) {
-  var c = heatCell(ev);
+  var c = heatCell(ev), k = c ? heatRows.indexOf(c.row) : null;
+  if (k !== heatHover) { heatHover = k; heatLabels(); }
   $("heatread").textContent = c ? (c.row.full || "(model)") + " · step " + steps[c.index] + " · " + metricLabel(state.metric) + " = " + fmtNum(c.row.s[state.metric][c.index]) : "";
 });
+$("heat").addEventListener("mouseleave", function () { heatHover = null; heatLabels(); });
 $("heat").addEventListener("click", function (ev) {
   var c = heatCell(ev);
   if (!c) return;
