@@ -683,3 +683,66 @@ def test_heat_map_rows_are_labelled_with_their_names(history, page_file, tmp_pat
                 hovered = [lab for lab in labels if "hover" in lab["cls"]]
                 assert [lab["row"] for lab in hovered] == [k] and hovered[0]["title"] == names[k], (k, hovered)
                 check_heat_labels(labels, names, row_h)
+
+
+INTERRUPTED_SCRIPT = """
+import os, signal, torch, torch.nn as nn, torch.nn.functional as F
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+opt = torch.optim.Adam(model.parameters(), 1e-2)
+x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+for i in range(1000):
+    if i == 33:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the run: 33 steps done
+    opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+"""
+
+
+def expected_sampling(steps):
+    """What the header must say of an adaptive run's sampling: the intervals it took, read off its steps."""
+    runs = []
+    for a, b in zip(steps, steps[1:]):
+        if runs and runs[-1][0] == b - a:
+            runs[-1][1] = b
+        else:
+            runs.append([b - a, b])
+    return "adaptive: " + ", then ".join(f"every {g}" + (f" to step {end}" if k < len(runs) - 1 else "")
+                                         for k, (g, end) in enumerate(runs))
+
+
+def test_header_after_an_interrupted_adaptive_run_says_what_was_sampled(tmp_path):
+    """Tryout 07: Ctrl-C under the default (adaptive) sampling wrote '24 sampled steps of 33 (every 1)': the
+    period the sampling had reached at the end, not what it did. The header says how many of the steps that ran
+    were sampled and the intervals it took; every step that ran is in the loss chart, with torch's loss."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "long.py"
+    script.write_text(INTERRUPTED_SCRIPT, encoding="utf-8")
+    out = tmp_path / "long.html"
+    done = subprocess.run([sys.executable, "-m", "gradtrace", "watch", str(script), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130 and "KeyboardInterrupt" in done.stderr, done.stderr[-2000:]
+    torch.manual_seed(0)  # the same run, by torch alone
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    losses = []
+    for _ in range(33):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    page_text = out.read_text(encoding="utf-8")
+    data = json.loads(re.search(r'id="gradtrace-watch-data">(.*?)</script>', page_text, re.S).group(1))
+    assert data["stepsRun"] == 33 and [s for s, _ in data["lossAll"]] == list(range(1, 34)), "every step that ran"
+    assert [v for _, v in data["lossAll"]] == pytest.approx(losses, rel=1e-5)
+    steps = data["steps"]
+    assert steps[0] == 1 and len(steps) >= 2
+    with chromium_page() as page:
+        errors, _, _ = open_page(page, out)
+        assert errors == []
+        info = page.text_content("#runinfo")
+        assert info.startswith(f"{len(steps)} of 33 steps sampled ({expected_sampling(steps)})"), (info, steps)
+        assert "adaptive" in page.get_attribute("#runinfo", "title")

@@ -291,6 +291,7 @@ def page_data(history: dict[str, Any]) -> tuple[dict[str, Any], set[str], set[st
     data = {
         "script": inert_text(_str(h.get("script", ""), "script") or ""),
         "every": _int(h.get("every"), "every", optional=True),
+        "everyRule": inert_text(_str(h.get("every_rule"), "every_rule", optional=True) or ""),
         "stepsRun": _int(h.get("steps_run"), "steps_run", optional=True),
         "steps": steps,
         "loss": _packed(_samples(h["loss"], n, "loss") if "loss" in h else [None] * n),

@@ -54,10 +54,32 @@ function indexOfStep(step) {  // the sampled step at or after `step` (the last o
 }
 
 // -- header -------------------------------------------------------------------------------
+// How the steps were sampled, as done: a fixed --every says its period; the adaptive default (its
+// period changes as it measures the run, so no one period is true) says the intervals it took,
+// read off the sampled steps themselves: "adaptive: every 10 to step 11, then every 1".
+function samplingText() {
+  var adaptive = /^adaptive/.test(data.everyRule);
+  if (!adaptive) return data.every !== null ? "every " + data.every : "";
+  var runs = [];  // [interval, last step of the run of that interval]
+  for (var i = 1; i < nSteps; i++) {
+    var gap = steps[i] - steps[i - 1];
+    if (runs.length && runs[runs.length - 1][0] === gap) runs[runs.length - 1][1] = steps[i];
+    else runs.push([gap, steps[i]]);
+  }
+  if (!runs.length) return "adaptive";
+  if (runs.length > 3) {
+    var gaps = runs.map(function (r) { return r[0]; });
+    return "adaptive: intervals of " + Math.min.apply(null, gaps) + " to " + Math.max.apply(null, gaps) + " steps";
+  }
+  return "adaptive: " + runs.map(function (r, k) {
+    return "every " + r[0] + (k < runs.length - 1 ? " to step " + r[1] : "");
+  }).join(", then ");
+}
+
 $("runname").textContent = data.script || "run";
-var info = nSteps + " sampled step" + (nSteps === 1 ? "" : "s");
-if (data.stepsRun !== null) info += " of " + data.stepsRun;
-if (data.every !== null) info += " (every " + data.every + ")";
+var info = data.stepsRun !== null ? nSteps + " of " + data.stepsRun + " steps sampled" : nSteps + " sampled step" + (nSteps === 1 ? "" : "s");
+var sampling = samplingText();
+if (sampling) info += " (" + sampling + ")";
 info += " · " + data.rows.filter(function (r) { return r.kind === "module"; }).length + " modules";
 if (data.optimizers.length) info += " · " + data.optimizers.map(function (o) { return [o.name, o.type].filter(Boolean).join(" "); }).join(", ");
 if (data.firstAlarm !== null) info += " · first alarm at step " + data.firstAlarm;
@@ -66,6 +88,7 @@ if (oh && typeof oh.plain_s === "number" && typeof oh.watched_s === "number" && 
   info += " · overhead " + (oh.watched_s / oh.plain_s).toFixed(2) + "×";
 }
 $("runinfo").textContent = info;
+$("runinfo").title = data.everyRule ? "sampling: " + data.everyRule : "";
 metrics.forEach(function (m) {
   var o = document.createElement("option");
   o.value = m; o.textContent = metricLabel(m);
