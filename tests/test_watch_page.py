@@ -706,6 +706,8 @@ def expected_sampling(steps):
             runs[-1][1] = b
         else:
             runs.append([b - a, b])
+    if len(runs) > 3:
+        return f"adaptive: intervals of {min(g for g, _ in runs)} to {max(g for g, _ in runs)} steps"
     return "adaptive: " + ", then ".join(f"every {g}" + (f" to step {end}" if k < len(runs) - 1 else "")
                                          for k, (g, end) in enumerate(runs))
 
@@ -746,3 +748,70 @@ def test_header_after_an_interrupted_adaptive_run_says_what_was_sampled(tmp_path
         info = page.text_content("#runinfo")
         assert info.startswith(f"{len(steps)} of 33 steps sampled ({expected_sampling(steps)})"), (info, steps)
         assert "adaptive" in page.get_attribute("#runinfo", "title")
+
+
+def test_two_optimizers_each_have_a_named_loss_line_and_distinct_model_names(tmp_path):
+    """Tryout 08: a GAN (D steps, then G steps) showed only D's loss, labelled 'loss', and named D's parameters
+    '0.weight' beside G's 'Sequential.0.weight'. Now: a loss line per optimizer, labelled with the optimizer and
+    the model it steps, equal to torch's losses; both models named by class, numbered in call order."""
+    import csv
+    import io
+
+    import torch.nn.functional as F
+    from torch import nn
+
+    def gan():
+        torch.manual_seed(0)
+        G = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+        D = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+        return G, D, torch.optim.Adam(G.parameters(), 1e-2), torch.optim.SGD(D.parameters(), 0.05)
+
+    def iteration(G, D, og, od, d_losses, g_losses):
+        od.zero_grad()
+        real, z = torch.randn(16, 2) + 2, torch.randn(16, 2)
+        d_loss = F.softplus(-D(real)).mean() + F.softplus(D(G(z).detach())).mean()
+        d_loss.backward()
+        od.step()
+        og.zero_grad()
+        g_loss = F.softplus(-D(G(z))).mean()
+        g_loss.backward()
+        og.step()
+        d_losses.append(d_loss.item())
+        g_losses.append(g_loss.item())
+
+    G, D, og, od = gan()
+    torch_d, torch_g = [], []
+    for _ in range(12):
+        iteration(G, D, og, od, torch_d, torch_g)
+    G, D, og, od = gan()
+    seen_d, seen_g = [], []
+    with gradtrace.watch(every=3) as w:  # (no model given: the models name themselves as they are called, D first)
+        for _ in range(12):
+            iteration(G, D, og, od, seen_d, seen_g)
+    d = w.history.to_dict()
+    assert [o["roots"] for o in d["optimizers"]] == [["Sequential"], ["Sequential2"]], d["optimizers"]
+    assert sorted(d["series"]["param"]) == sorted([f"Sequential.{n}" for n, _ in D.named_parameters()]
+                                                  + [f"Sequential2.{n}" for n, _ in G.named_parameters()])
+    assert {m["path"] for m in d["modules"]} >= {"Sequential", "Sequential.0", "Sequential2", "Sequential2.2"}
+    assert [v for _, v in d["losses_all"]["opt0"]] == pytest.approx(torch_d, rel=1e-5)
+    assert [v for _, v in d["losses_all"]["opt1"]] == pytest.approx(torch_g, rel=1e-5)
+    i = d["steps"]
+    assert d["losses"]["opt1"] == pytest.approx([torch_g[s - 1] for s in i], rel=1e-5)
+    rows = list(csv.DictReader(io.StringIO(w.history.to_csv())))
+    g_csv = [float(r["value"]) for r in rows if r["series"] == "run" and r["name"] == "opt1" and r["metric"] == "loss"]
+    assert g_csv == pytest.approx([torch_g[s - 1] for s in i], rel=1e-5), "CSV as the JSON"
+    path = tmp_path / "gan.html"
+    path.write_text(to_watch_html(d), encoding="utf-8")
+    with chromium_page() as page:
+        errors, _, _ = open_page(page, path)
+        assert errors == []
+        legend = page.eval_on_selector_all("#losslegend span", "ss => ss.map(s => s.textContent)")
+        assert legend == ["— opt0 SGD → Sequential", "— opt1 Adam → Sequential2"], legend
+        assert json.loads(page.get_attribute("#losschart", "data-series")) == ["opt0", "opt1"]
+        assert "opt0 SGD → Sequential, opt1 Adam → Sequential2" in page.text_content("#runinfo")
+        for k, step in enumerate(i):  # the step panel: each optimizer's loss at each sampled step, torch's
+            if k:
+                page.keyboard.press("ArrowRight")
+            assert page.get_attribute("body", "data-step") == str(step)
+            assert_shows(page.text_content('#stepbox td[data-field="loss:opt0"]'), torch_d[step - 1])
+            assert_shows(page.text_content('#stepbox td[data-field="loss:opt1"]'), torch_g[step - 1])

@@ -14,8 +14,29 @@ data.rows.forEach(function (r) { Object.keys(r.s).forEach(function (m) { r.s[m] 
 data.loss = decodeSeries(data.loss);
 data.lr.forEach(function (g) { g.values = decodeSeries(g.values); });
 Object.keys(data.clip).forEach(function (k) { data.clip[k] = decodeSeries(data.clip[k]); });
+Object.keys(data.losses).forEach(function (k) { data.losses[k] = decodeSeries(data.losses[k]); });
 var lossXs = data.lossAll.length ? data.lossAll.map(function (p) { return p[0]; }) : steps;
 var lossYs = data.lossAll.length ? data.lossAll.map(function (p) { return toNumber(p[1]); }) : data.loss;
+
+// The loss chart's lines: one per optimizer when there are several (a GAN's D and G, each its own
+// loss: every step's where the history has it, else the sampled steps'), else the one loss.
+var optByName = {};
+data.optimizers.forEach(function (o) { optByName[o.name] = o; });
+function optimizerLabel(name) {  // "opt1 Adam → Generator": the optimizer, and the models it steps
+  var o = optByName[name], roots = o && o.roots ? o.roots.map(function (r) { return r || "(model)"; }) : [];
+  if (roots.length === 1 && roots[0] === "(model)") roots = [];  // one unnamed model: nothing to tell apart
+  return [name, o && o.type].filter(Boolean).join(" ") + (roots.length ? " → " + roots.join(", ") : "");
+}
+var lossLines = [];
+if (Object.keys(data.lossesAll).length > 1) {
+  lossLines = Object.keys(data.lossesAll).map(function (k) {
+    var pairs = data.lossesAll[k];
+    return { name: k, xs: pairs.map(function (p) { return p[0]; }), ys: pairs.map(function (p) { return toNumber(p[1]); }) };
+  });
+} else if (Object.keys(data.losses).length > 1) {
+  lossLines = Object.keys(data.losses).map(function (k) { return { name: k, xs: steps, ys: data.losses[k] }; });
+}
+if (!lossLines.length) lossLines = [{ name: "", xs: lossXs, ys: lossYs }];
 buildTree(data.rows);
 
 var rowByKey = { module: {}, param: {} };
@@ -81,7 +102,7 @@ var info = data.stepsRun !== null ? nSteps + " of " + data.stepsRun + " steps sa
 var sampling = samplingText();
 if (sampling) info += " (" + sampling + ")";
 info += " · " + data.rows.filter(function (r) { return r.kind === "module"; }).length + " modules";
-if (data.optimizers.length) info += " · " + data.optimizers.map(function (o) { return [o.name, o.type].filter(Boolean).join(" "); }).join(", ");
+if (data.optimizers.length) info += " · " + data.optimizers.map(function (o) { return optimizerLabel(o.name); }).join(", ");
 if (data.firstAlarm !== null) info += " · first alarm at step " + data.firstAlarm;
 var oh = data.overhead;
 if (oh && typeof oh.plain_s === "number" && typeof oh.watched_s === "number" && oh.plain_s > 0) {
@@ -157,7 +178,11 @@ function drawSmall() {
   legend($("lrlegend"), data.lr.map(function (g) { return g.name; }));
   legend($("cliplegend"), clipKeys);
   var cursor = steps[state.i];
-  lineChart($("losschart"), { xs: lossXs, lines: [{ ys: lossYs, color: cssVar("--line1") }], log: logFits([lossYs]),
+  var several = lossLines.length > 1;
+  legend($("losslegend"), several ? lossLines.map(function (l) { return optimizerLabel(l.name); }) : []);
+  $("losschart").dataset.series = JSON.stringify(lossLines.map(function (l) { return l.name; }));
+  var lines = lossLines.map(function (l, k) { return { xs: l.xs, ys: l.ys, color: cssVar(PALETTE[k % PALETTE.length]) }; });
+  lineChart($("losschart"), { xs: lossLines[0].xs, lines: lines, log: logFits(lines.map(function (l) { return l.ys; })),
     height: 120, cursor: cursor, markers: markers, compact: true, empty: "no loss recorded" });
   lineChart($("lrchart"), { xs: steps, lines: data.lr.map(function (g, k) { return { ys: g.values, color: cssVar(PALETTE[k % PALETTE.length]) }; }),
     log: false, height: 120, cursor: cursor, compact: true, empty: "no learning rate recorded" });
@@ -279,7 +304,10 @@ function drawSide() {
   var h = document.createElement("h3"); h.textContent = "step " + step; box.appendChild(h);
   var table = document.createElement("table");
   function row(k, v, field) { var tr = document.createElement("tr"); cell(tr, k); var td = cell(tr, v); if (field) td.dataset.field = field; table.appendChild(tr); }
-  row("loss", fmtNum(data.loss[i]), "loss");
+  var perOptimizer = Object.keys(data.losses);
+  if (perOptimizer.length > 1) {  // several optimizers: each one's loss, named (the lead's 'loss' is opt0's)
+    perOptimizer.forEach(function (k) { row("loss " + optimizerLabel(k), fmtNum(data.losses[k][i]), "loss:" + k); });
+  } else row("loss", fmtNum(data.loss[i]), "loss");
   data.lr.forEach(function (g) { row("lr " + g.name, fmtNum(g.values[i])); });
   Object.keys(data.clip).forEach(function (k) { row("clip " + k, fmtNum(data.clip[k][i])); });
   box.appendChild(table);

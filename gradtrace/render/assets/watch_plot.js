@@ -179,7 +179,7 @@ function ticks(lo, hi, log, length, extent, gap, most, integer) {
   return best || [];
 }
 
-// A line chart. opts: xs (step numbers), lines [{ys, color}], log, cursor (a step or null),
+// A line chart. opts: xs (step numbers), lines [{ys, color, xs (its own steps, else opts.xs)}], log, cursor (a step or null),
 // hover (a step or null), markers [{step, color}], compact (small chart: fewer labels).
 // Non-finite samples get a triangle at the top edge in the alarm colour; zeros on a log scale sit
 // on the bottom edge. Returns the geometry: {x(step) -> px, index(px) -> nearest sample index}.
@@ -196,7 +196,11 @@ function lineChart(canvas, opts) {
   left = Math.min(left, Math.max(20, Math.floor(c.w / 3)));
   var pw = Math.max(10, c.w - left - right);
   var xs = opts.xs, n = xs.length;
-  var x0 = n ? xs[0] : 0, x1 = n ? xs[n - 1] : 1;
+  var x0 = n ? xs[0] : Infinity, x1 = n ? xs[n - 1] : -Infinity;
+  opts.lines.forEach(function (l) {  // a line may have steps of its own (each optimizer's loss): the axis spans them all
+    if (l.xs && l.xs.length) { x0 = Math.min(x0, l.xs[0]); x1 = Math.max(x1, l.xs[l.xs.length - 1]); }
+  });
+  if (x0 > x1) { x0 = 0; x1 = 1; }
   if (x1 === x0) { x0 -= 1; x1 += 1; }
   var fg = cssVar("--fg"), muted = cssVar("--muted"), grid = cssVar("--line"), alarm = cssVar("--alarm");
   function X(step) { return left + (step - x0) / (x1 - x0) * pw; }
@@ -256,14 +260,14 @@ function lineChart(canvas, opts) {
   ctx.save();
   ctx.beginPath(); ctx.rect(left, top - 1, pw, ph + 2); ctx.clip();
   opts.lines.forEach(function (line) {
-    var ys = line.ys;
+    var ys = line.ys, lxs = line.xs || xs;
     ctx.strokeStyle = line.color;
     ctx.fillStyle = alarm;
     ctx.lineWidth = opts.compact ? 1.2 : 1.5;
     ctx.beginPath();
     var pen = false, bad = [];
     for (var i = 0; i < ys.length; i++) {
-      var v = ys[i], x = X(xs[i]);
+      var v = ys[i], x = X(lxs[i]);
       if (v === null || v === undefined) { pen = false; continue; }
       if (!isFinite(v)) { bad.push(x); pen = false; continue; }
       var y = Y(v);
