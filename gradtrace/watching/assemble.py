@@ -186,9 +186,6 @@ def root_names(w: Watcher) -> dict[str, str]:
     (The engine names the first root '' and later ones by class as it meets them; the history decides at
     the end, when every root is known.)
     """
-    cached = getattr(w, "_root_names", None)
-    if cached is not None and cached[0] == len(w._modules):
-        return cached[1]
     roots = [(w.names.get(id(m), ""), m) for m in w._modules]
     mapping: dict[str, str] = {}
     if sum(1 for _, m in roots if next(iter(m.parameters()), None) is not None) >= 2:
@@ -200,7 +197,6 @@ def root_names(w: Watcher) -> dict[str, str]:
                 new, k = f"{base}{k}", k + 1
             taken.add(new)
             mapping[old] = new
-    w._root_names = (len(w._modules), mapping)  # type: ignore[attr-defined]  (a cache on the watcher)
     return mapping
 
 
