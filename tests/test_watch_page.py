@@ -365,6 +365,11 @@ def test_hostile_strings_are_inert_text(tmp_path):
     h["lr"][text] = [0.1] * 30
     h["events"][0]["module"] = text
     h["optimizers"][0]["type"] = text
+    # A second optimizer named by a payload, stepping a model named by all of them: the loss legend, the header.
+    h["optimizers"][0]["roots"] = [text]
+    h["optimizers"].append({"name": PAYLOADS[5], "type": "Adam", "params": 1, "roots": [text, PAYLOADS[7]]})
+    h["losses"] = {"opt0": h["loss"], PAYLOADS[5]: [0.5] * 30}
+    h["losses_all"] = {"opt0": [[s, 1.0] for s in h["steps"]], PAYLOADS[5]: [[s, 0.5] for s in h["steps"]]}
     hostile = gradtrace.trace(Hostile(), torch.randn(3, 4), loss=lambda out: out.sum())
     h["traces"] = {"20": hostile.to_dict()}
     path = tmp_path / "hostile.html"
@@ -389,6 +394,11 @@ def test_hostile_strings_are_inert_text(tmp_path):
         assert page.text_content("#charttitle").startswith("(model) · " + inert_text(metric))
         assert inert_text(PAYLOADS[2]) in page.text_content("#cliplegend") and inert_text(text) in page.text_content("#lrlegend")
         assert inert_text(text) in page.text_content("#runinfo")
+        legend = page.text_content("#losslegend")
+        assert inert_text(PAYLOADS[5]) in legend and inert_text(text) in legend and inert_text(PAYLOADS[7]) in legend
+        page.select_option("#metric", "grad_norm")
+        titles = page.eval_on_selector_all("#heatlabels .hl", "ls => ls.map(l => l.title)")
+        assert any(inert_text(names["blocks"]) in t for t in titles), titles[:5]
         shown = page.evaluate("document.body.innerText")
         assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", shown), \
             "no control, separator or bidi character reaches the page as such"
