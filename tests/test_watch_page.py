@@ -603,8 +603,9 @@ def test_tick_labels_never_overlap_on_any_chart(case, tmp_path):
     h = minimal_history(steps, values, lr=values, grad=values, loss_all=[[s, v] for s, v in zip(steps, values)])
     path = tmp_path / "axes.html"
     path.write_text(to_watch_html(h), encoding="utf-8")
-    for width in (1400, 820):
-        with chromium_page(width=width, height=900) as page:
+    with chromium_page(width=1400, height=900) as page:
+        for width in (1400, 820):
+            page.set_viewport_size({"width": width, "height": 900})
             errors, _, _ = open_page(page, path)
             assert errors == []
             for chart in ("chart", "losschart", "lrchart"):
