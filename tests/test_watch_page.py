@@ -365,6 +365,11 @@ def test_hostile_strings_are_inert_text(tmp_path):
     h["lr"][text] = [0.1] * 30
     h["events"][0]["module"] = text
     h["optimizers"][0]["type"] = text
+    # A second optimizer named by a payload, stepping a model named by all of them: the loss legend, the header.
+    h["optimizers"][0]["roots"] = [text]
+    h["optimizers"].append({"name": PAYLOADS[5], "type": "Adam", "params": 1, "roots": [text, PAYLOADS[7]]})
+    h["losses"] = {"opt0": h["loss"], PAYLOADS[5]: [0.5] * 30}
+    h["losses_all"] = {"opt0": [[s, 1.0] for s in h["steps"]], PAYLOADS[5]: [[s, 0.5] for s in h["steps"]]}
     hostile = gradtrace.trace(Hostile(), torch.randn(3, 4), loss=lambda out: out.sum())
     h["traces"] = {"20": hostile.to_dict()}
     path = tmp_path / "hostile.html"
@@ -389,6 +394,11 @@ def test_hostile_strings_are_inert_text(tmp_path):
         assert page.text_content("#charttitle").startswith("(model) · " + inert_text(metric))
         assert inert_text(PAYLOADS[2]) in page.text_content("#cliplegend") and inert_text(text) in page.text_content("#lrlegend")
         assert inert_text(text) in page.text_content("#runinfo")
+        legend = page.text_content("#losslegend")
+        assert inert_text(PAYLOADS[5]) in legend and inert_text(text) in legend and inert_text(PAYLOADS[7]) in legend
+        page.select_option("#metric", "grad_norm")
+        titles = page.eval_on_selector_all("#heatlabels .hl", "ls => ls.map(l => l.title)")
+        assert any(inert_text(names["blocks"]) in t for t in titles), titles[:5]
         shown = page.evaluate("document.body.innerText")
         assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", shown), \
             "no control, separator or bidi character reaches the page as such"
@@ -548,3 +558,271 @@ def test_a_real_watched_run_shows_in_the_page(tmp_path):
         for m, values in history["series"]["module"]["2.0"].items():
             assert_shows(page.text_content(f'#stepbox td[data-field="{m}"]'), values[i])
         assert_shows(page.text_content('#stepbox td[data-field="loss"]'), history["loss"][i])
+
+
+# -- axes, heat-map labels, several optimizers, the header (tryout 07, 08, 11) --------------------
+
+def minimal_history(steps, loss, lr=None, grad=None, **extra):
+    """The smallest history the page draws: one model, its grad_norm, the loss and one lr group."""
+    n = len(steps)
+    h = {"format": "gradtrace-watch", "version": 1, "script": "t.py", "every": 1, "steps_run": steps[-1] if steps else 0,
+         "steps": steps, "loss": loss, "lr": {"opt0/group0": lr if lr is not None else [1e-3] * n},
+         "optimizers": [{"name": "opt0", "type": "SGD"}], "modules": [{"path": "", "type": "Net", "parent": None, "depth": 0}],
+         "params": [], "series": {"module": {"": {"grad_norm": grad if grad is not None else [1.0] * n}}, "param": {}},
+         "events": [], "first_alarm": None, "traces": {}}
+    h.update(extra)
+    return h
+
+
+def overlapping(boxes, pad=1.0):
+    """The pairs of label boxes (x, y, w, h in CSS pixels) that overlap or come within ``pad`` of each other."""
+    bad = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a["x"] < b["x"] + b["w"] + pad and b["x"] < a["x"] + a["w"] + pad and \
+                    a["y"] < b["y"] + b["h"] + pad and b["y"] < a["y"] + a["h"] + pad:
+                bad.append((a["text"], b["text"]))
+    return bad
+
+
+AXIS_CASES = {
+    # name: (steps, values): the loss, the lr and the grad norm all take the values (log where they fit, lr linear)
+    "narrow log 0.080 -> 0.027 (tryout 11)": (list(range(1, 7)), [0.080, 0.061, 0.047, 0.038, 0.031, 0.027]),
+    "wide, nine decades": (list(range(1, 41)), [10.0 ** (3 - 9 * i / 39) for i in range(40)]),
+    "one value": (list(range(1, 6)), [0.5] * 5),
+    "one step": ([7], [0.25]),
+    "linear, negative": (list(range(1, 31)), [-3 + 5 * i / 29 for i in range(30)]),
+    "linear, tiny span": (list(range(1, 11)), [1e-3 + 1e-9 * i for i in range(10)]),
+    "long run, big step numbers": (list(range(1000, 200001, 1000)), [2.0 / (1 + i) for i in range(200)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AXIS_CASES))
+def test_tick_labels_never_overlap_on_any_chart(case, tmp_path):
+    steps, values = AXIS_CASES[case]
+    h = minimal_history(steps, values, lr=values, grad=values, loss_all=[[s, v] for s, v in zip(steps, values)])
+    path = tmp_path / "axes.html"
+    path.write_text(to_watch_html(h), encoding="utf-8")
+    with chromium_page(width=1400, height=900) as page:
+        for width in (1400, 820):
+            page.set_viewport_size({"width": width, "height": 900})
+            errors, _, _ = open_page(page, path)
+            assert errors == []
+            for chart in ("chart", "losschart", "lrchart"):
+                boxes = json.loads(page.get_attribute(f"#{chart}", "data-ticks"))
+                ys = [b for b in boxes if b["axis"] == "y"]
+                xs = [b for b in boxes if b["axis"] == "x"]
+                assert len(ys) >= 2 and len(xs) >= 1, (chart, boxes)
+                assert overlapping(boxes) == [], (case, width, chart, overlapping(boxes))
+                canvas_w, canvas_h = page.eval_on_selector(f"#{chart}", "c => [c.clientWidth, c.clientHeight]")
+                assert all(b["x"] >= 0 and b["x"] + b["w"] <= canvas_w and b["y"] >= 0 and b["y"] + b["h"] <= canvas_h
+                           for b in boxes), ("every label inside its canvas", chart, boxes)
+                # Distinct labels, and each one the number at its place on the axis (read back from the texts).
+                assert len({b["text"] for b in ys}) == len(ys) and len({b["text"] for b in xs}) == len(xs), boxes
+                texts = [float(b["text"]) for b in sorted(ys, key=lambda b: -b["y"])]
+                assert texts == sorted(texts), (chart, texts)
+
+
+def heat_labels(page):
+    """The heat map's row labels: (row index, text, tooltip, top, bottom relative to the heat map's top)."""
+    return page.evaluate("""() => {
+        const top = document.getElementById('heat').getBoundingClientRect().top;
+        return [...document.querySelectorAll('#heatlabels .hl')].map(e => {
+            const b = e.getBoundingClientRect();
+            return {row: Number(e.dataset.row), text: e.textContent, title: e.title, top: b.top - top, bottom: b.bottom - top,
+                    cls: e.className};
+        });
+    }""")
+
+
+def check_heat_labels(labels, names, row_h):
+    """Each label names its row (the tail of the name where it is cut, the whole name in its tooltip), sits
+    on its row, and clears the others."""
+    for lab in labels:
+        full = names[lab["row"]]
+        assert lab["title"] == full, lab
+        assert lab["text"] == full or (lab["text"].startswith("…") and full.endswith(lab["text"][1:])), lab
+        centre = (lab["row"] + 0.5) * row_h
+        assert lab["top"] - 0.5 <= centre <= lab["bottom"] + 0.5, ("the label is on its row", lab, row_h)
+    spans = sorted((lab["top"], lab["bottom"]) for lab in labels)
+    assert all(b[0] >= a[1] - 0.5 for a, b in zip(spans, spans[1:])), spans
+
+
+def test_heat_map_rows_are_labelled_with_their_names(history, page_file, tmp_path):
+    mods = [m["path"] or "(model)" for m in history["modules"]]
+    # A few rows: every one labelled. The synthetic GPT (78 rows): labels where there is room. 30 blocks
+    # (366 rows of 3 px): still a label every few rows, and the hovered row's always.
+    few = minimal_history([1, 2, 3], [1.0, 0.5, 0.25], modules=[
+        {"path": "", "type": "Net", "parent": None, "depth": 0},
+        {"path": "encoder", "type": "Enc", "parent": "", "depth": 1},
+        {"path": "encoder.a_rather_long_layer_name_that_cannot_fit.proj", "type": "Linear", "parent": "encoder", "depth": 2},
+        {"path": "head", "type": "Linear", "parent": "", "depth": 1}],
+        series={"module": {p: {"grad_norm": [1.0, 2.0, 3.0]} for p in
+                           ("", "encoder", "encoder.a_rather_long_layer_name_that_cannot_fit.proj", "head")}, "param": {}})
+    few_path = tmp_path / "few.html"
+    few_path.write_text(to_watch_html(few), encoding="utf-8")
+    big = build_history(steps=20, layers=30, nan_at=None, skipped_at=None, traces=False)
+    big_path = tmp_path / "big.html"
+    big_path.write_text(to_watch_html(big), encoding="utf-8")
+    with chromium_page(width=1100) as page:
+        open_page(page, few_path)
+        page.evaluate("() => document.querySelectorAll('#tree .row').forEach(r => r.click())")  # (opens every row)
+        page.evaluate("() => [...document.querySelectorAll('#tree .tog')].forEach(t => t.textContent === '▸' && t.click())")
+        names = ["(model)", "encoder", "encoder.a_rather_long_layer_name_that_cannot_fit.proj", "head"]
+        assert int(page.get_attribute("#heat", "data-rows")) == 4
+        labels = heat_labels(page)
+        assert sorted(lab["row"] for lab in labels) == [0, 1, 2, 3], labels
+        box = page.locator("#heat").bounding_box()
+        check_heat_labels(labels, names, box["height"] / 4)
+        assert any(lab["text"].startswith("…") for lab in labels), "the long name is cut to fit, keeping its tail"
+        for path, n_rows in ((page_file, len(mods)), (big_path, len(big["modules"]))):
+            open_page(page, path)
+            names = [m["path"] or "(model)" for m in (history if path == page_file else big)["modules"]]
+            assert int(page.get_attribute("#heat", "data-rows")) == n_rows
+            box = page.locator("#heat").bounding_box()
+            row_h = box["height"] / n_rows
+            labels = heat_labels(page)
+            check_heat_labels(labels, names, row_h)
+            # Labels are 12 px tall and 1 px apart, on their rows: one every ceil(13 / row height) rows at least.
+            assert len(labels) >= n_rows // math.ceil(13 / row_h) - 1, (len(labels), n_rows, "labels wherever there is room")
+            for k in (1, n_rows // 2 + 1, n_rows - 2):  # rows that may fall between labels: the hovered one is shown
+                page.evaluate("([k, h]) => { document.getElementById('main').scrollTop += "
+                              "document.getElementById('heat').getBoundingClientRect().top + (k + 0.5) * h - 450; }", [k, row_h])
+                box = page.locator("#heat").bounding_box()
+                page.mouse.move(box["x"] + box["width"] / 2, box["y"] + (k + 0.5) * row_h)
+                labels = heat_labels(page)
+                hovered = [lab for lab in labels if "hover" in lab["cls"]]
+                assert [lab["row"] for lab in hovered] == [k] and hovered[0]["title"] == names[k], (k, hovered)
+                check_heat_labels(labels, names, row_h)
+
+
+INTERRUPTED_SCRIPT = """
+import os, signal, torch, torch.nn as nn, torch.nn.functional as F
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+opt = torch.optim.Adam(model.parameters(), 1e-2)
+x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+for i in range(1000):
+    if i == 33:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the run: 33 steps done
+    opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+"""
+
+
+def expected_sampling(steps):
+    """What the header must say of an adaptive run's sampling: the intervals it took, read off its steps."""
+    runs = []
+    for a, b in zip(steps, steps[1:]):
+        if runs and runs[-1][0] == b - a:
+            runs[-1][1] = b
+        else:
+            runs.append([b - a, b])
+    if len(runs) > 3:
+        return f"adaptive: intervals of {min(g for g, _ in runs)} to {max(g for g, _ in runs)} steps"
+    return "adaptive: " + ", then ".join(f"every {g}" + (f" to step {end}" if k < len(runs) - 1 else "")
+                                         for k, (g, end) in enumerate(runs))
+
+
+def test_header_after_an_interrupted_adaptive_run_says_what_was_sampled(tmp_path):
+    """Tryout 07: Ctrl-C under the default (adaptive) sampling wrote '24 sampled steps of 33 (every 1)': the
+    period the sampling had reached at the end, not what it did. The header says how many of the steps that ran
+    were sampled and the intervals it took; every step that ran is in the loss chart, with torch's loss."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "long.py"
+    script.write_text(INTERRUPTED_SCRIPT, encoding="utf-8")
+    out = tmp_path / "long.html"
+    done = subprocess.run([sys.executable, "-m", "gradtrace", "watch", str(script), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130 and "KeyboardInterrupt" in done.stderr, done.stderr[-2000:]
+    torch.manual_seed(0)  # the same run, by torch alone
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    losses = []
+    for _ in range(33):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    page_text = out.read_text(encoding="utf-8")
+    data = json.loads(re.search(r'id="gradtrace-watch-data">(.*?)</script>', page_text, re.S).group(1))
+    assert data["stepsRun"] == 33 and [s for s, _ in data["lossAll"]] == list(range(1, 34)), "every step that ran"
+    assert [v for _, v in data["lossAll"]] == pytest.approx(losses, rel=1e-5)
+    steps = data["steps"]
+    assert steps[0] == 1 and len(steps) >= 2
+    with chromium_page() as page:
+        errors, _, _ = open_page(page, out)
+        assert errors == []
+        info = page.text_content("#runinfo")
+        assert info.startswith(f"{len(steps)} of 33 steps sampled ({expected_sampling(steps)})"), (info, steps)
+        assert "adaptive" in page.get_attribute("#runinfo", "title")
+
+
+def test_two_optimizers_each_have_a_named_loss_line_and_distinct_model_names(tmp_path):
+    """Tryout 08: a GAN (D steps, then G steps) showed only D's loss, labelled 'loss', and named D's parameters
+    '0.weight' beside G's 'Sequential.0.weight'. Now: a loss line per optimizer, labelled with the optimizer and
+    the model it steps, equal to torch's losses; both models named by class, numbered in call order."""
+    import csv
+    import io
+
+    import torch.nn.functional as F
+    from torch import nn
+
+    def gan():
+        torch.manual_seed(0)
+        G = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+        D = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+        return G, D, torch.optim.Adam(G.parameters(), 1e-2), torch.optim.SGD(D.parameters(), 0.05)
+
+    def iteration(G, D, og, od, d_losses, g_losses):
+        od.zero_grad()
+        real, z = torch.randn(16, 2) + 2, torch.randn(16, 2)
+        d_loss = F.softplus(-D(real)).mean() + F.softplus(D(G(z).detach())).mean()
+        d_loss.backward()
+        od.step()
+        og.zero_grad()
+        g_loss = F.softplus(-D(G(z))).mean()
+        g_loss.backward()
+        og.step()
+        d_losses.append(d_loss.item())
+        g_losses.append(g_loss.item())
+
+    G, D, og, od = gan()
+    torch_d, torch_g = [], []
+    for _ in range(12):
+        iteration(G, D, og, od, torch_d, torch_g)
+    G, D, og, od = gan()
+    seen_d, seen_g = [], []
+    with gradtrace.watch(every=3) as w:  # (no model given: the models name themselves as they are called, D first)
+        for _ in range(12):
+            iteration(G, D, og, od, seen_d, seen_g)
+    d = w.history.to_dict()
+    assert [o["roots"] for o in d["optimizers"]] == [["Sequential"], ["Sequential2"]], d["optimizers"]
+    assert sorted(d["series"]["param"]) == sorted([f"Sequential.{n}" for n, _ in D.named_parameters()]
+                                                  + [f"Sequential2.{n}" for n, _ in G.named_parameters()])
+    assert {m["path"] for m in d["modules"]} >= {"Sequential", "Sequential.0", "Sequential2", "Sequential2.2"}
+    assert [v for _, v in d["losses_all"]["opt0"]] == pytest.approx(torch_d, rel=1e-5)
+    assert [v for _, v in d["losses_all"]["opt1"]] == pytest.approx(torch_g, rel=1e-5)
+    i = d["steps"]
+    assert d["losses"]["opt1"] == pytest.approx([torch_g[s - 1] for s in i], rel=1e-5)
+    rows = list(csv.DictReader(io.StringIO(w.history.to_csv())))
+    g_csv = [float(r["value"]) for r in rows if r["series"] == "run" and r["name"] == "opt1" and r["metric"] == "loss"]
+    assert g_csv == pytest.approx([torch_g[s - 1] for s in i], rel=1e-5), "CSV as the JSON"
+    path = tmp_path / "gan.html"
+    path.write_text(to_watch_html(d), encoding="utf-8")
+    with chromium_page() as page:
+        errors, _, _ = open_page(page, path)
+        assert errors == []
+        legend = page.eval_on_selector_all("#losslegend span", "ss => ss.map(s => s.textContent)")
+        assert legend == ["— opt0 SGD → Sequential", "— opt1 Adam → Sequential2"], legend
+        assert json.loads(page.get_attribute("#losschart", "data-series")) == ["opt0", "opt1"]
+        assert "opt0 SGD → Sequential, opt1 Adam → Sequential2" in page.text_content("#runinfo")
+        for k, step in enumerate(i):  # the step panel: each optimizer's loss at each sampled step, torch's
+            if k:
+                page.keyboard.press("ArrowRight")
+            assert page.get_attribute("body", "data-step") == str(step)
+            assert_shows(page.text_content('#stepbox td[data-field="loss:opt0"]'), torch_d[step - 1])
+            assert_shows(page.text_content('#stepbox td[data-field="loss:opt1"]'), torch_g[step - 1])

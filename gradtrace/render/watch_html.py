@@ -139,6 +139,16 @@ def _series(x: Any, n: int, where: str) -> dict[str, Any]:
     return {_str(k, f"{where} key"): _packed(_samples(v, n, f"{where}[{k!r}]")) for k, v in _obj(x, where).items()}
 
 
+def _pairs(x: Any, where: str) -> list[list[Any]]:
+    """A ``[[step, loss], ...]`` list (every step's loss), checked."""
+    out = []
+    for i, pair in enumerate(_list(x or [], where)):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _bad(f"{where}[{i}]", "a pair [step, loss]", pair)
+        out.append([_int(pair[0], f"{where}[{i}][0]"), _num(pair[1], f"{where}[{i}][1]")])
+    return out
+
+
 def _steps(h: dict[str, Any]) -> list[int]:
     steps = [_int(s, f"steps[{i}]") for i, s in enumerate(_list(h.get("steps"), "steps"))]
     for i in range(1, len(steps)):
@@ -276,25 +286,31 @@ def page_data(history: dict[str, Any]) -> tuple[dict[str, Any], set[str], set[st
                        "module": _str(e.get("module"), f"events[{i}].module", optional=True),
                        "param": _str(e.get("param"), f"events[{i}].param", optional=True)})
         events[-1]["where"] = inert_text(" ".join(x for x in (events[-1]["module"], events[-1]["param"]) if x))
-    loss_all = []
-    for i, pair in enumerate(_list(h.get("loss_all") or [], "loss_all")):
-        if not isinstance(pair, list) or len(pair) != 2:
-            raise _bad(f"loss_all[{i}]", "a pair [step, loss]", pair)
-        loss_all.append([_int(pair[0], f"loss_all[{i}][0]"), _num(pair[1], f"loss_all[{i}][1]")])
+    loss_all = _pairs(h.get("loss_all"), "loss_all")
+    losses_all = {inert_text(_str(k, "losses_all key") or ""): _pairs(v, f"losses_all[{k!r}]")
+                  for k, v in _obj(h.get("losses_all") or {}, "losses_all").items()}
     # Shown names go through inert_text; keys that other fields refer to (module paths, metric keys) stay
     # as written for lookups and get a shown spelling of their own.
     clip = {inert_text(k): v for k, v in _series(h["clip"], n, "clip").items()} if h.get("clip") is not None else {}
-    optimizers = [{k: inert_text(str(v)) for k, v in _obj(o, f"optimizers[{i}]").items()}
-                  for i, o in enumerate(_list(h.get("optimizers", []), "optimizers"))]
+    optimizers = []
+    for i, o in enumerate(_list(h.get("optimizers", []), "optimizers")):
+        o = _obj(o, f"optimizers[{i}]")
+        optimizers.append({k: inert_text(str(v)) for k, v in o.items() if k != "roots"})
+        # The models it steps (their root names, "" for a single unnamed model).
+        optimizers[-1]["roots"] = [inert_text(_str(r, f"optimizers[{i}].roots[{j}]") or "")
+                                   for j, r in enumerate(_list(o.get("roots", []), f"optimizers[{i}].roots"))]
     overhead = {k: _num(v, f"overhead.{k}") for k, v in _obj(h.get("overhead") or {}, "overhead").items()}
     traces, script_hashes, style_hashes = _embedded(_obj(h.get("traces") or {}, "traces"))
     data = {
         "script": inert_text(_str(h.get("script", ""), "script") or ""),
         "every": _int(h.get("every"), "every", optional=True),
+        "everyRule": inert_text(_str(h.get("every_rule"), "every_rule", optional=True) or ""),
         "stepsRun": _int(h.get("steps_run"), "steps_run", optional=True),
         "steps": steps,
         "loss": _packed(_samples(h["loss"], n, "loss") if "loss" in h else [None] * n),
         "lossAll": loss_all,
+        "losses": {inert_text(k): v for k, v in _series(h.get("losses") or {}, n, "losses").items()},
+        "lossesAll": losses_all,
         "lr": [{"name": inert_text(k), "values": v} for k, v in _series(h.get("lr") or {}, n, "lr").items()],
         "clip": clip,
         "optimizers": optimizers,
@@ -346,11 +362,11 @@ def to_watch_html(history: dict[str, Any] | Any) -> str:
 <main id="main">
 <section class="chart"><h2 id="charttitle"></h2><canvas id="chart" height="260"></canvas><div id="readout" aria-live="polite"></div></section>
 <div id="small">
-<section class="chart"><h3>loss</h3><canvas id="losschart" height="120"></canvas></section>
+<section class="chart"><h3>loss<span class="legend" id="losslegend"></span></h3><canvas id="losschart" height="120"></canvas></section>
 <section class="chart"><h3>learning rate<span class="legend" id="lrlegend"></span></h3><canvas id="lrchart" height="120"></canvas></section>
 <section class="chart" id="clipbox"><h3>total grad norm, clipping<span class="legend" id="cliplegend"></span></h3><canvas id="clipchart" height="120"></canvas></section>
 </div>
-<section id="heatbox"><h3 id="heattitle"></h3><canvas id="heat"></canvas><div id="heatread"></div></section>
+<section id="heatbox"><h3 id="heattitle"></h3><div id="heatwrap"><div id="heatlabels"></div><canvas id="heat"></canvas></div><div id="heatread"></div></section>
 </main>
 <aside id="side">
 <section id="stepbox"></section>

@@ -23,7 +23,7 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
     shapes: dict[str, list[int]] = {}
     for m in w._modules:
         for name, p in m.named_parameters(prefix=w.names.get(id(m), "")):
-            shapes.setdefault(name, list(p.shape))
+            shapes.setdefault(shown_param(w, name), list(p.shape))
 
     param_series: dict[str, dict[str, list[Any]]] = {}
     loss: list[Any] = [None] * n
@@ -61,6 +61,10 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
             loss[i] = json_number(loss_all[s])
 
     module_paths = sorted(w.classes, key=lambda p: (w.root_of.get(p, ""), p))
+    shown = {path: shown_path(w, path) for path in module_paths}
+    # The parameters the unnamed root's norm covers (only when one model keeps the bare names): its own, and
+    # tensors only an optimizer holds.
+    top = {name for sq in grad_sq.values() for name in sq if w.root_of.get(_module_of(name), "") == ""}
     module_series: dict[str, dict[str, list[Any]]] = {}
     for path in module_paths:
         series = {"out_rms": [None] * n, "out_nonfinite": [None] * n, "grad_norm": [None] * n}
@@ -71,10 +75,10 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
                 series["out_nonfinite"][i] = int(out[1])
             sq = grad_sq.get(s)
             if sq:
-                own = [v for name, v in sq.items() if path == "" and w.root_of.get(_module_of(name), "") == "" or name.startswith(path + ".")]
+                own = [v for name, v in sq.items() if shown[path] == "" and name in top or name.startswith(shown[path] + ".")]
                 if own:
                     series["grad_norm"][i] = json_number(math.sqrt(sum(own)))
-        module_series[path] = series
+        module_series[shown[path]] = series
 
     modules = []
     for path in module_paths:
@@ -85,14 +89,19 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
             inner = path[len(root) + 1:] if root else path
             parent = path.rsplit(".", 1)[0] if "." in inner else root
             depth = inner.count(".") + 1
-        modules.append({"path": path, "type": w.classes[path], "parent": parent, "depth": depth})
+        modules.append({"path": shown[path], "type": w.classes[path], "parent": shown.get(parent, parent) if parent is not None else None,
+                        "depth": depth})
 
+    root_order = [shown_path(w, w.names.get(id(m), "")) for m in w._modules]
+    root_by_param = {id(p): root_order[k] for k, m in enumerate(w._modules) for p in m.parameters()}
     optimizers = []
     for o in w.opts.values():
         opt = o.ref()
+        held = [p for g in opt.param_groups for p in g["params"]] if opt is not None else []
         optimizers.append({"name": o.name, "type": type(opt).__name__ if opt is not None else "?",
-                           "params": sum(len(g["params"]) for g in opt.param_groups) if opt is not None else None,
-                           "steps": o.count})
+                           "params": len(held) if opt is not None else None, "steps": o.count,
+                           # the models (roots) whose parameters it steps, in the order they were first called
+                           "roots": sorted({root_by_param[id(p)] for p in held if id(p) in root_by_param}, key=root_order.index)})
 
     events = sorted([*w.events, *w.alarm_events(), *(extra_events or [])], key=lambda e: (e["step"], e["kind"] != "alarm"))
     alarms = [e["step"] for e in events if e["kind"] == "alarm"]
@@ -111,8 +120,12 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
         "traces": {str(k): v for k, v in sorted((traces or {}).items())},
         "overhead": {"plain_s": plain_s, "watched_s": w.elapsed},
     }
-    if len(losses_by_opt) > 1:
+    if len(losses_by_opt) > 1 or w.other_losses:
         data["losses"] = losses_by_opt  # (added field) each optimizer's own loss, e.g. a GAN's D and G
+        # (added field) and every step's, as loss_all is the lead's
+        lead_name = "backward" if lead == "backward" else "opt0"
+        data["losses_all"] = {lead_name: data["loss_all"], **{name: [[s, json_number(v)] for s, v in values]
+                                                             for name, values in sorted(w.other_losses.items())}}
     if w.clip:
         data["clip"] = {"before": [json_number(w.clip[s][0]) if s in w.clip else None for s in steps],
                         "after": [json_number(w.clip[s][1]) if s in w.clip else None for s in steps]}
@@ -139,6 +152,7 @@ def alarm_events(w: Watcher) -> list[dict[str, Any]]:
     for step in sorted(w._module_rows):
         for path, (_, bad) in w._module_rows[step].items():
             if bad > 0:
+                path = shown_path(w, path)
                 events.append({"step": step, "kind": "alarm", "module": path, "param": None,
                                "text": f"output of {path or 'the model'} has {int(bad)} non-finite values"})
                 break
@@ -151,7 +165,7 @@ def param_names(w: Watcher) -> dict[int, str]:
     for m in w._modules:
         prefix = w.names.get(id(m), "")
         for name, p in m.named_parameters(prefix=prefix):
-            names.setdefault(id(p), name)
+            names.setdefault(id(p), shown_param(w, name))
     for o in w.opts.values():
         opt = o.ref()
         if opt is None:
@@ -160,6 +174,48 @@ def param_names(w: Watcher) -> dict[int, str]:
             for pi, p in enumerate(g["params"]):
                 names.setdefault(id(p), f"{o.name}.group{gi}.param{pi}")
     return names
+
+
+def root_names(w: Watcher) -> dict[str, str]:
+    """How the history names each root (top-level model), by the prefix the engine gave it.
+
+    One model with parameters (the usual case, whatever else is called at the top, a loss module): it keeps
+    no prefix (``0.weight``). Two or more (a GAN's D and G): every root is named by its class, numbered
+    in the order the script first called them when classes repeat (``Sequential.0.weight``,
+    ``Sequential2.0.weight``), so no model's names are the bare ones and the names say which is which.
+    (The engine names the first root '' and later ones by class as it meets them; the history decides at
+    the end, when every root is known.)
+    """
+    roots = [(w.names.get(id(m), ""), m) for m in w._modules]
+    mapping: dict[str, str] = {}
+    if sum(1 for _, m in roots if next(iter(m.parameters()), None) is not None) >= 2:
+        taken: set[str] = set()
+        for old, m in roots:
+            base = new = type(m).__name__
+            k = 2
+            while new in taken:
+                new, k = f"{base}{k}", k + 1
+            taken.add(new)
+            mapping[old] = new
+    return mapping
+
+
+def shown_path(w: Watcher, path: str) -> str:
+    """A module path as the history writes it (its root renamed by :func:`root_names`)."""
+    root = w.root_of.get(path)
+    new = root_names(w).get(root) if root is not None else None
+    if new is None:
+        return path
+    return (new if path == "" else f"{new}.{path}") if root == "" else new + path[len(root):]
+
+
+def shown_param(w: Watcher, name: str) -> str:
+    """A parameter name as the history writes it (see :func:`shown_path`)."""
+    module, _, leaf = name.rpartition(".")
+    if w.root_of.get(module) is None:
+        return name
+    moved = shown_path(w, module)
+    return f"{moved}.{leaf}" if moved else leaf
 
 
 def _module_of(param: str) -> str:

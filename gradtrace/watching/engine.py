@@ -144,6 +144,9 @@ class Watcher:
         #: The micro-steps' losses of the steps whose loss was not finite.
         self.bad_micro_losses: dict[int, list[float]] = {}
         self.loss_all: list[tuple[int, float]] = []
+        #: Every step's loss of each other optimizer (a GAN's G): name -> [(step, loss)]; the lead's is ``loss_all``.
+        self.other_losses: dict[str, list[tuple[int, float]]] = {}
+        self._other_loss_dev: list[tuple[int, str, torch.Tensor]] = []
         self._clip_dev: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._clip_now: tuple[torch.Tensor, torch.Tensor] | None = None
         self.clip: dict[int, tuple[float, float]] = {}
@@ -507,6 +510,11 @@ class Watcher:
             self.step_calls[step] = list(self._micro_calls)
             if len(self._loss_dev) >= BATCH:
                 self._read_losses()
+        elif self._micro:  # another optimizer's step (a GAN's G): its own loss curve, kept on the device too
+            with torch.no_grad(), invisible():
+                self._other_loss_dev.append((step, o.name, torch.stack(self._micro).mean()))
+            if len(self._other_loss_dev) >= BATCH:
+                self._read_losses()
         self._micro = []
         self._micro_calls = []
         if not sampled:
@@ -544,6 +552,11 @@ class Watcher:
             self.clip.update({s: (b, a) for s, (b, a) in zip(clips, flat)})
 
     def _read_losses(self) -> None:
+        others, self._other_loss_dev = self._other_loss_dev, []
+        if others:
+            values = torch.stack([v for _, _, v in others]).cpu().tolist()
+            for (s, name, _), v in zip(others, values):
+                self.other_losses.setdefault(name, []).append((s, v))
         losses, self._loss_dev = self._loss_dev, []
         if losses:
             values = torch.stack([v for _, v, _ in losses]).cpu().tolist()

@@ -151,7 +151,8 @@ class History:
     def to_csv(self) -> str:
         """A long table, one value a row: ``step,series,name,metric,value`` (pandas-free; pivot it as you like).
 
-        ``series`` is ``run`` (loss, lr, clip), ``module`` or ``param``.
+        ``series`` is ``run`` (loss, lr, clip), ``module`` or ``param``. With several optimizers each one's loss
+        has a row of its own, named by the optimizer (``opt1``), beside the lead's unnamed one.
         """
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -169,6 +170,8 @@ class History:
 
         for i, s in enumerate(steps):
             yield s, "run", "", "loss", cell(d["loss"][i])
+            for key, values in d.get("losses", {}).items():  # several optimizers: each one's own loss, named
+                yield s, "run", cell(key), "loss", cell(values[i])
             for key, values in d.get("lr", {}).items():
                 yield s, "run", cell(key), "lr", cell(values[i])
             if "clip" in d:

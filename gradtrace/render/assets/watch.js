@@ -14,8 +14,29 @@ data.rows.forEach(function (r) { Object.keys(r.s).forEach(function (m) { r.s[m] 
 data.loss = decodeSeries(data.loss);
 data.lr.forEach(function (g) { g.values = decodeSeries(g.values); });
 Object.keys(data.clip).forEach(function (k) { data.clip[k] = decodeSeries(data.clip[k]); });
+Object.keys(data.losses).forEach(function (k) { data.losses[k] = decodeSeries(data.losses[k]); });
 var lossXs = data.lossAll.length ? data.lossAll.map(function (p) { return p[0]; }) : steps;
 var lossYs = data.lossAll.length ? data.lossAll.map(function (p) { return toNumber(p[1]); }) : data.loss;
+
+// The loss chart's lines: one per optimizer when there are several (a GAN's D and G, each its own
+// loss: every step's where the history has it, else the sampled steps'), else the one loss.
+var optByName = {};
+data.optimizers.forEach(function (o) { optByName[o.name] = o; });
+function optimizerLabel(name) {  // "opt1 Adam → Generator": the optimizer, and the models it steps
+  var o = optByName[name], roots = o && o.roots ? o.roots.map(function (r) { return r || "(model)"; }) : [];
+  if (roots.length === 1 && roots[0] === "(model)") roots = [];  // one unnamed model: nothing to tell apart
+  return [name, o && o.type].filter(Boolean).join(" ") + (roots.length ? " → " + roots.join(", ") : "");
+}
+var lossLines = [];
+if (Object.keys(data.lossesAll).length > 1) {
+  lossLines = Object.keys(data.lossesAll).map(function (k) {
+    var pairs = data.lossesAll[k];
+    return { name: k, xs: pairs.map(function (p) { return p[0]; }), ys: pairs.map(function (p) { return toNumber(p[1]); }) };
+  });
+} else if (Object.keys(data.losses).length > 1) {
+  lossLines = Object.keys(data.losses).map(function (k) { return { name: k, xs: steps, ys: data.losses[k] }; });
+}
+if (!lossLines.length) lossLines = [{ name: "", xs: lossXs, ys: lossYs }];
 buildTree(data.rows);
 
 var rowByKey = { module: {}, param: {} };
@@ -54,18 +75,41 @@ function indexOfStep(step) {  // the sampled step at or after `step` (the last o
 }
 
 // -- header -------------------------------------------------------------------------------
+// How the steps were sampled, as done: a fixed --every says its period; the adaptive default (its
+// period changes as it measures the run, so no one period is true) says the intervals it took,
+// read off the sampled steps themselves: "adaptive: every 10 to step 11, then every 1".
+function samplingText() {
+  var adaptive = /^adaptive/.test(data.everyRule);
+  if (!adaptive) return data.every !== null ? "every " + data.every : "";
+  var runs = [];  // [interval, last step of the run of that interval]
+  for (var i = 1; i < nSteps; i++) {
+    var gap = steps[i] - steps[i - 1];
+    if (runs.length && runs[runs.length - 1][0] === gap) runs[runs.length - 1][1] = steps[i];
+    else runs.push([gap, steps[i]]);
+  }
+  if (!runs.length) return "adaptive";
+  if (runs.length > 3) {
+    var gaps = runs.map(function (r) { return r[0]; });
+    return "adaptive: intervals of " + Math.min.apply(null, gaps) + " to " + Math.max.apply(null, gaps) + " steps";
+  }
+  return "adaptive: " + runs.map(function (r, k) {
+    return "every " + r[0] + (k < runs.length - 1 ? " to step " + r[1] : "");
+  }).join(", then ");
+}
+
 $("runname").textContent = data.script || "run";
-var info = nSteps + " sampled step" + (nSteps === 1 ? "" : "s");
-if (data.stepsRun !== null) info += " of " + data.stepsRun;
-if (data.every !== null) info += " (every " + data.every + ")";
+var info = data.stepsRun !== null ? nSteps + " of " + data.stepsRun + " steps sampled" : nSteps + " sampled step" + (nSteps === 1 ? "" : "s");
+var sampling = samplingText();
+if (sampling) info += " (" + sampling + ")";
 info += " · " + data.rows.filter(function (r) { return r.kind === "module"; }).length + " modules";
-if (data.optimizers.length) info += " · " + data.optimizers.map(function (o) { return [o.name, o.type].filter(Boolean).join(" "); }).join(", ");
+if (data.optimizers.length) info += " · " + data.optimizers.map(function (o) { return optimizerLabel(o.name); }).join(", ");
 if (data.firstAlarm !== null) info += " · first alarm at step " + data.firstAlarm;
 var oh = data.overhead;
 if (oh && typeof oh.plain_s === "number" && typeof oh.watched_s === "number" && oh.plain_s > 0) {
   info += " · overhead " + (oh.watched_s / oh.plain_s).toFixed(2) + "×";
 }
 $("runinfo").textContent = info;
+$("runinfo").title = data.everyRule ? "sampling: " + data.everyRule : "";
 metrics.forEach(function (m) {
   var o = document.createElement("option");
   o.value = m; o.textContent = metricLabel(m);
@@ -134,7 +178,11 @@ function drawSmall() {
   legend($("lrlegend"), data.lr.map(function (g) { return g.name; }));
   legend($("cliplegend"), clipKeys);
   var cursor = steps[state.i];
-  lineChart($("losschart"), { xs: lossXs, lines: [{ ys: lossYs, color: cssVar("--line1") }], log: logFits([lossYs]),
+  var several = lossLines.length > 1;
+  legend($("losslegend"), several ? lossLines.map(function (l) { return optimizerLabel(l.name); }) : []);
+  $("losschart").dataset.series = JSON.stringify(lossLines.map(function (l) { return l.name; }));
+  var lines = lossLines.map(function (l, k) { return { xs: l.xs, ys: l.ys, color: cssVar(PALETTE[k % PALETTE.length]) }; });
+  lineChart($("losschart"), { xs: lossLines[0].xs, lines: lines, log: logFits(lines.map(function (l) { return l.ys; })),
     height: 120, cursor: cursor, markers: markers, compact: true, empty: "no loss recorded" });
   lineChart($("lrchart"), { xs: steps, lines: data.lr.map(function (g, k) { return { ys: g.values, color: cssVar(PALETTE[k % PALETTE.length]) }; }),
     log: false, height: 120, cursor: cursor, compact: true, empty: "no learning rate recorded" });
@@ -156,6 +204,53 @@ function drawHeat() {
   heatGeo = heatMap($("heat"), heatRows.map(function (r) { return r.s[state.metric]; }), nSteps, log, heatRowH);
   $("heat").dataset.rows = String(heatRows.length);
   heatCursor();
+  heatLabels();
+}
+
+// The heat map's row labels, left of it: as many rows as there is room for (a label is 12 px tall,
+// rows may be 3), always the selected row and the hovered one; a long name keeps its tail ("…attn.q"),
+// the whole name in the label's tooltip and in the read-out under the map.
+var heatHover = null, LABEL_H = 12, measurer = document.createElement("canvas").getContext("2d");
+function fitTail(text, width) {
+  measurer.font = "11px sans-serif";
+  if (measurer.measureText(text).width <= width) return text;
+  var lo = 0, hi = text.length;  // the longest tail that fits after "…"
+  while (lo < hi) {
+    var mid = (lo + hi + 1) >> 1;
+    if (measurer.measureText("…" + text.slice(text.length - mid)).width <= width) lo = mid; else hi = mid - 1;
+  }
+  var tail = text.slice(text.length - lo), first = tail.charCodeAt(0);
+  if (first >= 0xDC00 && first <= 0xDFFF) tail = tail.slice(1);  // never half a surrogate pair
+  return "…" + tail;
+}
+var heatLabelsFor = null;  // the selected row the labels were placed for
+function heatLabels() {
+  heatLabelsFor = state.row;
+  var box = $("heatlabels"), height = $("heat").clientHeight, width = box.clientWidth - 6;
+  box.textContent = "";
+  box.style.height = height + "px";
+  if (width < 12 || !heatRows.length) return;
+  var selected = heatRows.indexOf(data.rows[state.row]), kept = [];
+  function topOf(k) { return Math.max(0, Math.min(height - LABEL_H, Math.round((k + 0.5) * heatRowH - LABEL_H / 2))); }
+  function place(k) {
+    if (k === null || k < 0 || k >= heatRows.length) return;
+    var top = topOf(k);
+    for (var j = 0; j < kept.length; j++) if (kept[j].k === k || Math.abs(kept[j].top - top) < LABEL_H + 1) return;
+    kept.push({ k: k, top: top });
+  }
+  place(heatHover);
+  place(selected);
+  var stride = Math.max(1, Math.ceil((LABEL_H + 1) / heatRowH));
+  for (var k = 0; k < heatRows.length; k += stride) place(k);
+  kept.forEach(function (l) {
+    var r = heatRows[l.k], full = r.full || "(model)", el = document.createElement("div");
+    el.className = "hl" + (l.k === heatHover ? " hover" : "") + (l.k === selected ? " selected" : "");
+    el.textContent = fitTail(full, width);
+    el.title = full;
+    el.dataset.row = String(l.k);
+    el.style.top = l.top + "px";
+    box.appendChild(el);
+  });
 }
 function heatCursor() {
   var canvas = $("heat"), w = canvas.clientWidth, cur = $("heatcursor"), band = $("heatband");
@@ -168,6 +263,7 @@ function heatCursor() {
   band.style.left = canvas.offsetLeft + "px";
   band.style.width = w + "px";
   band.style.height = heatRowH + "px";
+  if (heatLabelsFor !== state.row) heatLabels();
 }
 (function () {
   var cur = document.createElement("div"), band = document.createElement("div");
@@ -182,9 +278,11 @@ function heatCell(ev) {
   return c.row >= 0 && c.row < heatRows.length ? { row: heatRows[c.row], index: c.index } : null;
 }
 $("heat").addEventListener("mousemove", function (ev) {
-  var c = heatCell(ev);
+  var c = heatCell(ev), k = c ? heatRows.indexOf(c.row) : null;
+  if (k !== heatHover) { heatHover = k; heatLabels(); }
   $("heatread").textContent = c ? (c.row.full || "(model)") + " · step " + steps[c.index] + " · " + metricLabel(state.metric) + " = " + fmtNum(c.row.s[state.metric][c.index]) : "";
 });
+$("heat").addEventListener("mouseleave", function () { heatHover = null; heatLabels(); });
 $("heat").addEventListener("click", function (ev) {
   var c = heatCell(ev);
   if (!c) return;
@@ -206,7 +304,10 @@ function drawSide() {
   var h = document.createElement("h3"); h.textContent = "step " + step; box.appendChild(h);
   var table = document.createElement("table");
   function row(k, v, field) { var tr = document.createElement("tr"); cell(tr, k); var td = cell(tr, v); if (field) td.dataset.field = field; table.appendChild(tr); }
-  row("loss", fmtNum(data.loss[i]), "loss");
+  var perOptimizer = Object.keys(data.losses);
+  if (perOptimizer.length > 1) {  // several optimizers: each one's loss, named (the lead's 'loss' is opt0's)
+    perOptimizer.forEach(function (k) { row("loss " + optimizerLabel(k), fmtNum(data.losses[k][i]), "loss:" + k); });
+  } else row("loss", fmtNum(data.loss[i]), "loss");
   data.lr.forEach(function (g) { row("lr " + g.name, fmtNum(g.values[i])); });
   Object.keys(data.clip).forEach(function (k) { row("clip " + k, fmtNum(data.clip[k][i])); });
   box.appendChild(table);

@@ -89,51 +89,118 @@ function logFits(seriesList) {
   return pos;
 }
 
-// A tick label: as short as the number allows (2e-4, 0.5, 1200).
-function tickText(x) {
+var FONT_PX = 11;  // the charts' label font size
+
+// A tick label: as short as the number allows (2e-4, 0.5, 1200), with `digits` significant digits at most.
+function tickText(x, digits) {
   if (x === 0) return "0";
   var a = Math.abs(x);
-  if (a >= 1e-3 && a < 1e5) return String(Number(x.toPrecision(4)));
-  return x.toExponential(2).replace(/\.?0+e/, "e").replace("e+", "e");
+  if (a >= 1e-3 && a < 1e5) return String(Number(x.toPrecision(digits)));
+  return x.toExponential(Math.max(0, digits - 1)).replace(/\.?0+e/, "e").replace("e+", "e");
 }
 
-function ticks(lo, hi, log) {
-  var out = [];
-  if (log) {
-    if (hi - lo < 1.5) {  // less than two decades: 1, 2, 5 of each decade, so the axis has numbers on it
-      var sets = [[1, 2, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]];  // the finer set where the coarse one gives one tick
-      for (var k = 0; k < sets.length; k++) {
-        out = [];
-        for (var d = Math.floor(lo); d <= Math.ceil(hi); d++) {
-          sets[k].forEach(function (m) {
-            var at = d + Math.log10(m);
-            if (at >= lo - 1e-9 && at <= hi + 1e-9) out.push({ at: at, text: tickText(m * Math.pow(10, d)) });
-          });
-        }
-        if (out.length >= 2) return out;
-      }
-      return [{ at: lo, text: tickText(Math.pow(10, lo)) }, { at: hi, text: tickText(Math.pow(10, hi)) }];
-    }
-    var step = Math.max(1, Math.ceil((hi - lo) / 5));
-    for (var e = Math.ceil(lo); e <= hi + 1e-9; e += step) out.push({ at: e, text: tickText(Math.pow(10, e)) });
-    return out;
+// Labels for tick values: 4 significant digits, more where 4 would print two ticks alike (a narrow range).
+function tickTexts(values) {
+  for (var digits = 4; digits <= 15; digits++) {
+    var texts = values.map(function (v) { return tickText(v, digits); }), seen = {}, alike = false;
+    texts.forEach(function (t) { if (seen[t]) alike = true; seen[t] = true; });
+    if (!alike) return texts;
   }
-  var span = hi - lo, mag = Math.pow(10, Math.floor(Math.log10(span / 4))), unit = mag;
-  [1, 2, 5, 10].some(function (m) { unit = m * mag; return span / unit <= 5; });
-  for (var t = Math.ceil(lo / unit) * unit; t <= hi + unit * 1e-9; t += unit) out.push({ at: t, text: tickText(Number(t.toPrecision(6))) });
+  return null;  // (values that no printing tells apart: a set never chosen)
+}
+
+// Round numbers in [lo, hi]: for each unit 1, 2, 5 × 10^k, from fine to coarse, the multiples of it.
+function linearTickValues(lo, hi, integer) {
+  var span = hi - lo, out = [];
+  if (!(span > 0) || !isFinite(span)) return out;
+  var e0 = Math.floor(Math.log10(span)) - 2, e1 = Math.ceil(Math.log10(span));
+  for (var e = e0; e <= e1; e++) {
+    [1, 2, 5].forEach(function (m) {
+      var unit = m * Math.pow(10, e), values = [];
+      if (integer && unit < 1) return;
+      var from = Math.ceil(lo / unit - 1e-9), to = Math.floor(hi / unit + 1e-9);
+      if (to - from > 60) return;  // far more than any axis has room for
+      for (var k = from; k <= to; k++) values.push(Number((k * unit).toPrecision(12)));
+      out.push(values);
+    });
+  }
   return out;
 }
 
-// A line chart. opts: xs (step numbers), lines [{ys, color}], log, cursor (a step or null),
+// The candidate tick sets of an axis over [lo, hi] (log10 units when log): lists of {at, text}.
+function tickSets(lo, hi, log, integer) {
+  var sets = [];
+  function add(values, at) {
+    var texts = tickTexts(values);
+    if (texts) sets.push(values.map(function (v, k) { return { at: at(v), text: texts[k] }; }));
+  }
+  if (!log) {
+    linearTickValues(lo, hi, integer).forEach(function (vs) { add(vs, function (v) { return v; }); });
+    return sets;
+  }
+  var at = function (v) { return Math.log10(v); };
+  // Within each decade: 1..9, then 1, 2, 5, then the powers of ten alone (every 1, 2, 3, 5, 10... decades).
+  [[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 5]].forEach(function (mults) {
+    var values = [];
+    for (var d = Math.floor(lo); d <= Math.ceil(hi); d++) {
+      mults.forEach(function (m) {
+        var v = Number((m * Math.pow(10, d)).toPrecision(12)), x = Math.log10(v);
+        if (x >= lo - 1e-9 && x <= hi + 1e-9) values.push(v);
+      });
+    }
+    add(values, at);
+  });
+  [1, 2, 3, 5, 10, 20, 50, 100].forEach(function (every) {
+    var values = [];
+    for (var d = Math.ceil(lo / every - 1e-9) * every; d <= hi + 1e-9; d += every) values.push(Math.pow(10, d));
+    add(values, at);
+  });
+  // A narrow range (under two decades) is nearly linear: round values of it, 0.04 0.06 0.08, read better.
+  if (hi - lo < 2) linearTickValues(Math.pow(10, lo), Math.pow(10, hi), false).forEach(function (vs) {
+    add(vs.filter(function (v) { return v > 0; }), at);
+  });
+  return sets;
+}
+
+// The ticks of an axis `length` px long: of the candidate sets whose labels keep clear of each other
+// (`extent(text)`: a label's size along the axis, px; `gap` px between neighbours) and number at most
+// `most`, the one with the most ticks; the natural sets first on a tie. A single tick where no two fit.
+function ticks(lo, hi, log, length, extent, gap, most, integer) {
+  var best = null;
+  tickSets(lo, hi, log, integer).forEach(function (set) {
+    set = set.filter(function (t) { return t.at >= lo - 1e-9 * Math.max(1, Math.abs(lo)) && t.at <= hi + 1e-9 * Math.max(1, Math.abs(hi)); });
+    if (!set.length || set.length > Math.max(1, most)) return;
+    for (var k = 1; k < set.length; k++) {
+      var apart = (set[k].at - set[k - 1].at) / (hi - lo) * length;
+      if (apart < (extent(set[k].text) + extent(set[k - 1].text)) / 2 + gap) return;
+    }
+    if (!best || set.length > best.length) best = set;
+  });
+  return best || [];
+}
+
+// A line chart. opts: xs (step numbers), lines [{ys, color, xs (its own steps, else opts.xs)}], log, cursor (a step or null),
 // hover (a step or null), markers [{step, color}], compact (small chart: fewer labels).
 // Non-finite samples get a triangle at the top edge in the alarm colour; zeros on a log scale sit
 // on the bottom edge. Returns the geometry: {x(step) -> px, index(px) -> nearest sample index}.
 function lineChart(canvas, opts) {
   var c = fitCanvas(canvas, opts.height), ctx = c.ctx;
-  var left = opts.compact ? 46 : 58, right = 10, top = 10, bottom = 20;
-  var pw = Math.max(10, c.w - left - right), ph = Math.max(10, c.h - top - bottom);
+  var right = 10, top = 10, bottom = 20, ph = Math.max(10, c.h - top - bottom);
+  ctx.font = FONT_PX + "px sans-serif";
+  var range = yRange(opts.lines.map(function (l) { return l.ys; }), opts.log);
+  var lo = range ? range[0] : 0, hi = range ? range[1] : 1;
+  // The y ticks first: the left margin is as wide as their widest label (a narrow range needs more digits).
+  var yTicks = range ? ticks(lo, hi, opts.log, ph, function () { return FONT_PX; }, 4, Math.floor(ph / 22), false) : [];
+  var left = opts.compact ? 46 : 58;
+  yTicks.forEach(function (t) { left = Math.max(left, Math.ceil(ctx.measureText(t.text).width) + 8); });
+  left = Math.min(left, Math.max(20, Math.floor(c.w / 3)));
+  var pw = Math.max(10, c.w - left - right);
   var xs = opts.xs, n = xs.length;
-  var x0 = n ? xs[0] : 0, x1 = n ? xs[n - 1] : 1;
+  var x0 = n ? xs[0] : Infinity, x1 = n ? xs[n - 1] : -Infinity;
+  opts.lines.forEach(function (l) {  // a line may have steps of its own (each optimizer's loss): the axis spans them all
+    if (l.xs && l.xs.length) { x0 = Math.min(x0, l.xs[0]); x1 = Math.max(x1, l.xs[l.xs.length - 1]); }
+  });
+  if (x0 > x1) { x0 = 0; x1 = 1; }
   if (x1 === x0) { x0 -= 1; x1 += 1; }
   var fg = cssVar("--fg"), muted = cssVar("--muted"), grid = cssVar("--line"), alarm = cssVar("--alarm");
   function X(step) { return left + (step - x0) / (x1 - x0) * pw; }
@@ -146,14 +213,11 @@ function lineChart(canvas, opts) {
       return Math.abs(xs[lo] - step) <= Math.abs(xs[hi] - step) ? lo : hi;
     }
   };
-  ctx.font = "11px sans-serif";
   ctx.lineWidth = 1;
-  var range = yRange(opts.lines.map(function (l) { return l.ys; }), opts.log);
   if (!range) {
     ctx.fillStyle = muted;
     ctx.fillText(opts.empty || "no finite samples", left + 8, top + ph / 2);
   }
-  var lo = range ? range[0] : 0, hi = range ? range[1] : 1;
   function Y(v) {
     if (opts.log) v = v > 0 ? Math.log10(v) : lo;
     return top + ph - (v - lo) / (hi - lo) * ph;
@@ -163,19 +227,24 @@ function lineChart(canvas, opts) {
   ctx.fillStyle = muted;
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
-  if (range) ticks(lo, hi, opts.log).forEach(function (t) {
-    var y = top + ph - (t.at - lo) / (hi - lo) * ph;
+  var labels = [];  // each tick label's box, in CSS pixels: the page's tests read them (canvas text is not in the DOM)
+  yTicks.forEach(function (t) {
+    var y = top + ph - (t.at - lo) / (hi - lo) * ph, w = ctx.measureText(t.text).width;
     ctx.beginPath(); ctx.moveTo(left, y + 0.5); ctx.lineTo(left + pw, y + 0.5); ctx.stroke();
     ctx.fillText(t.text, left - 4, y);
+    labels.push({ axis: "y", text: t.text, x: left - 4 - w, y: y - FONT_PX / 2, w: w, h: FONT_PX });
   });
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
-  var xt = ticks(x0, x1, false);
-  xt.forEach(function (t) {
-    if (t.at < x0 || t.at > x1) return;
-    var half = ctx.measureText(t.text).width / 2;  // a label at the right edge stays inside the canvas
-    ctx.fillText(t.text, Math.min(X(t.at), c.w - half - 1), top + ph + 4);
+  // Step numbers: whole steps only, labels at least 12 px apart. They sit below the bottom y label's reach.
+  var xTicks = ticks(x0, x1, false, pw, function (text) { return ctx.measureText(text).width; }, 12, Math.floor(pw / 40) + 1, true);
+  xTicks.forEach(function (t) {
+    var w = ctx.measureText(t.text).width, half = w / 2;  // a label at the right edge stays inside the canvas
+    var x = Math.min(X(t.at), c.w - half - 1);
+    ctx.fillText(t.text, x, top + ph + 7);
+    labels.push({ axis: "x", text: t.text, x: x - half, y: top + ph + 7, w: w, h: FONT_PX });
   });
+  canvas.dataset.ticks = JSON.stringify(labels);
   ctx.strokeStyle = muted;
   ctx.strokeRect(left + 0.5, top + 0.5, pw, ph);
   // event markers: a vertical line per event, in its kind's colour
@@ -191,14 +260,14 @@ function lineChart(canvas, opts) {
   ctx.save();
   ctx.beginPath(); ctx.rect(left, top - 1, pw, ph + 2); ctx.clip();
   opts.lines.forEach(function (line) {
-    var ys = line.ys;
+    var ys = line.ys, lxs = line.xs || xs;
     ctx.strokeStyle = line.color;
     ctx.fillStyle = alarm;
     ctx.lineWidth = opts.compact ? 1.2 : 1.5;
     ctx.beginPath();
     var pen = false, bad = [];
     for (var i = 0; i < ys.length; i++) {
-      var v = ys[i], x = X(xs[i]);
+      var v = ys[i], x = X(lxs[i]);
       if (v === null || v === undefined) { pen = false; continue; }
       if (!isFinite(v)) { bad.push(x); pen = false; continue; }
       var y = Y(v);
