@@ -759,6 +759,9 @@ def test_header_after_an_interrupted_adaptive_run_says_what_was_sampled(tmp_path
         info = page.text_content("#runinfo")
         assert info.startswith(f"{len(steps)} of 33 steps sampled ({expected_sampling(steps)})"), (info, steps)
         assert "adaptive" in page.get_attribute("#runinfo", "title")
+        # the page itself says the run was cut short, where the reader looks (not only the terminal)
+        assert "long.py was interrupted (Ctrl-C) after step 33: the history ends there" in page.text_content("#events")
+    assert any(e["kind"] == "warning" and e["step"] == 33 and "interrupted" in e["text"] for e in data["events"])
 
 
 def test_two_optimizers_each_have_a_named_loss_line_and_distinct_model_names(tmp_path):

@@ -141,6 +141,12 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
         except GradtraceError as e:
             extra.append({"step": step, "kind": "warning", "module": None, "param": None,
                           "text": f"could not trace this step: {e}"})
+    if outcome.interrupted or outcome.status:
+        # The history ends where the script did: say so where the reader looks (the page's events, the JSON), not only
+        # in the terminal that printed it.
+        how = "was interrupted (Ctrl-C)" if outcome.interrupted else f"exited with status {outcome.status}"
+        extra.append({"step": watcher.steps_run, "kind": "warning", "module": None, "param": None,
+                      "text": f"{Path(script).name} {how} after step {watcher.steps_run}: the history ends there"})
     history = assemble_history(watcher, traces, extra_events=extra)
     try:
         if str(target) == "-":
