@@ -30,6 +30,19 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
     losses_by_opt: dict[str, list[Any]] = {}
     lr: dict[str, list[Any]] = {}
     grad_sq: dict[int, dict[str, float]] = {}  # step -> param name -> grad norm², for module norms
+    # A parameter two optimizers step (shared, or an optimizer wrapping another, Lookahead-style) has a series per
+    # optimizer: the first keeps the bare name, the others are 'NAME (optN)'. One series would hold whichever step came
+    # last, as if it were the parameter's whole update.
+    holders: dict[int, list[str]] = {}
+    for r, _ in w._host_rows:
+        for pid in r.param_ids:
+            if r.opt not in holders.setdefault(pid, []):
+                holders[pid].append(r.opt)
+    order = {o.name: k for k, o in enumerate(w.opts.values())}
+    for pid, opts in holders.items():
+        opts.sort(key=lambda o: order.get(o, -1))
+    shared_events: list[dict[str, Any]] = []
+    alias: dict[str, str] = {}  # 'NAME (optN)' -> NAME
     for r, values in w._host_rows:
         if r.step not in index:
             continue
@@ -37,6 +50,10 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
         k = len(r.param_ids)
         for j, pid in enumerate(r.param_ids):
             name = names.get(pid, f"{r.opt}.param{j}")
+            extra_holder = r.opt != holders[pid][0]
+            if extra_holder:
+                alias[f"{name} ({r.opt})"] = name
+                name = f"{name} ({r.opt})"
             gn, bad, vn, dn = values[j], values[k + j], values[2 * k + j], values[3 * k + j]
             series = param_series.setdefault(name, {m: [None] * n for m in ("grad_norm", "grad_rms", "value_norm", "update_ratio", "grad_nonfinite")})
             series["grad_norm"][i] = json_number(gn)
@@ -46,7 +63,8 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
             ratio = None if r.opt == "backward" else dn / vn if vn else (0.0 if dn == 0 else math.inf)
             series["update_ratio"][i] = json_number(ratio)
             series["grad_nonfinite"][i] = int(bad) if math.isfinite(bad) else None
-            grad_sq.setdefault(r.step, {})[name] = gn * gn
+            if not extra_holder:  # (its gradient is counted once in its module's norm)
+                grad_sq.setdefault(r.step, {})[name] = gn * gn
         row_loss = values[-1]
         if row_loss is not None:
             losses_by_opt.setdefault(r.opt, [None] * n)[i] = json_number(row_loss)
@@ -92,6 +110,13 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
         modules.append({"path": shown[path], "type": w.classes[path], "parent": shown.get(parent, parent) if parent is not None else None,
                         "depth": depth})
 
+    for pid, opts in holders.items():
+        if len(opts) > 1:
+            base = names.get(pid, "a parameter")
+            shared_events.append({"step": steps[0] if steps else 1, "kind": "warning", "module": _module_of(base),
+                                  "param": base, "text": f"{base} is stepped by {len(opts)} optimizers ({', '.join(opts)}): "
+                                  f"its statistics are shown per optimizer, as {base} ({opts[0]}'s step) and "
+                                  + ", ".join(f"{base} ({o})" for o in opts[1:])})
     root_order = [shown_path(w, w.names.get(id(m), "")) for m in w._modules]
     root_by_param = {id(p): root_order[k] for k, m in enumerate(w._modules) for p in m.parameters()}
     optimizers = []
@@ -103,7 +128,7 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
                            # the models (roots) whose parameters it steps, in the order they were first called
                            "roots": sorted({root_by_param[id(p)] for p in held if id(p) in root_by_param}, key=root_order.index)})
 
-    events = sorted([*w.events, *w.alarm_events(), *(extra_events or [])], key=lambda e: (e["step"], e["kind"] != "alarm"))
+    events = sorted([*w.events, *w.alarm_events(), *shared_events, *(extra_events or [])], key=lambda e: (e["step"], e["kind"] != "alarm"))
     alarms = [e["step"] for e in events if e["kind"] == "alarm"]
     if w.alarm is not None:
         alarms.append(w.alarm.step)
@@ -114,7 +139,8 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
         "steps_run": w.steps_run, "steps": steps, "loss": loss,
         "loss_all": [[s, json_number(v)] for s, v in w.loss_all],
         "lr": lr, "optimizers": optimizers, "modules": modules,
-        "params": [{"name": name, "module": _module_of(name), "shape": shapes.get(name)} for name in param_series],
+        "params": [{"name": name, "module": _module_of(alias.get(name, name)), "shape": shapes.get(alias.get(name, name))}
+                   for name in param_series],
         "series": {"module": module_series, "param": param_series},
         "events": events, "first_alarm": min(alarms) if alarms else None,
         "traces": {str(k): v for k, v in sorted((traces or {}).items())},

@@ -22,32 +22,75 @@ allocates a mask as big as the gradient.
   finite values included: its count is then computed, and is 0). On an
   accelerator reading the norms would be a sync per step, so every count is
   computed on the device as before.
+
+And two that make the numbers right, not cheaper: :func:`norms` computes the
+norm of a float16/bfloat16 tensor in float32 (``_foreach_norm`` alone
+returns it in the tensor's own dtype: a float16 gradient of 320 in every
+element has a norm of 81,920, past float16's 65,504, and read ``inf`` —
+a false "not finite" alarm), and :func:`dense` lets a sparse gradient
+(``nn.Embedding(sparse=True)``) be measured by its stored values instead of
+being left out.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["Before", "nonfinite_count", "nonfinite_counts"]
+__all__ = ["LOW_PRECISION", "Before", "dense", "nonfinite_count", "nonfinite_counts", "norms"]
+
+#: Float types whose norms are computed in float32 (their own range and precision are too small for a sum of squares).
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norm of each tensor, float32 (float64 for a float64 tensor), in one fused call per precision."""
+    low = [i for i, t in enumerate(tensors) if t.dtype in LOW_PRECISION]
+    rest = [i for i, t in enumerate(tensors) if t.dtype not in LOW_PRECISION]
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    if low:
+        for i, n in zip(low, torch._foreach_norm([tensors[i] for i in low], 2, dtype=torch.float32)):
+            out[i] = n
+    if rest:
+        for i, n in zip(rest, torch._foreach_norm([tensors[i] for i in rest])):
+            out[i] = n if n.dtype == torch.float64 else n.float()
+    return out  # type: ignore[return-value]
+
+
+def dense(grad: torch.Tensor) -> torch.Tensor:
+    """What a gradient's norm and NaN count are of: the tensor itself, or a sparse one's stored values (coalesced,
+    so an index stored twice counts once, as in the dense gradient)."""
+    if grad.layout == torch.sparse_coo:
+        return grad.coalesce().values()
+    if grad.layout != torch.strided:  # CSR/CSC/BSR/BSC hold each position once
+        return grad.values()
+    return grad
 
 
 class Before:
-    """Copies of the weights taken before an optimizer step, reused across steps on the CPU."""
+    """Copies of the weights taken before an optimizer step, reused across steps on the CPU.
+
+    A copy belongs to one optimizer's step of one parameter: an optimizer that
+    steps another inside its own ``step()`` (Lookahead-style wrappers), or
+    two optimizers holding one parameter, each measure their own update.
+    """
 
     def __init__(self) -> None:
-        self._kept: dict[int, torch.Tensor] = {}  # id(param) -> its buffer (CPU only)
+        self._kept: dict[tuple[str, int], torch.Tensor] = {}  # (optimizer, id(param)) -> its buffer (CPU only)
 
-    def take(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The weights' values now, in buffers of their own (call under no_grad)."""
+    def take(self, owner: str, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The weights' values now, in buffers of ``owner``'s own (call under no_grad)."""
         out: list[torch.Tensor] = []
         for p in params:
             d = p.detach()
+            # (half precision kept in float32: the difference of two float16/bfloat16 values is exact there, not in
+            # their own type)
+            dtype = torch.float32 if d.dtype in LOW_PRECISION else d.dtype
             if d.device.type != "cpu":
-                out.append(d.clone())
+                out.append(d.to(dtype, copy=True))
                 continue
-            buf = self._kept.get(id(p))
-            if buf is None or buf.shape != d.shape or buf.dtype != d.dtype or buf.layout != d.layout:
-                buf = self._kept[id(p)] = torch.empty_like(d)
+            buf = self._kept.get((owner, id(p)))
+            if buf is None or buf.shape != d.shape or buf.dtype != dtype or buf.stride() != d.stride():
+                buf = self._kept[(owner, id(p))] = torch.empty_like(d, dtype=dtype)
             buf.copy_(d)
             out.append(buf)
         return out
@@ -55,8 +98,13 @@ class Before:
     @staticmethod
     def delta_norms(params: list[torch.Tensor], before: list[torch.Tensor]) -> list[torch.Tensor]:
         """‖w_now − w_before‖ per parameter, float32; ``before`` is overwritten (the copies are spent)."""
-        torch._foreach_sub_(before, [p.detach() for p in params])
-        return [n.float() for n in torch._foreach_norm(before)]
+        same = [i for i, (b, p) in enumerate(zip(before, params)) if b.dtype == p.dtype]
+        if same:
+            torch._foreach_sub_([before[i] for i in same], [params[i].detach() for i in same])
+        for i, (b, p) in enumerate(zip(before, params)):
+            if b.dtype != p.dtype:
+                b.sub_(p.detach())
+        return [n.float() for n in norms(before)]
 
     def clear(self) -> None:
         """Give the kept copies back (the run is over)."""

@@ -50,7 +50,7 @@ from ..errors import GradtraceError
 from ..recorder.intercept import install
 from ..recorder.stats import invisible
 from .patches import patch_clip, patch_scaler
-from .cheap import Before, nonfinite_count, nonfinite_counts
+from .cheap import Before, dense, nonfinite_count, nonfinite_counts, norms
 from .sentinel import BATCH, Alarm, Sentinel, word
 from .tracing import StepTracer
 
@@ -398,12 +398,12 @@ class Watcher:
         if self._in_scaler_step and self._in_scaler_step[-1] is opt:
             o.stepped_in_scaler = True
         step = o.count + 1
-        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None and not p.grad.is_sparse]
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None and p.layout == torch.strided]
         o.params = params
         if self.sentinel is not None and params:
             o.sentinel_pre = self.sentinel.before_step(params)
             with torch.no_grad(), invisible():
-                o.before = self._before.take(params)
+                o.before = self._before.take(o.name, params)
         if self._sampled_for(o, step):
             self._record_pre(o, params, step)
 
@@ -454,12 +454,12 @@ class Watcher:
             if not params:
                 o.pre = []
                 return
-            grads = [p.grad for p in params]
-            gn = [n.float() for n in torch._foreach_norm(grads)]
+            grads = [dense(p.grad) for p in params]
+            gn = [n.float() for n in norms(grads)]
             bad = nonfinite_counts(grads, gn)
-            wn = [n.float() for n in torch._foreach_norm([p.detach() for p in params])]
+            wn = [n.float() for n in norms([p.detach() for p in params])]
             if o.before is None and o is not self._pseudo:
-                o.before = self._before.take(params)
+                o.before = self._before.take(o.name, params)
             o.pre = [*gn, *bad, *wn]
 
     def _record_post(self, o: _Opt, step: int, lrs: list[float | None]) -> None:

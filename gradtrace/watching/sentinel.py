@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..recorder.stats import invisible
+from .cheap import dense, norms
 
 __all__ = ["BATCH", "UPDATE_RATIO_ALARM", "Alarm", "Sentinel"]
 
@@ -39,7 +40,11 @@ class Alarm:
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(tensors)]))
+    """The norm of all ``tensors`` together (half precision measured in float32; the sum over the tensors in float64
+    where the device has it, so no total overflows where every part is finite)."""
+    parts = norms(tensors)
+    acc = torch.float32 if parts[0].device.type == "mps" else torch.float64
+    return torch.linalg.vector_norm(torch.stack([n.to(acc) for n in parts]))
 
 
 class Sentinel:
@@ -60,7 +65,7 @@ class Sentinel:
         if not params:
             return None
         with torch.no_grad(), invisible():
-            gn = _total_norm([p.grad for p in params])
+            gn = _total_norm([dense(p.grad) for p in params])
             return [gn, _total_norm([p.detach() for p in params]) if weights else torch.zeros(())]
 
     def after_step(self, step: int, opt: str, calls: list[int], micro: list[torch.Tensor], delta: list[torch.Tensor] | None,
@@ -69,14 +74,17 @@ class Sentinel:
         with torch.no_grad(), invisible():
             losses = torch.stack(micro) if micro else None
             loss = losses.mean() if losses is not None else torch.zeros(())
-            zero = torch.zeros((), device=loss.device)
+            dev = loss.device
+            acc = torch.float32 if dev.type == "mps" else torch.float64
+            zero = torch.zeros((), device=dev, dtype=acc)
             if pre is not None and delta is not None:
-                dn = torch.linalg.vector_norm(torch.stack([d.to(loss.device) for d in delta])) if delta else zero
-                row = torch.stack([loss, pre[0].to(loss.device), dn.to(loss.device), pre[1].to(loss.device)])
+                dn = torch.linalg.vector_norm(torch.stack([d.to(dev, acc) for d in delta])) if delta else zero
+                parts = [loss, pre[0], dn, pre[1]]
             elif pre is not None:  # no optimizer: no update to measure
-                row = torch.stack([loss, pre[0].to(loss.device), zero, zero])
+                parts = [loss, pre[0], zero, zero]
             else:
-                row = torch.stack([loss, zero, zero, zero])
+                parts = [loss, zero, zero, zero]
+            row = torch.stack([t.to(dev, acc) for t in parts])
         self._rows.append((step, opt, calls, row, losses))
         if len(self._rows) >= BATCH or row.device.type == "cpu":
             self.read()

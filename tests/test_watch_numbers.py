@@ -1,0 +1,194 @@
+"""watch's numbers in the cases the tester found wrong (tryout5 01-04), each against torch computed here.
+
+- an optimizer that steps another inside its own step (Lookahead-style) and a parameter two optimizers hold:
+  each optimizer's update measured on its own, shown as its own series;
+- a sparse gradient (``nn.Embedding(sparse=True)``): measured, and its NaN caught at its own step;
+- float16/bfloat16 tensors: norms in float32, no false "not finite" alarm from a norm past float16's range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradtrace.watching.assemble import assemble_history
+from gradtrace.watching.engine import Watcher
+
+
+def ratio(after: torch.Tensor, before: torch.Tensor) -> float:
+    return ((after.double() - before.double()).norm() / before.double().norm()).item()
+
+
+class Lookahead(torch.optim.Optimizer):
+    """An optimizer whose step() calls another's (torch-optimizer's Lookahead and similar wrappers)."""
+
+    def __init__(self, inner: torch.optim.Optimizer, alpha: float = 0.5) -> None:
+        self.inner, self.alpha = inner, alpha
+        super().__init__(inner.param_groups, dict(lr=inner.defaults["lr"]))
+        self.slow = {id(p): p.detach().clone() for g in inner.param_groups for p in g["params"]}
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001
+        self.inner.step()
+        for g in self.param_groups:
+            for p in g["params"]:
+                s = self.slow[id(p)]
+                s.add_(p - s, alpha=self.alpha)
+                p.copy_(s)
+
+
+@pytest.mark.parametrize("sentinel", [False, True])
+def test_an_optimizer_wrapping_another_has_its_own_update_ratio(sentinel):
+    # Each optimizer's copy of the weights is its own: the inner step no longer overwrites the outer's copy
+    # (update_ratio 0.70 where torch says 0.15, before the fix).
+    torch.manual_seed(0)
+    m = nn.Linear(8, 4)
+    opt = Lookahead(torch.optim.SGD(m.parameters(), lr=0.5))
+    x = torch.randn(16, 8)
+    outer, inner, total = [], [], []
+    real_inner_step = opt.inner.step
+
+    def inner_step(*a, **k):
+        w0 = m.weight.detach().clone()
+        out = real_inner_step(*a, **k)
+        inner.append(ratio(m.weight.detach(), w0))
+        return out
+
+    with Watcher(m, every=1, sentinel=sentinel) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            (m(x) ** 2).mean().backward()
+            total.append(math.hypot(m.weight.grad.norm().item(), m.bias.grad.norm().item()))
+            w0 = m.weight.detach().clone()
+            with torch.no_grad():
+                opt.inner.step = inner_step  # (torch's numbers, measured inside the same step)
+            opt.step()
+            outer.append(ratio(m.weight.detach(), w0))
+    d = assemble_history(w).to_dict()
+    series = d["series"]["param"]
+    assert series["weight"]["update_ratio"] == pytest.approx(outer, rel=1e-5)
+    assert series["weight (opt1)"]["update_ratio"] == pytest.approx(inner, rel=1e-5)
+    assert outer != pytest.approx(inner, rel=1e-2), "the two updates really differ"
+    assert any(e["kind"] == "warning" and e["param"] == "weight" and "stepped by 2 optimizers" in e["text"] for e in d["events"])
+    # the model's gradient norm counts each gradient once (not the weight's twice, once per optimizer)
+    assert d["series"]["module"][""]["grad_norm"] == pytest.approx(total, rel=1e-5)
+    if sentinel:
+        assert w.alarm is None
+
+
+def test_a_parameter_two_optimizers_hold_shows_each_update():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    shared = model[0].weight
+    o0 = torch.optim.SGD([shared, model[0].bias], lr=0.3)
+    o1 = torch.optim.SGD([shared, *model[2].parameters()], lr=0.1, momentum=0.9)
+    x = torch.randn(8, 4)
+    want0, want1 = [], []
+    with Watcher(model, every=1) as w:
+        for _ in range(3):
+            o0.zero_grad()
+            o1.zero_grad()
+            model(x).pow(2).mean().backward()
+            w0 = shared.detach().clone()
+            o0.step()
+            want0.append(ratio(shared.detach(), w0))
+            w1 = shared.detach().clone()
+            o1.step()
+            want1.append(ratio(shared.detach(), w1))
+    d = assemble_history(w).to_dict()
+    p = d["series"]["param"]
+    assert p["0.weight"]["update_ratio"] == pytest.approx(want0, rel=1e-5)
+    assert p["0.weight (opt1)"]["update_ratio"] == pytest.approx(want1, rel=1e-5)
+    names = {q["name"]: q for q in d["params"]}
+    assert names["0.weight (opt1)"]["module"] == "0" and names["0.weight (opt1)"]["shape"] == [4, 4]
+
+
+def sparse_run(steps: int, nan_step: int | None, watcher: Watcher | None):
+    torch.manual_seed(0)
+    emb, lin = nn.Embedding(50, 8, sparse=True), nn.Linear(8, 1)
+    model = nn.Sequential(emb, lin)
+    o1, o2 = torch.optim.SGD(emb.parameters(), lr=0.1), torch.optim.SGD(lin.parameters(), lr=0.1)
+    idx = torch.tensor([3, 7, 3, 9, 12, 7, 3, 40])  # repeated indices: the sparse gradient stores some rows twice
+    dense_grads = []
+    with watcher if watcher is not None else contextlib.nullcontext():
+        for step in range(1, steps + 1):
+            o1.zero_grad()
+            o2.zero_grad()
+            e = emb(idx)
+            if step == nan_step:
+                e.register_hook(lambda g: torch.where(torch.arange(8)[:, None] == 3, torch.full_like(g, math.nan), g))
+            (lin(e) ** 2).mean().backward()
+            dense_grads.append(emb.weight.grad.to_dense().clone())
+            o1.step()
+            o2.step()
+    return model, dense_grads
+
+
+def test_a_sparse_gradient_is_measured_as_its_dense_gradient():
+    w = Watcher(None, every=1)
+    _, grads = sparse_run(4, None, w)
+    d = assemble_history(w).to_dict()
+    p = d["series"]["param"]
+    name = "Embedding.weight"
+    assert p[name]["grad_norm"] == pytest.approx([g.norm().item() for g in grads], rel=1e-5)
+    assert p[name]["grad_nonfinite"] == [0, 0, 0, 0]
+    assert all(r is not None and r > 0 for r in p[name]["update_ratio"])
+
+
+def test_a_nan_in_a_sparse_gradient_is_caught_at_its_own_step():
+    # before: the embedding was left out, and the first broken step was the next one (its loss NaN)
+    w = Watcher(None, every=1, sentinel=True)
+    _, grads = sparse_run(8, 5, w)
+    assert w.alarm is not None and w.alarm.step == 5, w.alarm
+    assert "gradients are not finite" in w.alarm.text
+    d = assemble_history(w).to_dict()
+    name = "Embedding.weight"
+    assert d["series"]["param"][name]["grad_nonfinite"][4] == int((~torch.isfinite(grads[4])).sum()) > 0
+
+
+@pytest.mark.parametrize("sentinel", [False, True])
+def test_float16_gradients_whose_norm_passes_float16s_range_are_finite(sentinel):
+    # every element 320: finite; the norm 81,920 is past float16's 65,504 (read 'inf' before: a false alarm)
+    torch.manual_seed(0)
+    m = nn.Linear(256, 256).half()
+    opt = torch.optim.SGD(m.parameters(), lr=1e-9)
+    x = torch.ones(8, 256, dtype=torch.float16)
+    want = []
+    with Watcher(m, every=1, sentinel=sentinel, sample=not sentinel) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            (m(x).float().sum() * 40.0).backward()
+            assert torch.isfinite(m.weight.grad).all()
+            want.append(m.weight.grad.float().norm().item())
+            opt.step()
+    if sentinel:
+        assert w.alarm is None, w.alarm
+        return
+    p = assemble_history(w).to_dict()["series"]["param"]["weight"]
+    assert p["grad_norm"] == pytest.approx(want, rel=1e-5) and want[0] > 65504
+    assert p["grad_nonfinite"] == [0, 0, 0]
+
+
+def test_bfloat16_norms_are_float32_norms_of_the_values():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4)).to(torch.bfloat16)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    x = torch.randn(16, 32, dtype=torch.bfloat16)
+    want = []
+    with Watcher(m, every=1) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            m(x).float().pow(2).mean().backward()
+            before = {n: p.detach().clone() for n, p in m.named_parameters()}
+            grads = {n: p.grad.double().norm().item() for n, p in m.named_parameters()}
+            opt.step()
+            want.append((grads, {n: ratio(p.detach(), before[n]) for n, p in m.named_parameters()}))
+    p = assemble_history(w).to_dict()["series"]["param"]
+    for name in ("0.weight", "2.weight"):
+        # float32 sums of bfloat16 values: as torch's float64 norm of the same values, to float32's precision
+        assert p[name]["grad_norm"] == pytest.approx([g[name] for g, _ in want], rel=1e-5)
+        assert p[name]["update_ratio"] == pytest.approx([r[name] for _, r in want], rel=1e-5)
