@@ -15,7 +15,7 @@ from .diff_style import DIFF_BANDS, GONE, NEW, NO_CHANGE_DATA, NONFINITE, band_o
 from .diff_text import factor
 from .flow import scope_module, scope_title
 from .inert import dot_id, inert_text
-from .labels import cap_text, escape_tooltip, h
+from .labels import cap_text, escape_text, escape_tooltip, h
 from .style import text_color
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def _ghost_name(key: str) -> str:
 
 
 def _line(text: str) -> str:
-    return escape_tooltip(cap_text(inert_text(text), LINE))
+    return escape_text(cap_text(inert_text(text), LINE))
 
 
 def _label(lines: list[str]) -> str:

@@ -20,7 +20,7 @@ from ..diagnose import Finding
 from . import fmt
 from .flow import edge_grad_label, edge_grad_text, grad_sum_lines, scope_module, scope_title, sent_back, show_edge_grads
 from .inert import MAX_ID, dot_id, inert_text, inert_trace
-from .labels import (HtmlLabel, block_label, block_tooltip, boundary_label, caption, escape_tooltip, h, legend, mark, node_label,
+from .labels import (HtmlLabel, block_label, block_tooltip, boundary_label, caption, escape_text, escape_tooltip, h, legend, mark, node_label,
                      node_tooltip, nonfinite)
 from .options import RenderOptions
 from .style import ALARM, FINDING, THEME_COLORS
@@ -55,7 +55,7 @@ def _fit(value: str) -> str:
         return value
     if isinstance(value, HtmlLabel):
         plain = html.unescape(re.sub(r"<[^<>]*>", " ", value))
-        return graphviz.nohtml(escape_tooltip(" ".join(plain.split())))
+        return graphviz.nohtml(escape_text(" ".join(plain.split())))
     cut = value[: DOT_STRING_MAX // 2]
     if (len(cut) - len(cut.rstrip("\\"))) % 2:
         cut = cut[:-1]
@@ -148,7 +148,7 @@ def dot_and_view(trace: Trace, options: RenderOptions) -> tuple[graphviz.Digraph
         "gradtrace",
         graph_attr={
             "rankdir": options.rankdir, "bgcolor": theme["bg"], "fontname": FONT, "fontcolor": theme["text"],
-            "fontsize": "11", "labelloc": "b", "label": escape_tooltip(caption(trace, note)),
+            "fontsize": "11", "labelloc": "b", "label": escape_text(caption(trace, note)),
             "nodesep": "0.25", "ranksep": "0.35",
             # Big graphs: one network-simplex pass for ranking and placement cut dot's time on a
             # 3,000-node graph from 24 s to 6 s (benchmarks/README.md); small ones keep the best layout.
@@ -261,7 +261,7 @@ def dot_and_view(trace: Trace, options: RenderOptions) -> tuple[graphviz.Digraph
             attrs["label"] = escape_tooltip(shape_text)  # between collapsed modules the tensor's shape is the interface
         elif sent and label_edges:
             edge = graph_edges[src, dst]
-            attrs.update(label=escape_tooltip(edge_grad_label(edge["grad"], edge["uses"])), labeltooltip=escape_tooltip(tip))
+            attrs.update(label=escape_text(edge_grad_label(edge["grad"], edge["uses"])), labeltooltip=escape_tooltip(tip))
         g.edge(_name(view, src), _name(view, dst), **attrs)
     g.node("legend", legend(theme, findings), shape="plain", tooltip="legend")
     return g, view

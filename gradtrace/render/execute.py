@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import shutil
 import subprocess
 
 from .._argnames import arg, bare
 from ..errors import DotNotFoundError, RenderError, RenderTimeoutError
 
-__all__ = ["INSTALL_HINT", "run_dot"]
+__all__ = ["INSTALL_HINT", "tooltip_passes", "run_dot"]
 
 INSTALL_HINT = (
     "install Graphviz: `apt-get install graphviz` (Debian/Ubuntu), `brew install graphviz` (macOS), "
@@ -37,3 +39,22 @@ def run_dot(source: str, fmt: str, timeout: float | None) -> bytes:
         err = proc.stderr.decode("utf-8", "replace").strip()
         raise RenderError(f"Graphviz `dot -T{fmt}` failed (exit {proc.returncode}): {err}")
     return proc.stdout
+
+
+@functools.lru_cache(maxsize=1)
+def tooltip_passes() -> int:
+    """How many times this Graphviz reads escape sequences in a tooltip: 2 for dot 2.43 (every tooltip — node,
+    edge, cluster, graph — is substituted twice, a label once: ``"\\\\N"`` shows as the node's name), 1 if a version
+    reads it once.
+    Asked of the installed ``dot`` once per process; 2 when there is none (the DOT file is read elsewhere: the
+    version the suite runs with decides)."""
+    exe = shutil.which("dot")
+    if exe is None:
+        return 2
+    try:
+        proc = subprocess.run([exe, "-Tsvg"], input=b'digraph{probe [tooltip="\\\\N"]}', capture_output=True, timeout=20,
+                              check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 2
+    found = re.search(rb'xlink:title="([^"]*)"', proc.stdout)
+    return 1 if found is not None and found.group(1) == b"\\N" else 2

@@ -24,7 +24,7 @@ from .style import ALARM, BANDS, MASKED_INF, NO_GRAD, SEVERITY_COLORS, ZERO_GRAD
 if TYPE_CHECKING:
     from ..steptrace import Trace
 
-__all__ = ["HtmlLabel", "block_label", "block_tooltip", "boundary_label", "cap_text", "caption", "escape_tooltip", "h", "legend", "mark",
+__all__ = ["HtmlLabel", "block_label", "block_tooltip", "boundary_label", "cap_text", "caption", "escape_text", "escape_tooltip", "h", "legend", "mark",
            "node_label", "node_tooltip", "nonfinite", "placements_text", "reduced_titles"]
 
 MAX_LEGEND_FINDINGS = 8
@@ -77,20 +77,43 @@ def h(text: str, limit: int = MAX_LABEL_TEXT) -> str:
     return out or "&#160;"
 
 
+def escape_text(text: str) -> str:
+    """Escape text for a quoted Graphviz string read once for escapes (a plain label): backslashes are
+    escapes there, and a value that looks like ``<...>`` must stay a quoted string, never become an HTML
+    label (``graphviz.escape`` marks it so: ``<x> [URL="javascript:..."] <y>`` stays one string).
+    Graphviz also decodes HTML entities in quoted strings (``&lt;`` shows ``<``), so every ``&`` is
+    written ``&amp;``: the text reads as the user wrote it. Cut to :data:`MAX_TOOLTIP` characters first
+    (less when escaping makes it long), so the quoted string stays under Graphviz's limit.
+
+    >>> str(escape_text("a&lt;b"))
+    'a&amp;lt;b'
+    """
+    return _escaped(text, 1)
+
+
 def escape_tooltip(text: str) -> str:
-    """Escape text for a Graphviz escString attribute (tooltip, plain label): backslashes are escapes
-    there, and a value that looks like ``<...>`` must stay a quoted string, never become an HTML label
-    (``graphviz.escape`` marks it so: a tooltip ``<x> [URL="javascript:..."] <y>`` stays one string).
-    Graphviz also decodes HTML entities in quoted strings (``&lt;`` in a tooltip shows ``<``), so every
-    ``&`` is written ``&amp;``: the text reads as the user wrote it. Cut to :data:`MAX_TOOLTIP`
-    characters first (less when the ``&`` make it long), so the quoted string stays under Graphviz's limit.
+    """:func:`escape_text` for a tooltip, which dot 2.43 reads for escapes TWICE (every tooltip: node,
+    cluster, edge, graph; a label once): its backslashes are doubled once more there, or ``\\N`` in a
+    module name shows the node's id and ``\\G`` the graph's
+    (:func:`~gradtrace.render.execute.tooltip_passes` asks the installed dot).
 
     >>> str(escape_tooltip("a&lt;b"))
     'a&amp;lt;b'
     """
+    if "\\" not in text:
+        return _escaped(text, 1)
+    from .execute import tooltip_passes
+
+    return _escaped(text, tooltip_passes())
+
+
+def _escaped(text: str, passes: int) -> str:
     limit = MAX_TOOLTIP
     while True:
-        out = graphviz.escape(cap_text(text, limit).replace("&", "&amp;"))
+        out = cap_text(text, limit).replace("&", "&amp;")
+        for _ in range(passes - 1):
+            out = out.replace("\\", "\\\\")
+        out = graphviz.escape(out)
         if len(out) <= 2 * MAX_TOOLTIP or limit <= 100:
             return out
         limit //= 2
