@@ -192,3 +192,28 @@ def test_bfloat16_norms_are_float32_norms_of_the_values():
         # float32 sums of bfloat16 values: as torch's float64 norm of the same values, to float32's precision
         assert p[name]["grad_norm"] == pytest.approx([g[name] for g, _ in want], rel=1e-5)
         assert p[name]["update_ratio"] == pytest.approx([r[name] for _, r in want], rel=1e-5)
+
+
+def test_an_optimizer_gone_before_the_history_is_written_keeps_its_type_and_size():
+    # tryout5 10: the usual `def main():` script frees its optimizer before the history is assembled: it read
+    # type '?' and params null (page header 'opt0 ?')
+    import gc
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+
+    def main() -> None:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(3))]})  # one tensor no module holds
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            opt.step()
+
+    with Watcher(model, every=1) as w:
+        main()
+    gc.collect()
+    assert all(o.ref() is None for o in w.opts.values()), "the optimizer really is gone"
+    (opt,) = assemble_history(w).to_dict()["optimizers"]
+    assert opt["type"] == "AdamW" and opt["params"] == len(list(model.parameters())) + 1 and opt["steps"] == 3
+    assert opt["roots"] == [""]

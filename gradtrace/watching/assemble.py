@@ -122,11 +122,10 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
     optimizers = []
     for o in w.opts.values():
         opt = o.ref()
-        held = [p for g in opt.param_groups for p in g["params"]] if opt is not None else []
-        optimizers.append({"name": o.name, "type": type(opt).__name__ if opt is not None else "?",
-                           "params": len(held) if opt is not None else None, "steps": o.count,
+        held = [id(p) for g in opt.param_groups for p in g["params"]] if opt is not None else o.held
+        optimizers.append({"name": o.name, "type": o.type_name, "params": len(held), "steps": o.count,
                            # the models (roots) whose parameters it steps, in the order they were first called
-                           "roots": sorted({root_by_param[id(p)] for p in held if id(p) in root_by_param}, key=root_order.index)})
+                           "roots": sorted({root_by_param[pid] for pid in held if pid in root_by_param}, key=root_order.index)})
 
     events = sorted([*w.events, *w.alarm_events(), *shared_events, *(extra_events or [])], key=lambda e: (e["step"], e["kind"] != "alarm"))
     alarms = [e["step"] for e in events if e["kind"] == "alarm"]

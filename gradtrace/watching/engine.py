@@ -78,6 +78,10 @@ class _Opt:
     stepped_in_scaler: bool = False
     #: A sample fell on a step GradScaler skipped: this optimizer's next real step is sampled instead.
     owed: bool = False
+    #: Its class and the ids of the tensors it holds, as of its last step (the history is written after the script
+    #: returned, when an optimizer local to its main() is gone).
+    type_name: str = "?"
+    held: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -268,7 +272,7 @@ class Watcher:
     def _opt(self, opt: torch.optim.Optimizer) -> _Opt:
         o = self.opts.get(id(opt))
         if o is None or o.ref() is not opt:
-            o = self.opts[id(opt)] = _Opt(f"opt{len(self.opts)}", weakref.ref(opt))
+            o = self.opts[id(opt)] = _Opt(f"opt{len(self.opts)}", weakref.ref(opt), type_name=type(opt).__name__)
         return o
 
     # -- the steps -------------------------------------------------------------------
@@ -398,7 +402,10 @@ class Watcher:
         if self._in_scaler_step and self._in_scaler_step[-1] is opt:
             o.stepped_in_scaler = True
         step = o.count + 1
-        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None and p.layout == torch.strided]
+        held = [p for g in opt.param_groups for p in g["params"]]
+        if len(held) != len(o.held):  # (add_param_group; otherwise the same tensors step after step)
+            o.held = [id(p) for p in held]
+        params = [p for p in held if p.grad is not None and p.layout == torch.strided]
         o.params = params
         if self.sentinel is not None and params:
             o.sentinel_pre = self.sentinel.before_step(params)
