@@ -217,3 +217,23 @@ def test_an_optimizer_gone_before_the_history_is_written_keeps_its_type_and_size
     (opt,) = assemble_history(w).to_dict()["optimizers"]
     assert opt["type"] == "AdamW" and opt["params"] == len(list(model.parameters())) + 1 and opt["steps"] == 3
     assert opt["roots"] == [""]
+
+
+def test_a_sweep_keeps_no_weight_copies_of_the_models_it_is_done_with():
+    # tryout5 13: the weights' copies kept for the update ratio (one per parameter) stayed for the whole run, so a
+    # sweep training fresh model after fresh model grew by a copy of each; they now go with their optimizer.
+    import gc
+
+    with Watcher(None, every=1, sentinel=True) as w:
+        for _ in range(4):
+            m = nn.Linear(64, 64)
+            opt = torch.optim.SGD(m.parameters(), lr=0.1)
+            for _ in range(2):
+                opt.zero_grad()
+                m(torch.randn(4, 64)).sum().backward()
+                opt.step()
+            assert len(w._before._kept) == 2  # this model's weight and bias, while its optimizer lives
+            del opt
+            gc.collect()
+            assert len(w._before._kept) == 0
+            del m

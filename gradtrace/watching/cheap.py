@@ -34,6 +34,8 @@ being left out.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 __all__ = ["LOW_PRECISION", "Before", "dense", "nonfinite_count", "nonfinite_counts", "norms"]
@@ -76,9 +78,15 @@ class Before:
 
     def __init__(self) -> None:
         self._kept: dict[tuple[str, int], torch.Tensor] = {}  # (optimizer, id(param)) -> its buffer (CPU only)
+        self._watched: set[str] = set()
 
-    def take(self, owner: str, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The weights' values now, in buffers of ``owner``'s own (call under no_grad)."""
+    def take(self, owner: str, params: list[torch.Tensor], holder: object | None = None) -> list[torch.Tensor]:
+        """The weights' values now, in buffers of ``owner``'s own (call under no_grad); the buffers go when ``holder``
+        (the optimizer) does: a sweep that trains model after model, each with its own optimizer, keeps no copies of
+        the models it is done with."""
+        if holder is not None and owner not in self._watched:
+            self._watched.add(owner)
+            weakref.finalize(holder, self.drop, owner)
         out: list[torch.Tensor] = []
         for p in params:
             d = p.detach()
@@ -88,9 +96,10 @@ class Before:
             if d.device.type != "cpu":
                 out.append(d.to(dtype, copy=True))
                 continue
-            buf = self._kept.get((owner, id(p)))
+            key = (owner, id(p))
+            buf = self._kept.get(key)
             if buf is None or buf.shape != d.shape or buf.dtype != dtype or buf.stride() != d.stride():
-                buf = self._kept[(owner, id(p))] = torch.empty_like(d, dtype=dtype)
+                buf = self._kept[key] = torch.empty_like(d, dtype=dtype)
             buf.copy_(d)
             out.append(buf)
         return out
@@ -105,6 +114,12 @@ class Before:
             if b.dtype != p.dtype:
                 b.sub_(p.detach())
         return [n.float() for n in norms(before)]
+
+    def drop(self, owner: str) -> None:
+        """Give back ``owner``'s copies."""
+        for key in [k for k in self._kept if k[0] == owner]:
+            del self._kept[key]
+        self._watched.discard(owner)
 
     def clear(self) -> None:
         """Give the kept copies back (the run is over)."""

@@ -410,7 +410,7 @@ class Watcher:
         if self.sentinel is not None and params:
             o.sentinel_pre = self.sentinel.before_step(params)
             with torch.no_grad(), invisible():
-                o.before = self._before.take(o.name, params)
+                o.before = self._before.take(o.name, params, o.ref() if o.ref is not None else None)
         if self._sampled_for(o, step):
             self._record_pre(o, params, step)
 
@@ -466,7 +466,7 @@ class Watcher:
             bad = nonfinite_counts(grads, gn)
             wn = [n.float() for n in norms([p.detach() for p in params])]
             if o.before is None and o is not self._pseudo:
-                o.before = self._before.take(o.name, params)
+                o.before = self._before.take(o.name, params, o.ref() if o.ref is not None else None)
             o.pre = [*gn, *bad, *wn]
 
     def _record_post(self, o: _Opt, step: int, lrs: list[float | None]) -> None:
