@@ -162,3 +162,29 @@ def test_html_needs_no_graphviz(trace, tmp_path, monkeypatch):
     html = trace._repr_html_()
     assert html.startswith("<iframe srcdoc=") and "&lt;!DOCTYPE html&gt;" in html
     assert trace._repr_svg_() is None, "without dot, Jupyter falls back to the HTML view instead of an error"
+
+
+def test_statistics_of_a_tensor_without_a_finite_element_read_as_dashes(tmp_path):
+    # tryout5 14a: every element NaN, so min/max/mean/std/norm have no value: the panel printed the word 'null'
+    class AllNaN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.lin(x) * torch.tensor(math.nan)
+
+    torch.manual_seed(0)
+    t = gradtrace.trace(AllNaN(), torch.randn(4, 3))
+    (key,) = t.find("mul")
+    node = t.node(key)
+    assert node.value.nan == node.value.numel == 8 and node.value.mean is None  # torch's: no finite element
+    path = t.render(tmp_path / "nan.html")
+    with chromium_page() as page:
+        errors, _, _ = open_page(page, path)
+        page.click(f'#graph .node[data-key="{key}"]')
+        cells = {f: page.text_content(f'#panel td[data-field="{f}"]') for f in ("min", "max", "mean", "std", "norm", "NaN")}
+        assert cells == {"min": "-", "max": "-", "mean": "-", "std": "-", "norm": "-", "NaN": "8"}, cells
+        assert "no finite element" in page.text_content("#panel")
+        assert "null" not in page.text_content("#panel")
+        assert errors == []

@@ -32,11 +32,12 @@ function statsTable(title, s, parent) {
     ["numel", s.numel], ["min", s.min], ["max", s.max], ["mean", s.mean], ["std", s.std], ["norm", s.norm], ["NaN", s.nan], ["inf", s.inf]];
   if (s.values) rows.push(["values", s.values.map(fmt).join(", ")]);
   // With NaN/inf present, the statistics describe the finite elements; the counts stand apart.
-  if (s.nan > 0 || s.inf > 0) html("p", "min, max, mean, std and norm are over the finite elements", parent, "finite-note");
+  if (s.numel > 0 && s.nan + s.inf >= s.numel) html("p", "no finite element: min, max, mean, std and norm have no value", parent, "finite-note");
+  else if (s.nan > 0 || s.inf > 0) html("p", "min, max, mean, std and norm are over the finite elements", parent, "finite-note");
   rows.forEach(function (r) {
     var tr = html("tr", null, table);
     html("td", r[0], tr);
-    var td = html("td", typeof r[1] === "number" ? fmt(r[1]) : String(r[1]), tr);
+    var td = html("td", r[1] === null || r[1] === undefined ? "-" : typeof r[1] === "number" ? fmt(r[1]) : String(r[1]), tr);
     td.setAttribute("data-field", r[0]);
     if (typeof r[1] === "number" || typeof r[1] === "string") td.setAttribute("data-value", String(r[1]));
   });
