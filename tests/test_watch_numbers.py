@@ -237,3 +237,35 @@ def test_a_sweep_keeps_no_weight_copies_of_the_models_it_is_done_with():
             gc.collect()
             assert len(w._before._kept) == 0
             del m
+
+
+def test_a_sweep_frees_each_model_and_still_names_and_measures_it():
+    # tryout5 13: the engine held every root module (for its names) to the end of the run, with its gradients, so a
+    # k-fold or lr sweep grew without bound. Roots are now held weakly; names and shapes are taken while they live.
+    import gc
+    import weakref
+
+    gone, grads = [], []
+    with Watcher(None, every=1) as w:
+        for k in range(3):
+            torch.manual_seed(k)
+            m = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+            opt = torch.optim.SGD(m.parameters(), lr=0.1)
+            for _ in range(2):
+                opt.zero_grad()
+                m(torch.randn(4, 8)).pow(2).mean().backward()
+                grads.append(m[0].weight.grad.norm().item())
+                opt.step()
+            gone.append(weakref.ref(m))
+            del m, opt
+            gc.collect()
+            assert gone[-1]() is None, "the engine let the finished model go"
+    d = assemble_history(w).to_dict()
+    # three models met: named by class, numbered (each optimizer counts its own steps: 2 each, at steps 1 and 2)
+    p = d["series"]["param"]
+    assert {"Sequential.0.weight", "Sequential2.0.weight", "Sequential3.0.weight"} <= set(p)
+    for k, name in enumerate(("Sequential.0.weight", "Sequential2.0.weight", "Sequential3.0.weight")):
+        assert p[name]["grad_norm"] == pytest.approx(grads[2 * k:2 * k + 2], rel=1e-5)
+    assert {q["name"]: q["shape"] for q in d["params"]}["Sequential3.2.weight"] == [2, 16]
+    assert [o["roots"] for o in d["optimizers"]] == [["Sequential"], ["Sequential2"], ["Sequential3"]]
+    assert [o["type"] for o in d["optimizers"]] == ["SGD"] * 3

@@ -9,7 +9,7 @@ from .engine import Watcher
 from .sentinel import word
 from .history import FORMAT, VERSION, History, json_number
 
-__all__ = ["alarm_events", "assemble_history", "param_names"]
+__all__ = ["alarm_events", "assemble_history"]
 
 
 def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None, *,
@@ -19,11 +19,7 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
     steps = sorted(set(w.sampled))
     index = {s: i for i, s in enumerate(steps)}
     n = len(steps)
-    names = param_names(w)
-    shapes: dict[str, list[int]] = {}
-    for m in w._modules:
-        for name, p in m.named_parameters(prefix=w.names.get(id(m), "")):
-            shapes.setdefault(shown_param(w, name), list(p.shape))
+    shapes = {shown_param(w, name): shape for name, shape in w.param_shapes.items()}
 
     param_series: dict[str, dict[str, list[Any]]] = {}
     loss: list[Any] = [None] * n
@@ -33,13 +29,13 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
     # A parameter two optimizers step (shared, or an optimizer wrapping another, Lookahead-style) has a series per
     # optimizer: the first keeps the bare name, the others are 'NAME (optN)'. One series would hold whichever step came
     # last, as if it were the parameter's whole update.
-    holders: dict[int, list[str]] = {}
+    holders: dict[str, list[str]] = {}  # raw parameter name -> the optimizers whose rows hold it
     for r, _ in w._host_rows:
-        for pid in r.param_ids:
-            if r.opt not in holders.setdefault(pid, []):
-                holders[pid].append(r.opt)
+        for raw in r.param_names:
+            if r.opt not in holders.setdefault(raw, []):
+                holders[raw].append(r.opt)
     order = {o.name: k for k, o in enumerate(w.opts.values())}
-    for pid, opts in holders.items():
+    for opts in holders.values():
         opts.sort(key=lambda o: order.get(o, -1))
     shared_events: list[dict[str, Any]] = []
     alias: dict[str, str] = {}  # 'NAME (optN)' -> NAME
@@ -48,9 +44,9 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
             continue
         i = index[r.step]
         k = len(r.param_ids)
-        for j, pid in enumerate(r.param_ids):
-            name = names.get(pid, f"{r.opt}.param{j}")
-            extra_holder = r.opt != holders[pid][0]
+        for j, raw in enumerate(r.param_names):
+            name = shown_param(w, raw)
+            extra_holder = r.opt != holders[raw][0]
             if extra_holder:
                 alias[f"{name} ({r.opt})"] = name
                 name = f"{name} ({r.opt})"
@@ -110,22 +106,19 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
         modules.append({"path": shown[path], "type": w.classes[path], "parent": shown.get(parent, parent) if parent is not None else None,
                         "depth": depth})
 
-    for pid, opts in holders.items():
+    for raw, opts in holders.items():
         if len(opts) > 1:
-            base = names.get(pid, "a parameter")
+            base = shown_param(w, raw)
             shared_events.append({"step": steps[0] if steps else 1, "kind": "warning", "module": _module_of(base),
                                   "param": base, "text": f"{base} is stepped by {len(opts)} optimizers ({', '.join(opts)}): "
                                   f"its statistics are shown per optimizer, as {base} ({opts[0]}'s step) and "
                                   + ", ".join(f"{base} ({o})" for o in opts[1:])})
-    root_order = [shown_path(w, w.names.get(id(m), "")) for m in w._modules]
-    root_by_param = {id(p): root_order[k] for k, m in enumerate(w._modules) for p in m.parameters()}
+    root_order = [r.prefix for r in w.roots]
     optimizers = []
     for o in w.opts.values():
-        opt = o.ref()
-        held = [id(p) for g in opt.param_groups for p in g["params"]] if opt is not None else o.held
-        optimizers.append({"name": o.name, "type": o.type_name, "params": len(held), "steps": o.count,
+        optimizers.append({"name": o.name, "type": o.type_name, "params": len(o.held), "steps": o.count,
                            # the models (roots) whose parameters it steps, in the order they were first called
-                           "roots": sorted({root_by_param[pid] for pid in held if pid in root_by_param}, key=root_order.index)})
+                           "roots": [shown_path(w, r) for r in sorted(o.roots, key=root_order.index)]})
 
     events = sorted([*w.events, *w.alarm_events(), *shared_events, *(extra_events or [])], key=lambda e: (e["step"], e["kind"] != "alarm"))
     alarms = [e["step"] for e in events if e["kind"] == "alarm"]
@@ -165,12 +158,11 @@ def alarm_events(w: Watcher) -> list[dict[str, Any]]:
         if not math.isfinite(loss) and not seen_loss:
             events.append({"step": step, "kind": "alarm", "text": f"loss is {word(loss)}", "module": None, "param": None})
             seen_loss = True
-    names = param_names(w)
     for r, values in w._host_rows:
         n = len(r.param_ids)
         bad = [i for i in range(n) if values[n + i] > 0]
         if bad:
-            name = names.get(r.param_ids[bad[0]], "?")
+            name = shown_param(w, r.param_names[bad[0]])
             events.append({"step": r.step, "kind": "alarm", "param": name, "module": _module_of(name),
                            "text": f"gradient of {name} has {int(values[n + bad[0]])} non-finite values"
                                    + (f" ({len(bad)} parameters affected)" if len(bad) > 1 else "")})
@@ -184,23 +176,6 @@ def alarm_events(w: Watcher) -> list[dict[str, Any]]:
     return events
 
 
-def param_names(w: Watcher) -> dict[int, str]:
-    """id(parameter) -> its name: the models' own names, else ``opt0.group0.param3`` (a tensor only an optimizer holds)."""
-    names: dict[int, str] = {}
-    for m in w._modules:
-        prefix = w.names.get(id(m), "")
-        for name, p in m.named_parameters(prefix=prefix):
-            names.setdefault(id(p), shown_param(w, name))
-    for o in w.opts.values():
-        opt = o.ref()
-        if opt is None:
-            continue
-        for gi, g in enumerate(opt.param_groups):
-            for pi, p in enumerate(g["params"]):
-                names.setdefault(id(p), f"{o.name}.group{gi}.param{pi}")
-    return names
-
-
 def root_names(w: Watcher) -> dict[str, str]:
     """How the history names each root (top-level model), by the prefix the engine gave it.
 
@@ -211,12 +186,12 @@ def root_names(w: Watcher) -> dict[str, str]:
     (The engine names the first root '' and later ones by class as it meets them; the history decides at
     the end, when every root is known.)
     """
-    roots = [(w.names.get(id(m), ""), m) for m in w._modules]
     mapping: dict[str, str] = {}
-    if sum(1 for _, m in roots if next(iter(m.parameters()), None) is not None) >= 2:
+    if sum(1 for r in w.roots if r.has_params) >= 2:
         taken: set[str] = set()
-        for old, m in roots:
-            base = new = type(m).__name__
+        for r in w.roots:
+            old, base = r.prefix, r.cls
+            new = base
             k = 2
             while new in taken:
                 new, k = f"{base}{k}", k + 1

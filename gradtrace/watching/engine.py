@@ -82,15 +82,32 @@ class _Opt:
     #: returned, when an optimizer local to its main() is gone).
     type_name: str = "?"
     held: list[int] = field(default_factory=list)
+    #: The roots (prefixes) whose parameters it holds, as of its last step.
+    roots: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Root:
+    """A top-level module the engine met, held weakly: what naming needs outlives it (a sweep trains fresh models
+    one after another, and the engine must not keep every one, with its gradients, to the end of the run)."""
+
+    prefix: str
+    cls: str
+    has_params: bool
+    ref: Any  # weakref.ref to the module
+    mid: int  # its id() while it lives
+    module_ids: list[int]
+    param_ids: list[int]
 
 
 @dataclass
 class _Row:
-    """One sampled (step, optimizer): param ids beside one device tensor of their statistics."""
+    """One sampled (step, optimizer): its parameters' names and ids beside one device tensor of their statistics."""
 
     step: int
     opt: str
     param_ids: list[int]
+    param_names: list[str]  # raw names (the engine's prefixes), resolved while the parameters were alive
     numels: list[int]
     values: torch.Tensor  # [grad_norm..., grad_nonfinite..., value_norm..., delta_norm...]
     loss: torch.Tensor | None
@@ -127,7 +144,12 @@ class Watcher:
         self.names: dict[int, str] = {}  # id(module) -> path
         self.classes: dict[str, str] = {}
         self.root_of: dict[str, str] = {}  # module path -> root prefix
-        self._modules: list[nn.Module] = []  # roots, kept for parameter names
+        self._roots: list[_Root] = []
+        self._root_ids: set[int] = set()  # id() of the live roots
+        #: id(parameter) -> its raw name, and raw name -> shape, for the live roots' parameters (and shapes kept)
+        self._param_label: dict[int, str] = {}
+        self._param_root: dict[int, str] = {}
+        self.param_shapes: dict[str, list[int]] = {}
         if model is not None:
             self._add_root(model)
         self.opts: dict[int, _Opt] = {}
@@ -254,20 +276,54 @@ class Watcher:
 
     # -- names ---------------------------------------------------------------------
 
+    @property
+    def _modules(self) -> list[nn.Module]:
+        """The roots still alive, in the order they were met."""
+        alive = (r.ref() for r in self._roots)
+        return [m for m in alive if m is not None]
+
+    @property
+    def roots(self) -> list[_Root]:
+        """Every root met, alive or not, in order."""
+        return list(self._roots)
+
     def _add_root(self, module: nn.Module) -> None:
-        prefix = "" if not self._modules else type(module).__name__
+        prefix = "" if not self._roots else type(module).__name__
         taken = set(self.root_of.values())
         if prefix in taken:
             n = 2
             while f"{prefix}{n}" in taken:
                 n += 1
             prefix = f"{prefix}{n}"
-        self._modules.append(module)
+        module_ids = []
         for name, sub in module.named_modules(prefix=prefix):
             if id(sub) not in self.names:
                 self.names[id(sub)] = name
                 self.classes[name] = type(sub).__name__
                 self.root_of[name] = prefix
+                module_ids.append(id(sub))
+        param_ids = []
+        for name, p in module.named_parameters(prefix=prefix):
+            if id(p) not in self._param_label:
+                self._param_label[id(p)] = name
+                self._param_root[id(p)] = prefix
+                self.param_shapes.setdefault(name, list(p.shape))
+                param_ids.append(id(p))
+        root = _Root(prefix, type(module).__name__, bool(param_ids), None, id(module), module_ids, param_ids)
+        root.ref = weakref.ref(module, lambda _, r=root: self._root_gone(r))
+        self._roots.append(root)
+        self._root_ids.add(id(module))
+
+    def _root_gone(self, root: _Root) -> None:
+        # Its ids may now be any new object's: forget them, so a new model at the same address is met as new (its
+        # names and rows are already resolved).
+        for i in root.module_ids:
+            self.names.pop(i, None)
+        for i in root.param_ids:
+            self._param_label.pop(i, None)
+            self._param_root.pop(i, None)
+        root.module_ids, root.param_ids = [], []
+        self._root_ids.discard(root.mid)
 
     def _opt(self, opt: torch.optim.Optimizer) -> _Opt:
         o = self.opts.get(id(opt))
@@ -342,7 +398,7 @@ class Watcher:
         if id(module) not in self.names:
             self._add_root(module)
         if self.tracer is not None:
-            self.tracer.module_call(module, args, any(m is module for m in self._modules))
+            self.tracer.module_call(module, args, id(module) in self._root_ids)
 
     def _module_post(self, module: nn.Module, args: Any, output: Any) -> None:
         if not self._forward_on:
@@ -405,6 +461,7 @@ class Watcher:
         held = [p for g in opt.param_groups for p in g["params"]]
         if len(held) != len(o.held):  # (add_param_group; otherwise the same tensors step after step)
             o.held = [id(p) for p in held]
+            o.roots = {self._param_root[i] for i in o.held if i in self._param_root}
         params = [p for p in held if p.grad is not None and p.layout == torch.strided]
         o.params = params
         if self.sentinel is not None and params:
@@ -478,7 +535,8 @@ class Watcher:
                 dn = [torch.full((), math.nan) for _ in params]
             values = torch.stack([*pre, *dn]) if params else torch.zeros(0)
             loss = torch.stack(self._micro).mean() if self._micro else None
-        self._rows.append(_Row(step, o.name, [id(p) for p in params], [p.numel() for p in params], values, loss, lrs))
+        self._rows.append(_Row(step, o.name, [id(p) for p in params], self._names_of(o, params), [p.numel() for p in params],
+                               values, loss, lrs))
         if self._clip_now is not None:
             self._clip_dev[step] = self._clip_now
         if step not in self.sampled:
@@ -494,6 +552,16 @@ class Watcher:
             o.before = o.delta = None
         if len(self._rows) >= BATCH:
             self._read_rows()
+
+    def _names_of(self, o: _Opt, params: list[torch.Tensor]) -> list[str]:
+        """The raw names of ``params`` now: the models', else ``opt0.group0.param3`` (a tensor only ``o`` holds)."""
+        names = [self._param_label.get(id(p)) for p in params]
+        if None in names:
+            opt = o.ref() if o.ref is not None else None
+            where = {id(p): f"{o.name}.group{gi}.param{pi}" for gi, g in enumerate(opt.param_groups)
+                     for pi, p in enumerate(g["params"])} if opt is not None else {}
+            names = [n if n is not None else where.get(id(p), f"{o.name}.param{j}") for j, (n, p) in enumerate(zip(names, params))]
+        return names  # type: ignore[return-value]
 
     def _delta(self, o: _Opt) -> list[torch.Tensor]:
         """‖Δw‖ per parameter of ``o``'s step just done (its weights' copies are spent on the first call)."""
@@ -598,11 +666,6 @@ class Watcher:
 
         return alarm_events(self)
 
-    def param_names(self) -> dict[int, str]:
-        """id(parameter) -> its name (the model's, else ``opt0.group0.param3``)."""
-        from .assemble import param_names
-
-        return param_names(self)
 
 
 def _graph_leaves(tensors: Any) -> set[int]:
