@@ -269,3 +269,144 @@ def test_a_sweep_frees_each_model_and_still_names_and_measures_it():
     assert {q["name"]: q["shape"] for q in d["params"]}["Sequential3.2.weight"] == [2, 16]
     assert [o["roots"] for o in d["optimizers"]] == [["Sequential"], ["Sequential2"], ["Sequential3"]]
     assert [o["type"] for o in d["optimizers"]] == ["SGD"] * 3
+
+
+def test_a_zero_initialised_model_trained_healthily_raises_no_update_alarm():
+    # tryout5 17: from zero weights every early update is bigger than the weights (momentum makes the second 1.9x
+    # the first): 'update ratio 1.9' stopped a healthy run at step 2. An update alarm needs a jump over its own past.
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)
+    nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(64, 5)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0], [-1.0]]) + 0.3
+    losses = []
+    with Watcher(model, sentinel=True, sample=False) as w:
+        for _ in range(200):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert losses[-1] < losses[0] / 5, "a healthy run: the loss falls"
+    assert w.alarm is None, w.alarm
+
+
+def test_an_update_that_explodes_is_still_caught_at_its_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 8), torch.randn(32, 1)
+    with Watcher(model, sentinel=True, sample=False) as w:
+        for step in range(1, 30):
+            if step == 20:
+                opt.param_groups[0]["lr"] = 1e4  # a schedule gone wrong: the update dwarfs the weights
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+            if w.alarm is not None:
+                break
+    assert w.alarm is not None and w.alarm.step == 20 and "update ratio" in w.alarm.text, w.alarm
+
+
+class Grow(torch.optim.SGD):
+    """An optimizer that grows a parameter inside its step (growing/pruning optimizers)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001
+        super().step()
+        p = self.param_groups[0]["params"][0]
+        p.data = torch.cat([p.data, p.data[:1]])
+
+
+@pytest.mark.parametrize("sentinel", [False, True])
+def test_a_parameter_that_changes_shape_inside_the_step_gets_no_ratio_and_the_run_goes_on(sentinel):
+    # tryout5 19: the copy taken before the step no longer fits: the hook raised into the user's opt.step()
+    torch.manual_seed(0)
+    w_ = nn.Parameter(torch.randn(3, 4))
+    b_ = nn.Parameter(torch.randn(4))
+    opt = Grow([w_, b_], lr=0.1)
+    want_b = []
+    with Watcher(None, every=1, sentinel=sentinel) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            (w_.sum(0) * b_).pow(2).sum().backward()
+            before = b_.detach().clone()
+            opt.step()
+            want_b.append(ratio(b_.detach(), before))
+    assert w_.shape == (6, 4), "the user's optimizer ran every step"
+    d = assemble_history(w).to_dict()
+    p = d["series"]["param"]
+    (wname,) = [n for n in p if n.endswith("param0")]
+    (bname,) = [n for n in p if n.endswith("param1")]
+    assert p[wname]["update_ratio"] == [None, None, None]
+    assert p[bname]["update_ratio"] == pytest.approx(want_b, rel=1e-5)
+    if sentinel:
+        assert w.alarm is None, w.alarm
+
+
+class SparseOut(nn.Module):
+    def forward(self, x):
+        return x.to_sparse()
+
+
+class NestedOut(nn.Module):
+    def forward(self, x):
+        return torch.nested.as_nested_tensor([x[0, :2], x[1]], layout=torch.jagged)
+
+
+@pytest.mark.parametrize("odd", [SparseOut, NestedOut])
+def test_a_module_returning_a_sparse_or_nested_tensor_is_measured_and_never_breaks_the_forward(odd):
+    # tryout5 20: the output statistics raised NotImplementedError into the user's forward (nested) or crashed the run
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    m = odd()
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    with Watcher(nn.ModuleDict({"lin": lin, "odd": m}), every=1) as w:
+        for _ in range(2):
+            opt.zero_grad()
+            h = lin(torch.randn(2, 4))
+            out = m(h)
+            (out.values() if out.is_nested else out.to_dense()).pow(2).sum().backward()
+            opt.step()
+    d = assemble_history(w).to_dict()
+    rms = d["series"]["module"]["odd"]["out_rms"]
+    assert all(r is not None and r > 0 for r in rms)
+    assert not any(e["kind"] == "warning" for e in d["events"]), d["events"]
+
+
+class Clipped(torch.optim.SGD):
+    """An SGD subclass whose step() calls super().step(): torch runs the step hooks in both (once SGD.step is hooked)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad.clamp_(-1, 1)
+        return super().step()
+
+
+def test_an_optimizer_subclass_calling_super_step_is_one_step_and_a_step_that_raised_is_not_remembered():
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # (any SGD: torch hooks SGD.step for every instance)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = Clipped(model.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    want = []
+    with Watcher(model, every=1) as w:
+        for step in range(1, 5):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            if step == 2:  # a step that raises: its post hook never runs
+                saved = model.weight.grad
+                model.weight.grad = None
+                with pytest.raises(AttributeError):
+                    opt.step()
+                model.weight.grad = saved
+            before = model.weight.detach().clone()
+            opt.step()
+            want.append(ratio(model.weight.detach(), before))
+    d = assemble_history(w).to_dict()
+    assert d["optimizers"][0]["steps"] == 4, "one step per outermost step() that ran to its end"
+    assert d["series"]["param"]["weight"]["update_ratio"] == pytest.approx(want, rel=1e-5)

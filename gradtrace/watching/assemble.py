@@ -56,7 +56,7 @@ def assemble_history(w: Watcher, traces: dict[int, dict[str, Any]] | None = None
             series["grad_rms"][i] = json_number(gn / math.sqrt(r.numels[j]) if r.numels[j] else math.nan)
             series["value_norm"][i] = json_number(vn)
             # (no optimizer: the change the user's own code makes is not seen; a missing sample, not a NaN)
-            ratio = None if r.opt == "backward" else dn / vn if vn else (0.0 if dn == 0 else math.inf)
+            ratio = None if r.opt == "backward" or dn < 0 else dn / vn if vn else (0.0 if dn == 0 else math.inf)
             series["update_ratio"][i] = json_number(ratio)
             series["grad_nonfinite"][i] = int(bad) if math.isfinite(bad) else None
             if not extra_holder:  # (its gradient is counted once in its module's norm)

@@ -38,8 +38,15 @@ import weakref
 
 import torch
 
-__all__ = ["LOW_PRECISION", "Before", "dense", "nonfinite_count", "nonfinite_counts", "norms"]
+__all__ = ["LOW_PRECISION", "UNMEASURED", "Before", "dense", "local", "nonfinite_count", "nonfinite_counts", "norms"]
 
+try:  # (a build without torch.distributed has no DTensor, and then no tensor is one)
+    from torch.distributed.tensor import DTensor as _DTensor
+except Exception:  # pragma: no cover - depends on the torch build
+    _DTensor = None
+
+#: The ‖Δw‖ of a parameter whose shape changed inside the step (no update to measure); a norm is never negative.
+UNMEASURED = -1.0
 #: Float types whose norms are computed in float32 (their own range and precision are too small for a sum of squares).
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -58,9 +65,20 @@ def norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return out  # type: ignore[return-value]
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of ``t``: an FSDP2/TP ``DTensor``'s local shard (its statistics are this rank's; nothing
+    is gathered), any other tensor itself."""
+    if _DTensor is not None and isinstance(t, _DTensor):
+        return t.to_local()
+    return t
+
+
 def dense(grad: torch.Tensor) -> torch.Tensor:
-    """What a gradient's norm and NaN count are of: the tensor itself, or a sparse one's stored values (coalesced,
-    so an index stored twice counts once, as in the dense gradient)."""
+    """What a tensor's norm and NaN count are of: the tensor itself (a DTensor's local shard), a sparse one's stored
+    values (coalesced, so an index stored twice counts once, as in the dense tensor), a nested one's values."""
+    grad = local(grad)
+    if grad.is_nested:
+        return torch.cat([c.reshape(-1) for c in grad.unbind()]) if grad.numel() else grad.new_zeros(0)
     if grad.layout == torch.sparse_coo:
         return grad.coalesce().values()
     if grad.layout != torch.strided:  # CSR/CSC/BSR/BSC hold each position once
@@ -89,7 +107,7 @@ class Before:
             weakref.finalize(holder, self.drop, owner)
         out: list[torch.Tensor] = []
         for p in params:
-            d = p.detach()
+            d = local(p.detach())
             # (half precision kept in float32: the difference of two float16/bfloat16 values is exact there, not in
             # their own type)
             dtype = torch.float32 if d.dtype in LOW_PRECISION else d.dtype
@@ -106,14 +124,19 @@ class Before:
 
     @staticmethod
     def delta_norms(params: list[torch.Tensor], before: list[torch.Tensor]) -> list[torch.Tensor]:
-        """‖w_now − w_before‖ per parameter, float32; ``before`` is overwritten (the copies are spent)."""
-        same = [i for i, (b, p) in enumerate(zip(before, params)) if b.dtype == p.dtype]
+        """‖w_now − w_before‖ per parameter, float32 (:data:`UNMEASURED` where the shape changed inside the step);
+        ``before`` is overwritten (the copies are spent)."""
+        now = [local(p.detach()) for p in params]
+        # A parameter whose shape changed inside the step (an optimizer that grows or prunes) has no update to measure.
+        fits = [b.shape == w.shape for b, w in zip(before, now)]
+        same = [i for i, (b, w) in enumerate(zip(before, now)) if fits[i] and b.dtype == w.dtype]
         if same:
-            torch._foreach_sub_([before[i] for i in same], [params[i].detach() for i in same])
-        for i, (b, p) in enumerate(zip(before, params)):
-            if b.dtype != p.dtype:
-                b.sub_(p.detach())
-        return [n.float() for n in norms(before)]
+            torch._foreach_sub_([before[i] for i in same], [now[i] for i in same])
+        for i, (b, w) in enumerate(zip(before, now)):
+            if fits[i] and b.dtype != w.dtype:
+                b.sub_(w)
+        out = [n.float() for n in norms(before)]
+        return [n if ok else torch.full((), UNMEASURED, device=n.device) for n, ok in zip(out, fits)]
 
     def drop(self, owner: str) -> None:
         """Give back ``owner``'s copies."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from ..errors import GradtraceError
 from ..recorder.intercept import install
 from ..recorder.stats import invisible
 from .patches import patch_clip, patch_scaler
-from .cheap import Before, dense, nonfinite_count, nonfinite_counts, norms
+from .cheap import Before, dense, local, nonfinite_count, nonfinite_counts, norms
 from .sentinel import BATCH, Alarm, Sentinel, word
 from .tracing import StepTracer
 
@@ -81,6 +82,11 @@ class _Opt:
     #: Its class and the ids of the tensors it holds, as of its last step (the history is written after the script
     #: returned, when an optimizer local to its main() is gone).
     type_name: str = "?"
+    #: Calls of its step() under way: torch runs the step hooks in every class's step(), so a subclass calling
+    #: super().step() passes them twice (once the parent class's step is hooked, by any instance of it); only the
+    #: outermost call is this optimizer's step.
+    depth: int = 0
+    frame: Any = None  # the frame of the outermost step() call under way (a step that raised never ran its post hook)
     held: list[int] = field(default_factory=list)
     #: The roots (prefixes) whose parameters it holds, as of its last step.
     roots: set[str] = field(default_factory=set)
@@ -150,6 +156,9 @@ class Watcher:
         self._param_label: dict[int, str] = {}
         self._param_root: dict[int, str] = {}
         self.param_shapes: dict[str, list[int]] = {}
+        #: The model the user named is kept for the watch's life (it may be a container made only to name its parts:
+        #: watch(nn.ModuleList([G, D]))); the models met on the way are held weakly.
+        self._given = model
         if model is not None:
             self._add_root(model)
         self.opts: dict[int, _Opt] = {}
@@ -185,6 +194,7 @@ class Watcher:
         self._in_scaler_step: list[Any] = []
         self._scaled: dict[int, tuple[Any, torch.Tensor]] = {}
         self._before = Before()
+        self._failures: set[str] = set()
         self._pseudo = _Opt("backward", None)  # steps when no optimizer ever steps
         self._no_optimizer: bool | None = None  # decided at the first backward()
         self.started = time.perf_counter()
@@ -198,7 +208,7 @@ class Watcher:
         try:
             h = module_hooks.register_module_forward_pre_hook(self._module_pre)
             self._undo.append(h.remove)
-            h = module_hooks.register_module_forward_hook(self._module_post)
+            h = module_hooks.register_module_forward_hook(self._module_post_hook)
             self._undo.append(h.remove)
             h = optimizer_hooks.register_optimizer_step_pre_hook(self._opt_pre)
             self._undo.append(h.remove)
@@ -394,6 +404,27 @@ class Watcher:
 
     # -- hooks --------------------------------------------------------------------------
 
+    def _failed(self, what: str, e: Exception) -> None:
+        """A statistic gradtrace could not take: said once per kind as a warning event, never raised into the
+        user's forward, backward or step (their run goes on; the history says what is missing)."""
+        key = f"{what}: {type(e).__name__}"
+        if key in self._failures:
+            return
+        self._failures.add(key)
+        self.events.append({"step": self.steps_run + 1, "kind": "warning", "module": None, "param": None,
+                            "text": f"gradtrace could not measure {what} ({type(e).__name__}: {str(e)[:300]}); "
+                                    "those statistics are missing from here on"})
+
+    def _safely(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:  # (a tensor type or an optimizer gradtrace cannot measure: see _failed)
+            self._failed(what, e)
+            return None
+
+    def _module_post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._safely("module outputs", self._module_post, module, args, output)
+
     def _module_pre(self, module: nn.Module, args: Any) -> None:
         if id(module) not in self.names:
             self._add_root(module)
@@ -407,7 +438,7 @@ class Watcher:
         if t is None:
             return
         with torch.no_grad(), invisible():
-            d = t.detach()
+            d = dense(t.detach())  # (a sparse, nested or sharded output: the values this process holds)
             norm = torch.linalg.vector_norm(d.float() if d.dtype in (torch.float16, torch.bfloat16) else d)
             bad = nonfinite_count(d, norm)
         self._pending_modules.setdefault(self.names.get(id(module), type(module).__name__), []).append((norm, d.numel(), bad))
@@ -423,17 +454,32 @@ class Watcher:
             scaled = self._scaled.pop(id(root), None)
             if scaled is not None and scaled[0]() is root:
                 root = scaled[1]
-            with torch.no_grad(), invisible():
-                self._micro.append(root.detach().float().reshape(()).clone())
-            self._micro_calls.append(self.backward_calls)
+            loss = self._safely("the loss", _loss_value, root)
+            if loss is not None:
+                self._micro.append(loss)
+                self._micro_calls.append(self.backward_calls)
         self._scaled.clear()
         leaves = _graph_leaves(tensors) if self._no_optimizer is None and not self.opts else set()
+        if leaves:
+            leaves |= self._sharded_twins(leaves)
         result = self._real_backward(tensors, *args, **kwargs)
         if self._no_optimizer is None:
             self._no_optimizer = not self.opts and not _optimizer_holding(leaves)
         if self._no_optimizer:  # a script without an optimizer: a step is a backward()
             self._pseudo_step()
         return result
+
+    def _sharded_twins(self, leaves: set[int]) -> set[int]:
+        """id() of the sharded parameters (what the optimizer holds) of the FSDP2 unsharded ones among ``leaves``
+        (what the graph reaches): without them an FSDP2 script looks like one without an optimizer at its first
+        backward(), and its first step's loss was lost with the backward()-steps dropped."""
+        try:
+            from ..distributed.collective import _fsdp_params  # (FSDP2's private state, read the one way gradtrace does)
+
+            found = _fsdp_params([("", m) for m in self._modules])
+        except Exception:
+            return set()
+        return {id(fp.sharded_param) for uid, fp in found.items() if uid in leaves and hasattr(fp, "sharded_param")}
 
     def _pseudo_step(self) -> None:
         o = self._pseudo
@@ -443,11 +489,12 @@ class Watcher:
         params = [p for m in self._modules for p in m.parameters() if p.grad is not None]
         o.params = params
         if sampled:
-            self._record_pre(o, params, step)
-            self._record_post(o, step, [None])
+            self._safely("gradients", self._record_pre, o, params, step)
+            if o.pre is not None:
+                self._safely("gradients", self._record_post, o, step, [None])
         if self.sentinel is not None:
-            o.sentinel_pre = self.sentinel.before_step(params, weights=False)
-            self._sentinel_row(o, step)
+            o.sentinel_pre = self._safely("gradients (sentinel)", lambda: self.sentinel.before_step(params, weights=False))
+            self._safely("the sentinel's row", self._sentinel_row, o, step)
         self._end_step(o, step, sampled)
 
     def _opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -455,6 +502,13 @@ class Watcher:
             self._no_optimizer = False
             self._drop_pseudo()
         o = self._opt(opt)
+        caller = sys._getframe(1)
+        if o.depth > 0 and _on_stack(o.frame, caller):
+            o.depth += 1
+            return
+        # A new step. What a step() that raised left (its depth, copies, statistics: its post hook never ran) is stale.
+        o.depth, o.frame = 1, caller
+        o.pre = o.before = o.delta = o.sentinel_pre = None
         if self._in_scaler_step and self._in_scaler_step[-1] is opt:
             o.stepped_in_scaler = True
         step = o.count + 1
@@ -465,14 +519,17 @@ class Watcher:
         params = [p for p in held if p.grad is not None and p.layout == torch.strided]
         o.params = params
         if self.sentinel is not None and params:
-            o.sentinel_pre = self.sentinel.before_step(params)
-            with torch.no_grad(), invisible():
-                o.before = self._before.take(o.name, params, o.ref() if o.ref is not None else None)
+            o.sentinel_pre = self._safely("gradients (sentinel)", self.sentinel.before_step, params)
+            o.before = self._safely("weights before the step", self._take, o, params)
         if self._sampled_for(o, step):
-            self._record_pre(o, params, step)
+            self._safely("gradients and weights", self._record_pre, o, params, step)
 
     def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         o = self._opt(opt)
+        o.depth = max(0, o.depth - 1)
+        if o.depth > 0:
+            return
+        o.frame = None
         o.count += 1
         step = o.count
         sampled = o.pre is not None
@@ -480,9 +537,9 @@ class Watcher:
         if sampled:
             o.owed = False
             lrs = [_lr(g) for g in opt.param_groups]
-            self._record_post(o, step, lrs)
+            self._safely("updates", self._record_post, o, step, lrs)
         if self.sentinel is not None:
-            self._sentinel_row(o, step)
+            self._safely("the sentinel's row", self._sentinel_row, o, step)
         self._end_step(o, step, sampled)
 
     def _skipped(self, o: _Opt, scaler: Any) -> None:
@@ -521,7 +578,7 @@ class Watcher:
             grads = [dense(p.grad) for p in params]
             gn = [n.float() for n in norms(grads)]
             bad = nonfinite_counts(grads, gn)
-            wn = [n.float() for n in norms([p.detach() for p in params])]
+            wn = [n.float() for n in norms([local(p.detach()) for p in params])]
             if o.before is None and o is not self._pseudo:
                 o.before = self._before.take(o.name, params, o.ref() if o.ref is not None else None)
             o.pre = [*gn, *bad, *wn]
@@ -535,7 +592,7 @@ class Watcher:
                 dn = [torch.full((), math.nan) for _ in params]
             values = torch.stack([*pre, *dn]) if params else torch.zeros(0)
             loss = torch.stack(self._micro).mean() if self._micro else None
-        self._rows.append(_Row(step, o.name, [id(p) for p in params], self._names_of(o, params), [p.numel() for p in params],
+        self._rows.append(_Row(step, o.name, [id(p) for p in params], self._names_of(o, params), [local(p).numel() for p in params],
                                values, loss, lrs))
         if self._clip_now is not None:
             self._clip_dev[step] = self._clip_now
@@ -552,6 +609,10 @@ class Watcher:
             o.before = o.delta = None
         if len(self._rows) >= BATCH:
             self._read_rows()
+
+    def _take(self, o: _Opt, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad(), invisible():
+            return self._before.take(o.name, params, o.ref() if o.ref is not None else None)
 
     def _names_of(self, o: _Opt, params: list[torch.Tensor]) -> list[str]:
         """The raw names of ``params`` now: the models', else ``opt0.group0.param3`` (a tensor only ``o`` holds)."""
@@ -706,6 +767,21 @@ def _lr(group: dict[str, Any]) -> float | None:
     if isinstance(lr, torch.Tensor):
         return float(lr.item())
     return float(lr) if isinstance(lr, (int, float)) else None
+
+
+def _on_stack(frame: Any, top: Any) -> bool:
+    """Whether ``frame`` is ``top`` or one of its callers (a call still under way)."""
+    f = top
+    while f is not None:
+        if f is frame:
+            return True
+        f = f.f_back
+    return False
+
+
+def _loss_value(root: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), invisible():
+        return local(root.detach()).float().reshape(()).clone()
 
 
 def _first_float_tensor(output: Any) -> torch.Tensor | None:

@@ -11,20 +11,27 @@ update larger than the weights themselves) is the :class:`Alarm`.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ..recorder.stats import invisible
-from .cheap import dense, norms
+from .cheap import dense, local, norms
 
 __all__ = ["BATCH", "UPDATE_RATIO_ALARM", "Alarm", "Sentinel"]
 
 #: Steps whose device statistics are read to the host at once.
 BATCH = 32
-#: The update-ratio alarm: the whole update larger than the weights themselves.
+#: The update-ratio alarm: the whole update larger than the weights themselves ...
 UPDATE_RATIO_ALARM = 1.0
+#: ... and JUMP times larger than the median of this optimizer's last updates (at least HISTORY_MIN of them). The
+#: ratio alone is no alarm: from zero (or near-zero) weights, as linear regression by SGD or a zero-initialised head
+#: starts, every early update is bigger than the weights it adds to, and momentum makes the second 1.9 times the first.
+#: An update that explodes is bigger than its own recent past as well.
+UPDATE_JUMP = 10.0
+HISTORY_MIN = 3
 
 Fingerprint = tuple[int, str, float, float]
 
@@ -56,6 +63,7 @@ class Sentinel:
         self.fingerprints: list[Fingerprint] = []
         self._rows: list[tuple[int, str, list[int], torch.Tensor, torch.Tensor | None]] = []
         self._told = False
+        self._updates: dict[str, list[float]] = {}  # optimizer -> its last updates' norms (host, newest last)
         #: Under torchrun: called at each read with this batch's first broken step (or None) and the batch's last
         #: step; returns the step every rank agreed on (or None). Set by gradtrace.watching.rankcheck.
         self.agree: Callable[[Alarm | None, int], Alarm | None] | None = None
@@ -66,7 +74,7 @@ class Sentinel:
             return None
         with torch.no_grad(), invisible():
             gn = _total_norm([dense(p.grad) for p in params])
-            return [gn, _total_norm([p.detach() for p in params]) if weights else torch.zeros(())]
+            return [gn, _total_norm([local(p.detach()) for p in params]) if weights else torch.zeros(())]
 
     def after_step(self, step: int, opt: str, calls: list[int], micro: list[torch.Tensor], delta: list[torch.Tensor] | None,
                    pre: list[torch.Tensor] | None) -> None:
@@ -78,7 +86,8 @@ class Sentinel:
             acc = torch.float32 if dev.type == "mps" else torch.float64
             zero = torch.zeros((), device=dev, dtype=acc)
             if pre is not None and delta is not None:
-                dn = torch.linalg.vector_norm(torch.stack([d.to(dev, acc) for d in delta])) if delta else zero
+                # (a negative norm: a parameter whose shape changed inside the step, unmeasured: see cheap.Before)
+                dn = torch.linalg.vector_norm(torch.stack([d.to(dev, acc) for d in delta]).clamp_min(0)) if delta else zero
                 parts = [loss, pre[0], dn, pre[1]]
             elif pre is not None:  # no optimizer: no update to measure
                 parts = [loss, pre[0], zero, zero]
@@ -103,10 +112,14 @@ class Sentinel:
         micro = [r[4].cpu().tolist() if r[4] is not None else [] for r in rows]
         for (step, opt, calls, _, _), (loss, gn, dn, wn), losses in zip(rows, values, micro):
             self.fingerprints.append((step, opt, loss, gn))
+            recent = self._updates.setdefault(opt, [])
             if self.alarm is None:
-                found = _finding(opt, calls, losses, loss, gn, dn, wn)
+                found = _finding(opt, calls, losses, loss, gn, dn, wn, recent)
                 if found is not None:
                     self.alarm = Alarm(step, found[0], found[1], opt)
+            if math.isfinite(dn) and dn > 0:
+                recent.append(dn)
+                del recent[:-16]
         if self.agree is not None:  # (every rank reads at the same step counts, so every rank calls it there)
             self.alarm = self.agree(self.alarm, rows[-1][0])
         if self.alarm is not None and not self._told and self.on_alarm is not None:
@@ -115,7 +128,7 @@ class Sentinel:
 
 
 def _finding(opt: str, calls: list[int], losses: list[float], loss: float, gn: float, dn: float,
-             wn: float) -> tuple[str, int] | None:
+             wn: float, recent: list[float]) -> tuple[str, int] | None:
     """What is broken in one row, and the backward() call whose trace shows it (None: healthy)."""
     call = calls[-1]
     bad = [c for c, v in zip(calls, losses) if not math.isfinite(v)]
@@ -129,9 +142,10 @@ def _finding(opt: str, calls: list[int], losses: list[float], loss: float, gn: f
         return f"gradients are not finite (total gradient norm {word(gn)})", call
     if not math.isfinite(dn):
         return f"the weights of {opt} are not finite after its step", call
-    if wn > 0 and dn / wn > UPDATE_RATIO_ALARM:  # (weights all zero, as a teaching example starts: no ratio)
+    jump = statistics.median(recent) * UPDATE_JUMP if len(recent) >= HISTORY_MIN else math.inf
+    if wn > 0 and dn / wn > UPDATE_RATIO_ALARM and dn > jump:
         return (f"update ratio |dw|/|w| = {dn / wn:.3g} over all parameters of {opt}: the step changed the weights by "
-                "more than their own size"), call
+                f"more than their own size, {dn / statistics.median(recent):.3g} times its recent updates"), call
     return None
 
 
