@@ -168,20 +168,36 @@ function paint() {
   });
   ctx.stroke();
   if (!detail) {
-    var replaying = S.step > 0;
+    var replaying = S.step > 0, boxBg = css("--box"), label = canvasLabel();
+    if (label) { ctx.font = label.font; ctx.textBaseline = "middle"; }
     boxes.forEach(function (x) {
       ctx.globalAlpha = replaying && !visited(x) ? 0.3 : 1;
-      ctx.fillStyle = css("--box"); ctx.fillRect(M.ax[x], M.ay[x], M.aw[x], M.ah[x]);
-      ctx.fillStyle = colorOf(x); ctx.fillRect(M.ax[x], M.ay[x], M.aw[x], isNode(x) ? 18 : M.ah[x]);
+      var c = colorOf(x);
+      ctx.fillStyle = boxBg; ctx.fillRect(M.ax[x], M.ay[x], M.aw[x], M.ah[x]);
+      ctx.fillStyle = c; ctx.fillRect(M.ax[x], M.ay[x], M.aw[x], isNode(x) ? 18 : M.ah[x]);
+      if (label) {  // (a node's text sits on the body, a closed group's on its colour)
+        ctx.fillStyle = isNode(x) ? fg : ink(c);
+        ctx.fillText(clip(itemLabel(x), label.chars), M.ax[x] + 6, M.ay[x] + (isNode(x) ? 18 + (M.ah[x] - 18) / 2 : M.ah[x] / 2));
+      }
       if (isMatch(x) || x === S.current || x === S.selected) {
         ctx.globalAlpha = 1; ctx.strokeStyle = isMatch(x) ? "#f28e2b" : fg; ctx.lineWidth = 6 / V.s;
         ctx.strokeRect(M.ax[x], M.ay[x], M.aw[x], M.ah[x]);
       }
     });
-    ctx.globalAlpha = 1;
+    ctx.globalAlpha = 1; ctx.textBaseline = "alphabetic";
   }
   syncSvg(detail ? boxes : [], detail ? frames : []);
   drawFlows();
+}
+
+// The label painted on canvas boxes (zoomed out): as large as the box allows, up to LABEL_MAX
+// graph units, so that it stays LABEL_MIN_PX on screen as long as it can; null below that, where
+// no text is readable. Cut by characters (no measureText per box: a frame may paint thousands).
+var LABEL_MIN_PX = 7, LABEL_MAX = 56;  // (56 units: 6 characters across a box, within its body)
+function canvasLabel() {
+  var size = Math.max(13, LABEL_MIN_PX / V.s);
+  if (size > LABEL_MAX) return null;
+  return { font: size + "px sans-serif", size: size, chars: Math.max(4, Math.floor((NW - 12) / (0.6 * size))) };
 }
 
 function frameTitle(f) {
