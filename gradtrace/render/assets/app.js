@@ -25,6 +25,22 @@ function goTo(x, readable) {
   centerOn(x, readable);
   restyle();
 }
+// Show dissolved container c: open what hides its members, frame them all (readable where they fit).
+function goToContainer(c) {
+  var dc = M.dis[c], changed = false;
+  for (var p = dc.parent; p >= 0; p = M.parent[p]) changed = setOpen(p, true) || changed;
+  if (changed) refresh();
+  var lo = [Infinity, Infinity], hi = [-Infinity, -Infinity];
+  M.bands.forEach(function (b) {
+    if (b.c !== c) return;
+    lo = [Math.min(lo[0], b.x), Math.min(lo[1], b.y)]; hi = [Math.max(hi[0], b.x + b.w), Math.max(hi[1], b.y + b.h)];
+  });
+  if (lo[0] === Infinity) return;
+  var sc = screen();
+  V.s = Math.min(1, Math.max(0.2, Math.min(sc.w / (hi[0] - lo[0] + 40), sc.h / (hi[1] - lo[1] + 40))));
+  V.x = (lo[0] + hi[0]) / 2 - sc.w / V.s / 2; V.y = Math.min(lo[1] - 20, (lo[1] + hi[1]) / 2 - sc.h / V.s / 2);
+  clampView(true); restyle();
+}
 // Esc: up one level, closing the group the selection sits in.
 function upOneLevel() {
   var x = S.selected;
@@ -159,5 +175,10 @@ window.gradtraceLayout = function (depth) {
   }
   var box = {}, closed = 0;
   M.shown.forEach(function (x) { box[itemKey(x)] = [M.ax[x], M.ay[x], M.aw[x], M.ah[x]]; if (!isNode(x)) closed++; });
-  return { box: box, closed: closed, edges: M.shownEdges.map(function (e) { return [itemKey(e.a), itemKey(e.b)]; }) };
+  var dis = M.bands.map(function (b) {
+    var c = M.dis[b.c];
+    return { path: c.path, parent: itemKey(c.parent), part: b.part, parts: b.parts, box: [b.x, b.y, b.w, b.h], title: bandTitle(b),
+      members: c.members.map(itemKey) };
+  });
+  return { box: box, closed: closed, frames: M.frames.map(itemKey), dissolved: dis, edges: M.shownEdges.map(function (e) { return [itemKey(e.a), itemKey(e.b)]; }) };
 };

@@ -6,7 +6,7 @@ var SVGNS = "http://www.w3.org/2000/svg";
 var DETAIL_MAX = 500;  // boxes in view beyond which they are painted on the canvas, not built as elements
 var VIRIDIS = ["#440154", "#482878", "#3e4a89", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6dcd59", "#b4de2c", "#fde725"];
 var V = { x: 0, y: 0, s: 1 };  // the view: graph point (x, y) at the top-left corner, s screen pixels per graph unit
-var S = { selected: null, step: 0, visitedGroups: new Set(), sumText: "", matches: null, matchCount: null, overlay: "band", range: null, timer: null, flows: [], current: null };
+var S = { bandMatches: null, selected: null, step: 0, visitedGroups: new Set(), sumText: "", matches: null, matchCount: null, overlay: "band", range: null, timer: null, flows: [], current: null };
 var canvasBox = document.getElementById("canvas");
 var paintEl = document.getElementById("paint");
 var svg = document.getElementById("graph");
@@ -154,6 +154,7 @@ function paint() {
       ctx.fillText(clip(frameTitle(f), 60), M.ax[f] + 6 / V.s, M.ay[f] + 16 / V.s);
     }
   });
+  paintBands(ctx, x0, y0, x1, y1, css("--bg"), fg);
   ctx.strokeStyle = line; ctx.lineWidth = 1.2 / Math.min(V.s * 2, 1);
   ctx.beginPath();
   var move = ctx.moveTo.bind(ctx), curve = ctx.bezierCurveTo.bind(ctx);
@@ -198,6 +199,33 @@ function canvasLabel() {
   var size = Math.max(13, LABEL_MIN_PX / V.s);
   if (size > LABEL_MAX) return null;
   return { font: size + "px sans-serif", size: size, chars: Math.max(4, Math.floor((NW - 12) / (0.6 * size))) };
+}
+
+// A dissolved container (no group of its own): a light dashed frame around its members, its
+// name set in the top line like a legend, never a bar to click: it opens and closes nothing.
+function bandTitle(b) {
+  var c = M.dis[b.c];
+  return c.path + (b.parts > 1 ? " (part " + b.part + " of " + b.parts + ")" : "") + " · container, not a group";
+}
+function paintBands(ctx, x0, y0, x1, y1, bg, fg) {
+  if (!M.bands.length) return;
+  var fs = 11 / V.s, lw = 1.2 / V.s;
+  ctx.save();
+  ctx.font = "italic " + fs + "px sans-serif"; ctx.textBaseline = "middle";
+  M.bands.forEach(function (b) {
+    if (b.x > x1 || b.x + b.w < x0 || b.y > y1 || b.y + b.h < y0) return;
+    var hit = S.bandMatches && S.bandMatches.has(b.c);
+    ctx.setLineDash([5 / V.s, 4 / V.s]); ctx.lineWidth = hit ? 3 * lw : lw;
+    ctx.strokeStyle = hit ? "#f28e2b" : fg; ctx.globalAlpha = hit ? 0.9 : 0.45;
+    ctx.strokeRect(b.x, b.y, b.w, b.h);
+    ctx.setLineDash([]); ctx.globalAlpha = 1;
+    if (b.w * V.s < 40) return;
+    var text = clip(bandTitle(b), Math.max(4, Math.floor(b.w * V.s / 6.5) - 2)), tw = ctx.measureText(text).width;
+    ctx.fillStyle = bg; ctx.fillRect(b.x + 8 / V.s, b.y - fs * 0.6, tw + 8 / V.s, fs * 1.2);
+    ctx.fillStyle = fg; ctx.globalAlpha = 0.8; ctx.fillText(text, b.x + 12 / V.s, b.y);
+    ctx.globalAlpha = 1;
+  });
+  ctx.restore();
 }
 
 function frameTitle(f) {

@@ -137,7 +137,48 @@ function layoutGroup(j) {
     c[2].forEach(function (d) { var cx = x[d] - minX + LANE / 2; pts.push([cx, rowTop[layer[d]]], [cx, rowTop[layer[d]] + rowH[layer[d]]]); });
     out.routes.set(items[c[0]] * M.T + items[c[1]], pts);
   });
+  out.bands = containerBands(j, out.pos);
   M.lay[j] = out;
+  return out;
+}
+
+// The dashed frames of group j's dissolved containers, in the group's own coordinates: one
+// around the members where no other child sits inside that frame, else one per part that is
+// clean (members taken in reading order, each joining the first part it keeps clean).
+var BAND_PAD = 7;
+function containerBands(j, pos) {
+  var out = [], g = M.N + j;
+  M.dis.forEach(function (c, ci) {
+    if (c.parent !== g) return;
+    var mine = new Set(c.members), others = [];
+    // A container with containers of its own inside it frames them with room to spare.
+    var pad = BAND_PAD;
+    M.dis.forEach(function (o) { if (o !== c && o.parent === g && o.path.indexOf(c.path + ".") === 0) pad = Math.max(pad, BAND_PAD + 6 * (o.path.split(".").length - c.path.split(".").length)); });
+    pos.forEach(function (p, x) { if (!mine.has(x)) { var sz = sizeOf(x); others.push([p[0], p[1], p[0] + sz[0], p[1] + sz[1]]); } });
+    function clean(b) {
+      for (var k = 0; k < others.length; k++) {
+        var o = others[k];
+        if (o[0] < b[2] + pad && o[2] > b[0] - pad && o[1] < b[3] + pad && o[3] > b[1] - pad) return false;
+      }
+      return true;
+    }
+    var boxes = c.members.filter(function (x) { return pos.has(x); }).map(function (x) {
+      var p = pos.get(x), sz = sizeOf(x);
+      return [p[0], p[1], p[0] + sz[0], p[1] + sz[1]];
+    });
+    boxes.sort(function (a, b) { return a[1] - b[1] || a[0] - b[0]; });
+    var parts = [];
+    boxes.forEach(function (b) {
+      for (var k = 0; k < parts.length; k++) {
+        var q = parts[k], u = [Math.min(q[0], b[0]), Math.min(q[1], b[1]), Math.max(q[2], b[2]), Math.max(q[3], b[3])];
+        if (clean(u)) { parts[k] = u; return; }
+      }
+      parts.push(b.slice());
+    });
+    parts.forEach(function (q, k) {
+      out.push({ c: ci, part: k + 1, parts: parts.length, x: q[0] - pad, y: q[1] - pad, w: q[2] - q[0] + 2 * pad, h: q[3] - q[1] + 2 * pad });
+    });
+  });
   return out;
 }
 
@@ -145,8 +186,10 @@ function layoutGroup(j) {
 function layoutAll() {
   var root = layoutGroup(0);
   M.width = root.w + 2 * MARGIN; M.height = root.h + 2 * MARGIN;
+  M.bands = [];
   (function place(j, ox, oy) {
     M.ox[j] = ox; M.oy[j] = oy;  // where the group's own coordinates start: its edges' lanes are drawn from here
+    layoutGroup(j).bands.forEach(function (b) { M.bands.push({ c: b.c, part: b.part, parts: b.parts, x: b.x + ox, y: b.y + oy, w: b.w, h: b.h }); });
     layoutGroup(j).pos.forEach(function (p, c) {
       var sz = sizeOf(c);
       M.ax[c] = ox + p[0]; M.ay[c] = oy + p[1]; M.aw[c] = sz[0]; M.ah[c] = sz[1];
