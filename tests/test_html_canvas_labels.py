@@ -74,7 +74,7 @@ def test_canvas_boxes_carry_their_labels_while_readable(tmp_path) -> None:
                 dpr = page.evaluate("window.devicePixelRatio || 1")
                 for _, font, a in labels:  # font size in graph units times the transform's scale: screen pixels
                     px = float(font.split("px")[0]) * a / dpr
-                    assert px >= 7 - 1e-6, (font, a)
+                    assert px >= 7 - 1e-3, (font, a)  # (the font string keeps 4 decimals)
             else:
                 unreadable += 1
                 assert LARGEST * scale < 7, f"canvas boxes at scale {scale:.3f} (a 7 px label fits) carry no label: {seen}"

@@ -180,5 +180,15 @@ window.gradtraceLayout = function (depth) {
     return { path: c.path, parent: itemKey(c.parent), part: b.part, parts: b.parts, box: [b.x, b.y, b.w, b.h], title: bandTitle(b),
       members: c.members.map(itemKey) };
   });
-  return { box: box, closed: closed, frames: M.frames.map(itemKey), dissolved: dis, edges: M.shownEdges.map(function (e) { return [itemKey(e.a), itemKey(e.b)]; }) };
+  var frames = {};
+  M.frames.forEach(function (f) {
+    var up = [];
+    for (var p = M.parent[f]; p >= 0; p = M.parent[p]) up.push(itemKey(p));
+    frames[itemKey(f)] = { box: [M.ax[f], M.ay[f], M.aw[f], M.ah[f]], up: up };
+  });
+  var ups = {};
+  M.shown.forEach(function (x) { var up = []; for (var p = M.parent[x]; p >= 0; p = M.parent[p]) up.push(itemKey(p)); ups[itemKey(x)] = up; });
+  // Each drawn edge's route: the points its curves pass, as edgeRoute gives them to the canvas.
+  var routes = M.shownEdges.map(function (e) { return [itemKey(e.a), itemKey(e.b), edgeRoute(e.a, e.b)]; });
+  return { box: box, closed: closed, frames: Object.keys(frames), frameBoxes: frames, ups: ups, routes: routes, dissolved: dis, edges: M.shownEdges.map(function (e) { return [itemKey(e.a), itemKey(e.b)]; }) };
 };

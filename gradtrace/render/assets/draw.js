@@ -103,9 +103,50 @@ function edgePoints(a, b) {
   if (y2 < y1) { y1 = M.ay[a]; y2 = M.ay[b] + M.ah[b]; }  // an edge back up (a module called twice)
   return [x1, y1, x2, y2, (y1 + y2) / 2];
 }
-// The points an edge passes: its two ends and, for a long edge inside one group, its lane through each row between.
+// The points an edge passes. Between two rows it bends only in the gap between them (no box
+// there); through a row it runs down a lane of its own, or down its end's own column. An edge
+// between groups leaves each open group around its source by that child's lane to the group's
+// bottom, crosses the common group as an edge between the two children there (their lane, if
+// long), and enters each open group around its destination down a lane from the group's top.
 function edgeRoute(a, b) {
-  var p = edgePoints(a, b), pts = [[p[0], p[1]]], g = M.parent[a];
+  var p = edgePoints(a, b);
+  if (p[3] < p[1]) return edgeRouteBack(a, b, p);
+  var x = a, y = b;
+  while (M.depth[x] > M.depth[y]) x = M.parent[x];
+  while (M.depth[y] > M.depth[x]) y = M.parent[y];
+  while (M.parent[x] !== M.parent[y]) { x = M.parent[x]; y = M.parent[y]; }
+  var G = M.parent[x], pts = [[p[0], p[1]]], ex = p[0], c, h, lay, lane;
+  for (c = a; c !== x; c = h) {  // up and out of each open group around the source
+    h = M.parent[c]; lay = M.lay[h - M.N];
+    pts.push([ex, lay.rowEnd.get(c) + M.oy[h - M.N]]);
+    lane = lay.ports.get(c);
+    if (lane && lane.out) { lane.out.forEach(function (q) { pts.push([q[0] + M.ox[h - M.N], q[1] + M.oy[h - M.N]]); }); ex = pts[pts.length - 1][0]; }
+    pts.push([ex, M.ay[h] + M.ah[h]]);
+  }
+  lay = M.lay[G - M.N];
+  pts.push([ex, lay.rowEnd.get(x) + M.oy[G - M.N]]);
+  var r = lay.routes.get(x * M.T + y);
+  if (r) r.forEach(function (q) { pts.push([q[0] + M.ox[G - M.N], q[1] + M.oy[G - M.N]]); });
+  var down = [];  // the open groups around the destination, outermost first, each with its child on the way
+  for (c = b; c !== y; c = M.parent[c]) down.push(c);
+  down.reverse();
+  var entry = new Map();  // where the edge comes in at the top of each item on the way: its lane, or its child's entry
+  entry.set(b, p[2]);
+  for (var k = down.length - 1; k >= 0; k--) {
+    h = M.parent[down[k]]; lane = M.lay[h - M.N].ports.get(down[k]);
+    entry.set(h, lane && lane.in ? lane.in[0][0] + M.ox[h - M.N] : entry.get(down[k]));
+  }
+  pts.push([entry.get(y), M.ay[y]]);
+  down.forEach(function (c) {
+    h = M.parent[c]; lane = M.lay[h - M.N].ports.get(c);
+    if (lane && lane.in) lane.in.forEach(function (q) { pts.push([q[0] + M.ox[h - M.N], q[1] + M.oy[h - M.N]]); });
+    pts.push([entry.get(c), M.ay[c]]);
+  });
+  return pts.filter(function (q, i) { return !i || q[0] !== pts[i - 1][0] || q[1] !== pts[i - 1][1]; });
+}
+// An edge back up (only between children joined by a cycle): its two ends and the lane between, as laid out.
+function edgeRouteBack(a, b, p) {
+  var pts = [[p[0], p[1]]], g = M.parent[a];
   if (g >= 0 && g === M.parent[b] && M.lay[g - M.N]) {
     var routes = M.lay[g - M.N].routes, r = routes.get(a * M.T + b), back = false;
     if (!r) { r = routes.get(b * M.T + a); back = true; }

@@ -85,6 +85,32 @@ function layoutGroup(j) {
     succs[prev].push(b); preds[b].push(prev);
     chains.push([a, b, chain]);
   });
+  // An edge that leaves the group runs from its child down a lane through every row below, to the
+  // group's bottom; one that enters runs down a lane from the top to its child: one lane per child.
+  var ports = [], last = 0;
+  for (i = 0; i < n; i++) if (layer[i] > last) last = layer[i];
+  for (i = 0; i < n; i++) {
+    if (M.extOut[j].has(items[i]) && layer[i] < last) {
+      var chain = [], prev = i;
+      for (var lv = layer[i] + 1; lv <= last; lv++) {
+        var d = total++;
+        preds.push([prev]); succs.push([]); size.push([LANE, 0]); layer.push(lv);
+        succs[prev].push(d); chain.push(d); prev = d;
+      }
+      ports.push([i, "out", chain]);
+    }
+    if (M.extIn[j].has(items[i]) && layer[i] > 0) {
+      chain = []; prev = -1;
+      for (lv = 0; lv < layer[i]; lv++) {
+        d = total++;
+        preds.push(prev < 0 ? [] : [prev]); succs.push([]); size.push([LANE, 0]); layer.push(lv);
+        if (prev >= 0) succs[prev].push(d);
+        chain.push(d); prev = d;
+      }
+      succs[prev].push(i); preds[i].push(prev);
+      ports.push([i, "in", chain]);
+    }
+  }
   var rows = [];
   for (i = 0; i < total; i++) { while (rows.length <= layer[i]) rows.push([]); rows[layer[i]].push(i); }
   var pos = new Float64Array(total);
@@ -129,13 +155,19 @@ function layoutGroup(j) {
   place(true);
   for (i = 0; i < total; i++) { if (x[i] < minX) minX = x[i]; if (x[i] + size[i][0] > maxX) maxX = x[i] + size[i][0]; }
   if (!n) { minX = 0; maxX = NW; }
-  var out = { pos: new Map(), routes: new Map(), w: maxX - minX, h: Math.max(top - GAPY, NH) };
-  for (i = 0; i < n; i++) out.pos.set(items[i], [x[i] - minX, y[i]]);
+  var out = { pos: new Map(), routes: new Map(), ports: new Map(), rowEnd: new Map(), w: maxX - minX, h: Math.max(top - GAPY, NH) };
+  for (i = 0; i < n; i++) { out.pos.set(items[i], [x[i] - minX, y[i]]); out.rowEnd.set(items[i], rowTop[layer[i]] + rowH[layer[i]]); }
   // Each long edge's lane: down through every row it crosses, in the group's own coordinates.
-  chains.forEach(function (c) {
+  function lanePoints(chain) {
     var pts = [];
-    c[2].forEach(function (d) { var cx = x[d] - minX + LANE / 2; pts.push([cx, rowTop[layer[d]]], [cx, rowTop[layer[d]] + rowH[layer[d]]]); });
-    out.routes.set(items[c[0]] * M.T + items[c[1]], pts);
+    chain.forEach(function (d) { var cx = x[d] - minX + LANE / 2; pts.push([cx, rowTop[layer[d]]], [cx, rowTop[layer[d]] + rowH[layer[d]]]); });
+    return pts;
+  }
+  chains.forEach(function (c) { out.routes.set(items[c[0]] * M.T + items[c[1]], lanePoints(c[2])); });
+  ports.forEach(function (p) {
+    var k = items[p[0]], q = out.ports.get(k);
+    if (!q) { q = {}; out.ports.set(k, q); }
+    q[p[1]] = lanePoints(p[2]);
   });
   out.bands = containerBands(j, out.pos);
   M.lay[j] = out;

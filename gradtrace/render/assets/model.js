@@ -15,7 +15,8 @@ function buildModel(d) {
   for (i = 0; i < N; i++) m.parent[i] = N + d.nodeGroup[i];
   for (j = 0; j < G; j++) m.parent[N + j] = d.groups[j].p === undefined ? -1 : N + d.groups[j].p;
   m.parent[N] = -1;
-  for (j = 0; j < G; j++) { m.children.push([]); m.gedges.push([]); m.first[N + j] = N; }
+  m.extOut = []; m.extIn = [];
+  for (j = 0; j < G; j++) { m.children.push([]); m.gedges.push([]); m.extOut.push(new Set()); m.extIn.push(new Set()); m.first[N + j] = N; }
   for (i = 0; i < N; i++) {
     m.first[i] = i;
     for (var p = m.parent[i]; p >= 0; p = m.parent[p]) { if (m.first[p] <= i) break; m.first[p] = i; }
@@ -32,6 +33,11 @@ function buildModel(d) {
     while (m.depth[b] > m.depth[a]) b = m.parent[b];
     while (m.parent[a] !== m.parent[b]) { a = m.parent[a]; b = m.parent[b]; }
     m.gedges[m.parent[a] - N].push([a, b, k]);
+    // The children on the way that an edge leaves (or enters) their group through: each gets a lane
+    // to its group's bottom (from its top) in that group's layout, so the edge never crosses a box.
+    var top = m.parent[a];
+    for (var x = e[0]; m.parent[x] !== top; x = m.parent[x]) m.extOut[m.parent[x] - N].add(x);
+    for (x = e[1]; m.parent[x] !== top; x = m.parent[x]) m.extIn[m.parent[x] - N].add(x);
   });
   d.backward.forEach(function (n, k) { m.stepIndex[n] = k; });
   m.outdeg = new Int32Array(N);
