@@ -179,13 +179,15 @@ function layoutGroup(j) {
 // clean (members taken in reading order, each joining the first part it keeps clean).
 var BAND_PAD = 7;
 function containerBands(j, pos) {
-  var out = [], g = M.N + j;
-  M.dis.forEach(function (c, ci) {
-    if (c.parent !== g) return;
-    var mine = new Set(c.members), others = [];
+  var out = [], mineAll = M.disOf.get(M.N + j) || [];
+  mineAll.forEach(function (ci) {
+    var c = M.dis[ci], mine = new Set(c.members), others = [];
     // A container with containers of its own inside it frames them with room to spare.
     var pad = BAND_PAD;
-    M.dis.forEach(function (o) { if (o !== c && o.parent === g && o.path.indexOf(c.path + ".") === 0) pad = Math.max(pad, BAND_PAD + 6 * (o.path.split(".").length - c.path.split(".").length)); });
+    mineAll.forEach(function (oi) {
+      var o = M.dis[oi];
+      if (o !== c && o.path.indexOf(c.path + ".") === 0) pad = Math.max(pad, BAND_PAD + 6 * (o.path.split(".").length - c.path.split(".").length));
+    });
     pos.forEach(function (p, x) { if (!mine.has(x)) { var sz = sizeOf(x); others.push([p[0], p[1], p[0] + sz[0], p[1] + sz[1]]); } });
     function clean(b) {
       for (var k = 0; k < others.length; k++) {

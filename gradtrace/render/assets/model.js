@@ -54,6 +54,8 @@ function buildModel(d) {
   }
   for (j = 0; j < G; j++) { var o = d.groups[j].out; if (o !== undefined) m.agg.grms[j] = num(d.nodes[o].grms) === null ? NaN : num(d.nodes[o].grms); }
   m.dis = dissolved(m, d);
+  m.disOf = new Map();  // parent item -> indices of the containers dissolved into it (each layout looks up its own)
+  m.dis.forEach(function (c, ci) { if (!m.disOf.has(c.parent)) m.disOf.set(c.parent, []); m.disOf.get(c.parent).push(ci); });
   m.bands = [];
   m.open[0] = 1;
   return m;
