@@ -25,6 +25,22 @@ function goTo(x, readable) {
   centerOn(x, readable);
   restyle();
 }
+// Show dissolved container c: open what hides its members, frame them all (readable where they fit).
+function goToContainer(c) {
+  var dc = M.dis[c], changed = false;
+  for (var p = dc.parent; p >= 0; p = M.parent[p]) changed = setOpen(p, true) || changed;
+  if (changed) refresh();
+  var lo = [Infinity, Infinity], hi = [-Infinity, -Infinity];
+  M.bands.forEach(function (b) {
+    if (b.c !== c) return;
+    lo = [Math.min(lo[0], b.x), Math.min(lo[1], b.y)]; hi = [Math.max(hi[0], b.x + b.w), Math.max(hi[1], b.y + b.h)];
+  });
+  if (lo[0] === Infinity) return;
+  var sc = screen();
+  V.s = Math.min(1, Math.max(0.2, Math.min(sc.w / (hi[0] - lo[0] + 40), sc.h / (hi[1] - lo[1] + 40))));
+  V.x = (lo[0] + hi[0]) / 2 - sc.w / V.s / 2; V.y = Math.min(lo[1] - 20, (lo[1] + hi[1]) / 2 - sc.h / V.s / 2);
+  clampView(true); restyle();
+}
 // Esc: up one level, closing the group the selection sits in.
 function upOneLevel() {
   var x = S.selected;
@@ -159,5 +175,20 @@ window.gradtraceLayout = function (depth) {
   }
   var box = {}, closed = 0;
   M.shown.forEach(function (x) { box[itemKey(x)] = [M.ax[x], M.ay[x], M.aw[x], M.ah[x]]; if (!isNode(x)) closed++; });
-  return { box: box, closed: closed, edges: M.shownEdges.map(function (e) { return [itemKey(e.a), itemKey(e.b)]; }) };
+  var dis = M.bands.map(function (b) {
+    var c = M.dis[b.c];
+    return { path: c.path, parent: itemKey(c.parent), part: b.part, parts: b.parts, box: [b.x, b.y, b.w, b.h], title: bandTitle(b),
+      members: c.members.map(itemKey) };
+  });
+  var frames = {};
+  M.frames.forEach(function (f) {
+    var up = [];
+    for (var p = M.parent[f]; p >= 0; p = M.parent[p]) up.push(itemKey(p));
+    frames[itemKey(f)] = { box: [M.ax[f], M.ay[f], M.aw[f], M.ah[f]], up: up };
+  });
+  var ups = {};
+  M.shown.forEach(function (x) { var up = []; for (var p = M.parent[x]; p >= 0; p = M.parent[p]) up.push(itemKey(p)); ups[itemKey(x)] = up; });
+  // Each drawn edge's route: the points its curves pass, as edgeRoute gives them to the canvas.
+  var routes = M.shownEdges.map(function (e) { return [itemKey(e.a), itemKey(e.b), edgeRoute(e.a, e.b)]; });
+  return { box: box, closed: closed, frames: Object.keys(frames), frameBoxes: frames, ups: ups, routes: routes, dissolved: dis, edges: M.shownEdges.map(function (e) { return [itemKey(e.a), itemKey(e.b)]; }) };
 };

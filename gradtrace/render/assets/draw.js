@@ -6,7 +6,7 @@ var SVGNS = "http://www.w3.org/2000/svg";
 var DETAIL_MAX = 500;  // boxes in view beyond which they are painted on the canvas, not built as elements
 var VIRIDIS = ["#440154", "#482878", "#3e4a89", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6dcd59", "#b4de2c", "#fde725"];
 var V = { x: 0, y: 0, s: 1 };  // the view: graph point (x, y) at the top-left corner, s screen pixels per graph unit
-var S = { selected: null, step: 0, visitedGroups: new Set(), sumText: "", matches: null, matchCount: null, overlay: "band", range: null, timer: null, flows: [], current: null };
+var S = { bandMatches: null, selected: null, step: 0, visitedGroups: new Set(), sumText: "", matches: null, matchCount: null, overlay: "band", range: null, timer: null, flows: [], current: null };
 var canvasBox = document.getElementById("canvas");
 var paintEl = document.getElementById("paint");
 var svg = document.getElementById("graph");
@@ -103,9 +103,50 @@ function edgePoints(a, b) {
   if (y2 < y1) { y1 = M.ay[a]; y2 = M.ay[b] + M.ah[b]; }  // an edge back up (a module called twice)
   return [x1, y1, x2, y2, (y1 + y2) / 2];
 }
-// The points an edge passes: its two ends and, for a long edge inside one group, its lane through each row between.
+// The points an edge passes. Between two rows it bends only in the gap between them (no box
+// there); through a row it runs down a lane of its own, or down its end's own column. An edge
+// between groups leaves each open group around its source by that child's lane to the group's
+// bottom, crosses the common group as an edge between the two children there (their lane, if
+// long), and enters each open group around its destination down a lane from the group's top.
 function edgeRoute(a, b) {
-  var p = edgePoints(a, b), pts = [[p[0], p[1]]], g = M.parent[a];
+  var p = edgePoints(a, b);
+  if (p[3] < p[1]) return edgeRouteBack(a, b, p);
+  var x = a, y = b;
+  while (M.depth[x] > M.depth[y]) x = M.parent[x];
+  while (M.depth[y] > M.depth[x]) y = M.parent[y];
+  while (M.parent[x] !== M.parent[y]) { x = M.parent[x]; y = M.parent[y]; }
+  var G = M.parent[x], pts = [[p[0], p[1]]], ex = p[0], c, h, lay, lane;
+  for (c = a; c !== x; c = h) {  // up and out of each open group around the source
+    h = M.parent[c]; lay = M.lay[h - M.N];
+    pts.push([ex, lay.rowEnd.get(c) + M.oy[h - M.N]]);
+    lane = lay.ports.get(c);
+    if (lane && lane.out) { lane.out.forEach(function (q) { pts.push([q[0] + M.ox[h - M.N], q[1] + M.oy[h - M.N]]); }); ex = pts[pts.length - 1][0]; }
+    pts.push([ex, M.ay[h] + M.ah[h]]);
+  }
+  lay = M.lay[G - M.N];
+  pts.push([ex, lay.rowEnd.get(x) + M.oy[G - M.N]]);
+  var r = lay.routes.get(x * M.T + y);
+  if (r) r.forEach(function (q) { pts.push([q[0] + M.ox[G - M.N], q[1] + M.oy[G - M.N]]); });
+  var down = [];  // the open groups around the destination, outermost first, each with its child on the way
+  for (c = b; c !== y; c = M.parent[c]) down.push(c);
+  down.reverse();
+  var entry = new Map();  // where the edge comes in at the top of each item on the way: its lane, or its child's entry
+  entry.set(b, p[2]);
+  for (var k = down.length - 1; k >= 0; k--) {
+    h = M.parent[down[k]]; lane = M.lay[h - M.N].ports.get(down[k]);
+    entry.set(h, lane && lane.in ? lane.in[0][0] + M.ox[h - M.N] : entry.get(down[k]));
+  }
+  pts.push([entry.get(y), M.ay[y]]);
+  down.forEach(function (c) {
+    h = M.parent[c]; lane = M.lay[h - M.N].ports.get(c);
+    if (lane && lane.in) lane.in.forEach(function (q) { pts.push([q[0] + M.ox[h - M.N], q[1] + M.oy[h - M.N]]); });
+    pts.push([entry.get(c), M.ay[c]]);
+  });
+  return pts.filter(function (q, i) { return !i || q[0] !== pts[i - 1][0] || q[1] !== pts[i - 1][1]; });
+}
+// An edge back up (only between children joined by a cycle): its two ends and the lane between, as laid out.
+function edgeRouteBack(a, b, p) {
+  var pts = [[p[0], p[1]]], g = M.parent[a];
   if (g >= 0 && g === M.parent[b] && M.lay[g - M.N]) {
     var routes = M.lay[g - M.N].routes, r = routes.get(a * M.T + b), back = false;
     if (!r) { r = routes.get(b * M.T + a); back = true; }
@@ -154,6 +195,7 @@ function paint() {
       ctx.fillText(clip(frameTitle(f), 60), M.ax[f] + 6 / V.s, M.ay[f] + 16 / V.s);
     }
   });
+  paintBands(ctx, x0, y0, x1, y1, css("--bg"), fg);
   ctx.strokeStyle = line; ctx.lineWidth = 1.2 / Math.min(V.s * 2, 1);
   ctx.beginPath();
   var move = ctx.moveTo.bind(ctx), curve = ctx.bezierCurveTo.bind(ctx);
@@ -168,20 +210,63 @@ function paint() {
   });
   ctx.stroke();
   if (!detail) {
-    var replaying = S.step > 0;
+    var replaying = S.step > 0, boxBg = css("--box"), label = canvasLabel();
+    if (label) { ctx.font = label.font; ctx.textBaseline = "middle"; }
     boxes.forEach(function (x) {
       ctx.globalAlpha = replaying && !visited(x) ? 0.3 : 1;
-      ctx.fillStyle = css("--box"); ctx.fillRect(M.ax[x], M.ay[x], M.aw[x], M.ah[x]);
-      ctx.fillStyle = colorOf(x); ctx.fillRect(M.ax[x], M.ay[x], M.aw[x], isNode(x) ? 18 : M.ah[x]);
+      var c = colorOf(x);
+      ctx.fillStyle = boxBg; ctx.fillRect(M.ax[x], M.ay[x], M.aw[x], M.ah[x]);
+      ctx.fillStyle = c; ctx.fillRect(M.ax[x], M.ay[x], M.aw[x], isNode(x) ? 18 : M.ah[x]);
+      if (label) {  // (a node's text sits on the body, a closed group's on its colour)
+        ctx.fillStyle = isNode(x) ? fg : ink(c);
+        ctx.fillText(clip(itemLabel(x), label.chars), M.ax[x] + 6, M.ay[x] + (isNode(x) ? 18 + (M.ah[x] - 18) / 2 : M.ah[x] / 2));
+      }
       if (isMatch(x) || x === S.current || x === S.selected) {
         ctx.globalAlpha = 1; ctx.strokeStyle = isMatch(x) ? "#f28e2b" : fg; ctx.lineWidth = 6 / V.s;
         ctx.strokeRect(M.ax[x], M.ay[x], M.aw[x], M.ah[x]);
       }
     });
-    ctx.globalAlpha = 1;
+    ctx.globalAlpha = 1; ctx.textBaseline = "alphabetic";
   }
   syncSvg(detail ? boxes : [], detail ? frames : []);
   drawFlows();
+}
+
+// The label painted on canvas boxes (zoomed out): as large as the box allows, up to LABEL_MAX
+// graph units, so that it stays LABEL_MIN_PX on screen as long as it can; null below that, where
+// no text is readable. Cut by characters (no measureText per box: a frame may paint thousands).
+var LABEL_MIN_PX = 7, LABEL_MAX = 56;  // (56 units: 6 characters across a box, within its body)
+function canvasLabel() {
+  var size = Math.max(13, LABEL_MIN_PX / V.s);
+  if (size > LABEL_MAX) return null;
+  return { font: size + "px sans-serif", size: size, chars: Math.max(4, Math.floor((NW - 12) / (0.6 * size))) };
+}
+
+// A dissolved container (no group of its own): a light dashed frame around its members, its
+// name set in the top line like a legend, never a bar to click: it opens and closes nothing.
+function bandTitle(b) {
+  var c = M.dis[b.c];
+  return c.path + (b.parts > 1 ? " (part " + b.part + " of " + b.parts + ")" : "") + " · container, not a group";
+}
+function paintBands(ctx, x0, y0, x1, y1, bg, fg) {
+  if (!M.bands.length) return;
+  var fs = 11 / V.s, lw = 1.2 / V.s;
+  ctx.save();
+  ctx.font = "italic " + fs + "px sans-serif"; ctx.textBaseline = "middle";
+  M.bands.forEach(function (b) {
+    if (b.x > x1 || b.x + b.w < x0 || b.y > y1 || b.y + b.h < y0) return;
+    var hit = S.bandMatches && S.bandMatches.has(b.c);
+    ctx.setLineDash([5 / V.s, 4 / V.s]); ctx.lineWidth = hit ? 3 * lw : lw;
+    ctx.strokeStyle = hit ? "#f28e2b" : fg; ctx.globalAlpha = hit ? 0.9 : 0.45;
+    ctx.strokeRect(b.x, b.y, b.w, b.h);
+    ctx.setLineDash([]); ctx.globalAlpha = 1;
+    if (b.w * V.s < 40) return;
+    var text = clip(bandTitle(b), Math.max(4, Math.floor(b.w * V.s / 6.5) - 2)), tw = ctx.measureText(text).width;
+    ctx.fillStyle = bg; ctx.fillRect(b.x + 8 / V.s, b.y - fs * 0.6, tw + 8 / V.s, fs * 1.2);
+    ctx.fillStyle = fg; ctx.globalAlpha = 0.8; ctx.fillText(text, b.x + 12 / V.s, b.y);
+    ctx.globalAlpha = 1;
+  });
+  ctx.restore();
 }
 
 function frameTitle(f) {

@@ -85,6 +85,32 @@ function layoutGroup(j) {
     succs[prev].push(b); preds[b].push(prev);
     chains.push([a, b, chain]);
   });
+  // An edge that leaves the group runs from its child down a lane through every row below, to the
+  // group's bottom; one that enters runs down a lane from the top to its child: one lane per child.
+  var ports = [], last = 0;
+  for (i = 0; i < n; i++) if (layer[i] > last) last = layer[i];
+  for (i = 0; i < n; i++) {
+    if (M.extOut[j].has(items[i]) && layer[i] < last) {
+      var chain = [], prev = i;
+      for (var lv = layer[i] + 1; lv <= last; lv++) {
+        var d = total++;
+        preds.push([prev]); succs.push([]); size.push([LANE, 0]); layer.push(lv);
+        succs[prev].push(d); chain.push(d); prev = d;
+      }
+      ports.push([i, "out", chain]);
+    }
+    if (M.extIn[j].has(items[i]) && layer[i] > 0) {
+      chain = []; prev = -1;
+      for (lv = 0; lv < layer[i]; lv++) {
+        d = total++;
+        preds.push(prev < 0 ? [] : [prev]); succs.push([]); size.push([LANE, 0]); layer.push(lv);
+        if (prev >= 0) succs[prev].push(d);
+        chain.push(d); prev = d;
+      }
+      succs[prev].push(i); preds[i].push(prev);
+      ports.push([i, "in", chain]);
+    }
+  }
   var rows = [];
   for (i = 0; i < total; i++) { while (rows.length <= layer[i]) rows.push([]); rows[layer[i]].push(i); }
   var pos = new Float64Array(total);
@@ -129,15 +155,64 @@ function layoutGroup(j) {
   place(true);
   for (i = 0; i < total; i++) { if (x[i] < minX) minX = x[i]; if (x[i] + size[i][0] > maxX) maxX = x[i] + size[i][0]; }
   if (!n) { minX = 0; maxX = NW; }
-  var out = { pos: new Map(), routes: new Map(), w: maxX - minX, h: Math.max(top - GAPY, NH) };
-  for (i = 0; i < n; i++) out.pos.set(items[i], [x[i] - minX, y[i]]);
+  var out = { pos: new Map(), routes: new Map(), ports: new Map(), rowEnd: new Map(), w: maxX - minX, h: Math.max(top - GAPY, NH) };
+  for (i = 0; i < n; i++) { out.pos.set(items[i], [x[i] - minX, y[i]]); out.rowEnd.set(items[i], rowTop[layer[i]] + rowH[layer[i]]); }
   // Each long edge's lane: down through every row it crosses, in the group's own coordinates.
-  chains.forEach(function (c) {
+  function lanePoints(chain) {
     var pts = [];
-    c[2].forEach(function (d) { var cx = x[d] - minX + LANE / 2; pts.push([cx, rowTop[layer[d]]], [cx, rowTop[layer[d]] + rowH[layer[d]]]); });
-    out.routes.set(items[c[0]] * M.T + items[c[1]], pts);
+    chain.forEach(function (d) { var cx = x[d] - minX + LANE / 2; pts.push([cx, rowTop[layer[d]]], [cx, rowTop[layer[d]] + rowH[layer[d]]]); });
+    return pts;
+  }
+  chains.forEach(function (c) { out.routes.set(items[c[0]] * M.T + items[c[1]], lanePoints(c[2])); });
+  ports.forEach(function (p) {
+    var k = items[p[0]], q = out.ports.get(k);
+    if (!q) { q = {}; out.ports.set(k, q); }
+    q[p[1]] = lanePoints(p[2]);
   });
+  out.bands = containerBands(j, out.pos);
   M.lay[j] = out;
+  return out;
+}
+
+// The dashed frames of group j's dissolved containers, in the group's own coordinates: one
+// around the members where no other child sits inside that frame, else one per part that is
+// clean (members taken in reading order, each joining the first part it keeps clean).
+var BAND_PAD = 7;
+function containerBands(j, pos) {
+  var out = [], mineAll = M.disOf.get(M.N + j) || [];
+  mineAll.forEach(function (ci) {
+    var c = M.dis[ci], mine = new Set(c.members), others = [];
+    // A container with containers of its own inside it frames them with room to spare.
+    var pad = BAND_PAD;
+    mineAll.forEach(function (oi) {
+      var o = M.dis[oi];
+      if (o !== c && o.path.indexOf(c.path + ".") === 0) pad = Math.max(pad, BAND_PAD + 6 * (o.path.split(".").length - c.path.split(".").length));
+    });
+    pos.forEach(function (p, x) { if (!mine.has(x)) { var sz = sizeOf(x); others.push([p[0], p[1], p[0] + sz[0], p[1] + sz[1]]); } });
+    function clean(b) {
+      for (var k = 0; k < others.length; k++) {
+        var o = others[k];
+        if (o[0] < b[2] + pad && o[2] > b[0] - pad && o[1] < b[3] + pad && o[3] > b[1] - pad) return false;
+      }
+      return true;
+    }
+    var boxes = c.members.filter(function (x) { return pos.has(x); }).map(function (x) {
+      var p = pos.get(x), sz = sizeOf(x);
+      return [p[0], p[1], p[0] + sz[0], p[1] + sz[1]];
+    });
+    boxes.sort(function (a, b) { return a[1] - b[1] || a[0] - b[0]; });
+    var parts = [];
+    boxes.forEach(function (b) {
+      for (var k = 0; k < parts.length; k++) {
+        var q = parts[k], u = [Math.min(q[0], b[0]), Math.min(q[1], b[1]), Math.max(q[2], b[2]), Math.max(q[3], b[3])];
+        if (clean(u)) { parts[k] = u; return; }
+      }
+      parts.push(b.slice());
+    });
+    parts.forEach(function (q, k) {
+      out.push({ c: ci, part: k + 1, parts: parts.length, x: q[0] - pad, y: q[1] - pad, w: q[2] - q[0] + 2 * pad, h: q[3] - q[1] + 2 * pad });
+    });
+  });
   return out;
 }
 
@@ -145,8 +220,10 @@ function layoutGroup(j) {
 function layoutAll() {
   var root = layoutGroup(0);
   M.width = root.w + 2 * MARGIN; M.height = root.h + 2 * MARGIN;
+  M.bands = [];
   (function place(j, ox, oy) {
     M.ox[j] = ox; M.oy[j] = oy;  // where the group's own coordinates start: its edges' lanes are drawn from here
+    layoutGroup(j).bands.forEach(function (b) { M.bands.push({ c: b.c, part: b.part, parts: b.parts, x: b.x + ox, y: b.y + oy, w: b.w, h: b.h }); });
     layoutGroup(j).pos.forEach(function (p, c) {
       var sz = sizeOf(c);
       M.ax[c] = ox + p[0]; M.ay[c] = oy + p[1]; M.aw[c] = sz[0]; M.ah[c] = sz[1];

@@ -15,7 +15,8 @@ function buildModel(d) {
   for (i = 0; i < N; i++) m.parent[i] = N + d.nodeGroup[i];
   for (j = 0; j < G; j++) m.parent[N + j] = d.groups[j].p === undefined ? -1 : N + d.groups[j].p;
   m.parent[N] = -1;
-  for (j = 0; j < G; j++) { m.children.push([]); m.gedges.push([]); m.first[N + j] = N; }
+  m.extOut = []; m.extIn = [];
+  for (j = 0; j < G; j++) { m.children.push([]); m.gedges.push([]); m.extOut.push(new Set()); m.extIn.push(new Set()); m.first[N + j] = N; }
   for (i = 0; i < N; i++) {
     m.first[i] = i;
     for (var p = m.parent[i]; p >= 0; p = m.parent[p]) { if (m.first[p] <= i) break; m.first[p] = i; }
@@ -32,6 +33,11 @@ function buildModel(d) {
     while (m.depth[b] > m.depth[a]) b = m.parent[b];
     while (m.parent[a] !== m.parent[b]) { a = m.parent[a]; b = m.parent[b]; }
     m.gedges[m.parent[a] - N].push([a, b, k]);
+    // The children on the way that an edge leaves (or enters) their group through: each gets a lane
+    // to its group's bottom (from its top) in that group's layout, so the edge never crosses a box.
+    var top = m.parent[a];
+    for (var x = e[0]; m.parent[x] !== top; x = m.parent[x]) m.extOut[m.parent[x] - N].add(x);
+    for (x = e[1]; m.parent[x] !== top; x = m.parent[x]) m.extIn[m.parent[x] - N].add(x);
   });
   d.backward.forEach(function (n, k) { m.stepIndex[n] = k; });
   m.outdeg = new Int32Array(N);
@@ -47,8 +53,49 @@ function buildModel(d) {
     }
   }
   for (j = 0; j < G; j++) { var o = d.groups[j].out; if (o !== undefined) m.agg.grms[j] = num(d.nodes[o].grms) === null ? NaN : num(d.nodes[o].grms); }
+  m.dis = dissolved(m, d);
+  m.disOf = new Map();  // parent item -> indices of the containers dissolved into it (each layout looks up its own)
+  m.dis.forEach(function (c, ci) { if (!m.disOf.has(c.parent)) m.disOf.set(c.parent, []); m.disOf.get(c.parent).push(ci); });
+  m.bands = [];
   m.open[0] = 1;
   return m;
+}
+
+// The containers the hierarchy dissolved (a ModuleList never called itself, a group tangled with
+// its siblings through the parent's ops): no group of their own, their members sit in the parent.
+// They are read back from the paths: an item whose path goes more than one part below its
+// parent's (blocks.0 directly in the root) had a group between them, and that group is gone.
+// Each is {path, parent, members}: members are the parent's children inside it, in forward order.
+function dissolved(m, d) {
+  var found = [], byKey = new Map();
+  function ctxOf(g) {  // the scope the children of group item g are named below
+    var grp = d.groups[g - m.N];
+    if (grp.kind === "root") return "";
+    if (grp.kind === "run") return ctxOf(m.parent[g]);
+    var path = grp.path || "";
+    // (a fold's members are its path's siblings: layers.0 … layers.3 sit below "layers")
+    return grp.kind === "fold" ? path.slice(0, Math.max(path.lastIndexOf("."), 0)) : path;
+  }
+  var ctx = new Map();
+  for (var x = 0; x < m.T; x++) {
+    var P = m.parent[x];
+    if (P < 0) continue;
+    var node = x < m.N, grp = node ? null : d.groups[x - m.N];
+    if (grp && grp.kind === "run") continue;
+    if (!ctx.has(P)) ctx.set(P, ctxOf(P));
+    var base = ctx.get(P), path = (node ? d.nodes[x].sc : grp.path) || "";
+    if (base && path.slice(0, base.length + 1) !== base + ".") continue;
+    var rest = base ? path.slice(base.length + 1) : path;
+    if (!rest) continue;
+    var parts = rest.split("."), count = node ? parts.length : parts.length - 1;
+    for (var k = 1; k <= count; k++) {
+      var cpath = (base ? base + "." : "") + parts.slice(0, k).join("."), key = P + "|" + cpath, c = byKey.get(key);
+      if (!c) { c = { path: cpath, parent: P, members: [] }; byKey.set(key, c); found.push(c); }
+      c.members.push(x);
+    }
+  }
+  found.forEach(function (c) { c.members.sort(function (a, b) { return m.first[a] - m.first[b] || a - b; }); });
+  return found;
 }
 
 function num(x) { return (x === undefined || x === null || typeof x === "string") ? null : x; }
