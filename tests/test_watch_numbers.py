@@ -410,3 +410,49 @@ def test_an_optimizer_subclass_calling_super_step_is_one_step_and_a_step_that_ra
     d = assemble_history(w).to_dict()
     assert d["optimizers"][0]["steps"] == 4, "one step per outermost step() that ran to its end"
     assert d["series"]["param"]["weight"]["update_ratio"] == pytest.approx(want, rel=1e-5)
+
+
+def test_a_sweep_of_models_and_optimizers_lists_each_optimizer_and_frees_each_model():
+    # tryout5 28: an optimizer made where a freed one lived was merged with it (8 of 10 listed); 13: each optimizer's
+    # last parameters were still held, so the models were kept after all.
+    import gc
+    import weakref
+
+    refs, losses = [], []
+    with Watcher(None, every=1, sentinel=True) as w:
+        for k in range(6):
+            torch.manual_seed(k)
+            m = nn.Linear(32, 8)
+            opt = torch.optim.SGD(m.parameters(), lr=0.1 * (k + 1))
+            for _ in range(2):
+                opt.zero_grad()
+                loss = m(torch.randn(4, 32)).pow(2).mean()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            refs.append(weakref.ref(m))
+            del m, opt
+            gc.collect()
+            assert refs[-1]() is None, "the finished model is let go"
+    d = assemble_history(w).to_dict()
+    assert [o["name"] for o in d["optimizers"]] == [f"opt{k}" for k in range(6)]
+    assert [o["steps"] for o in d["optimizers"]] == [2] * 6
+    assert sorted(d["lr"]) == [f"opt{k}/group0" for k in range(6)]
+    assert [d["lr"][f"opt{k}/group0"][0] for k in range(6)] == pytest.approx([0.1 * (k + 1) for k in range(6)])
+    assert w.alarm is None
+
+
+def test_a_loss_module_made_anew_every_step_is_one_module():
+    # tryout5 25: `criterion = nn.MSELoss()` inside the loop added a module per step (3004 heat-map rows)
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with Watcher(m, every=1) as w:
+        for _ in range(30):
+            criterion = nn.MSELoss()
+            opt.zero_grad()
+            criterion(m(torch.randn(8, 4)), torch.randn(8, 1)).backward()
+            opt.step()
+    d = assemble_history(w).to_dict()
+    assert [x["path"] for x in d["modules"]] == ["", "MSELoss"]
+    assert len([r for r in d["series"]["module"]["MSELoss"]["out_rms"] if r is not None]) == 30

@@ -161,7 +161,10 @@ class Watcher:
         self._given = model
         if model is not None:
             self._add_root(model)
-        self.opts: dict[int, _Opt] = {}
+        #: Every optimizer met, by name (opt0, opt1, ...), in order; _live finds a live one by id() (an optimizer
+        #: created where a freed one lived, as a sweep does, is a new one: not merged with the old).
+        self.opts: dict[str, _Opt] = {}
+        self._live: dict[int, _Opt] = {}
         self.backward_calls = 0
         self._micro: list[torch.Tensor] = []
         self._micro_calls: list[int] = []
@@ -300,6 +303,11 @@ class Watcher:
     def _add_root(self, module: nn.Module) -> None:
         prefix = "" if not self._roots else type(module).__name__
         taken = set(self.root_of.values())
+        if prefix in taken and next(module.parameters(), None) is None and \
+                all(r.ref() is None and not r.has_params and r.cls == type(module).__name__ for r in self._roots if r.prefix == prefix):
+            # A parameterless module made anew where the last one is gone (`criterion = nn.MSELoss()` inside the loop)
+            # is the same root again, not one more per step.
+            taken.discard(prefix)
         if prefix in taken:
             n = 2
             while f"{prefix}{n}" in taken:
@@ -336,9 +344,10 @@ class Watcher:
         self._root_ids.discard(root.mid)
 
     def _opt(self, opt: torch.optim.Optimizer) -> _Opt:
-        o = self.opts.get(id(opt))
+        o = self._live.get(id(opt))
         if o is None or o.ref() is not opt:
-            o = self.opts[id(opt)] = _Opt(f"opt{len(self.opts)}", weakref.ref(opt), type_name=type(opt).__name__)
+            o = _Opt(f"opt{len(self.opts)}", weakref.ref(opt), type_name=type(opt).__name__)
+            self.opts[o.name] = self._live[id(opt)] = o
         return o
 
     # -- the steps -------------------------------------------------------------------
@@ -653,6 +662,8 @@ class Watcher:
                 self._read_losses()
         self._micro = []
         self._micro_calls = []
+        o.params = []  # (the step is done: holding its parameters would keep a finished model alive)
+        o.frame = None
         if not sampled:
             self._pending_modules = {}
         self._clip_now = None
