@@ -204,3 +204,79 @@ def test_watch_and_every_step_under_torchrun_check_their_options_before_the_scri
                         (["check", "--every-step", "--nproc-per-node", "2", str(script)], "leave it out")):
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 2 and words in r.output and "must not run" not in r.output, (args, r.output)
+
+
+TERM_SCRIPT = """import os, sys, time, torch
+w = torch.ones(2, requires_grad=True)
+opt = torch.optim.SGD([w], 0.1)
+for step in range(1, 1000):
+    opt.zero_grad(); (w * w).sum().backward(); opt.step()
+    if step == {stop}:
+        open(sys.argv[1], "w").write("ready")
+        time.sleep(120)  # killed here: SIGTERM from timeout, kill, Slurm, docker stop or torchrun
+"""
+
+
+def _run_until_sigterm(tmp_path, *args, stop):
+    """Start ``gradtrace ARGS`` on a script that makes ``stop`` steps and waits; SIGTERM it there; its result."""
+    import signal
+    import time
+
+    script = tmp_path / "term.py"
+    script.write_text(TERM_SCRIPT.format(stop=stop))
+    ready = tmp_path / "ready"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "gradtrace", *map(str, args), script, "--", ready], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
+
+
+def test_watch_keeps_the_history_when_sigterm_ends_the_run(tmp_path):
+    """SIGTERM (timeout, kill, Slurm, docker stop) ends a watch as Ctrl-C does: the history is written, then the process
+    ends with 143 (128 + SIGTERM), as a shell reports a SIGTERM-ed one."""
+    status, _, err = _run_until_sigterm(tmp_path, "watch", "-o", tmp_path / "run.json", "--every", "1", stop=20)
+    assert status == 143, err
+    d = json.loads((tmp_path / "run.json").read_text())
+    validate(d)
+    # torch, independently: the same 20 SGD steps on sum(w*w)
+    w = torch.ones(2, requires_grad=True)
+    opt = torch.optim.SGD([w], 0.1)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert d["steps_run"] == 20 and d["steps"] == list(range(1, 21))
+    assert d["loss"] == pytest.approx(losses, rel=1e-6)
+    assert any(e["kind"] == "warning" and e["step"] == 20 and "term.py was terminated (SIGTERM) after step 20" in e["text"]
+               for e in d["events"]), d["events"]
+    assert "wrote" in err and "terminated (SIGTERM)" in err
+
+
+def test_render_run_to_end_keeps_the_traced_step_when_sigterm_ends_the_run(tmp_path):
+    """render --run-to-end: the step was recorded before SIGTERM; it is written, then the process ends with 143."""
+    status, _, err = _run_until_sigterm(tmp_path, "render", "--step", "3", "--run-to-end", "-o", tmp_path / "s.json",
+                                        stop=5)
+    assert status == 143, err
+    t = Trace.from_json((tmp_path / "s.json").read_text())
+    w = torch.ones(2, requires_grad=True)
+    opt = torch.optim.SGD([w], 0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        opt.step()
+    assert t.node(t.loss).values[0].mean == pytest.approx(loss.item(), rel=1e-6)
+    assert "term.py was terminated (SIGTERM) after the traced step" in err

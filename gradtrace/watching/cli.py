@@ -144,7 +144,8 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
     if outcome.interrupted or outcome.status:
         # The history ends where the script did: say so where the reader looks (the page's events, the JSON), not only
         # in the terminal that printed it.
-        how = "was interrupted (Ctrl-C)" if outcome.interrupted else f"exited with status {outcome.status}"
+        how = ("was interrupted (Ctrl-C)" if outcome.interrupted else "was terminated (SIGTERM)" if outcome.terminated
+               else f"exited with status {outcome.status}")
         extra.append({"step": watcher.steps_run, "kind": "warning", "module": None, "param": None,
                       "text": f"{Path(script).name} {how} after step {watcher.steps_run}: the history ends there"})
     history = assemble_history(watcher, traces, extra_events=extra)
