@@ -26,6 +26,7 @@ from typing import Any
 
 import click
 
+from .._script_process import terminated_at
 from ..distributed.board import Board
 from ..distributed.env import RankInfo
 from ..distributed.gather import ACK_WAIT
@@ -156,9 +157,13 @@ def _gather_and_write(info: RankInfo, board: Board, status: int, failed: bool, w
     for r in others:
         end = json.loads(ends[r]) if ends[r] is not None else None
         if end is None:
-            ranks.append({"rank": r, "status": "missing", "history": None,
-                          "why": f"rank {r} posted nothing within {min(timeout, FAILED_WAIT) if failed else timeout:g} s "
-                                 "(it crashed, hangs, or waits in a collective for a rank that failed; --rank-timeout sets the wait)"})
+            if terminated_at() is not None:  # torchrun is stopping the run: a peer died (SIGKILL, the OOM killer) or hangs
+                why = (f"rank {r} posted nothing before torchrun stopped the run (SIGTERM to rank 0): it was killed "
+                       "(SIGKILL, the out-of-memory killer), crashed without a word, or hangs")
+            else:
+                why = (f"rank {r} posted nothing within {min(timeout, FAILED_WAIT) if failed else timeout:g} s (it crashed, "
+                       "hangs, or waits in a collective for a rank that failed; --rank-timeout sets the wait)")
+            ranks.append({"rank": r, "status": "missing", "history": None, "why": why})
             worst = worst or 1
             continue
         text = board.read("history", r)
