@@ -57,7 +57,10 @@ class CollectiveGrad:
     rank holds (for ``reduce_scatter``, its shard only); ``placements`` the
     DTensor placements of a sharded gradient, ``""`` otherwise; ``shard`` and
     ``shards``: which shard this rank holds, of how many (numbered from 0; None
-    for an all-reduce, or where the run did not say).
+    for an all-reduce, or where the run did not say). ``held``: the ``.grad`` this
+    rank already held before this backward (accumulated by earlier backward()
+    calls under DDP's ``no_sync()``), which DDP adds to the local gradient and
+    reduces with it; None when ``.grad`` was empty (or not recorded).
 
     >>> CollectiveGrad("param0", "all_reduce", (3,), None).sharded
     False
@@ -70,6 +73,7 @@ class CollectiveGrad:
     placements: str = ""
     shard: int | None = None
     shards: int | None = None
+    held: TensorStats | None = None
 
     @property
     def sharded(self) -> bool:
@@ -81,6 +85,8 @@ class CollectiveGrad:
                "reduced": None if self.reduced is None else self.reduced.to_dict()}
         if self.shards is not None:  # (older readers ignore the field; they read the rest as before)
             out["shard"] = [self.shard, self.shards]
+        if self.held is not None:  # (likewise: written only when a gradient was accumulated before this backward)
+            out["held"] = self.held.to_dict()
         return out
 
     def on_node(self, rank: int, world_size: int) -> ReducedGrad:
@@ -105,7 +111,8 @@ class CollectiveGrad:
         return cls(node=_str(_field(d, "node", where), f"{where} node"), op=op,
                    shape=tuple(_int(n, f"{where} shape[{i}]") for i, n in enumerate(shape)),
                    reduced=None if reduced is None else TensorStats.from_dict(reduced, f"{where} reduced"),
-                   placements=_str(d.get("placements", ""), f"{where} placements"), shard=k, shards=n)
+                   placements=_str(d.get("placements", ""), f"{where} placements"), shard=k, shards=n,
+                   held=None if d.get("held") is None else TensorStats.from_dict(d["held"], f"{where} held"))
 
 
 @dataclass(frozen=True, eq=False)

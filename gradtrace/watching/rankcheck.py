@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from .._script_process import terminated_at
 from ..distributed.board import Board
 from ..distributed.env import RankInfo
 from ..distributed.gather import ACK_WAIT, RankFailure
@@ -113,7 +114,9 @@ def check_every_step_ranks(info: RankInfo, script: str, script_args: tuple[str, 
         all_ranks_done()
     first = earliest([alarm_from_dict(e["alarm"]) if e is not None else None for e in ends.values()])
     problems = [f"rank {r}: {why}" for r, why in sorted(failed.items())] + \
-               [f"rank {r} did not end within {timeout:g} s (it crashed or hangs; --rank-timeout sets the wait)" for r in missing]
+               [(f"rank {r} posted nothing before torchrun stopped the run (SIGTERM to rank 0): it was killed (SIGKILL, the "
+                 "out-of-memory killer), crashed without a word, or hangs") if terminated_at() is not None else
+                f"rank {r} did not end within {timeout:g} s (it crashed or hangs; --rank-timeout sets the wait)" for r in missing]
     if first is None:
         if any(e is not None and e["interrupted"] for e in ends.values()):
             raise SystemExit(INTERRUPTED)

@@ -51,13 +51,20 @@ def _bits(x: float) -> bytes:
 
 
 def compare_fingerprints(first: Sequence[Fingerprint], again: Sequence[Fingerprint], upto: int) -> str | None:
-    """What differs between two runs' fingerprints of steps 1..``upto`` (None: identical, bit for bit)."""
+    """What differs between two runs' fingerprints of steps 1..``upto`` (None: identical, bit for bit).
+
+    Step ``upto`` itself is compared where the re-run reached its optimizer step: a re-run that traced an earlier
+    micro-step of it (accumulation: the micro-step whose loss was first non-finite) stops before that step ends.
+
+    >>> compare_fingerprints([(1, "opt0", 2.0, 1.0), (2, "opt0", 1.5, 0.5)], [(1, "opt0", 2.0, 1.0)], 2) is None
+    True
+    """
     a = {(s, o): (loss, gn) for s, o, loss, gn in first if s <= upto}
     b = {(s, o): (loss, gn) for s, o, loss, gn in again if s <= upto}
-    missing = sorted(set(a) - set(b))
+    missing = sorted(k for k in set(a) - set(b) if k[0] < upto)
     if missing:
         return f"the re-run did not reach step {missing[0][0]} of {missing[0][1]} the way the first run did"
-    for key in sorted(a):
+    for key in sorted(set(a) & set(b)):
         (l1, g1), (l2, g2) = a[key], b[key]
         if _bits(l1) != _bits(l2):
             return f"step {key[0]}: loss {l1!r} in the first run, {l2!r} in the re-run"
