@@ -20,7 +20,11 @@ shard (``op`` ``reduce_scatter``: ``reduced`` describes this rank's shard
 only, ``shape`` is the parameter's full logical shape and ``placements``
 the DTensor placements, as ``str(dtensor.placements)``, and ``shard``
 ``[k, n]`` which shard this rank holds, of how many, numbered from 0; written
-only when known, and ignored by readers that predate it).
+only when known, and ignored by readers that predate it). An ``all_reduce``
+record may also hold ``held`` (a TensorStats): the ``.grad`` the rank already
+held before this backward (micro-steps accumulated under ``no_sync()``),
+which DDP reduced together with the local gradient; written only when there
+was one, ignored by older readers.
 
 The ranks' traces stay as recorded; :meth:`MultiTrace.trace` attaches each
 record to its parameter node (``TraceNode.reduced``), which is what every
