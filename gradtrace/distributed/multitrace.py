@@ -154,6 +154,9 @@ class MultiTrace:
     ranks: tuple[RankTrace, ...]
     step: int = 1
     world_size: int = field(default=0)
+    #: Ranks whose script ended before this step (uneven step counts: a sweep under torchrun, DDP with Join):
+    #: rank -> why (one line). They have no trace here; every other rank of ``world_size`` has one.
+    ended: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.ranks:
@@ -196,8 +199,11 @@ class MultiTrace:
         return out + cross_rank_findings(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": MULTI_FORMAT, "version": MULTI_VERSION, "world_size": self.world_size, "step": self.step,
-                "ranks": [r.to_dict() for r in self.ranks]}
+        out = {"format": MULTI_FORMAT, "version": MULTI_VERSION, "world_size": self.world_size, "step": self.step,
+               "ranks": [r.to_dict() for r in self.ranks]}
+        if self.ended:  # (written only when some rank ended before the step: older files and readers are unchanged)
+            out["ended"] = {str(r): why for r, why in sorted(self.ended.items())}
+        return out
 
     def to_json(self, indent: int | None = None) -> str:
         """Every rank as one JSON document (valid JSON: NaN and infinities are written as strings)."""
@@ -224,9 +230,16 @@ class MultiTrace:
         ranks_in = _list(_field(d, "ranks", "the document"), "ranks")
         if not ranks_in:
             raise TraceFileError("ranks: expected at least one rank, found an empty list")
-        if len(ranks_in) != world:  # (rank 0 writes a file only when every rank sent its trace)
-            raise TraceFileError(f"ranks: {len(ranks_in)} rank{'s' if len(ranks_in) != 1 else ''} for a world_size of "
-                                 f"{world} (a multi-rank file holds every rank's trace)")
+        ended_in = _obj(d.get("ended", {}), "ended")
+        ended: dict[int, str] = {}
+        for k, why in ended_in.items():
+            if not (isinstance(k, str) and k.isdigit() and int(k) < world):
+                raise TraceFileError(f"ended: {k!r} is not a rank number below world_size {world}")
+            ended[int(k)] = _str(why, f"ended[{k!r}]")
+        if len(ranks_in) + len(ended) != world:  # (rank 0 writes a file only when every rank sent its trace or ended)
+            raise TraceFileError(f"ranks: {len(ranks_in)} rank{'s' if len(ranks_in) != 1 else ''}"
+                                 + (f" and {len(ended)} that ended before the step" if ended else "")
+                                 + f" for a world_size of {world} (a multi-rank file holds every rank's trace)")
         ranks = []
         for i, r in enumerate(ranks_in):
             where = f"ranks[{i}]"
@@ -257,8 +270,10 @@ class MultiTrace:
                 if shapes and c.shape != shapes[0]:
                     raise TraceFileError(f"{where} collective[{j}] shape: {list(c.shape)} is not the shape of parameter "
                                          f"{c.node!r}, {list(shapes[0])} (the record describes that parameter's gradient)")
+            if rank in ended:
+                raise TraceFileError(f"{where} rank: rank {rank} has a trace but is also listed as ended before the step")
             ranks.append(RankTrace(rank, trace, coll, _int(r.get("local_rank", 0), f"{where} local_rank")))
-        return cls(tuple(ranks), step, world)
+        return cls(tuple(ranks), step, world, ended)
 
 
 def with_reduced(trace: Trace, collective: tuple[CollectiveGrad, ...], rank: int, world_size: int) -> Trace:

@@ -93,7 +93,8 @@ def replay_ranks(script: str, args: Sequence[str], world_size: int, backward_cal
 def _rank_main(spec_text: str) -> None:
     """One rank of the re-run: the script under the sentinel, its ``backward_call`` recorded, the traces gathered."""
     from ..distributed.env import rank_info
-    from ..distributed.run import report_failure, run_rank
+    from ..distributed.run import report_ended, report_failure, run_rank
+    from ..errors import ScriptError
     from ..script import ScriptFailed, run_script
     from .engine import Watcher
     from .runner import seed_everything
@@ -105,6 +106,7 @@ def _rank_main(spec_text: str) -> None:
     folder, timeout = spec["dir"], float(spec["timeout"])
     watcher = Watcher(sentinel=True, sample=False, script=spec["script"])
     failed = False
+    ended: list[str] = []  # this rank's script finished before the call (uneven step counts): not a failure
 
     def run(on_session: Any) -> Any:
         nonlocal failed
@@ -119,6 +121,14 @@ def _rank_main(spec_text: str) -> None:
             lines = e.report.strip().splitlines()
             why = f"the script failed before that step: {lines[-1] if lines else f'status {e.status}'}"
             raise
+        except ScriptError as e:
+            calls = watcher.backward_calls
+            if calls < spec["backward_call"]:  # the script ran to its end before that call: the others may reach it
+                ended.append(f"{os.path.basename(spec['script'])} finished after {calls} backward() call"
+                             f"{'s' if calls != 1 else ''}, before call {spec['backward_call']}")
+            else:
+                why = str(e)
+            raise
         except GradtraceError as e:
             why = str(e)
             raise
@@ -131,7 +141,12 @@ def _rank_main(spec_text: str) -> None:
 
     status = 0
     try:
-        multi = run_rank(info, run, spec["backward_call"], timeout)
+        try:
+            multi = run_rank(info, run, spec["backward_call"], timeout)
+        except ScriptError:
+            if not ended:
+                raise
+            multi = report_ended(info, ended[0], spec["backward_call"], timeout)
         if multi is not None:
             with open(os.path.join(folder, "multi.json"), "w", encoding="utf-8") as f:
                 f.write(multi.to_json())
