@@ -188,7 +188,7 @@ def test_check_every_step_traces_a_step_that_only_some_ranks_reach(runs: dict[st
     doc = json.loads(out)
     assert doc["first_bad_step"] == 9 and doc["rank"] == 1, doc
     assert doc["ended_before"] == {"0": "dist_uneven.py finished after 6 backward() calls, before call 9"}
-    assert "rank 0 ended before step 9" in err and "on 1 of 2 ranks" in err
+    assert "rank 0 ended before step 9 (dist_uneven.py finished after 6 backward() calls" in err
     multi = MultiTrace.from_json((runs["uneven"].cwd / "u.json").read_text())
     assert [r.rank for r in multi.ranks] == [1] and multi.world_size == 2 and set(multi.ended) == {0}
     mod = _module("dist_uneven")
@@ -199,7 +199,7 @@ def test_check_every_step_traces_a_step_that_only_some_ranks_reach(runs: dict[st
         loss.backward()
         opt.step()
     x = mod.batch(1, 9, 9)
-    assert not math.isfinite(float(m(x).pow(2).mean()))  # torch: the loss of step 9 on rank 1 is not finite
+    assert not math.isfinite(float(m(x).pow(2).mean().detach()))  # torch: the loss of step 9 on rank 1 is not finite
     trace = multi.trace(1)
     weight = next(n for n in trace.nodes if n.kind == "param" and n.label.endswith("weight"))
     assert weight.values[0].norm == pytest.approx(float(m.weight.norm()), rel=1e-6)
