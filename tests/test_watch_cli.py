@@ -280,3 +280,28 @@ def test_render_run_to_end_keeps_the_traced_step_when_sigterm_ends_the_run(tmp_p
         opt.step()
     assert t.node(t.loss).values[0].mean == pytest.approx(loss.item(), rel=1e-6)
     assert "term.py was terminated (SIGTERM) after the traced step" in err
+
+
+SPAWN_SCRIPT = """import torch, torch.multiprocessing as mp
+
+def train(rank):
+    w = torch.ones(2, requires_grad=True)
+    opt = torch.optim.SGD([w], 0.1)
+    for _ in range(3):
+        opt.zero_grad(); (w * w).sum().backward(); opt.step()
+
+if __name__ == "__main__":
+    mp.spawn(train, nprocs=2, join=True)
+"""
+
+
+def test_a_script_whose_training_ran_in_spawned_children_is_told_to_launch_with_torchrun(tmp_path):
+    """The DDP tutorial's mp.spawn pattern: the steps ran in child processes gradtrace does not follow; watch and
+    check --every-step say so and name torchrun / --nproc-per-node, instead of only "no training step"."""
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWN_SCRIPT)
+    proc = gradtrace_cli("watch", script, "-o", tmp_path / "run.json", cwd=tmp_path)
+    assert proc.returncode == 1 and "made no training step" in proc.stderr
+    assert "started 2 child processes" in proc.stderr and "torchrun" in proc.stderr and "--nproc-per-node" in proc.stderr
+    proc = gradtrace_cli("check", "--every-step", script, cwd=tmp_path)
+    assert proc.returncode == 5 and "started 2 child processes" in proc.stderr and "torchrun" in proc.stderr

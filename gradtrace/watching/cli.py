@@ -118,8 +118,10 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
     if watcher.steps_run == 0 and not watcher.backward_calls:
         sys.stdout.flush()
         click.echo(outcome.report, err=True, nl=False)
+        from .runner import no_step_hint
+
         raise click.ClickException(f"{Path(script).name} made no training step (no backward() and no optimizer step()): "
-                                   "nothing to watch")
+                                   "nothing to watch" + no_step_hint(outcome))
     traces: dict[int, dict[str, Any]] = dict(watcher.traces)
     extra: list[dict[str, Any]] = []
     alarms = [e for e in watcher.alarm_events() if e["kind"] == "alarm"]
@@ -203,9 +205,11 @@ def check_every_step(script: str, script_args: tuple[str, ...], output: str | No
         if outcome.interrupted:
             raise SystemExit(INTERRUPTED)
         if outcome.status != 0 or watcher.steps_run == 0:
+            from .runner import no_step_hint
+
             why = f"{name} exited with status {outcome.status}" if outcome.status else f"{name} made no training step"
             click.echo(f"gradtrace check: no broken step found, and the run did not finish ({why}) after "
-                       f"{watcher.steps_run} steps", err=True)
+                       f"{watcher.steps_run} steps" + (no_step_hint(outcome) if watcher.steps_run == 0 else ""), err=True)
             raise SystemExit(EXIT_NO_STEP)
         msg = f"gradtrace check: every step healthy ({watcher.steps_run} steps: loss, gradients and update ratio finite and sane)"
         click.echo(_json(script, None, [], EXIT_HEALTHY, watcher.steps_run) if as_json else msg)

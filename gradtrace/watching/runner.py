@@ -48,6 +48,8 @@ class Outcome:
     raised: bool = False
     #: Ended by SIGTERM (timeout, kill, Slurm, docker stop, torchrun): status TERMINATED, the history kept as Ctrl-C's.
     terminated: bool = False
+    #: Child processes the script started (DataLoader workers excepted): where its training ran when it made no step.
+    children: int = 0
 
 
 def seed_everything(seed: int = SEED) -> None:
@@ -117,7 +119,15 @@ def run_watched(script: str | os.PathLike[str], args: Sequence[str], watcher: Wa
             proc.script_ended()
         if keep_alive:  # (the command line: the process then ends like `python SCRIPT`, see run_script)
             proc.keep()
+    children = proc.children
     del proc
+    outcome = _outcome(ended, stopped, path)
+    outcome.children = children
+    return outcome
+
+
+def _outcome(ended: BaseException | None, stopped: bool, path: Path) -> Outcome:
+    """How the script ended, as an Outcome (an error raised by gradtrace's own code in a hook is raised again)."""
     from ..script import _raised_by_gradtrace
 
     if isinstance(ended, Exception) and _raised_by_gradtrace(ended):
@@ -133,6 +143,17 @@ def run_watched(script: str | os.PathLike[str], args: Sequence[str], watcher: Wa
     if ended is not None:
         return Outcome(1, _user_traceback(ended), False, raised=True)
     return Outcome(0, "", stopped)
+
+
+def no_step_hint(outcome: Outcome) -> str:
+    """What to add to "made no training step" when the script started child processes (its training ran there)."""
+    n = outcome.children
+    if not n:
+        return ""
+    return (f". The script started {n} child process{'es' if n != 1 else ''} (torch.multiprocessing.spawn, "
+            "multiprocessing): its training ran there, and gradtrace watches the process it runs in. Launch the ranks "
+            "with torchrun instead (`torchrun --nproc-per-node N -m gradtrace ...`, or `gradtrace ... --nproc-per-node N`)"
+            ", each rank calling its training function itself")
 
 
 def describe(outcome: Outcome, name: str) -> str:
