@@ -305,3 +305,15 @@ def test_a_script_whose_training_ran_in_spawned_children_is_told_to_launch_with_
     assert "started 2 child processes" in proc.stderr and "torchrun" in proc.stderr and "--nproc-per-node" in proc.stderr
     proc = gradtrace_cli("check", "--every-step", script, cwd=tmp_path)
     assert proc.returncode == 5 and "started 2 child processes" in proc.stderr and "torchrun" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e-300", "0", "-5"])
+def test_a_rank_timeout_that_is_no_usable_number_of_seconds_is_a_usage_error_before_the_run(tmp_path, value):
+    """--rank-timeout NaN passed click's range (every comparison with NaN is false) and inf / 1e-300 failed only in the
+    store's timedelta after the whole training (exit 70, history lost): now exit 2 before the script runs."""
+    script = tmp_path / "ran.py"
+    script.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('ran')\n")
+    for args in (["watch", "--rank-timeout", value, script], ["check", "--every-step", "--rank-timeout", value, script]):
+        proc = gradtrace_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and "--rank-timeout" in proc.stderr and "number of seconds from 1" in proc.stderr, proc.stderr
+        assert not (tmp_path / "ran").exists()
