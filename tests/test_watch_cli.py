@@ -317,3 +317,54 @@ def test_a_rank_timeout_that_is_no_usable_number_of_seconds_is_a_usage_error_bef
         proc = gradtrace_cli(*args, cwd=tmp_path)
         assert proc.returncode == 2 and "--rank-timeout" in proc.stderr and "number of seconds from 1" in proc.stderr, proc.stderr
         assert not (tmp_path / "ran").exists()
+
+
+SLOW_REPLAY = """import os, sys, time, torch
+first_run = not os.path.exists(sys.argv[1])
+if not first_run:
+    time.sleep(90)  # the re-run that would trace the alarm: as long as a long training
+w = torch.ones(2, requires_grad=True)
+opt = torch.optim.SGD([w], 0.1)
+for step in range(1, 1000):
+    opt.zero_grad()
+    loss = (w * w).sum() * (float("nan") if step == 3 else 1.0)
+    loss.backward(); opt.step()
+    if step == 5:
+        open(sys.argv[1], "w").write("ready")
+        time.sleep(120)
+"""
+
+
+def test_sigterm_writes_the_history_without_first_re_running_the_script_to_trace_its_alarm(tmp_path):
+    """After SIGTERM the history is written at once (torchrun, Slurm and docker give a few seconds before SIGKILL):
+    the re-run that would trace the first alarm is skipped, and the history says so."""
+    import signal
+    import time
+
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_REPLAY)
+    ready = tmp_path / "ready"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "gradtrace", "watch", script, "-o", tmp_path / "run.json", "--every",
+                             "1", "--", ready], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=150)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert took < 30, f"{took:.0f} s after SIGTERM: the alarm's re-run ran first"
+    d = json.loads((tmp_path / "run.json").read_text())
+    assert d["steps_run"] == 5 and d["first_alarm"] == 3
+    w = torch.ones(2, requires_grad=True)  # torch: steps 1 and 2, then the NaN loss of step 3
+    losses = [(w * w).sum().item(), ((0.8 * w) * (0.8 * w)).sum().item()]
+    assert d["loss"][:2] == pytest.approx(losses, rel=1e-6) and d["loss"][2] == "NaN"
+    assert any("not traced: gradtrace got SIGTERM" in e["text"] for e in d["events"]), d["events"]

@@ -127,7 +127,13 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
     alarms = [e for e in watcher.alarm_events() if e["kind"] == "alarm"]
     first = min(alarms, key=lambda e: e["step"]) if alarms else None
     call = watcher.call_to_trace(first["step"]) if first is not None else None
-    if alarm_trace and first is not None and call is not None and first["step"] not in traces:
+    from .._script_process import terminated_at
+
+    if alarm_trace and first is not None and call is not None and first["step"] not in traces and terminated_at() is not None:
+        # SIGTERM: the history is written now, within the time a SIGTERM leaves, not after a re-run of the script
+        extra.append({"step": first["step"], "kind": "warning", "module": None, "param": None,
+                      "text": "not traced: gradtrace got SIGTERM (the re-run that traces the first alarm was skipped)"})
+    elif alarm_trace and first is not None and call is not None and first["step"] not in traces:
         from .replay import replay_step
 
         step = first["step"]

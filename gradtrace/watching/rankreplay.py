@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import GradtraceError
-from .replay import Fingerprint, compare_fingerprints
+from .replay import Fingerprint, compare_fingerprints, run_unless_terminated
 
 __all__ = ["RanksReplayed", "TORCHRUN_VARS", "replay_ranks", "rerun_env"]
 
@@ -63,15 +62,16 @@ def replay_ranks(script: str, args: Sequence[str], world_size: int, backward_cal
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
                "-m", "gradtrace.watching.rankreplay", spec]
         try:
-            proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            status, output = run_unless_terminated(cmd, env, f"re-running {os.path.basename(script)} on {world_size} "
+                                                   f"ranks to trace step {step}")
         except OSError as e:
             raise GradtraceError(f"cannot start torch.distributed.run to re-run {os.path.basename(script)}: {e}") from None
         out = os.path.join(tmp, "multi.json")
         if not os.path.exists(out):
             errors = [open(os.path.join(tmp, f), encoding="utf-8").read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
-            tail = proc.stdout.decode("utf-8", "replace")[-4000:]
+            tail = output.decode("utf-8", "replace")[-4000:]
             raise GradtraceError(f"re-running {os.path.basename(script)} on {world_size} ranks to trace step {step} failed "
-                                 f"(status {proc.returncode})" + (": " + "; ".join(errors) if errors else "")
+                                 f"(status {status})" + (": " + "; ".join(errors) if errors else "")
                                  + f"; its output ended with:\n{tail}")
         with open(out, encoding="utf-8") as f:
             multi = MultiTrace.from_json(f.read())

@@ -79,12 +79,13 @@ def replay_step(script: str, args: Sequence[str], backward_call: int, step: int,
     with tempfile.TemporaryDirectory(prefix="gradtrace-replay-") as tmp:
         out = os.path.join(tmp, "replay.json")
         spec = json.dumps({"script": os.path.abspath(script), "args": list(args), "backward_call": backward_call, "out": out})
-        proc = subprocess.run([sys.executable, "-c", "from gradtrace.watching.replay import _child; _child()", spec],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        status, output = run_unless_terminated(
+            [sys.executable, "-c", "from gradtrace.watching.replay import _child; _child()", spec], None,
+            f"re-running {os.path.basename(script)} to trace step {step}")
         if not os.path.exists(out):
-            tail = proc.stdout.decode("utf-8", "replace")[-4000:]
+            tail = output.decode("utf-8", "replace")[-4000:]
             raise GradtraceError(f"re-running {os.path.basename(script)} to trace step {step} failed (status "
-                                 f"{proc.returncode}); its output ended with:\n{tail}")
+                                 f"{status}); its output ended with:\n{tail}")
         with open(out, encoding="utf-8") as f:
             result = json.load(f)
     if result.get("error"):
@@ -92,6 +93,32 @@ def replay_step(script: str, args: Sequence[str], backward_call: int, step: int,
     again = [tuple(x) for x in result["fingerprints"]]
     mismatch = compare_fingerprints(first, again, step)  # type: ignore[arg-type]
     return Replayed(Trace.from_json(json.dumps(result["trace"])), mismatch, again)  # type: ignore[arg-type]
+
+
+def run_unless_terminated(cmd: list[str], env: dict[str, str] | None, what: str) -> tuple[int, bytes]:
+    """Run ``cmd`` (stdin closed, stdout and stderr together) to its end: its status and output. When this process
+    got SIGTERM (see :func:`gradtrace._script_process.catch_sigterm`), before or meanwhile, the re-run is stopped
+    and a GradtraceError says so: what was recorded is written now, within the time a SIGTERM leaves, not after a
+    re-run as long as the training."""
+    from .._script_process import terminated_at
+
+    if terminated_at() is not None:
+        raise GradtraceError(f"{what}: not done, gradtrace got SIGTERM first")
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    while True:
+        try:
+            output, _ = proc.communicate(timeout=0.2)
+            return proc.returncode, output
+        except subprocess.TimeoutExpired:
+            if terminated_at() is None:
+                continue
+        proc.terminate()  # (torchrun passes it on to its ranks)
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise GradtraceError(f"{what}: stopped, gradtrace got SIGTERM")
 
 
 def _child() -> None:
