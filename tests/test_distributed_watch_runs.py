@@ -152,6 +152,9 @@ def test_a_rank_dying_mid_watch_is_named_and_nothing_hangs(runs: dict[str, _Run]
     expected = _ddp_losses(4)[1]
     for h in kept:
         assert h.steps_run == 4
+        # each rank's own page says where its history ends, in the words of its rank record
+        assert any(e["kind"] == "warning" and "dist_watch_ddp.py raised an exception (RuntimeError: rank 1 lost its data "
+                   "at step 5) after step 4: the history ends there" in e["text"] for e in h.events), h.events
         assert [v for _, v in h.to_dict()["loss_all"]] == pytest.approx(expected, rel=1e-5)
         assert all(math.isfinite(v) for v in expected)
 

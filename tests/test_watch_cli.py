@@ -368,3 +368,16 @@ def test_sigterm_writes_the_history_without_first_re_running_the_script_to_trace
     losses = [(w * w).sum().item(), ((0.8 * w) * (0.8 * w)).sum().item()]
     assert d["loss"][:2] == pytest.approx(losses, rel=1e-6) and d["loss"][2] == "NaN"
     assert any("not traced: gradtrace got SIGTERM" in e["text"] for e in d["events"]), d["events"]
+
+
+def test_the_history_of_a_script_that_raised_says_it_raised_not_exited_with_status_1(tmp_path):
+    script = tmp_path / "raises.py"
+    script.write_text("import torch\nw = torch.ones(2, requires_grad=True)\nopt = torch.optim.SGD([w], 0.1)\n"
+                      "for step in range(1, 9):\n    if step == 5:\n        raise RuntimeError('boom')\n"
+                      "    opt.zero_grad(); (w * w).sum().backward(); opt.step()\n")
+    proc = gradtrace_cli("watch", script, "-o", tmp_path / "run.json", "--every", "1", cwd=tmp_path)
+    assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr
+    d = json.loads((tmp_path / "run.json").read_text())
+    assert d["steps_run"] == 4
+    texts = [e["text"] for e in d["events"] if e["kind"] == "warning"]
+    assert "raises.py raised an exception (RuntimeError: boom) after step 4: the history ends there" in texts, texts

@@ -149,13 +149,9 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
         except GradtraceError as e:
             extra.append({"step": step, "kind": "warning", "module": None, "param": None,
                           "text": f"could not trace this step: {e}"})
-    if outcome.interrupted or outcome.status:
-        # The history ends where the script did: say so where the reader looks (the page's events, the JSON), not only
-        # in the terminal that printed it.
-        how = ("was interrupted (Ctrl-C)" if outcome.interrupted else "was terminated (SIGTERM)" if outcome.terminated
-               else f"exited with status {outcome.status}")
-        extra.append({"step": watcher.steps_run, "kind": "warning", "module": None, "param": None,
-                      "text": f"{Path(script).name} {how} after step {watcher.steps_run}: the history ends there"})
+    ended = ended_early_event(outcome, Path(script).name, watcher.steps_run)
+    if ended is not None:
+        extra.append(ended)
     history = assemble_history(watcher, traces, extra_events=extra)
     try:
         if str(target) == "-":
@@ -173,6 +169,30 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
         sys.stdout.flush()
         click.echo(outcome.report, err=True, nl=False)
         raise SystemExit(outcome.status)
+
+
+def ended_early_event(outcome: Outcome | None, name: str, steps_run: int, error: str | None = None) -> dict[str, Any] | None:
+    """The warning event of a history whose script ended early (Ctrl-C, SIGTERM, an exception, a non-zero status; or
+    ``error``, gradtrace's own reason on a rank), in the words the terminal and the rank records use; None otherwise.
+
+    The history ends where the script did: said where the reader looks (the page's events, the JSON, each rank's
+    history under torchrun), not only in the terminal that printed it.
+    """
+    if error is not None:
+        how = f"ended ({error})"
+    elif outcome is None or not (outcome.interrupted or outcome.status):
+        return None
+    elif outcome.interrupted:
+        how = "was interrupted (Ctrl-C)"
+    elif outcome.terminated:
+        how = "was terminated (SIGTERM)"
+    elif outcome.raised:
+        lines = outcome.report.strip().splitlines()
+        how = "raised an exception" + (f" ({lines[-1].strip()})" if lines else "")
+    else:
+        how = f"exited with status {outcome.status}"
+    return {"step": steps_run, "kind": "warning", "module": None, "param": None,
+            "text": f"{name} {how} after step {steps_run}: the history ends there"}
 
 
 def check_trace_output(output: str | None) -> None:

@@ -85,12 +85,14 @@ def run_watch_ranks(info: RankInfo, script: str, script_args: tuple[str, ...], t
     raise SystemExit(finish(outcome, error))
 
 
-def _history_json(watcher: Watcher, outcome: Any) -> str | None:
+def _history_json(watcher: Watcher, outcome: Any, name: str = "", error: str | None = None) -> str | None:
     from .assemble import assemble_history
+    from .cli import ended_early_event
 
     if watcher.steps_run == 0 and not watcher.backward_calls:
         return None
-    data = assemble_history(watcher, dict(watcher.traces)).to_dict()
+    ended = ended_early_event(outcome, name, watcher.steps_run, error)  # (each rank's page says where its history ends)
+    data = assemble_history(watcher, dict(watcher.traces), extra_events=[ended] if ended else None).to_dict()
     if watcher.every is None:
         data["every_rule"] = EVERY_RULE
     return json.dumps(data, allow_nan=False)
@@ -107,7 +109,7 @@ def _finish(info: RankInfo, board: Board, watcher: Watcher, outcome: Any, error:
     if outcome is not None and outcome.report:
         sys.stdout.flush()
         click.echo(outcome.report, err=True, nl=False)
-    payload = _history_json(watcher, outcome)
+    payload = _history_json(watcher, outcome, name, error)
     if payload is None and not failed:
         failed, why, status = True, f"{name} made no training step (no backward() and no optimizer step())", 1
     try:
