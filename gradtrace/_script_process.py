@@ -39,7 +39,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["GRACE_S", "ScriptProcess", "finish"]
+__all__ = ["GRACE_S", "TERMINATED", "ScriptProcess", "Terminated", "finish", "terminated_at"]
+
+#: Exit status of a run ended by SIGTERM (timeout, kill, Slurm, docker stop, torchrun), as a shell reports a
+#: process that SIGTERM killed (128 + 15).
+TERMINATED = 128 + int(signal.SIGTERM)
 
 #: Seconds a stopped script's non-daemon threads get to end by themselves before the process exits without them.
 GRACE_S = 1.0
@@ -56,11 +60,62 @@ _RUNNING: list[ScriptProcess] = []
 _STDOUT_IS_GRADTRACES = False
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived while the script ran: raised in its main thread, so the run ends as Ctrl-C ends it (what was
+    recorded is written), and the process then ends with :data:`TERMINATED`."""
+
+    def __init__(self) -> None:
+        super().__init__(TERMINATED)
+
+
+# The command line's SIGTERM handling (see catch_sigterm): whether it is installed, when SIGTERM first arrived,
+# and the ScriptProcess whose script is running (the one a SIGTERM stops).
+_SIGTERM: dict[str, Any] = {"installed": False, "at": None, "script": None}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if _SIGTERM["at"] is None:
+        _SIGTERM["at"] = time.monotonic()
+    proc = _SIGTERM["script"]
+    if proc is not None and proc.running:
+        proc.running = False  # (once: the script's own cleanup, its finally blocks, may run on)
+        raise Terminated()
+    # gradtrace's own code is writing what was recorded: it finishes (within a bounded time, see terminated_at),
+    # then the process ends with TERMINATED (finish).
+
+
+def catch_sigterm() -> None:
+    """The command line's SIGTERM: end the script like Ctrl-C (:class:`Terminated` raised in it), write what was
+    recorded, then end the process with :data:`TERMINATED`.
+
+    Installed once for the process, from its main thread, and only over Python's default (a handler the caller
+    set is left alone; one the script sets replaces this one while the script runs, and is in charge then).
+    """
+    if _SIGTERM["installed"] or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _SIGTERM["installed"] = True
+
+
+def terminated_at() -> float | None:
+    """When (``time.monotonic()``) this process got SIGTERM under :func:`catch_sigterm`; None if it did not."""
+    return _SIGTERM["at"]
+
+
 def _drop_hooks_in_child() -> None:
     # A child forked while a script runs inherits the session's hooks and its patched backward(); it
     # is not the process being traced, so it runs as it would without gradtrace.
     sessions = list(_ACTIVE)
     _ACTIVE.clear()
+    if _SIGTERM["installed"]:  # (a DataLoader worker or the script's own child ends on SIGTERM as it would without us)
+        _SIGTERM["installed"], _SIGTERM["script"] = False, None
+        try:
+            if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
     for session in sessions:
         try:
             session.close()
@@ -94,8 +149,12 @@ class ScriptProcess:
     """
 
     def __init__(self, path: Path, args: Sequence[str], session: Any, *, stdout_to_stderr: bool = False,
-                 on_hard_exit: Callable[[int], None] | None = None) -> None:
+                 on_hard_exit: Callable[[int], None] | None = None, sigterm: bool = False) -> None:
         self.path = path
+        #: Whether SIGTERM ends the script like Ctrl-C (the command line: see catch_sigterm); ``running``: the
+        #: script is running now (cleared by :meth:`script_ended`).
+        self.sigterm = sigterm
+        self.running = False
         self.stdout_to_stderr = stdout_to_stderr
         self.on_hard_exit = on_hard_exit
         self._in_process_start = False
@@ -126,6 +185,8 @@ class ScriptProcess:
         caught = warnings.catch_warnings()
         caught.__enter__()
         self._restore.append(lambda: caught.__exit__(None, None, None))
+        if self.sigterm:
+            catch_sigterm()  # (before the handlers are saved: it stays for gradtrace's own writing after the script)
         self._save_signals()
         start = multiprocessing.process.BaseProcess.start
 
@@ -146,9 +207,19 @@ class ScriptProcess:
         self._restore.append(lambda: _RUNNING.remove(self) if self in _RUNNING else None)
         self._wrap_os_exit()
         self._threads_before = set(threading.enumerate())
+        if self.sigterm:
+            _SIGTERM["script"] = self
+            self.running = True
         return self
 
+    def script_ended(self) -> None:
+        """The script returned or raised: a SIGTERM from now on lets gradtrace finish writing (see catch_sigterm)."""
+        self.running = False
+        if _SIGTERM["script"] is self:
+            _SIGTERM["script"] = None
+
     def __exit__(self, *exc: object) -> None:
+        self.script_ended()
         for restore in reversed(self._restore):
             try:
                 restore()
@@ -259,7 +330,13 @@ def finish(code: Any) -> None:
     own output is on stdout), it goes there again for the rest of the
     process: what the script's ``atexit`` handlers print must not follow
     gradtrace's output.
+
+    A process that got SIGTERM under :func:`catch_sigterm` ends with
+    :data:`TERMINATED` whatever ``code`` says: what was recorded is written
+    by now, and the process ends as a SIGTERM-ed one is reported.
     """
+    if _SIGTERM["at"] is not None:
+        code = TERMINATED  # what was recorded is written: the process ends as a SIGTERM-ed one is reported
     if _STDOUT_IS_GRADTRACES:
         _flush(sys.stdout, sys.__stdout__)
         sys.stdout = sys.stderr
@@ -273,6 +350,8 @@ def finish(code: Any) -> None:
         t.join(max(0.0, deadline - time.monotonic()))
     lingering = [t for t in lingering if t.is_alive()]
     if not lingering:
+        if _SIGTERM["at"] is not None:
+            raise SystemExit(TERMINATED)
         return
     names = ", ".join(repr(t.name) for t in lingering)
     print(f"gradtrace: not waiting for the script's thread{'s' if len(lingering) > 1 else ''} {names}: the script was "

@@ -165,7 +165,7 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
 
     ended: BaseException | None = None
     with _script_process.ScriptProcess(path, args, session, stdout_to_stderr=stdout_to_stderr,
-                                       on_hard_exit=hard_exit) as proc:
+                                       on_hard_exit=hard_exit, sigterm=keep_alive) as proc:
         try:
             with session:
                 try:
@@ -175,6 +175,7 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
                     proc.kept = e  # its traceback holds the stopped script's frames and objects
                 except (SystemExit, KeyboardInterrupt, Exception) as e:  # the script's own end: report it as Python would
                     ended = proc.kept = e
+                proc.script_ended()
         finally:
             if keep_alive:
                 proc.keep()
@@ -195,7 +196,9 @@ def run_script(script: str | os.PathLike[str], args: Sequence[str] = (), *, step
                 where = " before its first backward()"
             else:
                 where = f" after {_calls(calls)}; --step {step} asked for call {step}"
-            report = (message + "\n" if message is not None else "") + f"gradtrace: {path.name} exited with status {status}{where}\n"
+            how = ("was terminated (SIGTERM)" if isinstance(ended, _script_process.Terminated)
+                   else f"exited with status {status}")
+            report = (message + "\n" if message is not None else "") + f"gradtrace: {path.name} {how}{where}\n"
             raise ScriptFailed(ended, report, trace, status)
     elif isinstance(ended, KeyboardInterrupt):
         raise ScriptFailed(ended, _user_traceback(ended), trace, INTERRUPTED)

@@ -208,5 +208,5 @@ def test_docs_list_checks_own_exit_codes():
     documented = {int(m) for m in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
     help_text = CliRunner().invoke(main, ["check", "--help"]).output
     listed = {int(m) for m in re.findall(r"^\s+(\d+)\s+\S", help_text.split("Exit status:", 1)[1].split("Examples:", 1)[0], flags=re.M)}
-    assert documented == listed == {0, 1, 2, 3, 5, 70, 130}
+    assert documented == listed == {0, 1, 2, 3, 5, 70, 130, 143}
     assert "except that 1 also means" not in docs

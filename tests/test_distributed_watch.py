@@ -214,3 +214,73 @@ def test_the_rank_selector_shows_one_rank_at_a_time_in_a_browser(two: RankHistor
         frame.wait_for_selector("#runname")
         assert frame.evaluate("document.getElementById('runinfo').textContent") != ""  # its script ran
         assert not errors, errors  # no script or style refused by the policy
+
+
+def _set(path: str, value: Any) -> Any:
+    """A mutation of a multi-rank history: the field at ``path`` (dotted, list indices as numbers) set to ``value``;
+    the value ``_DROP`` removes it."""
+    def mutate(d: dict[str, Any]) -> None:
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        for p in parents:
+            d = d[p]
+        if value is _DROP:
+            del d[last]
+        else:
+            d[last] = value
+    return mutate
+
+
+_DROP = object()
+_MALFORMED = {
+    "spread.loss a list": (_set("spread.loss", [1, 2]), "spread.loss"),
+    "out_rms.module a list": (_set("spread.out_rms.module", []), "spread.out_rms.module"),
+    "out_rms.module value an int": (None, "spread.out_rms.module"),  # (set below: its key is a module path)
+    "loss.min a huge int": (_set("spread.loss.min.0", 10 ** 400), "spread.loss.min"),
+    "loss.min shorter than steps": (_set("spread.loss.min", []), "spread.loss.min"),
+    "loss.min a bool": (_set("spread.loss.min.0", True), "spread.loss.min"),
+    "loss.steps not ints": (_set("spread.loss.steps.0", "one"), "spread.loss.steps"),
+    "spread missing": (_set("spread", _DROP), "'spread'"),
+    "world_size missing": (_set("world_size", _DROP), "'world_size'"),
+    "world_size a string": (_set("world_size", "two"), "'world_size'"),
+    "ranks missing": (_set("ranks", _DROP), "'ranks'"),
+    "ranks a dict": (_set("ranks", {"0": {}}), "'ranks'"),
+    "a rank a string": (_set("ranks.0", "rank 0"), "ranks\\[0\\]"),
+    "rank out of range": (_set("ranks.1.rank", 3), "ranks\\[1\\].rank"),
+    "rank twice": (_set("ranks.1.rank", 0), "appears twice"),
+    "status unknown": (_set("ranks.0.status", "<b>fine</b>"), "ranks\\[0\\].status"),
+    "why a list": (_set("ranks.0.why", ["x"]), "ranks\\[0\\].why"),
+    "history a list": (_set("ranks.0.history", []), "ranks\\[0\\].history"),
+    "history of another format": (_set("ranks.0.history.format", "x"), "ranks\\[0\\].history.format"),
+    "history steps a string": (_set("ranks.0.history.steps", "1,2"), "ranks\\[0\\].history.steps"),
+    "script a dict": (_set("script", {}), "'script'"),
+}
+
+
+@pytest.mark.parametrize("name", list(_MALFORMED))
+def test_a_malformed_multi_rank_history_is_refused_with_the_field_named(two: RankHistories, name: str) -> None:
+    """A multi-rank history file is untrusted input: every field RankHistories reads is checked when it loads, and a
+    wrong one is a GradtraceError naming it, never a raw KeyError / TypeError / OverflowError from an accessor."""
+    mutate, field = _MALFORMED[name]
+    if name == "out_rms.module value an int":
+        data = two.to_dict()
+        first = next(iter(data["spread"]["out_rms"]["module"]))
+        data["spread"]["out_rms"]["module"][first] = 3
+        field = "spread.out_rms.module"
+    else:
+        data = two.to_dict()
+        mutate(data)
+    with pytest.raises(GradtraceError, match=field):
+        load_history(data)
+
+
+def test_a_file_that_is_not_json_utf8_or_sane_is_refused_clearly(tmp_path) -> None:
+    cases = {"text.json": b"not json at all", "latin1.json": b'{"format": "\xe9"}',
+             "deep.json": (b'{"format": "gradtrace-watch-ranks", "version": 1, "ranks": ' + b"[" * 100000 + b"]" * 100000 + b"}")}
+    for name, raw in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(GradtraceError, match="is not a watch history"):
+            load_history(tmp_path / name)
+    with pytest.raises(GradtraceError, match="cannot read"):
+        load_history(tmp_path / "absent.json")
+    with pytest.raises(GradtraceError, match="a path or a parsed dict"):
+        load_history([1, 2])  # type: ignore[arg-type]

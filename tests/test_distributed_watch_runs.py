@@ -8,7 +8,11 @@
   re-run's multi-rank trace written;
 - check --every-step of a healthy run: exit 0;
 - watch where rank 1 raises at step 5 while rank 0 waits in the all-reduce: no hang, rank 1 named, and its 4
-  steps kept (in the one file, or in run.rank1.json when rank 0 could not collect them).
+  steps kept (in the one file, or in run.rank1.json when rank 0 could not collect them);
+- watch where rank 1 SIGKILLs itself at step 5 (the out-of-memory killer) and torchrun SIGTERMs rank 0: rank 0
+  still writes the file with its own 4 steps, rank 1 named missing, before torchrun's SIGKILL;
+- check --every-step of uneven step counts (rank 0 makes 6 steps, rank 1 breaks at step 9): the step is traced on
+  the rank that reaches it, and rank 0 is named as ended before it.
 
 The four runs start together and each test waits for its own, with a timeout: a hang fails the test.
 """
@@ -29,6 +33,7 @@ from gradtrace.watching.rankhistory import RankHistories, load_history
 from tests.test_distributed_runs import SCRIPTS, _module, _Run
 
 SCRIPT = str(SCRIPTS / "dist_watch_ddp.py")
+KILL_SCRIPT = str(SCRIPTS / "dist_watch_kill.py")
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +45,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, _Run]:
         ("nan", ["check", "--every-step", "--json", SCRIPT, "-o", "bad.json", "--", "40", "nan", "7"], True),
         ("healthy", ["check", "--every-step", SCRIPT, "--", "10"], False),
         ("die", ["watch", SCRIPT, "-o", "run.json", "--rank-timeout", "200", "--", "12", "die", "5"], False),
+        ("kill", ["watch", KILL_SCRIPT, "-o", "run.json", "--every", "1", "--", "12", "5"], False),
+        ("uneven", ["check", "--every-step", "--json", str(SCRIPTS / "dist_uneven.py"), "-o", "u.json", "--", "6", "12", "9"],
+         False),
     ]:
         (base / name).mkdir()
         started[name] = _Run(args, base / name, launcher)
@@ -144,5 +152,59 @@ def test_a_rank_dying_mid_watch_is_named_and_nothing_hangs(runs: dict[str, _Run]
     expected = _ddp_losses(4)[1]
     for h in kept:
         assert h.steps_run == 4
+        # each rank's own page says where its history ends, in the words of its rank record
+        assert any(e["kind"] == "warning" and "dist_watch_ddp.py raised an exception (RuntimeError: rank 1 lost its data "
+                   "at step 5) after step 4: the history ends there" in e["text"] for e in h.events), h.events
         assert [v for _, v in h.to_dict()["loss_all"]] == pytest.approx(expected, rel=1e-5)
         assert all(math.isfinite(v) for v in expected)
+
+
+def test_a_rank_killed_by_sigkill_loses_no_other_ranks_steps(runs: dict[str, _Run]) -> None:
+    """Rank 1 is SIGKILLed at step 5 (the OOM killer: it says nothing); torchrun then SIGTERMs rank 0. Rank 0 keeps
+    its 4 steps (torch's losses) in run.json, names rank 1 as missing, and ends as SIGTERM-ed (143), within torchrun's
+    grace (30 s), not killed by it."""
+    rc, out, err = runs["kill"].result()
+    took = time.monotonic() - runs["kill"].started  # type: ignore[attr-defined]
+    assert rc != 0
+    cwd = runs["kill"].cwd
+    assert (cwd / "run.json").exists(), err[-3000:]
+    doc = load_history(cwd / "run.json")
+    assert isinstance(doc, RankHistories) and doc.world_size == 2
+    assert doc.ranks[1]["status"] == "missing" and doc.history(1) is None
+    assert "torchrun stopped the run" in doc.ranks[1]["why"] and "killed" in doc.ranks[1]["why"]
+    assert doc.ranks[0]["status"] == "failed"  # its script raised gloo's "Connection reset by peer"
+    h = doc.history(0)
+    assert h is not None and h.steps_run == 4
+    assert [v for _, v in h.to_dict()["loss_all"]] == pytest.approx(_ddp_losses(4)[0], rel=1e-5)
+    assert "gradtrace: wrote run.json (2 ranks, 0 ran to their end; 4 steps" in err
+    assert "exitcode  : 143" in err  # rank 0 wrote, then ended as SIGTERM-ed; torchrun did not have to SIGKILL it
+    assert took < 120, f"took {took:.0f} s"
+
+
+def test_check_every_step_traces_a_step_that_only_some_ranks_reach(runs: dict[str, _Run]) -> None:
+    """Rank 0 ends after 6 steps, rank 1 breaks at step 9: the re-run traces step 9 on rank 1 (its weights are torch's
+    after 8 SGD steps) and names rank 0 as ended before it, instead of writing nothing."""
+    from gradtrace.distributed import MultiTrace
+
+    rc, out, err = runs["uneven"].result()
+    assert rc == 1, err[-3000:]
+    doc = json.loads(out)
+    assert doc["first_bad_step"] == 9 and doc["rank"] == 1, doc
+    assert doc["ended_before"] == {"0": "dist_uneven.py finished after 6 backward() calls, before call 9"}
+    assert "rank 0 ended before step 9 (dist_uneven.py finished after 6 backward() calls" in err
+    multi = MultiTrace.from_json((runs["uneven"].cwd / "u.json").read_text())
+    assert [r.rank for r in multi.ranks] == [1] and multi.world_size == 2 and set(multi.ended) == {0}
+    mod = _module("dist_uneven")
+    m, opt = mod.build(1)
+    for step in range(1, 9):
+        loss = m(mod.batch(1, step, 9)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = mod.batch(1, 9, 9)
+    assert not math.isfinite(float(m(x).pow(2).mean().detach()))  # torch: the loss of step 9 on rank 1 is not finite
+    trace = multi.trace(1)
+    weight = next(n for n in trace.nodes if n.kind == "param" and n.label.endswith("weight"))
+    assert weight.values[0].norm == pytest.approx(float(m.weight.norm()), rel=1e-6)
+    origin = [f for f in doc["findings"] if f["kind"] == "nonfinite_origin_rank"]
+    assert len(origin) == 1 and origin[0]["rank"] == 1

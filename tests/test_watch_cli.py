@@ -204,3 +204,180 @@ def test_watch_and_every_step_under_torchrun_check_their_options_before_the_scri
                         (["check", "--every-step", "--nproc-per-node", "2", str(script)], "leave it out")):
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 2 and words in r.output and "must not run" not in r.output, (args, r.output)
+
+
+TERM_SCRIPT = """import os, sys, time, torch
+w = torch.ones(2, requires_grad=True)
+opt = torch.optim.SGD([w], 0.1)
+for step in range(1, 1000):
+    opt.zero_grad(); (w * w).sum().backward(); opt.step()
+    if step == {stop}:
+        open(sys.argv[1], "w").write("ready")
+        time.sleep(120)  # killed here: SIGTERM from timeout, kill, Slurm, docker stop or torchrun
+"""
+
+
+def _run_until_sigterm(tmp_path, *args, stop):
+    """Start ``gradtrace ARGS`` on a script that makes ``stop`` steps and waits; SIGTERM it there; its result."""
+    import signal
+    import time
+
+    script = tmp_path / "term.py"
+    script.write_text(TERM_SCRIPT.format(stop=stop))
+    ready = tmp_path / "ready"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "gradtrace", *map(str, args), script, "--", ready], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
+
+
+def test_watch_keeps_the_history_when_sigterm_ends_the_run(tmp_path):
+    """SIGTERM (timeout, kill, Slurm, docker stop) ends a watch as Ctrl-C does: the history is written, then the process
+    ends with 143 (128 + SIGTERM), as a shell reports a SIGTERM-ed one."""
+    status, _, err = _run_until_sigterm(tmp_path, "watch", "-o", tmp_path / "run.json", "--every", "1", stop=20)
+    assert status == 143, err
+    d = json.loads((tmp_path / "run.json").read_text())
+    validate(d)
+    # torch, independently: the same 20 SGD steps on sum(w*w)
+    w = torch.ones(2, requires_grad=True)
+    opt = torch.optim.SGD([w], 0.1)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert d["steps_run"] == 20 and d["steps"] == list(range(1, 21))
+    assert d["loss"] == pytest.approx(losses, rel=1e-6)
+    assert any(e["kind"] == "warning" and e["step"] == 20 and "term.py was terminated (SIGTERM) after step 20" in e["text"]
+               for e in d["events"]), d["events"]
+    assert "wrote" in err and "terminated (SIGTERM)" in err
+
+
+def test_render_run_to_end_keeps_the_traced_step_when_sigterm_ends_the_run(tmp_path):
+    """render --run-to-end: the step was recorded before SIGTERM; it is written, then the process ends with 143."""
+    status, _, err = _run_until_sigterm(tmp_path, "render", "--step", "3", "--run-to-end", "-o", tmp_path / "s.json",
+                                        stop=5)
+    assert status == 143, err
+    t = Trace.from_json((tmp_path / "s.json").read_text())
+    w = torch.ones(2, requires_grad=True)
+    opt = torch.optim.SGD([w], 0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        opt.step()
+    assert t.node(t.loss).values[0].mean == pytest.approx(loss.item(), rel=1e-6)
+    assert "term.py was terminated (SIGTERM) after the traced step" in err
+
+
+SPAWN_SCRIPT = """import torch, torch.multiprocessing as mp
+
+def train(rank):
+    w = torch.ones(2, requires_grad=True)
+    opt = torch.optim.SGD([w], 0.1)
+    for _ in range(3):
+        opt.zero_grad(); (w * w).sum().backward(); opt.step()
+
+if __name__ == "__main__":
+    mp.spawn(train, nprocs=2, join=True)
+"""
+
+
+def test_a_script_whose_training_ran_in_spawned_children_is_told_to_launch_with_torchrun(tmp_path):
+    """The DDP tutorial's mp.spawn pattern: the steps ran in child processes gradtrace does not follow; watch and
+    check --every-step say so and name torchrun / --nproc-per-node, instead of only "no training step"."""
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWN_SCRIPT)
+    proc = gradtrace_cli("watch", script, "-o", tmp_path / "run.json", cwd=tmp_path)
+    assert proc.returncode == 1 and "made no training step" in proc.stderr
+    assert "started 2 child processes" in proc.stderr and "torchrun" in proc.stderr and "--nproc-per-node" in proc.stderr
+    proc = gradtrace_cli("check", "--every-step", script, cwd=tmp_path)
+    assert proc.returncode == 5 and "started 2 child processes" in proc.stderr and "torchrun" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e-300", "0", "-5"])
+def test_a_rank_timeout_that_is_no_usable_number_of_seconds_is_a_usage_error_before_the_run(tmp_path, value):
+    """--rank-timeout NaN passed click's range (every comparison with NaN is false) and inf / 1e-300 failed only in the
+    store's timedelta after the whole training (exit 70, history lost): now exit 2 before the script runs."""
+    script = tmp_path / "ran.py"
+    script.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('ran')\n")
+    for args in (["watch", "--rank-timeout", value, script], ["check", "--every-step", "--rank-timeout", value, script]):
+        proc = gradtrace_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and "--rank-timeout" in proc.stderr and "number of seconds from 1" in proc.stderr, proc.stderr
+        assert not (tmp_path / "ran").exists()
+
+
+SLOW_REPLAY = """import os, sys, time, torch
+first_run = not os.path.exists(sys.argv[1])
+if not first_run:
+    time.sleep(90)  # the re-run that would trace the alarm: as long as a long training
+w = torch.ones(2, requires_grad=True)
+opt = torch.optim.SGD([w], 0.1)
+for step in range(1, 1000):
+    opt.zero_grad()
+    loss = (w * w).sum() * (float("nan") if step == 3 else 1.0)
+    loss.backward(); opt.step()
+    if step == 5:
+        open(sys.argv[1], "w").write("ready")
+        time.sleep(120)
+"""
+
+
+def test_sigterm_writes_the_history_without_first_re_running_the_script_to_trace_its_alarm(tmp_path):
+    """After SIGTERM the history is written at once (torchrun, Slurm and docker give a few seconds before SIGKILL):
+    the re-run that would trace the first alarm is skipped, and the history says so."""
+    import signal
+    import time
+
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_REPLAY)
+    ready = tmp_path / "ready"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "gradtrace", "watch", script, "-o", tmp_path / "run.json", "--every",
+                             "1", "--", ready], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=150)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert took < 30, f"{took:.0f} s after SIGTERM: the alarm's re-run ran first"
+    d = json.loads((tmp_path / "run.json").read_text())
+    assert d["steps_run"] == 5 and d["first_alarm"] == 3
+    w = torch.ones(2, requires_grad=True)  # torch: steps 1 and 2, then the NaN loss of step 3
+    losses = [(w * w).sum().item(), ((0.8 * w) * (0.8 * w)).sum().item()]
+    assert d["loss"][:2] == pytest.approx(losses, rel=1e-6) and d["loss"][2] == "NaN"
+    assert any("not traced: gradtrace got SIGTERM" in e["text"] for e in d["events"]), d["events"]
+
+
+def test_the_history_of_a_script_that_raised_says_it_raised_not_exited_with_status_1(tmp_path):
+    script = tmp_path / "raises.py"
+    script.write_text("import torch\nw = torch.ones(2, requires_grad=True)\nopt = torch.optim.SGD([w], 0.1)\n"
+                      "for step in range(1, 9):\n    if step == 5:\n        raise RuntimeError('boom')\n"
+                      "    opt.zero_grad(); (w * w).sum().backward(); opt.step()\n")
+    proc = gradtrace_cli("watch", script, "-o", tmp_path / "run.json", "--every", "1", cwd=tmp_path)
+    assert proc.returncode == 1 and "RuntimeError: boom" in proc.stderr
+    d = json.loads((tmp_path / "run.json").read_text())
+    assert d["steps_run"] == 4
+    texts = [e["text"] for e in d["events"] if e["kind"] == "warning"]
+    assert "raises.py raised an exception (RuntimeError: boom) after step 4: the history ends there" in texts, texts

@@ -46,6 +46,7 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, e
          the asked-for backward() (its message or traceback is printed)
       70 internal error: a bug in gradtrace (its traceback is printed)
       130 interrupted (Ctrl-C); a step recorded before it is checked first
+      143 terminated (SIGTERM: timeout, kill, Slurm, docker stop, torchrun)
 
     \b
     Under torchrun (or with --nproc-per-node) every rank is checked, and the
@@ -66,7 +67,7 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, e
          where it first went wrong are printed
       5  no broken step, but the script raised, exited non-zero or made no
          step (its message or traceback is printed)
-      2, 70 and 130 as above; 3 is not used
+      2, 70, 130 and 143 as above; 3 is not used
 
     \b
     Examples:

@@ -32,8 +32,21 @@ def _check_timeout(ctx: click.Context, param: click.Parameter, value: float) -> 
     return value
 
 
+#: The shortest --rank-timeout: a rendezvous store round trip and a rank's start-up take longer than a few ms.
+MIN_RANK_TIMEOUT = 1.0
+
+
+def _check_rank_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    # (checked here, before the script runs: NaN passes every range comparison, and inf or 1e-300 only fail in the
+    # store's timedelta after the whole training)
+    if not (MIN_RANK_TIMEOUT <= value <= MAX_TIMEOUT):
+        raise click.BadParameter(f"{value:g} is not a number of seconds from {MIN_RANK_TIMEOUT:g} to {MAX_TIMEOUT:.0f} "
+                                 "(how long a rank waits for the others)")
+    return value
+
+
 def _rank_options(f: Any) -> Any:
-    f = click.option("--rank-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+    f = click.option("--rank-timeout", type=float, callback=_check_rank_timeout, default=300.0, show_default=True,
                      metavar="SECONDS", help="Under torchrun: how long a rank waits for the others to finish their step "
                      "before giving up (a rank that failed is named).")(f)
     f = click.option("--nproc-per-node", type=click.IntRange(min=1), default=None, metavar="N",

@@ -61,7 +61,8 @@ def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: st
              (its traceback is printed after the history is written)
         2    usage error (a bad option, a missing script)
         70   internal error: a bug in gradtrace (its traceback is printed)
-        130  interrupted (Ctrl-C)
+        130  interrupted (Ctrl-C), after the history is written
+        143  terminated (SIGTERM: timeout, kill, Slurm, docker stop, torchrun), after the history is written
     """
     from ..watching.cli import parse_steps, parse_trace_steps, run_watch, watch_target
     from ._ranks import _launch_if_asked, _ranks

@@ -15,13 +15,35 @@ A rank that ended posts ``end``; the others stop waiting for it at once.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
 from .env import RankInfo
 from .gather import _POLL, _store
 
-__all__ = ["Board"]
+__all__ = ["Board", "TERM_GRACE", "stopping"]
+
+#: Seconds torchrun waits between its SIGTERM to a rank and its SIGKILL (torch.distributed.elastic's
+#: ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``, 30 s unless set; measured with torch 2.13). A rank that got SIGTERM
+#: (a peer died, torchrun stops the group) has that long to write what it holds.
+TERM_GRACE = 30.0
+
+
+def _grace() -> float:
+    try:
+        return max(0.0, float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", TERM_GRACE)))
+    except ValueError:
+        return TERM_GRACE
+
+
+def stopping() -> bool:
+    """Whether this rank got SIGTERM and half of torchrun's grace (:data:`TERM_GRACE`) is spent: it must stop
+    waiting for the others now and write what it has, before torchrun's SIGKILL (the other half is for that)."""
+    from .._script_process import terminated_at
+
+    at = terminated_at()
+    return at is not None and time.monotonic() >= at + _grace() / 2
 
 
 class Board:
@@ -57,6 +79,8 @@ class Board:
         A rank that posted ``end`` instead (it finished or failed) is not waited
         for when ``or_ended``: its value is None. So is one that posted nothing
         in time: the caller tells the two apart with :meth:`read` of ``end``.
+        A rank that got SIGTERM stops waiting once half of torchrun's grace is
+        spent (:func:`stopping`), whatever ``timeout`` says.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         found: dict[int, str | None] = {}
@@ -70,7 +94,7 @@ class Board:
                 elif or_ended and what != "end" and self.read("end", r) is not None:
                     found[r] = None
                     waiting.remove(r)
-            if not waiting or time.monotonic() >= deadline or (give_up is not None and give_up()):
+            if not waiting or time.monotonic() >= deadline or stopping() or (give_up is not None and give_up()):
                 for r in waiting:
                     found[r] = None
                 return found

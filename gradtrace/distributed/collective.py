@@ -83,6 +83,8 @@ class CollectiveRecorder:
         self._stats = StatsBuffer()
         # graph key -> (op, full shape, stats handle or None, placements, (shard, shards) or None)
         self._found: dict[NodeKey, tuple[str, tuple[int, ...], int | None, str, tuple[int, int] | None]] = {}
+        # graph key -> stats handle of the .grad a DDP parameter held before the backward (accumulated under no_sync())
+        self._held: dict[NodeKey, int] = {}
         self.notes: list[str] = []
         self._session: Session | None = None
 
@@ -90,7 +92,18 @@ class CollectiveRecorder:
         """Install on ``session`` (before the script runs)."""
         self._session = session
         session.settle_at_leaves = True
+        session.before_backward.append(lambda leaves: self._before_backward(session, leaves))
         session.after_backward.append(lambda leaves: self._after_backward(session, leaves))
+
+    def _before_backward(self, session: Session, leaves: dict[NodeKey, torch.Tensor]) -> None:
+        """What each DDP parameter's .grad holds before the backward: gradients accumulated under no_sync() by the
+        earlier micro-steps, which DDP adds to this backward's local gradient and all-reduces with it."""
+        ddps = [d for d in _ddp_modules(session.modules.roots) if getattr(d, "require_backward_grad_sync", True)]
+        ids = {id(p) for d in ddps for p in d.parameters()}
+        with torch.no_grad(), invisible():
+            for key, var in leaves.items():
+                if id(var) in ids and var.grad is not None:
+                    self._held[key] = self._stats.add_now(var.grad)  # (read now: the backward adds into it)
 
     def _after_backward(self, session: Session, leaves: dict[NodeKey, torch.Tensor]) -> None:
         roots = session.modules.roots
@@ -139,7 +152,9 @@ class CollectiveRecorder:
             node = session.trace_keys.get(key)
             if node is not None:
                 k, n = shard if shard is not None else (None, None)
-                out.append(CollectiveGrad(node, op, shape, None if handle is None else stats[handle], placements, k, n))
+                held = self._held.get(key) if op == "all_reduce" else None
+                out.append(CollectiveGrad(node, op, shape, None if handle is None else stats[handle], placements, k, n,
+                                          None if held is None else stats[held]))
         order = {n.key: i for i, n in enumerate(trace.nodes)}
         out.sort(key=lambda c: order[c.node])
         if self.notes:

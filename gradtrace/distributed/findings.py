@@ -5,7 +5,10 @@ paired with it (also ``numbers["rank"]``), whose trace holds that node:
 
 - ``nonfinite_origin_rank`` (alarm): the first rank and op where NaN or inf
   appears, before the collective spread it to every rank; or, when no rank's
-  local gradients hold any, the parameter whose reduced gradient does.
+  local gradients hold any, the rank whose ``.grad`` already held NaN/inf
+  before this backward (accumulated under ``no_sync()`` by an earlier
+  micro-step: that went into the all-reduce); or, when none did either, the
+  parameter whose reduced gradient does (the reduction itself made it).
 - ``reduced_differs`` (alarm): a parameter's all-reduced gradient is not the
   same on every rank. DDP's all-reduce leaves every rank the same average;
   a difference means the ranks now train different models (a hook that
@@ -101,7 +104,26 @@ def _nonfinite_origin(multi: MultiTrace) -> list[tuple[int, Finding]]:
             said += (f", but the collective spread it: the reduced gradients on {_ranks(spread)} hold NaN/inf" if spread else "")
         return [_finding("nonfinite_origin_rank", rank, r.trace, f.node, said,
                          f"look at rank {rank}'s data and this op; " + (f.hint or "check its inputs"))]
-    # No rank's own values hold any: the reduction itself made it (an overflow of the sum, a bad hook).
+    # No rank's own values in this backward hold any. A rank whose .grad already held NaN/inf before it (accumulated
+    # under no_sync() by an earlier micro-step) sent that into the reduction, which spread it: that rank is the origin.
+    for r in multi.ranks:
+        for c in r.collective:
+            if c.held is not None and not c.held.finite:
+                n = r.trace.node(c.node)
+                spread = _nonfinite_reduced_ranks(multi)
+                said = (f"'{n.label}'.grad on rank {r.rank} already held {_bad_count(c.held)} before this backward() "
+                        "(accumulated under no_sync() by an earlier backward() of this step, a micro-step): that is "
+                        "what went into the all-reduce, although every rank's local gradient in this backward() was "
+                        "finite")
+                if spread:
+                    said += f"; the all-reduce spread it to {_ranks(spread)}"
+                earlier = (f"gradtrace check --step {multi.step - 1}, or an earlier call" if multi.step > 1
+                           else "gradtrace check --step N with an earlier backward() call")
+                return [_finding("nonfinite_origin_rank", r.rank, r.trace, c.node, said,
+                                 f"trace rank {r.rank}'s earlier micro-steps of this optimizer step ({earlier}) to find "
+                                 "the op where the NaN/inf appeared; check --every-step finds that call by itself",
+                                 {"held_nan": float(c.held.nan), "held_inf": float(c.held.inf)})]
+    # Nor did any rank hold one: the reduction itself made it (an overflow of the sum, a bad hook).
     for r in multi.ranks:
         for c in r.collective:
             if c.reduced is not None and not c.reduced.finite:

@@ -60,18 +60,24 @@ def _key(info: RankInfo, what: str, rank: int) -> str:
     return f"gradtrace/{info.run_id}/{what}/{rank}"
 
 
-def exchange(info: RankInfo, payload: str | None, failure: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> list[str] | None:
+def exchange(info: RankInfo, payload: str | None, failure: str | None = None, timeout: float = DEFAULT_TIMEOUT, *,
+             ended: str | None = None) -> list[str] | None:
     """Post this rank's outcome and bring every rank's ``payload`` to rank 0.
 
     Every rank calls it once, after its step: with its payload (the JSON of
-    its trace), or with ``failure`` (one line: why it has none). Rank 0
-    gets the payloads in rank order; the others get None. When any rank
-    failed, or did not call within ``timeout`` seconds, every rank raises
-    :class:`RankFailure` (rank 0's message names the ranks and why).
+    its trace), or with ``failure`` (one line: why it has none), or with
+    ``ended`` (one line: its script finished before the step, as one rank of
+    uneven step counts does; not a failure). Rank 0 gets the payloads of the
+    ranks that recorded the step, in rank order, and each ended rank's line
+    as ``"ended:" + line`` in its place; the others get None. When any rank
+    failed, or did not call within ``timeout`` seconds, or every rank ended,
+    every rank raises :class:`RankFailure` (rank 0's message names the ranks
+    and why).
     """
     store = _store(info, timeout)
     me = info.rank
-    store.set(_key(info, "status", me), "ok" if failure is None else "failed:" + failure)
+    status = "ok" if failure is None and ended is None else "failed:" + failure if failure is not None else "ended:" + str(ended)
+    store.set(_key(info, "status", me), status)
     if failure is not None:
         # Not waiting for the others: they may be blocked in a collective of the script that waits for this
         # rank, and only end when it exits (torchrun then stops them). Rank 0, if it is waiting, names it first.
@@ -85,12 +91,23 @@ def exchange(info: RankInfo, payload: str | None, failure: str | None = None, ti
             store.set(_key(info, "ack", r), "read")
         raise RankFailure(_failure_message(info, failed), sorted(failed))
     statuses = _wait_for_statuses(store, info, timeout)
-    failed = {r: s for r, s in statuses.items() if s != "ok"}
+    failed = {r: s for r, s in statuses.items() if s != "ok" and not s.startswith("ended:")}
+    if not failed and all(s.startswith("ended:") for s in statuses.values()):
+        failed = dict(statuses)  # (no rank recorded the step: nothing to write)
     if failed:
         if me == 0:
             for r in failed:
                 store.set(_key(info, "ack", r), "read")
         raise RankFailure(_failure_message(info, failed), sorted(failed))
+    ended_ranks = {r: s for r, s in statuses.items() if s.startswith("ended:")}
+    if ended_ranks:
+        # A rank that ended has left the script's collectives (it may have destroyed its process group): the
+        # traces go through the store, from the ranks that have one.
+        payloads = _gather_store(store, info, payload, timeout, [r for r in statuses if r not in ended_ranks])
+        if payloads is None:
+            return None
+        by_rank = dict(zip([r for r in statuses if r not in ended_ranks], payloads))
+        return [by_rank[r] if r in by_rank else ended_ranks[r] for r in range(info.world_size)]
     if dist.is_available() and dist.is_initialized():
         return _gather_gloo(info, payload or "", timeout)
     return _gather_store(store, info, payload or "", timeout)
@@ -119,7 +136,9 @@ def _wait_for_statuses(store: Any, info: RankInfo, timeout: float) -> dict[int, 
 def _failure_message(info: RankInfo, failed: dict[int, str]) -> str:
     parts = []
     for r, s in sorted(failed.items()):
-        if s.startswith("missing:"):
+        if s.startswith("ended:"):
+            parts.append(f"rank {r} ended before the step: {s.split(':', 1)[1]}")
+        elif s.startswith("missing:"):
             parts.append(f"rank {r} did not finish its step within {s.split(':', 1)[1]} s (it crashed, hangs, or waits "
                          "on a rank that failed; see its output; --rank-timeout sets the wait)")
         else:
@@ -137,11 +156,13 @@ def _gather_gloo(info: RankInfo, payload: str, timeout: float) -> list[str] | No
         dist.destroy_process_group(group)
 
 
-def _gather_store(store: Any, info: RankInfo, payload: str, timeout: float) -> list[str] | None:
-    store.set(_key(info, "trace", info.rank), payload)
+def _gather_store(store: Any, info: RankInfo, payload: str | None, timeout: float,
+                  ranks: list[int] | None = None) -> list[str] | None:
+    if payload is not None:
+        store.set(_key(info, "trace", info.rank), payload)
     if info.rank != 0:
         return None
-    keys = [_key(info, "trace", r) for r in range(info.world_size)]
+    keys = [_key(info, "trace", r) for r in (range(info.world_size) if ranks is None else ranks)]
     missing = _wait_for(store, keys, timeout)
     if missing:
         raise RankFailure(f"no trace written: {len(missing)} rank(s) did not send their trace within {timeout:g} s", [])

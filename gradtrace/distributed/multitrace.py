@@ -20,7 +20,11 @@ shard (``op`` ``reduce_scatter``: ``reduced`` describes this rank's shard
 only, ``shape`` is the parameter's full logical shape and ``placements``
 the DTensor placements, as ``str(dtensor.placements)``, and ``shard``
 ``[k, n]`` which shard this rank holds, of how many, numbered from 0; written
-only when known, and ignored by readers that predate it).
+only when known, and ignored by readers that predate it). An ``all_reduce``
+record may also hold ``held`` (a TensorStats): the ``.grad`` the rank already
+held before this backward (micro-steps accumulated under ``no_sync()``),
+which DDP reduced together with the local gradient; written only when there
+was one, ignored by older readers.
 
 The ranks' traces stay as recorded; :meth:`MultiTrace.trace` attaches each
 record to its parameter node (``TraceNode.reduced``), which is what every
@@ -57,7 +61,10 @@ class CollectiveGrad:
     rank holds (for ``reduce_scatter``, its shard only); ``placements`` the
     DTensor placements of a sharded gradient, ``""`` otherwise; ``shard`` and
     ``shards``: which shard this rank holds, of how many (numbered from 0; None
-    for an all-reduce, or where the run did not say).
+    for an all-reduce, or where the run did not say). ``held``: the ``.grad`` this
+    rank already held before this backward (accumulated by earlier backward()
+    calls under DDP's ``no_sync()``), which DDP adds to the local gradient and
+    reduces with it; None when ``.grad`` was empty (or not recorded).
 
     >>> CollectiveGrad("param0", "all_reduce", (3,), None).sharded
     False
@@ -70,6 +77,7 @@ class CollectiveGrad:
     placements: str = ""
     shard: int | None = None
     shards: int | None = None
+    held: TensorStats | None = None
 
     @property
     def sharded(self) -> bool:
@@ -81,6 +89,8 @@ class CollectiveGrad:
                "reduced": None if self.reduced is None else self.reduced.to_dict()}
         if self.shards is not None:  # (older readers ignore the field; they read the rest as before)
             out["shard"] = [self.shard, self.shards]
+        if self.held is not None:  # (likewise: written only when a gradient was accumulated before this backward)
+            out["held"] = self.held.to_dict()
         return out
 
     def on_node(self, rank: int, world_size: int) -> ReducedGrad:
@@ -105,7 +115,8 @@ class CollectiveGrad:
         return cls(node=_str(_field(d, "node", where), f"{where} node"), op=op,
                    shape=tuple(_int(n, f"{where} shape[{i}]") for i, n in enumerate(shape)),
                    reduced=None if reduced is None else TensorStats.from_dict(reduced, f"{where} reduced"),
-                   placements=_str(d.get("placements", ""), f"{where} placements"), shard=k, shards=n)
+                   placements=_str(d.get("placements", ""), f"{where} placements"), shard=k, shards=n,
+                   held=None if d.get("held") is None else TensorStats.from_dict(d["held"], f"{where} held"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +154,9 @@ class MultiTrace:
     ranks: tuple[RankTrace, ...]
     step: int = 1
     world_size: int = field(default=0)
+    #: Ranks whose script ended before this step (uneven step counts: a sweep under torchrun, DDP with Join):
+    #: rank -> why (one line). They have no trace here; every other rank of ``world_size`` has one.
+    ended: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.ranks:
@@ -185,8 +199,11 @@ class MultiTrace:
         return out + cross_rank_findings(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": MULTI_FORMAT, "version": MULTI_VERSION, "world_size": self.world_size, "step": self.step,
-                "ranks": [r.to_dict() for r in self.ranks]}
+        out = {"format": MULTI_FORMAT, "version": MULTI_VERSION, "world_size": self.world_size, "step": self.step,
+               "ranks": [r.to_dict() for r in self.ranks]}
+        if self.ended:  # (written only when some rank ended before the step: older files and readers are unchanged)
+            out["ended"] = {str(r): why for r, why in sorted(self.ended.items())}
+        return out
 
     def to_json(self, indent: int | None = None) -> str:
         """Every rank as one JSON document (valid JSON: NaN and infinities are written as strings)."""
@@ -213,9 +230,16 @@ class MultiTrace:
         ranks_in = _list(_field(d, "ranks", "the document"), "ranks")
         if not ranks_in:
             raise TraceFileError("ranks: expected at least one rank, found an empty list")
-        if len(ranks_in) != world:  # (rank 0 writes a file only when every rank sent its trace)
-            raise TraceFileError(f"ranks: {len(ranks_in)} rank{'s' if len(ranks_in) != 1 else ''} for a world_size of "
-                                 f"{world} (a multi-rank file holds every rank's trace)")
+        ended_in = _obj(d.get("ended", {}), "ended")
+        ended: dict[int, str] = {}
+        for k, why in ended_in.items():
+            if not (isinstance(k, str) and k.isdigit() and int(k) < world):
+                raise TraceFileError(f"ended: {k!r} is not a rank number below world_size {world}")
+            ended[int(k)] = _str(why, f"ended[{k!r}]")
+        if len(ranks_in) + len(ended) != world:  # (rank 0 writes a file only when every rank sent its trace or ended)
+            raise TraceFileError(f"ranks: {len(ranks_in)} rank{'s' if len(ranks_in) != 1 else ''}"
+                                 + (f" and {len(ended)} that ended before the step" if ended else "")
+                                 + f" for a world_size of {world} (a multi-rank file holds every rank's trace)")
         ranks = []
         for i, r in enumerate(ranks_in):
             where = f"ranks[{i}]"
@@ -246,8 +270,10 @@ class MultiTrace:
                 if shapes and c.shape != shapes[0]:
                     raise TraceFileError(f"{where} collective[{j}] shape: {list(c.shape)} is not the shape of parameter "
                                          f"{c.node!r}, {list(shapes[0])} (the record describes that parameter's gradient)")
+            if rank in ended:
+                raise TraceFileError(f"{where} rank: rank {rank} has a trace but is also listed as ended before the step")
             ranks.append(RankTrace(rank, trace, coll, _int(r.get("local_rank", 0), f"{where} local_rank")))
-        return cls(tuple(ranks), step, world)
+        return cls(tuple(ranks), step, world, ended)
 
 
 def with_reduced(trace: Trace, collective: tuple[CollectiveGrad, ...], rank: int, world_size: int) -> Trace:

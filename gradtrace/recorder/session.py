@@ -103,6 +103,9 @@ class Session:
         #: Called once the recorded backward has returned, with every leaf the graph reached (graph key ->
         #: tensor), before the optimizer may change them: gradtrace.distributed reads the reduced gradients here.
         self.after_backward: list[Callable[[dict[NodeKey, torch.Tensor]], None]] = []
+        #: Called just before the recorded backward runs, with the same leaves: gradtrace.distributed reads the
+        #: .grad each leaf already holds (accumulated under DDP's no_sync()), which the reduction will include.
+        self.before_backward: list[Callable[[dict[NodeKey, torch.Tensor]], None]] = []
         #: Set by gradtrace.distributed: read each leaf's gradient, and the statistics held so far, as the gradient
         #: arrives, before a collective writes the reduced gradient into .grad (see BackwardRecorder.settle_at_leaves).
         self.settle_at_leaves = False
@@ -355,6 +358,11 @@ class Session:
             with invisible():  # (the notes' own tensor work, hidden from the user's modes as the rest)
                 self.grad_notes.backward_starting([n.variable for k, n in graph.nodes.items() if k[1] == "AccumulateGrad"])
                 self.grad_notes.nonfinite_data({id(i.tensor) for i in self.inputs})
+            if self.before_backward:
+                with invisible():
+                    leaves = {k: n.variable for k, n in graph.nodes.items() if k[1] == "AccumulateGrad"}
+                    for callback in self.before_backward:
+                        callback(leaves)
             try:
                 # The backward's own ops are not part of the forward: the mode is off meanwhile.
                 result = run()

@@ -52,9 +52,16 @@ def alarm_from_dict(d: dict[str, Any] | None) -> RankAlarm | None:
 
 
 def earliest(alarms: list[RankAlarm | None]) -> RankAlarm | None:
-    """The first broken step over the ranks (the lowest rank among those broken at it)."""
+    """The first broken step over the ranks and, within it, the first backward() call that went wrong (the lowest
+    rank among those broken at it): the single-process rule (the micro-step whose loss was first non-finite) over
+    all ranks. With accumulation under no_sync(), a NaN born on rank 1 in micro-step 1 reaches rank 0 only at the
+    last micro-step's all-reduce: rank 0's alarm is at a later call, and rank 1's call is the one to re-trace.
+
+    >>> earliest([RankAlarm(8, "gradients are not finite", 16, None, 0), RankAlarm(8, "loss is NaN", 15, None, 1)]).rank
+    1
+    """
     found = [a for a in alarms if a is not None]
-    return min(found, key=lambda a: (a.step, a.rank)) if found else None
+    return min(found, key=lambda a: (a.step, a.backward_call, a.rank)) if found else None
 
 
 class StepAgreement:

@@ -118,14 +118,22 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
     if watcher.steps_run == 0 and not watcher.backward_calls:
         sys.stdout.flush()
         click.echo(outcome.report, err=True, nl=False)
+        from .runner import no_step_hint
+
         raise click.ClickException(f"{Path(script).name} made no training step (no backward() and no optimizer step()): "
-                                   "nothing to watch")
+                                   "nothing to watch" + no_step_hint(outcome))
     traces: dict[int, dict[str, Any]] = dict(watcher.traces)
     extra: list[dict[str, Any]] = []
     alarms = [e for e in watcher.alarm_events() if e["kind"] == "alarm"]
     first = min(alarms, key=lambda e: e["step"]) if alarms else None
     call = watcher.call_to_trace(first["step"]) if first is not None else None
-    if alarm_trace and first is not None and call is not None and first["step"] not in traces:
+    from .._script_process import terminated_at
+
+    if alarm_trace and first is not None and call is not None and first["step"] not in traces and terminated_at() is not None:
+        # SIGTERM: the history is written now, within the time a SIGTERM leaves, not after a re-run of the script
+        extra.append({"step": first["step"], "kind": "warning", "module": None, "param": None,
+                      "text": "not traced: gradtrace got SIGTERM (the re-run that traces the first alarm was skipped)"})
+    elif alarm_trace and first is not None and call is not None and first["step"] not in traces:
         from .replay import replay_step
 
         step = first["step"]
@@ -141,12 +149,9 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
         except GradtraceError as e:
             extra.append({"step": step, "kind": "warning", "module": None, "param": None,
                           "text": f"could not trace this step: {e}"})
-    if outcome.interrupted or outcome.status:
-        # The history ends where the script did: say so where the reader looks (the page's events, the JSON), not only
-        # in the terminal that printed it.
-        how = "was interrupted (Ctrl-C)" if outcome.interrupted else f"exited with status {outcome.status}"
-        extra.append({"step": watcher.steps_run, "kind": "warning", "module": None, "param": None,
-                      "text": f"{Path(script).name} {how} after step {watcher.steps_run}: the history ends there"})
+    ended = ended_early_event(outcome, Path(script).name, watcher.steps_run)
+    if ended is not None:
+        extra.append(ended)
     history = assemble_history(watcher, traces, extra_events=extra)
     try:
         if str(target) == "-":
@@ -164,6 +169,30 @@ def _write_history(script: str, script_args: tuple[str, ...], watcher: Any, outc
         sys.stdout.flush()
         click.echo(outcome.report, err=True, nl=False)
         raise SystemExit(outcome.status)
+
+
+def ended_early_event(outcome: Outcome | None, name: str, steps_run: int, error: str | None = None) -> dict[str, Any] | None:
+    """The warning event of a history whose script ended early (Ctrl-C, SIGTERM, an exception, a non-zero status; or
+    ``error``, gradtrace's own reason on a rank), in the words the terminal and the rank records use; None otherwise.
+
+    The history ends where the script did: said where the reader looks (the page's events, the JSON, each rank's
+    history under torchrun), not only in the terminal that printed it.
+    """
+    if error is not None:
+        how = f"ended ({error})"
+    elif outcome is None or not (outcome.interrupted or outcome.status):
+        return None
+    elif outcome.interrupted:
+        how = "was interrupted (Ctrl-C)"
+    elif outcome.terminated:
+        how = "was terminated (SIGTERM)"
+    elif outcome.raised:
+        lines = outcome.report.strip().splitlines()
+        how = "raised an exception" + (f" ({lines[-1].strip()})" if lines else "")
+    else:
+        how = f"exited with status {outcome.status}"
+    return {"step": steps_run, "kind": "warning", "module": None, "param": None,
+            "text": f"{name} {how} after step {steps_run}: the history ends there"}
 
 
 def check_trace_output(output: str | None) -> None:
@@ -202,9 +231,11 @@ def check_every_step(script: str, script_args: tuple[str, ...], output: str | No
         if outcome.interrupted:
             raise SystemExit(INTERRUPTED)
         if outcome.status != 0 or watcher.steps_run == 0:
+            from .runner import no_step_hint
+
             why = f"{name} exited with status {outcome.status}" if outcome.status else f"{name} made no training step"
             click.echo(f"gradtrace check: no broken step found, and the run did not finish ({why}) after "
-                       f"{watcher.steps_run} steps", err=True)
+                       f"{watcher.steps_run} steps" + (no_step_hint(outcome) if watcher.steps_run == 0 else ""), err=True)
             raise SystemExit(EXIT_NO_STEP)
         msg = f"gradtrace check: every step healthy ({watcher.steps_run} steps: loss, gradients and update ratio finite and sane)"
         click.echo(_json(script, None, [], EXIT_HEALTHY, watcher.steps_run) if as_json else msg)

@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from .._script_process import terminated_at
 from ..distributed.board import Board
 from ..distributed.env import RankInfo
 from ..distributed.gather import ACK_WAIT, RankFailure
@@ -113,7 +114,9 @@ def check_every_step_ranks(info: RankInfo, script: str, script_args: tuple[str, 
         all_ranks_done()
     first = earliest([alarm_from_dict(e["alarm"]) if e is not None else None for e in ends.values()])
     problems = [f"rank {r}: {why}" for r, why in sorted(failed.items())] + \
-               [f"rank {r} did not end within {timeout:g} s (it crashed or hangs; --rank-timeout sets the wait)" for r in missing]
+               [(f"rank {r} posted nothing before torchrun stopped the run (SIGTERM to rank 0): it was killed (SIGKILL, the "
+                 "out-of-memory killer), crashed without a word, or hangs") if terminated_at() is not None else
+                f"rank {r} did not end within {timeout:g} s (it crashed or hangs; --rank-timeout sets the wait)" for r in missing]
     if first is None:
         if any(e is not None and e["interrupted"] for e in ends.values()):
             raise SystemExit(INTERRUPTED)
@@ -182,6 +185,8 @@ def _trace_and_report(script: str, script_args: tuple[str, ...], info: RankInfo,
         write_multi(multi, path, format_for(path, None) if target != "-" else "json", RenderOptions())
     except GradtraceError as e:
         raise click.ClickException(f"cannot write {target!r}: {e}") from None
+    for r, why in sorted(multi.ended.items()):  # (uneven step counts: the trace holds the ranks that reached the step)
+        click.echo(f"gradtrace check: rank {r} ended before step {step} ({why}): the trace holds the other ranks", err=True)
     if replayed.mismatch:
         click.echo(f"gradtrace check: WARNING: the re-run differed from the first run ({replayed.mismatch}): {name} is "
                    "not deterministic, so the trace written may not hold the same numbers as the step that went wrong", err=True)
@@ -197,19 +202,23 @@ def _trace_and_report(script: str, script_args: tuple[str, ...], info: RankInfo,
     rank = origin if origin is not None else rows[0]["rank"] if rows else first.rank
     first = next((a for r, a in at if r == rank), first)  # (the origin rank's own words for the step)
     if as_json:
-        click.echo(_json(name, info.world_size, first, at, rows, 1, steps_run, target, replayed.mismatch, rank))
+        click.echo(_json(name, info.world_size, first, at, rows, 1, steps_run, target, replayed.mismatch, rank,
+                         multi.ended))
         return
     click.echo(f"gradtrace check: step {step} is the first broken step, on rank {rank}: "
                + "; ".join(f"rank {r}: {a.text}" for r, a in at))
     for row in rows[:6]:
         where = ", ".join(x for x in (f"module {row['module']}" if row["module"] else "at the top level", row["source"] or "") if x)
         click.echo(printable(f"  rank {row['rank']}: {row['op']} ({where}): {row['message']}"))
-    click.echo(f"gradtrace check: wrote the full trace of step {step} on {info.world_size} ranks to {target}", err=True)
+    held = f"{len(multi.ranks)} of {info.world_size}" if multi.ended else f"{info.world_size}"
+    click.echo(f"gradtrace check: wrote the full trace of step {step} on {held} ranks to {target}", err=True)
 
 
 def _json(name: str, world: int, first: RankAlarm | None, at: list[Any], findings: list[dict[str, Any]], status: int,
-          steps_run: int | None, written: str | None, mismatch: str | None, rank: int | None = None) -> str:
+          steps_run: int | None, written: str | None, mismatch: str | None, rank: int | None = None,
+          ended: dict[int, str] | None = None) -> str:
     return json.dumps({"script": name, "world_size": world, "exit_status": status, "steps_run": steps_run,
+                       "ended_before": {str(r): why for r, why in sorted((ended or {}).items())},
                        "first_bad_step": None if first is None else first.step,
                        "rank": rank, "finding": None if first is None else first.text,
                        "alarms": [{"rank": r, "text": a.text, "backward_call": a.backward_call} for r, a in at],

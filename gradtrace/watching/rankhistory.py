@@ -84,15 +84,108 @@ def spread(histories: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {"loss": loss, "out_rms": {"steps": sampled, "module": modules}}
 
 
+_STATUSES = ("ok", "failed", "missing")
+
+
+def _bad(where: str, expected: str, found: Any) -> GradtraceError:
+    text = repr(found)
+    return GradtraceError(f"multi-rank watch history: {where} should be {expected}, found "
+                          f"{text if len(text) <= 60 else text[:57] + '...'} (a {type(found).__name__})")
+
+
+def _int(x: Any, where: str, lo: int = 0, hi: int | None = None) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < lo or (hi is not None and x > hi):
+        raise _bad(where, f"a whole number from {lo}" + (f" to {hi}" if hi is not None else ""), x)
+    return x
+
+
+def _number(x: Any, where: str) -> None:
+    """A number as the history writes it (see json_number): a finite float, 'NaN', 'inf', '-inf' or null."""
+    if x is None or x in ("NaN", "inf", "-inf"):
+        return
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise _bad(where, "a number, 'NaN', 'inf', '-inf' or null", x)
+    try:
+        float(x)
+    except OverflowError:
+        raise _bad(where, "a number within float range", x) from None
+
+
+def _list(x: Any, where: str, n: int | None = None) -> list[Any]:
+    if not isinstance(x, list):
+        raise _bad(where, "a list", x)
+    if n is not None and len(x) != n:
+        raise GradtraceError(f"multi-rank watch history: {where} has {len(x)} values but its 'steps' has {n}")
+    return x
+
+
+def _dict(x: Any, where: str) -> dict[str, Any]:
+    if not isinstance(x, dict):
+        raise _bad(where, "an object", x)
+    return x
+
+
+def _check(data: dict[str, Any]) -> None:
+    """Every field :class:`RankHistories` reads, checked: a GradtraceError naming the first one that is wrong."""
+    world = _int(data.get("world_size"), "'world_size'", 1)
+    for key in ("script", "every_rule"):
+        if not isinstance(data.get(key, ""), str):
+            raise _bad(f"'{key}'", "a string", data.get(key))
+    seen: set[int] = set()
+    for i, r in enumerate(_list(data.get("ranks"), "'ranks'")):
+        where = f"ranks[{i}]"
+        _dict(r, where)
+        rank = _int(r.get("rank"), f"{where}.rank", 0, world - 1)
+        if rank in seen:
+            raise GradtraceError(f"multi-rank watch history: {where}.rank: rank {rank} appears twice")
+        seen.add(rank)
+        if r.get("status") not in _STATUSES:
+            raise _bad(f"{where}.status", "one of " + ", ".join(_STATUSES), r.get("status"))
+        if r.get("why") is not None and not isinstance(r["why"], str):
+            raise _bad(f"{where}.why", "a string or null", r["why"])
+        h = r.get("history")
+        if h is not None:
+            _dict(h, f"{where}.history")
+            if h.get("format") != FORMAT:
+                raise _bad(f"{where}.history.format", repr(FORMAT), h.get("format"))
+            _int(h.get("steps_run"), f"{where}.history.steps_run")
+            if h.get("first_alarm") is not None:
+                _int(h["first_alarm"], f"{where}.history.first_alarm", 1)
+            for j, s in enumerate(_list(h.get("steps"), f"{where}.history.steps")):
+                _int(s, f"{where}.history.steps[{j}]", 1)
+            if not isinstance(h.get("every_rule", ""), str):
+                raise _bad(f"{where}.history.every_rule", "a string", h.get("every_rule"))
+    spread = _dict(data.get("spread"), "'spread'")
+    loss = _dict(spread.get("loss"), "spread.loss")
+    steps = _list(loss.get("steps"), "spread.loss.steps")
+    for j, s in enumerate(steps):
+        _int(s, f"spread.loss.steps[{j}]", 1)
+    for metric in ("min", "max", "rel"):
+        for j, v in enumerate(_list(loss.get(metric), f"spread.loss.{metric}", len(steps))):
+            _number(v, f"spread.loss.{metric}[{j}]")
+    for j, v in enumerate(_list(loss.get("ranks", [0] * len(steps)), "spread.loss.ranks", len(steps))):
+        _int(v, f"spread.loss.ranks[{j}]", 0, world)
+    out = _dict(spread.get("out_rms"), "spread.out_rms")
+    out_steps = _list(out.get("steps"), "spread.out_rms.steps")
+    for j, s in enumerate(out_steps):
+        _int(s, f"spread.out_rms.steps[{j}]", 1)
+    for path, values in _dict(out.get("module"), "spread.out_rms.module").items():
+        for j, v in enumerate(_list(values, f"spread.out_rms.module[{path!r}]", len(out_steps))):
+            _number(v, f"spread.out_rms.module[{path!r}][{j}]")
+
+
 class RankHistories:
     """What ``gradtrace watch`` under torchrun recorded: each rank's :class:`History` and the spread across ranks."""
 
     def __init__(self, data: dict[str, Any]) -> None:
+        if not isinstance(data, dict):
+            raise GradtraceError(f"not a multi-rank watch history: a JSON object was expected, found a {type(data).__name__}")
         if data.get("format") != RANKS_FORMAT:
             raise GradtraceError(f"not a multi-rank watch history (format {data.get('format')!r}, expected {RANKS_FORMAT!r})")
         if data.get("version") != RANKS_VERSION:
             raise GradtraceError(f"multi-rank watch history version {data.get('version')!r}: this gradtrace reads "
                                  f"version {RANKS_VERSION}")
+        _check(data)  # (a file is untrusted input: every field this class reads is checked here, named when wrong)
         self._data = data
 
     @classmethod
@@ -177,8 +270,24 @@ class RankHistories:
 
 def load_history(source: str | Path | dict[str, Any]) -> History | RankHistories:
     """A watch history from a ``.json`` file (or its parsed dict): one rank's (:class:`History`), or every rank's
-    (:class:`RankHistories`, written under torchrun). Files written before multi-rank histories load as before."""
-    data = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
+    (:class:`RankHistories`, written under torchrun). Files written before multi-rank histories load as before.
+    A file that is not a watch history raises :class:`~gradtrace.errors.GradtraceError` saying what is wrong."""
+    if isinstance(source, dict):
+        data = source
+    elif not isinstance(source, (str, os.PathLike)):
+        raise GradtraceError(f"load_history takes a path or a parsed dict, not a {type(source).__name__}")
+    else:
+        try:
+            data = json.loads(Path(source).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise GradtraceError(f"{str(source)!r} is not a watch history: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise GradtraceError(f"{str(source)!r} is not a watch history: not JSON ({e.msg} at line {e.lineno}, "
+                                 f"column {e.colno})") from None
+        except RecursionError:
+            raise GradtraceError(f"{str(source)!r} is not a watch history: its JSON is nested too deeply") from None
+        except OSError as e:
+            raise GradtraceError(f"cannot read the watch history {str(source)!r}: {e.strerror or e}") from None
     fmt = data.get("format") if isinstance(data, dict) else None
     if fmt == FORMAT:
         return History(data)

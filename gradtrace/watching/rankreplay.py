@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import GradtraceError
-from .replay import Fingerprint, compare_fingerprints
+from .replay import Fingerprint, compare_fingerprints, run_unless_terminated
 
 __all__ = ["RanksReplayed", "TORCHRUN_VARS", "replay_ranks", "rerun_env"]
 
@@ -63,15 +62,16 @@ def replay_ranks(script: str, args: Sequence[str], world_size: int, backward_cal
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
                "-m", "gradtrace.watching.rankreplay", spec]
         try:
-            proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            status, output = run_unless_terminated(cmd, env, f"re-running {os.path.basename(script)} on {world_size} "
+                                                   f"ranks to trace step {step}")
         except OSError as e:
             raise GradtraceError(f"cannot start torch.distributed.run to re-run {os.path.basename(script)}: {e}") from None
         out = os.path.join(tmp, "multi.json")
         if not os.path.exists(out):
             errors = [open(os.path.join(tmp, f), encoding="utf-8").read() for f in sorted(os.listdir(tmp)) if f.startswith("error")]
-            tail = proc.stdout.decode("utf-8", "replace")[-4000:]
+            tail = output.decode("utf-8", "replace")[-4000:]
             raise GradtraceError(f"re-running {os.path.basename(script)} on {world_size} ranks to trace step {step} failed "
-                                 f"(status {proc.returncode})" + (": " + "; ".join(errors) if errors else "")
+                                 f"(status {status})" + (": " + "; ".join(errors) if errors else "")
                                  + f"; its output ended with:\n{tail}")
         with open(out, encoding="utf-8") as f:
             multi = MultiTrace.from_json(f.read())
@@ -93,7 +93,8 @@ def replay_ranks(script: str, args: Sequence[str], world_size: int, backward_cal
 def _rank_main(spec_text: str) -> None:
     """One rank of the re-run: the script under the sentinel, its ``backward_call`` recorded, the traces gathered."""
     from ..distributed.env import rank_info
-    from ..distributed.run import report_failure, run_rank
+    from ..distributed.run import report_ended, report_failure, run_rank
+    from ..errors import ScriptError
     from ..script import ScriptFailed, run_script
     from .engine import Watcher
     from .runner import seed_everything
@@ -105,6 +106,7 @@ def _rank_main(spec_text: str) -> None:
     folder, timeout = spec["dir"], float(spec["timeout"])
     watcher = Watcher(sentinel=True, sample=False, script=spec["script"])
     failed = False
+    ended: list[str] = []  # this rank's script finished before the call (uneven step counts): not a failure
 
     def run(on_session: Any) -> Any:
         nonlocal failed
@@ -119,6 +121,14 @@ def _rank_main(spec_text: str) -> None:
             lines = e.report.strip().splitlines()
             why = f"the script failed before that step: {lines[-1] if lines else f'status {e.status}'}"
             raise
+        except ScriptError as e:
+            calls = watcher.backward_calls
+            if calls < spec["backward_call"]:  # the script ran to its end before that call: the others may reach it
+                ended.append(f"{os.path.basename(spec['script'])} finished after {calls} backward() call"
+                             f"{'s' if calls != 1 else ''}, before call {spec['backward_call']}")
+            else:
+                why = str(e)
+            raise
         except GradtraceError as e:
             why = str(e)
             raise
@@ -131,7 +141,12 @@ def _rank_main(spec_text: str) -> None:
 
     status = 0
     try:
-        multi = run_rank(info, run, spec["backward_call"], timeout)
+        try:
+            multi = run_rank(info, run, spec["backward_call"], timeout)
+        except ScriptError:
+            if not ended:
+                raise
+            multi = report_ended(info, ended[0], spec["backward_call"], timeout)
         if multi is not None:
             with open(os.path.join(folder, "multi.json"), "w", encoding="utf-8") as f:
                 f.write(multi.to_json())

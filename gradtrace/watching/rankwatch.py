@@ -26,6 +26,7 @@ from typing import Any
 
 import click
 
+from .._script_process import terminated_at
 from ..distributed.board import Board
 from ..distributed.env import RankInfo
 from ..distributed.gather import ACK_WAIT
@@ -84,12 +85,14 @@ def run_watch_ranks(info: RankInfo, script: str, script_args: tuple[str, ...], t
     raise SystemExit(finish(outcome, error))
 
 
-def _history_json(watcher: Watcher, outcome: Any) -> str | None:
+def _history_json(watcher: Watcher, outcome: Any, name: str = "", error: str | None = None) -> str | None:
     from .assemble import assemble_history
+    from .cli import ended_early_event
 
     if watcher.steps_run == 0 and not watcher.backward_calls:
         return None
-    data = assemble_history(watcher, dict(watcher.traces)).to_dict()
+    ended = ended_early_event(outcome, name, watcher.steps_run, error)  # (each rank's page says where its history ends)
+    data = assemble_history(watcher, dict(watcher.traces), extra_events=[ended] if ended else None).to_dict()
     if watcher.every is None:
         data["every_rule"] = EVERY_RULE
     return json.dumps(data, allow_nan=False)
@@ -106,7 +109,7 @@ def _finish(info: RankInfo, board: Board, watcher: Watcher, outcome: Any, error:
     if outcome is not None and outcome.report:
         sys.stdout.flush()
         click.echo(outcome.report, err=True, nl=False)
-    payload = _history_json(watcher, outcome)
+    payload = _history_json(watcher, outcome, name, error)
     if payload is None and not failed:
         failed, why, status = True, f"{name} made no training step (no backward() and no optimizer step())", 1
     try:
@@ -156,9 +159,13 @@ def _gather_and_write(info: RankInfo, board: Board, status: int, failed: bool, w
     for r in others:
         end = json.loads(ends[r]) if ends[r] is not None else None
         if end is None:
-            ranks.append({"rank": r, "status": "missing", "history": None,
-                          "why": f"rank {r} posted nothing within {min(timeout, FAILED_WAIT) if failed else timeout:g} s "
-                                 "(it crashed, hangs, or waits in a collective for a rank that failed; --rank-timeout sets the wait)"})
+            if terminated_at() is not None:  # torchrun is stopping the run: a peer died (SIGKILL, the OOM killer) or hangs
+                why = (f"rank {r} posted nothing before torchrun stopped the run (SIGTERM to rank 0): it was killed "
+                       "(SIGKILL, the out-of-memory killer), crashed without a word, or hangs")
+            else:
+                why = (f"rank {r} posted nothing within {min(timeout, FAILED_WAIT) if failed else timeout:g} s (it crashed, "
+                       "hangs, or waits in a collective for a rank that failed; --rank-timeout sets the wait)")
+            ranks.append({"rank": r, "status": "missing", "history": None, "why": why})
             worst = worst or 1
             continue
         text = board.read("history", r)

@@ -51,13 +51,20 @@ def _bits(x: float) -> bytes:
 
 
 def compare_fingerprints(first: Sequence[Fingerprint], again: Sequence[Fingerprint], upto: int) -> str | None:
-    """What differs between two runs' fingerprints of steps 1..``upto`` (None: identical, bit for bit)."""
+    """What differs between two runs' fingerprints of steps 1..``upto`` (None: identical, bit for bit).
+
+    Step ``upto`` itself is compared where the re-run reached its optimizer step: a re-run that traced an earlier
+    micro-step of it (accumulation: the micro-step whose loss was first non-finite) stops before that step ends.
+
+    >>> compare_fingerprints([(1, "opt0", 2.0, 1.0), (2, "opt0", 1.5, 0.5)], [(1, "opt0", 2.0, 1.0)], 2) is None
+    True
+    """
     a = {(s, o): (loss, gn) for s, o, loss, gn in first if s <= upto}
     b = {(s, o): (loss, gn) for s, o, loss, gn in again if s <= upto}
-    missing = sorted(set(a) - set(b))
+    missing = sorted(k for k in set(a) - set(b) if k[0] < upto)
     if missing:
         return f"the re-run did not reach step {missing[0][0]} of {missing[0][1]} the way the first run did"
-    for key in sorted(a):
+    for key in sorted(set(a) & set(b)):
         (l1, g1), (l2, g2) = a[key], b[key]
         if _bits(l1) != _bits(l2):
             return f"step {key[0]}: loss {l1!r} in the first run, {l2!r} in the re-run"
@@ -72,12 +79,13 @@ def replay_step(script: str, args: Sequence[str], backward_call: int, step: int,
     with tempfile.TemporaryDirectory(prefix="gradtrace-replay-") as tmp:
         out = os.path.join(tmp, "replay.json")
         spec = json.dumps({"script": os.path.abspath(script), "args": list(args), "backward_call": backward_call, "out": out})
-        proc = subprocess.run([sys.executable, "-c", "from gradtrace.watching.replay import _child; _child()", spec],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        status, output = run_unless_terminated(
+            [sys.executable, "-c", "from gradtrace.watching.replay import _child; _child()", spec], None,
+            f"re-running {os.path.basename(script)} to trace step {step}")
         if not os.path.exists(out):
-            tail = proc.stdout.decode("utf-8", "replace")[-4000:]
+            tail = output.decode("utf-8", "replace")[-4000:]
             raise GradtraceError(f"re-running {os.path.basename(script)} to trace step {step} failed (status "
-                                 f"{proc.returncode}); its output ended with:\n{tail}")
+                                 f"{status}); its output ended with:\n{tail}")
         with open(out, encoding="utf-8") as f:
             result = json.load(f)
     if result.get("error"):
@@ -85,6 +93,32 @@ def replay_step(script: str, args: Sequence[str], backward_call: int, step: int,
     again = [tuple(x) for x in result["fingerprints"]]
     mismatch = compare_fingerprints(first, again, step)  # type: ignore[arg-type]
     return Replayed(Trace.from_json(json.dumps(result["trace"])), mismatch, again)  # type: ignore[arg-type]
+
+
+def run_unless_terminated(cmd: list[str], env: dict[str, str] | None, what: str) -> tuple[int, bytes]:
+    """Run ``cmd`` (stdin closed, stdout and stderr together) to its end: its status and output. When this process
+    got SIGTERM (see :func:`gradtrace._script_process.catch_sigterm`), before or meanwhile, the re-run is stopped
+    and a GradtraceError says so: what was recorded is written now, within the time a SIGTERM leaves, not after a
+    re-run as long as the training."""
+    from .._script_process import terminated_at
+
+    if terminated_at() is not None:
+        raise GradtraceError(f"{what}: not done, gradtrace got SIGTERM first")
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    while True:
+        try:
+            output, _ = proc.communicate(timeout=0.2)
+            return proc.returncode, output
+        except subprocess.TimeoutExpired:
+            if terminated_at() is None:
+                continue
+        proc.terminate()  # (torchrun passes it on to its ranks)
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise GradtraceError(f"{what}: stopped, gradtrace got SIGTERM")
 
 
 def _child() -> None:

@@ -46,6 +46,10 @@ class Outcome:
     stopped: bool
     interrupted: bool = False
     raised: bool = False
+    #: Ended by SIGTERM (timeout, kill, Slurm, docker stop, torchrun): status TERMINATED, the history kept as Ctrl-C's.
+    terminated: bool = False
+    #: Child processes the script started (DataLoader workers excepted): where its training ran when it made no step.
+    children: int = 0
 
 
 def seed_everything(seed: int = SEED) -> None:
@@ -76,7 +80,8 @@ def run_watched(script: str | os.PathLike[str], args: Sequence[str], watcher: Wa
                 on_hard_exit: Callable[[Outcome], None] | None = None) -> Outcome:
     """Run ``script`` with ``watcher`` installed, to its end or until ``watcher.stop_requested``.
 
-    ``keep_alive``: as :func:`gradtrace.script.run_script`'s. ``on_hard_exit``: called when the script calls
+    ``keep_alive``: as :func:`gradtrace.script.run_script`'s; it also makes SIGTERM end the script as Ctrl-C does
+    (:func:`gradtrace._script_process.catch_sigterm`: an Outcome with ``terminated``, status 143). ``on_hard_exit``: called when the script calls
     ``os._exit(N)``, with the watcher closed (everything read) and the Outcome of status N, before the process
     ends: the last chance to write what was recorded. Errors raised by gradtrace's own code in a hook are raised again here (they are not the script's).
     """
@@ -100,7 +105,8 @@ def run_watched(script: str | os.PathLike[str], args: Sequence[str], watcher: Wa
             on_hard_exit(Outcome(status & 0xFF, message + "\n" if message else "", False))
 
     with _script_process.ScriptProcess(path, args, _Hooks(watcher), stdout_to_stderr=stdout_to_stderr,
-                                       on_hard_exit=hard_exit if on_hard_exit is not None else None) as proc:
+                                       on_hard_exit=hard_exit if on_hard_exit is not None else None,
+                                       sigterm=keep_alive) as proc:
         with watcher:
             if seed:
                 seed_everything()
@@ -110,13 +116,25 @@ def run_watched(script: str | os.PathLike[str], args: Sequence[str], watcher: Wa
                 stopped, proc.kept = True, e
             except (SystemExit, KeyboardInterrupt, Exception) as e:
                 ended = proc.kept = e
+            proc.script_ended()
         if keep_alive:  # (the command line: the process then ends like `python SCRIPT`, see run_script)
             proc.keep()
+    children = proc.children
     del proc
+    outcome = _outcome(ended, stopped, path)
+    outcome.children = children
+    return outcome
+
+
+def _outcome(ended: BaseException | None, stopped: bool, path: Path) -> Outcome:
+    """How the script ended, as an Outcome (an error raised by gradtrace's own code in a hook is raised again)."""
     from ..script import _raised_by_gradtrace
 
     if isinstance(ended, Exception) and _raised_by_gradtrace(ended):
         raise ended
+    if isinstance(ended, _script_process.Terminated):
+        return Outcome(_script_process.TERMINATED, f"gradtrace: {path.name} was terminated (SIGTERM)\n", False,
+                       terminated=True)
     if isinstance(ended, SystemExit):
         status, message = exit_status(ended.code)
         return Outcome(status, message + "\n" if message else "", False)
@@ -127,10 +145,23 @@ def run_watched(script: str | os.PathLike[str], args: Sequence[str], watcher: Wa
     return Outcome(0, "", stopped)
 
 
+def no_step_hint(outcome: Outcome) -> str:
+    """What to add to "made no training step" when the script started child processes (its training ran there)."""
+    n = outcome.children
+    if not n:
+        return ""
+    return (f". The script started {n} child process{'es' if n != 1 else ''} (torch.multiprocessing.spawn, "
+            "multiprocessing): its training ran there, and gradtrace watches the process it runs in. Launch the ranks "
+            "with torchrun instead (`torchrun --nproc-per-node N -m gradtrace ...`, or `gradtrace ... --nproc-per-node N`)"
+            ", each rank calling its training function itself")
+
+
 def describe(outcome: Outcome, name: str) -> str:
     """One line about how the script ended, for a message."""
     if outcome.interrupted:
         return f"{name} was interrupted"
+    if outcome.terminated:
+        return f"{name} was terminated (SIGTERM)"
     if outcome.raised:
         return f"{name} raised an exception"
     return f"{name} exited with status {outcome.status}"
