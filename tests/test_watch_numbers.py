@@ -456,3 +456,41 @@ def test_a_loss_module_made_anew_every_step_is_one_module():
     d = assemble_history(w).to_dict()
     assert [x["path"] for x in d["modules"]] == ["", "MSELoss"]
     assert len([r for r in d["series"]["module"]["MSELoss"]["out_rms"] if r is not None]) == 30
+
+
+@pytest.mark.parametrize("sentinel", [False, True])
+def test_a_closure_optimizer_step_is_measured_from_its_own_evaluations(sentinel):
+    # tryout5 23: LBFGS's backward() calls run inside step(closure): step 1 was unmeasured (no gradient yet at the
+    # pre-step hook), later gradients were the previous step's, and the loss the mean of the line search's evaluations
+    torch.manual_seed(0)
+    m = nn.Linear(5, 1)
+    opt = torch.optim.LBFGS(m.parameters(), lr=0.5, max_iter=5)
+    x = torch.randn(64, 5)
+    y = x @ torch.randn(5, 1) + 0.1
+    want = []
+    with Watcher(m, every=1, sentinel=sentinel) as w:
+        for _ in range(4):
+            calls = []
+
+            def closure():
+                opt.zero_grad()
+                loss = (m(x) - y).pow(2).mean()
+                loss.backward()
+                calls.append(loss.item())
+                return loss
+
+            w0 = m.weight.detach().clone()
+            opt.step(closure)
+            want.append({"loss": calls[0], "grad": m.weight.grad.norm().item(), "ratio": ratio(m.weight.detach(), w0),
+                         "calls": len(calls), "total": math.hypot(m.weight.grad.norm().item(), m.bias.grad.norm().item())})
+    assert want[0]["calls"] > 1, "a real line search: several evaluations in one step"
+    d = assemble_history(w).to_dict()
+    assert d["optimizers"][0]["steps"] == 4
+    assert [v for _, v in d["loss_all"]] == pytest.approx([s["loss"] for s in want], rel=1e-6)
+    if not sentinel:
+        p = d["series"]["param"]["weight"]
+        assert p["grad_norm"] == pytest.approx([s["grad"] for s in want], rel=1e-5)
+        assert p["update_ratio"] == pytest.approx([s["ratio"] for s in want], rel=1e-5)
+    else:  # the sentinel's total gradient norm: weight and bias, as the step left them
+        assert [f[3] for f in w.fingerprints] == pytest.approx([s["total"] for s in want], rel=1e-5)
+        assert w.alarm is None

@@ -87,6 +87,11 @@ class _Opt:
     #: outermost call is this optimizer's step.
     depth: int = 0
     frame: Any = None  # the frame of the outermost step() call under way (a step that raised never ran its post hook)
+    #: This step was step(closure) (LBFGS and other line searches): its backward() calls run inside it, so its
+    #: gradients are read after it (the last evaluation's, which the optimizer used last) and its loss is the first
+    #: evaluation's (the loss at the start of the step, as LBFGS.step returns it).
+    closure: bool = False
+    sampled: bool = False
     held: list[int] = field(default_factory=list)
     #: The roots (prefixes) whose parameters it holds, as of its last step.
     roots: set[str] = field(default_factory=set)
@@ -525,6 +530,14 @@ class Watcher:
         if len(held) != len(o.held):  # (add_param_group; otherwise the same tensors step after step)
             o.held = [id(p) for p in held]
             o.roots = {self._param_root[i] for i in o.held if i in self._param_root}
+        rest = args[1:] if args and args[0] is opt else args  # (torch hands the hooks step()'s args with self)
+        o.closure = callable(kwargs.get("closure", rest[0] if rest else None))
+        if o.closure:  # (no gradient yet: every parameter's weights now, the rest after the step)
+            o.params = [p for p in held if p.layout == torch.strided]
+            o.sampled = self._sampled_for(o, step)
+            if o.params and (self.sentinel is not None or o.sampled):
+                o.before = self._safely("weights before the step", self._take, o, o.params)
+            return
         params = [p for p in held if p.grad is not None and p.layout == torch.strided]
         o.params = params
         if self.sentinel is not None and params:
@@ -539,6 +552,8 @@ class Watcher:
         if o.depth > 0:
             return
         o.frame = None
+        if o.closure:
+            self._safely("gradients and weights", self._closure_pre, o)
         o.count += 1
         step = o.count
         sampled = o.pre is not None
@@ -578,6 +593,29 @@ class Watcher:
         self._forward_on = True
 
     # -- recording ----------------------------------------------------------------------
+
+    def _closure_pre(self, o: _Opt) -> None:
+        """After step(closure): what the pre-step hook takes for a plain step, from the gradients the step left and the
+        weights' copies taken before it."""
+        keep = [i for i, p in enumerate(o.params) if p.grad is not None]
+        before = o.before
+        o.params = [o.params[i] for i in keep]
+        o.before = [before[i] for i in keep] if before is not None else None
+        if not o.params:
+            o.before = None
+            return
+        with torch.no_grad(), invisible():
+            grads = [dense(p.grad) for p in o.params]
+            gn = [n.float() for n in norms(grads)]
+            wn = [n.float() for n in norms(o.before)] if o.before is not None else gn
+            if o.sampled:
+                o.pre = [*gn, *nonfinite_counts(grads, gn), *wn]
+            if self.sentinel is not None:
+                acc = torch.float32 if gn[0].device.type == "mps" else torch.float64
+                o.sentinel_pre = [torch.linalg.vector_norm(torch.stack([n.to(acc) for n in gn])),
+                                  torch.linalg.vector_norm(torch.stack([n.to(acc) for n in wn]))]
+        if len(self._micro) > 1:  # the loss at the start of the step, not the mean of a line search's evaluations
+            self._micro, self._micro_calls = self._micro[:1], self._micro_calls[:1]
 
     def _record_pre(self, o: _Opt, params: list[torch.Tensor], step: int) -> None:
         with torch.no_grad(), invisible():
