@@ -236,6 +236,12 @@ def check_every_step(script: str, script_args: tuple[str, ...], output: str | No
             why = f"{name} exited with status {outcome.status}" if outcome.status else f"{name} made no training step"
             click.echo(f"gradtrace check: no broken step found, and the run did not finish ({why}) after "
                        f"{watcher.steps_run} steps" + (no_step_hint(outcome) if watcher.steps_run == 0 else ""), err=True)
+            if outcome.raised and watcher.steps_run > 0:
+                # (a script that stops itself on a NaN loss, before backward(): the sentinel never saw that step)
+                click.echo(f"gradtrace check: {name} raised during step {watcher.steps_run + 1}, before that step's "
+                           "optimizer step: the sentinel checks a step's loss and gradients at its backward() and step(), "
+                           f"so step {watcher.steps_run + 1} was not checked. If the script stops itself on a non-finite "
+                           "loss, let it reach backward() under check (or guard after it) to have the step traced", err=True)
             raise SystemExit(EXIT_NO_STEP)
         msg = f"gradtrace check: every step healthy ({watcher.steps_run} steps: loss, gradients and update ratio finite and sane)"
         click.echo(_json(script, None, [], EXIT_HEALTHY, watcher.steps_run) if as_json else msg)
