@@ -8,7 +8,7 @@ holds both, each parameter sampled at its own optimizer's step. The run's
 step count is the largest count. A ``GradScaler.step(opt)`` that skips the
 optimizer (an inf in the scaled gradients) is still that optimizer's step:
 it is recorded as a ``skipped`` event, not an alarm, and never sampled: a
-sample due on it is taken at that optimizer's next real step (``_Opt.owed``;
+sample due on it is taken at that optimizer's next real step (``OptState.owed``;
 the plan waits, ``is_sampled`` uses ``>=``). A script without any
 optimizer: a step is a ``backward()``.
 
@@ -39,7 +39,6 @@ import statistics
 import sys
 import time
 import weakref
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -52,7 +51,9 @@ from ..recorder.intercept import install
 from ..recorder.stats import invisible
 from .patches import patch_clip, patch_scaler
 from .cheap import Before, dense, local, nonfinite_count, nonfinite_counts, norms
-from .sentinel import BATCH, Alarm, Sentinel, word
+from .probes import first_float_tensor, graph_leaves, loss_value, lr_of, on_stack, optimizer_holding
+from .sentinel import BATCH, Alarm, Sentinel
+from .state import OptState, Row, RootState
 from .tracing import StepTracer
 
 __all__ = ["BATCH", "BUDGET", "Alarm", "Watcher"]  # (Alarm: from .sentinel, named here too)
@@ -64,65 +65,6 @@ START_EVERY = 10
 MAX_EVERY = 1000
 #: The default sampling never takes more than about one step in ``1 + step // THIN``.
 THIN = 500
-
-
-@dataclass
-class _Opt:
-    name: str
-    ref: Any  # weakref to the optimizer
-    count: int = 0
-    before: list[torch.Tensor] | None = None
-    delta: list[torch.Tensor] | None = None  # ‖Δw‖ per parameter once the step is done (computed once, used twice)
-    params: list[torch.Tensor] = field(default_factory=list)
-    pre: list[torch.Tensor] | None = None  # device tensors of a sampled step, waiting for the post-step half
-    sentinel_pre: list[torch.Tensor] | None = None
-    stepped_in_scaler: bool = False
-    #: A sample fell on a step GradScaler skipped: this optimizer's next real step is sampled instead.
-    owed: bool = False
-    #: Its class and the ids of the tensors it holds, as of its last step (the history is written after the script
-    #: returned, when an optimizer local to its main() is gone).
-    type_name: str = "?"
-    #: Calls of its step() under way: torch runs the step hooks in every class's step(), so a subclass calling
-    #: super().step() passes them twice (once the parent class's step is hooked, by any instance of it); only the
-    #: outermost call is this optimizer's step.
-    depth: int = 0
-    frame: Any = None  # the frame of the outermost step() call under way (a step that raised never ran its post hook)
-    #: This step was step(closure) (LBFGS and other line searches): its backward() calls run inside it, so its
-    #: gradients are read after it (the last evaluation's, which the optimizer used last) and its loss is the first
-    #: evaluation's (the loss at the start of the step, as LBFGS.step returns it).
-    closure: bool = False
-    sampled: bool = False
-    held: list[int] = field(default_factory=list)
-    #: The roots (prefixes) whose parameters it holds, as of its last step.
-    roots: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _Root:
-    """A top-level module the engine met, held weakly: what naming needs outlives it (a sweep trains fresh models
-    one after another, and the engine must not keep every one, with its gradients, to the end of the run)."""
-
-    prefix: str
-    cls: str
-    has_params: bool
-    ref: Any  # weakref.ref to the module
-    mid: int  # its id() while it lives
-    module_ids: list[int]
-    param_ids: list[int]
-
-
-@dataclass
-class _Row:
-    """One sampled (step, optimizer): its parameters' names and ids beside one device tensor of their statistics."""
-
-    step: int
-    opt: str
-    param_ids: list[int]
-    param_names: list[str]  # raw names (the engine's prefixes), resolved while the parameters were alive
-    numels: list[int]
-    values: torch.Tensor  # [grad_norm..., grad_nonfinite..., value_norm..., delta_norm...]
-    loss: torch.Tensor | None
-    lrs: list[float | None]
 
 
 class Watcher:
@@ -155,7 +97,7 @@ class Watcher:
         self.names: dict[int, str] = {}  # id(module) -> path
         self.classes: dict[str, str] = {}
         self.root_of: dict[str, str] = {}  # module path -> root prefix
-        self._roots: list[_Root] = []
+        self._roots: list[RootState] = []
         self._root_ids: set[int] = set()  # id() of the live roots
         #: id(parameter) -> its raw name, and raw name -> shape, for the live roots' parameters (and shapes kept)
         self._param_label: dict[int, str] = {}
@@ -168,8 +110,8 @@ class Watcher:
             self._add_root(model)
         #: Every optimizer met, by name (opt0, opt1, ...), in order; _live finds a live one by id() (an optimizer
         #: created where a freed one lived, as a sweep does, is a new one: not merged with the old).
-        self.opts: dict[str, _Opt] = {}
-        self._live: dict[int, _Opt] = {}
+        self.opts: dict[str, OptState] = {}
+        self._live: dict[int, OptState] = {}
         self.backward_calls = 0
         self._micro: list[torch.Tensor] = []
         self._micro_calls: list[int] = []
@@ -177,8 +119,8 @@ class Watcher:
         self._forward_on = True  # step 1 is always sampled
         self._next_sample = self.first
         self.sampled: list[int] = []
-        self._rows: list[_Row] = []
-        self._host_rows: list[tuple[_Row, list[float]]] = []
+        self._rows: list[Row] = []
+        self._host_rows: list[tuple[Row, list[float]]] = []
         self._module_rows: dict[int, dict[str, tuple[float, float]]] = {}
         self._module_dev: list[tuple[int, str, torch.Tensor, int]] = []
         self._loss_dev: list[tuple[int, torch.Tensor, torch.Tensor]] = []
@@ -203,7 +145,7 @@ class Watcher:
         self._scaled: dict[int, tuple[Any, torch.Tensor]] = {}
         self._before = Before()
         self._failures: set[str] = set()
-        self._pseudo = _Opt("backward", None)  # steps when no optimizer ever steps
+        self._pseudo = OptState("backward", None)  # steps when no optimizer ever steps
         self._no_optimizer: bool | None = None  # decided at the first backward()
         self.started = time.perf_counter()
         self.elapsed: float | None = None
@@ -301,7 +243,7 @@ class Watcher:
         return [m for m in alive if m is not None]
 
     @property
-    def roots(self) -> list[_Root]:
+    def roots(self) -> list[RootState]:
         """Every root met, alive or not, in order."""
         return list(self._roots)
 
@@ -332,12 +274,12 @@ class Watcher:
                 self._param_root[id(p)] = prefix
                 self.param_shapes.setdefault(name, list(p.shape))
                 param_ids.append(id(p))
-        root = _Root(prefix, type(module).__name__, bool(param_ids), None, id(module), module_ids, param_ids)
+        root = RootState(prefix, type(module).__name__, bool(param_ids), None, id(module), module_ids, param_ids)
         root.ref = weakref.ref(module, lambda _, r=root: self._root_gone(r))
         self._roots.append(root)
         self._root_ids.add(id(module))
 
-    def _root_gone(self, root: _Root) -> None:
+    def _root_gone(self, root: RootState) -> None:
         # Its ids may now be any new object's: forget them, so a new model at the same address is met as new (its
         # names and rows are already resolved).
         for i in root.module_ids:
@@ -348,10 +290,10 @@ class Watcher:
         root.module_ids, root.param_ids = [], []
         self._root_ids.discard(root.mid)
 
-    def _opt(self, opt: torch.optim.Optimizer) -> _Opt:
+    def _opt(self, opt: torch.optim.Optimizer) -> OptState:
         o = self._live.get(id(opt))
         if o is None or o.ref() is not opt:
-            o = _Opt(f"opt{len(self.opts)}", weakref.ref(opt), type_name=type(opt).__name__)
+            o = OptState(f"opt{len(self.opts)}", weakref.ref(opt), type_name=type(opt).__name__)
             self.opts[o.name] = self._live[id(opt)] = o
         return o
 
@@ -368,7 +310,7 @@ class Watcher:
         # so the sample moves to the next real step instead of being lost, and with it every later one).
         return step >= self._next_sample or step in self.sampled
 
-    def _sampled_for(self, o: _Opt, step: int) -> bool:
+    def _sampled_for(self, o: OptState, step: int) -> bool:
         """Whether optimizer ``o``'s step ``step`` is sampled: the run's plan, or a sample ``o`` owes from a skipped step."""
         if self.is_sampled(step):
             return True
@@ -383,7 +325,7 @@ class Watcher:
         counts = [o.count for o in self.opts.values()] or [self._pseudo.count]
         return sorted({min(counts) + 1, max(counts) + 1})
 
-    def _boundary(self, o: _Opt, sampled: bool, skipped: bool = False) -> None:
+    def _boundary(self, o: OptState, sampled: bool, skipped: bool = False) -> None:
         """After optimizer ``o`` finished its step ``o.count``: time it, plan the next sample."""
         now = time.perf_counter()
         if self._last_boundary is not None and o.count > 1 and not skipped:  # (a skipped step has no update: not plain)
@@ -448,7 +390,7 @@ class Watcher:
     def _module_post(self, module: nn.Module, args: Any, output: Any) -> None:
         if not self._forward_on:
             return
-        t = _first_float_tensor(output)
+        t = first_float_tensor(output)
         if t is None:
             return
         with torch.no_grad(), invisible():
@@ -468,17 +410,17 @@ class Watcher:
             scaled = self._scaled.pop(id(root), None)
             if scaled is not None and scaled[0]() is root:
                 root = scaled[1]
-            loss = self._safely("the loss", _loss_value, root)
+            loss = self._safely("the loss", loss_value, root)
             if loss is not None:
                 self._micro.append(loss)
                 self._micro_calls.append(self.backward_calls)
         self._scaled.clear()
-        leaves = _graph_leaves(tensors) if self._no_optimizer is None and not self.opts else set()
+        leaves = graph_leaves(tensors) if self._no_optimizer is None and not self.opts else set()
         if leaves:
             leaves |= self._sharded_twins(leaves)
         result = self._real_backward(tensors, *args, **kwargs)
         if self._no_optimizer is None:
-            self._no_optimizer = not self.opts and not _optimizer_holding(leaves)
+            self._no_optimizer = not self.opts and not optimizer_holding(leaves)
         if self._no_optimizer:  # a script without an optimizer: a step is a backward()
             self._pseudo_step()
         return result
@@ -517,7 +459,7 @@ class Watcher:
             self._drop_pseudo()
         o = self._opt(opt)
         caller = sys._getframe(1)
-        if o.depth > 0 and _on_stack(o.frame, caller):
+        if o.depth > 0 and on_stack(o.frame, caller):
             o.depth += 1
             return
         # A new step. What a step() that raised left (its depth, copies, statistics: its post hook never ran) is stale.
@@ -560,13 +502,13 @@ class Watcher:
         lrs: list[float | None] = []
         if sampled:
             o.owed = False
-            lrs = [_lr(g) for g in opt.param_groups]
+            lrs = [lr_of(g) for g in opt.param_groups]
             self._safely("updates", self._record_post, o, step, lrs)
         if self.sentinel is not None:
             self._safely("the sentinel's row", self._sentinel_row, o, step)
         self._end_step(o, step, sampled)
 
-    def _skipped(self, o: _Opt, scaler: Any) -> None:
+    def _skipped(self, o: OptState, scaler: Any) -> None:
         o.count += 1
         scale = scaler.get_scale()  # (GradScaler.step has synchronized already to find the inf)
         self.events.append({"step": o.count, "kind": "skipped",
@@ -594,7 +536,7 @@ class Watcher:
 
     # -- recording ----------------------------------------------------------------------
 
-    def _closure_pre(self, o: _Opt) -> None:
+    def _closure_pre(self, o: OptState) -> None:
         """After step(closure): what the pre-step hook takes for a plain step, from the gradients the step left and the
         weights' copies taken before it."""
         keep = [i for i, p in enumerate(o.params) if p.grad is not None]
@@ -617,7 +559,7 @@ class Watcher:
         if len(self._micro) > 1:  # the loss at the start of the step, not the mean of a line search's evaluations
             self._micro, self._micro_calls = self._micro[:1], self._micro_calls[:1]
 
-    def _record_pre(self, o: _Opt, params: list[torch.Tensor], step: int) -> None:
+    def _record_pre(self, o: OptState, params: list[torch.Tensor], step: int) -> None:
         with torch.no_grad(), invisible():
             if not params:
                 o.pre = []
@@ -630,7 +572,7 @@ class Watcher:
                 o.before = self._before.take(o.name, params, o.ref() if o.ref is not None else None)
             o.pre = [*gn, *bad, *wn]
 
-    def _record_post(self, o: _Opt, step: int, lrs: list[float | None]) -> None:
+    def _record_post(self, o: OptState, step: int, lrs: list[float | None]) -> None:
         params, pre, before = o.params, o.pre or [], o.before
         with torch.no_grad(), invisible():
             if params and before is not None and o is not self._pseudo:
@@ -639,7 +581,7 @@ class Watcher:
                 dn = [torch.full((), math.nan) for _ in params]
             values = torch.stack([*pre, *dn]) if params else torch.zeros(0)
             loss = torch.stack(self._micro).mean() if self._micro else None
-        self._rows.append(_Row(step, o.name, [id(p) for p in params], self._names_of(o, params), [local(p).numel() for p in params],
+        self._rows.append(Row(step, o.name, [id(p) for p in params], self._names_of(o, params), [local(p).numel() for p in params],
                                values, loss, lrs))
         if self._clip_now is not None:
             self._clip_dev[step] = self._clip_now
@@ -657,11 +599,11 @@ class Watcher:
         if len(self._rows) >= BATCH:
             self._read_rows()
 
-    def _take(self, o: _Opt, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _take(self, o: OptState, params: list[torch.Tensor]) -> list[torch.Tensor]:
         with torch.no_grad(), invisible():
             return self._before.take(o.name, params, o.ref() if o.ref is not None else None)
 
-    def _names_of(self, o: _Opt, params: list[torch.Tensor]) -> list[str]:
+    def _names_of(self, o: OptState, params: list[torch.Tensor]) -> list[str]:
         """The raw names of ``params`` now: the models', else ``opt0.group0.param3`` (a tensor only ``o`` holds)."""
         names = [self._param_label.get(id(p)) for p in params]
         if None in names:
@@ -671,7 +613,7 @@ class Watcher:
             names = [n if n is not None else where.get(id(p), f"{o.name}.param{j}") for j, (n, p) in enumerate(zip(names, params))]
         return names  # type: ignore[return-value]
 
-    def _delta(self, o: _Opt) -> list[torch.Tensor]:
+    def _delta(self, o: OptState) -> list[torch.Tensor]:
         """‖Δw‖ per parameter of ``o``'s step just done (its weights' copies are spent on the first call)."""
         if o.delta is None and o.before is not None:
             with torch.no_grad(), invisible():
@@ -679,13 +621,13 @@ class Watcher:
             o.before = None
         return o.delta or []
 
-    def _sentinel_row(self, o: _Opt, step: int) -> None:
+    def _sentinel_row(self, o: OptState, step: int) -> None:
         delta = self._delta(o) if o.before is not None or o.delta is not None else None
         self.sentinel.after_step(step, o.name, list(self._micro_calls) or [self.backward_calls], self._micro, delta,
                                  o.sentinel_pre)
         o.before = o.delta = o.sentinel_pre = None
 
-    def _end_step(self, o: _Opt, step: int, sampled: bool, skipped: bool = False) -> None:
+    def _end_step(self, o: OptState, step: int, sampled: bool, skipped: bool = False) -> None:
         if o.name in ("opt0", "backward") and self._micro:
             with torch.no_grad(), invisible():
                 micro = torch.stack(self._micro)
@@ -775,75 +717,3 @@ class Watcher:
         from .assemble import alarm_events
 
         return alarm_events(self)
-
-
-
-def _graph_leaves(tensors: Any) -> set[int]:
-    """id() of the tensors a backward from ``tensors`` accumulates gradients into (walked once, at the first backward())."""
-    roots = [tensors] if isinstance(tensors, torch.Tensor) else [t for t in tensors if isinstance(t, torch.Tensor)] \
-        if isinstance(tensors, (list, tuple)) else []
-    todo = [t.grad_fn for t in roots if t.grad_fn is not None]
-    seen: set[int] = set()
-    leaves: set[int] = set()
-    while todo:  # (iterative: graphs reach tens of thousands of nodes)
-        node = todo.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):
-            leaves.add(id(variable))
-        todo.extend(n for n, _ in node.next_functions if n is not None)
-    return leaves
-
-
-def _optimizer_holding(leaves: set[int]) -> bool:
-    """Whether an optimizer holds any of ``leaves``: then its step(), not the backward(), ends a step. (Any other
-    optimizer alive in the process, a notebook's earlier one, says nothing about this loop.)"""
-    import gc
-
-    base = torch.optim.Optimizer
-    for o in gc.get_objects():
-        if issubclass(type(o), base):  # (type(): no lazy module's __getattr__ runs)
-            groups = getattr(o, "param_groups", None) or []
-            if any(id(p) in leaves for g in groups for p in g.get("params", ())):
-                return True
-    return False
-
-
-def _lr(group: dict[str, Any]) -> float | None:
-    lr = group.get("lr")
-    if isinstance(lr, torch.Tensor):
-        return float(lr.item())
-    return float(lr) if isinstance(lr, (int, float)) else None
-
-
-def _on_stack(frame: Any, top: Any) -> bool:
-    """Whether ``frame`` is ``top`` or one of its callers (a call still under way)."""
-    f = top
-    while f is not None:
-        if f is frame:
-            return True
-        f = f.f_back
-    return False
-
-
-def _loss_value(root: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), invisible():
-        return local(root.detach()).float().reshape(()).clone()
-
-
-def _first_float_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output if output.is_floating_point() and not output.is_meta else None
-    if isinstance(output, (list, tuple)):
-        for x in output:
-            t = _first_float_tensor(x)
-            if t is not None:
-                return t
-    if isinstance(output, dict):
-        for x in output.values():
-            t = _first_float_tensor(x)
-            if t is not None:
-                return t
-    return None
