@@ -494,3 +494,24 @@ def test_a_closure_optimizer_step_is_measured_from_its_own_evaluations(sentinel)
     else:  # the sentinel's total gradient norm: weight and bias, as the step left them
         assert [f[3] for f in w.fingerprints] == pytest.approx([s["total"] for s in want], rel=1e-5)
         assert w.alarm is None
+
+
+def test_the_adaptive_period_moves_at_most_twofold_per_sample_and_needs_three_measurements_to_go_below_ten():
+    # tryout5 21: on a loaded machine one noisy measurement swung the period from 1 to 539 and back, so the history
+    # was bunched into the first steps. The plan is fed timings directly here (no clock).
+    from gradtrace.watching.engine import START_EVERY
+
+    w = Watcher(None)
+    w._step_times = [0.1] * 50
+    w._sample_extra = [0.0]  # sampling looks free: wants every step
+    w._plan(11)
+    assert w._period == START_EVERY, "one measurement does not go below the start"
+    w._sample_extra = [0.0, 0.0, 0.0]
+    periods = []
+    for step in range(20, 80, 10):
+        w._plan(step)
+        periods.append(w._period)
+    assert periods == [5, 2, 1, 1, 1, 1], periods  # halving, not a jump to 1
+    w._sample_extra = [0.0, 0.0, 0.0, 50.0, 50.0, 50.0]  # a noisy spell: sampling now looks 500x a step
+    w._plan(100)
+    assert w._period == 2, "doubling, not a jump to the thousands"

@@ -353,7 +353,12 @@ class Watcher:
         if self._sample_extra and self._step_times:
             plain = statistics.median(self._step_times[-50:])
             extra = statistics.median(self._sample_extra[-5:])
-            self._period = min(MAX_EVERY, max(1, math.ceil(extra / (BUDGET * plain)) if plain > 0 else START_EVERY))
+            wanted = min(MAX_EVERY, max(1, math.ceil(extra / (BUDGET * plain)) if plain > 0 else START_EVERY))
+            # One measurement on a busy machine is noise: the period moves at most 2x per sample, and goes below the
+            # starting 10 only on 3 measurements (a loaded machine once swung it 1 -> 539 and bunched the history
+            # into the first steps).
+            low = 1 if len(self._sample_extra) >= 3 else START_EVERY
+            self._period = max(low, min(max(wanted, self._period // 2), self._period * 2))
         # A long run is thinned as it goes (about THIN samples per THIN steps at most), so the history stays readable.
         self._period = max(self._period, 1 + step // THIN)
         self._next_sample = step + self._period
