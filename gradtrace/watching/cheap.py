@@ -8,9 +8,9 @@ large allocation is new pages the kernel must fault in and zero — more time
 than the subtraction itself. ``isfinite(g).sum()`` per gradient likewise
 allocates a mask as big as the gradient.
 
-- :class:`Before` keeps one copy of the weights per parameter for the whole
-  run on the CPU (written in place each step: no new pages) and subtracts in
-  place into it, so one step's ‖Δw‖ costs a copy, a subtraction and a norm
+- :class:`Before` keeps one copy of the weights per (optimizer, parameter) on
+  the CPU, for as long as that optimizer lives (written in place each step: no
+  new pages), and subtracts in place into it, so one step's ‖Δw‖ costs a copy, a subtraction and a norm
   over memory already mapped. On an accelerator the caching allocator hands
   memory back without faults, and a copy kept between steps would raise the
   peak memory of the forward pass: there a fresh copy is taken per step, as
