@@ -22,8 +22,8 @@ EXIT_HEALTHY, EXIT_ALARM, EXIT_USAGE, EXIT_WARNING, EXIT_NO_STEP = 0, 1, 2, 3, 5
               help="Run the whole training with a cheap sentinel on every step (loss, gradients, update ratio); at the first "
                    "broken step, print it and write that step's full trace (see docs/watch.md).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
-              help="With --every-step: where to write the broken step's trace (format from the suffix; default "
-                   "SCRIPT-stepK.html).")
+              help="With --every-step: the file to write the broken step's trace to (format from the suffix; default "
+                   "SCRIPT-stepK.html; not '-': the findings are printed on standard output).")
 @_rank_options
 def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, every_step: bool, output: str | None,
           nproc_per_node: int | None, rank_timeout: float) -> None:
