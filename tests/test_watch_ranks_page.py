@@ -46,8 +46,9 @@ def test_spread_table_escapes_cuts_and_ranks_by_the_largest_finite_spread(tmp_pa
     from tests.browser import chromium_page
 
     h0, h1 = _history(0, None), _history(1, 5)
-    doc = RankHistories.build("t.py", 2, [{"rank": 0, "status": "ok", "why": None, "history": h0},
-                                          {"rank": 1, "status": "ok", "why": None, "history": h1}], "every 1")
+    doc = RankHistories.build(f"{_RLO}.py", 2, [{"rank": 0, "status": "ok", "why": None, "history": h0},
+                                                {"rank": 1, "status": "failed", "why": f"raised ({_RLO})", "history": h1}],
+                              "every 1")
     # The expected ranking, from the two ranks' own output RMS: the largest spread over the steps where both are finite.
     expected = {}
     for path in h0["series"]["module"]:
@@ -64,6 +65,8 @@ def test_spread_table_escapes_cuts_and_ranks_by_the_largest_finite_spread(tmp_pa
                              ".map(r => Array.from(r.cells).map(c => [c.textContent, c.title]))")
         assert page.evaluate("document.documentElement.scrollWidth") <= 1400  # the long name does not widen the page
         nonfinite = page.evaluate("document.getElementById('nonfinite').textContent")
+        words = page.evaluate("document.querySelector('header').textContent + document.getElementById('notes').textContent"
+                              " + document.title")
     names = [r[0][0] for r in rows]
     assert "\u202e" not in "".join(names) and any("\\u202eevil\\u202c" in n for n in names)
     long_row = next(r for r in rows if r[0][0].startswith("xxx"))
@@ -76,4 +79,5 @@ def test_spread_table_escapes_cuts_and_ranks_by_the_largest_finite_spread(tmp_pa
         assert shown == float(f"{v:.3g}")
     # The NaN entered at step 5 on rank 1: every module's spread is first not finite there.
     assert all(r[2][0] == "step 5" for r in rows)
+    assert "\u202e" not in words and words.count("\\u202eevil\\u202c") == 3  # the script's name and the rank's why
     assert "rank 1" in nonfinite and "step 5" in nonfinite and "rank 0" not in nonfinite

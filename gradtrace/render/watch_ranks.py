@@ -134,7 +134,7 @@ def to_watch_ranks_html(doc: dict[str, Any]) -> str:
         label = f"rank {rank}" + ("" if status == "ok" else f" ({status})")
         buttons.append(f'<button data-rank="{rank}" class="{html.escape(status)}" aria-pressed="false">{html.escape(label)}</button>')
         if r.get("why"):
-            notes.append(f"<li>rank {rank}: {html.escape(str(r['why']))}</li>")
+            notes.append(f"<li>rank {rank}: {html.escape(inert_text(str(r['why'])))}</li>")  # (an exception's words: user text)
         if r.get("history") is not None:
             page = to_watch_html(r["history"])
             scripts, styles = _page_hashes(page)
@@ -146,7 +146,7 @@ def to_watch_ranks_html(doc: dict[str, Any]) -> str:
             frames.append(f'<iframe data-rank="{rank}" hidden sandbox="" title="rank {rank}" '
                           f'srcdoc="{html.escape("<p>nothing came from this rank</p>", quote=True)}"></iframe>')
     spread = doc.get("spread") if isinstance(doc.get("spread"), dict) else {}
-    name = html.escape(str(doc.get("script") or "run"))
+    name = html.escape(inert_text(str(doc.get("script") or "run")))
     world = html.escape(str(doc.get("world_size", len(ranks))))
     return f"""<!DOCTYPE html>
 <html lang="en">
