@@ -85,7 +85,8 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         70   internal error: a bug in gradtrace (its traceback is printed)
         130  interrupted (Ctrl-C); the file is written first when the step was recorded
     """
-    _output_format(output, fmt)  # (a bad -o is one usage error here, not one per rank after the launch)
+    with cli_names():  # (a bad -o is one usage error here, not one per rank after the launch)
+        _output_format(output, fmt)
     _launch_if_asked("render", nproc_per_node)
     ranks = _ranks(every_rank, rank_timeout)
     with cli_names():  # every message and diagram note names --timeout, --max-nodes, not timeout=, max_nodes=
