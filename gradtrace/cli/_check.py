@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._common import _rank_options, _run, _script_options
+from ._common import _is_stdout, _rank_options, _run, _script_options
 from ._ranks import _Ranks, _launch_if_asked, _ranks, _run_ranks
 
 
@@ -22,8 +22,8 @@ EXIT_HEALTHY, EXIT_ALARM, EXIT_USAGE, EXIT_WARNING, EXIT_NO_STEP = 0, 1, 2, 3, 5
               help="Run the whole training with a cheap sentinel on every step (loss, gradients, update ratio); at the first "
                    "broken step, print it and write that step's full trace (see docs/watch.md).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
-              help="With --every-step: where to write the broken step's trace (format from the suffix; default "
-                   "SCRIPT-stepK.html).")
+              help="With --every-step: the file to write the broken step's trace to (format from the suffix; default "
+                   "SCRIPT-stepK.html; not '-': the findings are printed on standard output).")
 @_rank_options
 def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, every_step: bool, output: str | None,
           nproc_per_node: int | None, rank_timeout: float) -> None:
@@ -82,6 +82,11 @@ def check(script: str, script_args: tuple[str, ...], step: int, as_json: bool, e
             raise click.UsageError("--step and --every-step do not go together: --every-step checks every step")
         from ..watching.cli import check_every_step, check_trace_output
 
+        if output == "-" or _is_stdout(output):
+            # The findings (a table or --json's document) are printed on standard output: the trace there too would
+            # make two documents back to back that no reader (json.load, jq) can split.
+            raise click.UsageError("-o - (standard output) does not go with check --every-step: the findings are printed "
+                                   "there; write the broken step's trace to a file (-o step.json, -o step.html)")
         check_trace_output(output)
         _launch_if_asked("check", nproc_per_node)
         ranks = _ranks(False, rank_timeout)

@@ -85,6 +85,8 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
         70   internal error: a bug in gradtrace (its traceback is printed)
         130  interrupted (Ctrl-C); the file is written first when the step was recorded
     """
+    with cli_names():  # (a bad -o is one usage error here, not one per rank after the launch)
+        _output_format(output, fmt)
     _launch_if_asked("render", nproc_per_node)
     ranks = _ranks(every_rank, rank_timeout)
     with cli_names():  # every message and diagram note names --timeout, --max-nodes, not timeout=, max_nodes=
@@ -92,9 +94,9 @@ def render(script: str, script_args: tuple[str, ...], step: int, output: str | N
                 max_nodes, module, no_fold, edge_grads, ranks)
 
 
-def _render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
-            rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
-            module: str | None, no_fold: bool, edge_grads: bool | None, ranks: _Ranks | None = None) -> None:
+def _output_format(output: str | None, fmt: str | None) -> str | None:
+    """The format ``-o OUTPUT`` / ``--format`` ask for (``None``: the default), checked (a known format, an
+    existing folder) before any script runs and before --nproc-per-node starts its ranks."""
     to_stdout = output == "-"
     if to_stdout and fmt == "model-explorer":  # several files: refused before the script runs, not after
         from ..render.model_explorer import check_graph_path
@@ -113,6 +115,14 @@ def _render(script: str, script_args: tuple[str, ...], step: int, output: str | 
         out_dir = Path(output).parent
         if not out_dir.is_dir():
             raise click.ClickException(f"cannot write {output!r}: the folder {str(out_dir)!r} does not exist")
+    return fmt
+
+
+def _render(script: str, script_args: tuple[str, ...], step: int, output: str | None, fmt: str | None, run_to_end: bool,
+            rankdir: str, no_values: bool, no_grads: bool, theme: str, timeout: float, depth: int | None, max_nodes: int,
+            module: str | None, no_fold: bool, edge_grads: bool | None, ranks: _Ranks | None = None) -> None:
+    to_stdout = output == "-"
+    fmt = _output_format(output, fmt)
     fmt = fmt or "svg"
     try:
         options = RenderOptions(rankdir=rankdir, show_values=not no_values, show_grads=not no_grads, theme=theme, timeout=timeout,

@@ -67,6 +67,9 @@ def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: st
     from ..watching.cli import parse_steps, parse_trace_steps, run_watch, watch_target
     from ._ranks import _launch_if_asked, _ranks
 
+    # -o checked here, before --nproc-per-node starts the ranks: a bad suffix or folder is one usage error, not one
+    # per rank after torch started and torchrun's failure dump.
+    target, kind, shown = watch_target(output, fmt, script, "html")
     _launch_if_asked("watch", nproc_per_node)
     ranks = _ranks(False, rank_timeout)
     if ranks is not None:
@@ -74,7 +77,6 @@ def watch(script: str, script_args: tuple[str, ...], output: str | None, fmt: st
         # is not re-run to be traced here: `check --every-step` does that on every rank.
         from ..watching.rankwatch import run_watch_ranks
 
-        target, kind, shown = watch_target(output, fmt, script, "html")
         run_watch_ranks(ranks.info, script, script_args, target, kind, shown, every, parse_steps(steps),
                         parse_trace_steps(trace_steps), rank_timeout)
     run_watch(script, script_args, output, fmt, every, parse_steps(steps), parse_trace_steps(trace_steps), not no_alarm_trace)

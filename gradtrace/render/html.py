@@ -131,7 +131,10 @@ def _reduced(n: Any) -> dict[str, Any] | None:
     if n.reduced is None:
         return None
     titles = reduced_titles(n.reduced)
-    return {"op": n.reduced.op, "lt": titles["local_long"], "t": titles["reduced_long"], "s": _stats(n.reduced.stats)}
+    # "g": the reduced gradient's one-line summary for the node's box, as the SVG draws it beside the local one
+    # (a NaN that came with the collective colours the header red: the box must show why).
+    return {"op": n.reduced.op, "lt": titles["local_long"], "t": titles["reduced_long"], "s": _stats(n.reduced.stats),
+            "g": fmt.summary(n.reduced.stats)}
 
 
 def _groups(trace: Trace, order: list[str], hier: Hierarchy, alarms: list[bool]) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import html
 import math
 from typing import Any
 
+from .inert import inert_text
 from .page import asset, csp, csp_hash
 from .watch_html import WatchFileError, _page_hashes, to_watch_html
 
@@ -55,19 +56,65 @@ def _loss_svg(loss: dict[str, Any]) -> str:
             f'<text x="6" y="{_H - 8}" font-size="11" fill="#6b6b6b">{html.escape(f"{y0:.4g}")}</text></svg>')
 
 
+#: Module paths longer than this are cut in the table (the full, escaped path is the cell's title): one
+#: 300-character name would otherwise widen the page past the window and squeeze the values column.
+_MAX_NAME = 60
+
+
+def _name_cell(path: str) -> str:
+    """A table cell for a module path: escaped as every gradtrace page does (bidi overrides and controls
+    spelled out, so ``a\u202eevil`` cannot read as another module), cut with the full path as its title."""
+    shown = inert_text(path) if path else "(the model)"
+    if len(shown) <= _MAX_NAME:
+        return f"<td>{html.escape(shown)}</td>"
+    return f'<td title="{html.escape(shown, quote=True)}">{html.escape(shown[:_MAX_NAME - 1])}…</td>'
+
+
+def _first_nonfinite(steps: list[Any], values: list[Any]) -> int | None:
+    """The first step whose value is NaN or infinite (``None``: none is)."""
+    for s, v in zip(steps, values):
+        x = _num(v)
+        if x is not None and not math.isfinite(x) and isinstance(s, int):
+            return s
+    return None
+
+
 def _module_table(out_rms: dict[str, Any]) -> str:
-    rows = []
+    """The modules whose output RMS differs most between ranks, ranked by their largest FINITE spread: one
+    NaN step (a rank's output went non-finite) makes that step's spread NaN, and ranking by it would put
+    every module first; the step where the spread first went non-finite has its own column."""
+    steps = out_rms.get("steps") if isinstance(out_rms.get("steps"), list) else []
+    rows: list[tuple[float | None, int | None, str]] = []
     for path, values in (out_rms.get("module") or {}).items():
+        if not isinstance(values, list):
+            continue
         nums = [v for v in (_num(x) for x in values) if v is not None]
         if nums:
-            worst = max(nums, key=lambda v: math.inf if math.isnan(v) else v)
-            rows.append((worst, str(path)))
+            finite = [v for v in nums if math.isfinite(v)]
+            rows.append((max(finite) if finite else None, _first_nonfinite(steps, values), str(path)))
     if not rows:
         return '<p class="muted">no sampled step shared by two ranks</p>'
-    rows.sort(key=lambda r: -(math.inf if math.isnan(r[0]) else r[0]))
-    body = "".join(f"<tr><td>{html.escape(p or '(the model)')}</td><td>{'NaN' if math.isnan(v) else f'{v:.3g}'}</td></tr>"
-                   for v, p in rows[:8])
-    return f"<table><tr><th>module</th><th>largest (max − min) / mean over ranks</th></tr>{body}</table>"
+    rows.sort(key=lambda r: -1.0 if r[0] is None else -r[0])  # (stable: modules with no finite spread last, in path order)
+    body = "".join(f"<tr>{_name_cell(p)}<td>{'none finite' if v is None else f'{v:.3g}'}</td>"
+                   f"<td>{'-' if bad is None else f'step {bad}'}</td></tr>" for v, bad, p in rows[:8])
+    return ("<table><tr><th>module</th><th>largest finite (max − min) / mean over ranks</th>"
+            f"<th>first step not finite on a rank</th></tr>{body}</table>")
+
+
+def _nonfinite_ranks(ranks: list[Any]) -> str:
+    """A line per rank whose local loss went NaN or infinite: the first such step (the spread chart stops
+    there, as it draws finite losses only)."""
+    lines = []
+    for r in ranks:
+        hist = r.get("history") if isinstance(r, dict) else None
+        pairs = hist.get("loss_all") if isinstance(hist, dict) else None
+        if not isinstance(pairs, list):
+            continue
+        ok = [p for p in pairs if isinstance(p, (list, tuple)) and len(p) == 2]
+        bad = _first_nonfinite([p[0] for p in ok], [p[1] for p in ok])
+        if bad is not None:
+            lines.append(f'<li class="bad">rank {r["rank"]}: local loss not finite from step {bad}</li>')
+    return f'<ul id="nonfinite">{"".join(lines)}</ul>' if lines else ""
 
 
 def to_watch_ranks_html(doc: dict[str, Any]) -> str:
@@ -87,7 +134,7 @@ def to_watch_ranks_html(doc: dict[str, Any]) -> str:
         label = f"rank {rank}" + ("" if status == "ok" else f" ({status})")
         buttons.append(f'<button data-rank="{rank}" class="{html.escape(status)}" aria-pressed="false">{html.escape(label)}</button>')
         if r.get("why"):
-            notes.append(f"<li>rank {rank}: {html.escape(str(r['why']))}</li>")
+            notes.append(f"<li>rank {rank}: {html.escape(inert_text(str(r['why'])))}</li>")  # (an exception's words: user text)
         if r.get("history") is not None:
             page = to_watch_html(r["history"])
             scripts, styles = _page_hashes(page)
@@ -99,7 +146,7 @@ def to_watch_ranks_html(doc: dict[str, Any]) -> str:
             frames.append(f'<iframe data-rank="{rank}" hidden sandbox="" title="rank {rank}" '
                           f'srcdoc="{html.escape("<p>nothing came from this rank</p>", quote=True)}"></iframe>')
     spread = doc.get("spread") if isinstance(doc.get("spread"), dict) else {}
-    name = html.escape(str(doc.get("script") or "run"))
+    name = html.escape(inert_text(str(doc.get("script") or "run")))
     world = html.escape(str(doc.get("world_size", len(ranks))))
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -113,7 +160,7 @@ def to_watch_ranks_html(doc: dict[str, Any]) -> str:
 <header><strong>{name}</strong><span class="info">{world} ranks · {html.escape(str(doc.get("every_rule") or ""))}</span>
 <span id="ranks">{"".join(buttons)}</span></header>
 <section id="spread">
-<div><h3>local loss across ranks: <span class="lo">lowest</span> and <span class="hi">highest</span> rank, every step</h3>{_loss_svg(spread.get("loss") or {})}</div>
+<div><h3>local loss across ranks: <span class="lo">lowest</span> and <span class="hi">highest</span> rank, every step</h3>{_loss_svg(spread.get("loss") or {})}{_nonfinite_ranks(ranks)}</div>
 <div><h3>module outputs that differ most between ranks (output RMS, sampled steps)</h3>{_module_table(spread.get("out_rms") or {})}</div>
 </section>
 {f'<ul id="notes">{"".join(notes)}</ul>' if notes else ""}

@@ -132,8 +132,9 @@ def check_every_step_ranks(info: RankInfo, script: str, script_args: tuple[str, 
     at = sorted((r, a) for r, e in ends.items() if e is not None for a in [alarm_from_dict(e["alarm"])]
                 if a is not None and a.step == first.step)
     saying = "; ".join(f"rank {r}: {a.text}" for r, a in at)
-    click.echo(f"gradtrace check: step {first.step} went wrong ({saying}); running {name} again on {info.world_size} "
-               f"ranks to trace that step (backward() call {first.backward_call})", err=True)
+    if _several_nodes(info) is None:  # (on several nodes nothing is re-run: _trace_and_report says so, and only that)
+        click.echo(f"gradtrace check: step {first.step} went wrong ({saying}); running {name} again on {info.world_size} "
+                   f"ranks to trace that step (backward() call {first.backward_call})", err=True)
     for problem in problems:
         click.echo(f"gradtrace check: also: {problem}", err=True)
     _free_memory()
@@ -141,6 +142,13 @@ def check_every_step_ranks(info: RankInfo, script: str, script_args: tuple[str, 
     steps_run = max(e["steps_run"] for e in ends.values() if e is not None)
     _trace_and_report(script, script_args, info, first, at, fingerprints, output, as_json, timeout, steps_run)
     raise SystemExit(EXIT_ALARM)
+
+
+def _several_nodes(info: RankInfo) -> str | None:
+    """This machine's rank count when the run spans several machines (the re-run could start only those),
+    else ``None``."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", str(info.world_size))
+    return None if local == str(info.world_size) else local
 
 
 def _free_memory() -> None:
@@ -165,9 +173,15 @@ def _trace_and_report(script: str, script_args: tuple[str, ...], info: RankInfo,
 
     name = Path(script).name
     step = first.step
-    local = os.environ.get("LOCAL_WORLD_SIZE", str(info.world_size))
-    if local != str(info.world_size):  # several nodes: the re-run starts its ranks on this machine only
-        click.echo(f"gradtrace check: step {step} is the first broken step, on rank {first.rank}: {first.text}")
+    local = _several_nodes(info)
+    if local is not None:  # several nodes: the re-run starts its ranks on this machine only
+        # No rank is named: without the re-run's trace, which rank's NaN came first and which got it from a
+        # collective is unknown (a rank whose gradients went NaN in the all-reduce alarms at the same step).
+        if as_json:
+            click.echo(_json(name, info.world_size, first, at, [], 1, steps_run, None, None))
+        else:
+            click.echo(f"gradtrace check: step {step} is the first broken step: "
+                       + "; ".join(f"rank {r}: {a.text}" for r, a in at))
         click.echo(f"gradtrace check: not re-run to trace it: the run spans several nodes ({info.world_size} ranks, "
                    f"{local} here) and the re-run starts ranks on this machine only; trace it with the same torchrun "
                    f"command line and `-m gradtrace check --step {first.backward_call} {name}`", err=True)

@@ -306,6 +306,9 @@ function makeBox(x) {
     var sum = n.sums && n.sums.length === 1 && n.sums[0].length <= 40 ? n.sums[0] : "";
     lines = [n.sh || "", "value " + (n.v || "-"), n.t === "input" ? "" : "grad " + (n.gr || "-"),
       n.up ? "Δw " + fmtStats(n.up) + (num(n.ur) !== null ? " · ratio " + fmt(n.ur) : "") : sum];
+    // A parameter of a multi-rank step has two gradients: this rank's local one and the reduced one the optimizer
+    // used (its NaN alone may make the header red). Both are drawn, as in the SVG; the value is in the panel.
+    if (n.rd) lines = [lines[0], "∇ local " + (n.gr || "-"), "∇ reduced " + (n.rd.g || "-"), lines[3]];
   } else {
     title = (g.kind === "run" ? g.t : g.t + (g.cls ? " " + g.cls : "")) + (g.kind === "fold" ? " ×" + g.r : "");
     step = g.bw === undefined ? "" : "#" + g.bw;
