@@ -80,3 +80,36 @@ def test_os_exit_mid_run_writes_the_history_then_passes_its_status(tmp_path):
         losses.append(loss.item())
     assert d["steps_run"] == 21 and d["steps"] == list(range(1, 22))
     assert all(close(a, b) for a, b in zip(d["loss"], losses))
+
+
+def test_a_history_written_to_a_fifo_or_dev_stdout_goes_through_them(tmp_path):
+    # The history's save had its own 'temporary file, then rename': -o pipe.json replaced the FIFO with a regular
+    # file (its reader got nothing), and -o /dev/stdout, run as root, renamed a file over the /dev/stdout link itself
+    # (found by doing it on this machine). render's writer handles both: the history uses it now.
+    import json
+    import os
+    import stat
+    import subprocess
+    import sys
+    import threading
+
+    script = tmp_path / "s.py"
+    script.write_text("import torch\nm = torch.nn.Linear(2, 1)\no = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+                      "for _ in range(3):\n    o.zero_grad(); m(torch.randn(4, 2)).sum().backward(); o.step()\n")
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    done = subprocess.run([sys.executable, "-m", "gradtrace", "watch", str(script), "-o", str(fifo), "--every", "1"],
+                          capture_output=True, timeout=300, cwd=tmp_path)
+    reader.join(timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert fifo.is_fifo(), "the FIFO is still a FIFO"
+    assert json.loads(got[0])["steps_run"] == 3
+    piped = subprocess.run([sys.executable, "-m", "gradtrace", "watch", str(script), "-o", "/dev/stdout", "--format",
+                            "json", "--every", "1"], capture_output=True, timeout=300, cwd=tmp_path)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    assert json.loads(piped.stdout)["steps_run"] == 3
+    # (the old writer, run as root, renamed its temporary file over /dev/stdout: the device link became a file)
+    assert not stat.S_ISREG(os.lstat("/dev/stdout").st_mode)

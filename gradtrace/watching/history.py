@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -56,6 +55,16 @@ def read_number(x: Any) -> float | None:
     if isinstance(x, str):
         return {"NaN": math.nan, "inf": math.inf, "-inf": -math.inf}[x]
     return float(x)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """``text`` at ``path`` the way :func:`gradtrace.render.output.write_bytes` puts any output: a regular file
+    atomically (whole or not at all, its mode and owner kept), ``-`` to standard output, a device, a FIFO or
+    ``/dev/stdout`` written through."""
+    from ..render.output import write_bytes
+
+    write_bytes(path, text.encode("utf-8"))
+    return path
 
 
 def watch_format_for(path: Path, fmt: str | None) -> str:
@@ -183,23 +192,11 @@ class History:
                         yield s, kind, cell(name), metric, cell(values[i])
 
     def save(self, path: str | Path, fmt: str | None = None) -> Path:
-        """Write the history to ``path`` as JSON, CSV or the HTML page (format from the suffix unless ``fmt``)."""
+        """Write the history to ``path`` as JSON, CSV or the HTML page (format from the suffix unless ``fmt``): a
+        regular file whole or not at all, ``-``, a device or a FIFO written through (as ``render`` writes)."""
         path = Path(path)
         kind = watch_format_for(path, fmt)
-        if kind == "json":
-            text = self.to_json()
-        elif kind == "csv":
-            text = self.to_csv()
-        else:
-            text = self.to_html()
-        # Whole or not at all: a file half-written (or left empty by a failed encode) is worse than none.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_text(path, self.to_json() if kind == "json" else self.to_csv() if kind == "csv" else self.to_html())
 
     def to_html(self) -> str:
         """The offline page (``gradtrace.render.watch_html``)."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradtraceError
-from .history import FORMAT, History, json_number, printable, read_number, watch_format_for
+from .history import FORMAT, History, json_number, printable, read_number, watch_format_for, write_text
 
 __all__ = ["RANKS_FORMAT", "RANKS_VERSION", "RankHistories", "load_history"]
 
@@ -255,14 +255,7 @@ class RankHistories:
         """Write to ``path`` as JSON, CSV or the HTML page (format from the suffix unless ``fmt``), whole or not at all."""
         path = Path(path)
         kind = watch_format_for(path, fmt)
-        text = self.to_json() if kind == "json" else self.to_csv() if kind == "csv" else self.to_html()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_text(path, self.to_json() if kind == "json" else self.to_csv() if kind == "csv" else self.to_html())
 
     def __repr__(self) -> str:
         return f"RankHistories({self._data.get('script')!r}, world_size={self.world_size}, first_alarm={self.first_alarm})"
