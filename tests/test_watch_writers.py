@@ -113,3 +113,19 @@ def test_a_history_written_to_a_fifo_or_dev_stdout_goes_through_them(tmp_path):
     assert json.loads(piped.stdout)["steps_run"] == 3
     # (the old writer, run as root, renamed its temporary file over /dev/stdout: the device link became a file)
     assert not stat.S_ISREG(os.lstat("/dev/stdout").st_mode)
+
+
+def test_the_watch_format_of_a_name_without_a_suffix_is_html_as_help_says():
+    # --help: "Default: from OUTPUT's suffix, else html"; a suffix-less name (-o /dev/stdout, -o run) was refused
+    from pathlib import Path
+
+    import pytest
+
+    from gradtrace.errors import GradtraceError
+    from gradtrace.watching.history import watch_format_for
+
+    assert watch_format_for(Path("/dev/stdout"), None) == "html"
+    assert watch_format_for(Path("run"), None) == "html"
+    assert watch_format_for(Path("run.JSON"), None) == "json"
+    with pytest.raises(GradtraceError, match="cannot tell the format"):
+        watch_format_for(Path("run.txt"), None)

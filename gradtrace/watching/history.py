@@ -68,16 +68,19 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def watch_format_for(path: Path, fmt: str | None) -> str:
-    """The format of ``path``: ``fmt`` when given, else from the suffix (.html, .json, .csv).
+    """The format of ``path``: ``fmt`` when given, else from the suffix (.html, .json, .csv), else html (a name without
+    a suffix, ``/dev/stdout``: as ``--help`` says, and as ``render`` takes one for svg).
 
-    >>> watch_format_for(Path("run.csv"), None)
-    'csv'
+    >>> watch_format_for(Path("run.csv"), None), watch_format_for(Path("/dev/stdout"), None)
+    ('csv', 'html')
     """
     if fmt is not None:
         if fmt not in WATCH_FORMATS:
             raise GradtraceError(f"unknown watch format {fmt!r} (must be one of {list(WATCH_FORMATS)})")
         return fmt
     suffix = path.suffix.lower().lstrip(".")
+    if not suffix:
+        return "html"
     if suffix == "htm":
         suffix = "html"
     if suffix not in WATCH_FORMATS:
